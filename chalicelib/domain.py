@@ -1,0 +1,549 @@
+"""The certificate book's domain: certificates, slices, commands and every rule about them.
+
+Pure on purpose: no AWS, no HTTP, no environment and no clock. Callers pass `now` in. The
+adapters store these models; the use cases decide with them; the tests exercise them without
+fixtures. A rule lives here once, so the in-memory book and the DynamoDB book cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_QUANTITY_WH = 2**32 - 1  # the registry commits quantities as 32-bit integers
+MIN_PERIOD = timedelta(minutes=15)
+MAX_PERIOD = timedelta(hours=1)
+QUARTER_HOUR_S = 15 * 60
+# A certificate and all its slices live in one DynamoDB item (400 KB), so that every change to a
+# certificate is one atomic conditional write. This cap keeps the item far below that limit.
+MAX_SLICES_PER_CERTIFICATE = 500
+MAX_PARTS_PER_SLICE = 100
+MAX_ATTRIBUTES = 32
+
+# Ids derived from what identifies a thing make retries converge on the same record.
+_COMMAND_NAMESPACE = uuid.UUID("6f1c9a52-5f0e-4c53-9f57-2a4b3f7c1d10")
+_CERTIFICATE_NAMESPACE = uuid.UUID("0b8e4d6a-3c2f-4b71-8d3e-9a5c1e2f4b60")
+_SLICE_NAMESPACE = uuid.UUID("a3d95e17-8c4b-4f2a-b6e1-7d0c2f9e8a41")
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class DomainError(Exception):
+    """A request that breaks a rule. `field` names the offending input where there is one."""
+
+    def __init__(self, detail: str, *, field: str | None = None, subject: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        self.subject = subject  # the certificate, slice or command the error concerns
+
+
+class RuleViolation(DomainError):
+    """Well-formed, but breaks a rule of the domain (HTTP 422)."""
+
+
+class NotFound(DomainError):
+    """Unknown, or not the caller's: both read the same, so existence is not revealed (404)."""
+
+
+class Conflict(DomainError):
+    """Clashes with the book's state: reserved or spent slice, reused key, duplicate (409)."""
+
+
+class Forbidden(DomainError):
+    """The caller lacks the role the action needs (403)."""
+
+
+class IllegalTransition(Exception):
+    """A command state change that the state machine does not allow: a programming error."""
+
+
+# --- certificates and slices ------------------------------------------------------------------
+
+
+class CertificateType(StrEnum):
+    PRODUCTION = "production"
+    CONSUMPTION = "consumption"
+
+
+class CertificateStatus(StrEnum):
+    ISSUING = "issuing"  # accepted, not yet committed by the registry
+    ACTIVE = "active"
+    REJECTED = "rejected"  # the registry refused the issuance; the identity may be issued again
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+
+
+class SliceState(StrEnum):
+    AVAILABLE = "available"
+    RESERVED = "reserved"  # used by a pending command
+    CLAIMED = "claimed"
+    TRANSFERRED = "transferred"  # given to another owner: the receiver holds a new slice
+    SLICED = "sliced"  # replaced by its parts
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+
+
+# Slices that still hold their quantity. Conservation (I3): these sum to the issued quantity.
+LIVE_SLICE_STATES = frozenset(
+    {
+        SliceState.AVAILABLE,
+        SliceState.RESERVED,
+        SliceState.CLAIMED,
+        SliceState.WITHDRAWN,
+        SliceState.EXPIRED,
+    }
+)
+
+
+class Period(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def of(cls, start: datetime, end: datetime) -> Period:
+        """The period [start, end) if it is one a certificate may cover, else RuleViolation."""
+        for name, moment in (("start", start), ("end", end)):
+            if moment.tzinfo is None:
+                raise RuleViolation(f"{name} must carry a time zone (UTC)", field=name)
+            seconds = int(moment.timestamp())
+            if moment.microsecond or seconds % QUARTER_HOUR_S:
+                raise RuleViolation(f"{name} must fall on a whole quarter hour", field=name)
+        length = end - start
+        if not MIN_PERIOD <= length <= MAX_PERIOD:
+            raise RuleViolation("a period lasts from 15 minutes to 1 hour", field="end")
+        return cls(start=start.astimezone(UTC), end=end.astimezone(UTC))
+
+    def contains(self, other: Period) -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+
+class Slice(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    slice_id: str
+    owner: str
+    quantity_wh: int
+    state: SliceState = SliceState.AVAILABLE
+    reserved_by: str | None = None  # the pending command that holds this slice
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in LIVE_SLICE_STATES
+
+
+class Certificate(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    certificate_id: str
+    type: CertificateType
+    gsrn: str
+    grid_area: str
+    period: Period
+    quantity_wh: int
+    owner: str  # the first owner, to whom it was issued
+    attributes: dict[str, str] = Field(default_factory=dict)
+    status: CertificateStatus = CertificateStatus.ISSUING
+    issued_by: str
+    created_at: datetime
+    slices: dict[str, Slice] = Field(default_factory=dict)
+    withdrawal: str | None = None  # the pending withdraw command, which blocks new reservations
+    # Commands whose effect is already in this certificate: makes applying an outcome idempotent.
+    applied: tuple[str, ...] = ()
+    version: int = 0  # bumped on every write; the DynamoDB book's optimistic lock
+
+    def slice_of(self, slice_id: str, owner: str) -> Slice:
+        """The caller's slice, or NotFound: a foreign slice reads exactly like a missing one."""
+        found = self.slices.get(slice_id)
+        if found is None or found.owner != owner:
+            raise NotFound(f"slice {slice_id} not found", field="slice_id", subject=slice_id)
+        return found
+
+    def owners(self) -> set[str]:
+        return {s.owner for s in self.slices.values()}
+
+    def live_quantity(self) -> int:
+        return sum(s.quantity_wh for s in self.slices.values() if s.is_live)
+
+    def available_quantity(self, owner: str) -> int:
+        return sum(
+            s.quantity_wh
+            for s in self.slices.values()
+            if s.owner == owner and s.state == SliceState.AVAILABLE
+        )
+
+
+def certificate_id_for(gsrn: str, type_: CertificateType, start: datetime) -> str:
+    """One certificate per (metering point, type, period start): the id is derived from them,
+    so a second issuance of the same thing lands on the same record and is refused there."""
+    key = f"{gsrn}|{type_.value}|{start.astimezone(UTC).isoformat()}"
+    return str(uuid.uuid5(_CERTIFICATE_NAMESPACE, key))
+
+
+def slice_id_for(command_id: str, part: int | str) -> str:
+    """The id of a slice a command creates (its `part`): the same on every retry."""
+    return str(uuid.uuid5(_SLICE_NAMESPACE, f"{command_id}/{part}"))
+
+
+# --- validation of client input ---------------------------------------------------------------
+
+
+def check_quantity(value: int, field: str = "quantity_wh") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RuleViolation("a quantity is a whole number of Wh", field=field)
+    if not 0 < value <= MAX_QUANTITY_WH:
+        raise RuleViolation(f"a quantity is from 1 to {MAX_QUANTITY_WH} Wh", field=field)
+    return value
+
+
+def check_gsrn(value: str) -> str:
+    if len(value) != 18 or not value.isascii() or not value.isdigit():
+        raise RuleViolation("a GSRN is 18 digits", field="gsrn")
+    return value
+
+
+def check_parts(whole: int, parts: list[int]) -> list[int]:
+    if not 2 <= len(parts) <= MAX_PARTS_PER_SLICE:
+        raise RuleViolation(
+            f"a slice is cut into 2 to {MAX_PARTS_PER_SLICE} parts", field="quantities_wh"
+        )
+    for i, part in enumerate(parts):
+        check_quantity(part, field=f"quantities_wh[{i}]")
+    if sum(parts) != whole:
+        raise RuleViolation(
+            f"the parts sum to {sum(parts)} Wh but the slice holds {whole} Wh",
+            field="quantities_wh",
+        )
+    return parts
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+class CommandKind(StrEnum):
+    ISSUE = "issue"
+    SLICE = "slice"
+    TRANSFER = "transfer"
+    CLAIM = "claim"
+    WITHDRAW = "withdraw"
+
+
+class CommandStatus(StrEnum):
+    ACCEPTED = "ACCEPTED"  # recorded; its next transaction has certainly not been sent
+    SENDING = "SENDING"  # its current transaction may be on its way to the registry
+    SENT = "SENT"  # the registry took the transaction and has not yet said it committed
+    COMMITTED = "COMMITTED"
+    REJECTED = "REJECTED"
+    IN_DOUBT = "IN_DOUBT"  # may or may not have been applied: never re-sent blindly
+
+
+TERMINAL_STATUSES = frozenset({CommandStatus.COMMITTED, CommandStatus.REJECTED})
+
+# Every state change a command may make, and nothing else. SENDING -> ACCEPTED is allowed only
+# when the transaction certainly did not leave (registry refused the connection) or when the
+# step committed and the next transaction of a multi-step command is ready to go.
+# IN_DOUBT -> ACCEPTED is an operator's or the reconciler's finding that the step did not apply.
+ALLOWED_TRANSITIONS: Mapping[CommandStatus, frozenset[CommandStatus]] = {
+    CommandStatus.ACCEPTED: frozenset(
+        {CommandStatus.SENDING, CommandStatus.REJECTED, CommandStatus.COMMITTED}
+    ),
+    CommandStatus.SENDING: frozenset(
+        {
+            CommandStatus.ACCEPTED,
+            CommandStatus.SENT,
+            CommandStatus.COMMITTED,
+            CommandStatus.REJECTED,
+            CommandStatus.IN_DOUBT,
+        }
+    ),
+    CommandStatus.SENT: frozenset(
+        {
+            CommandStatus.ACCEPTED,
+            CommandStatus.COMMITTED,
+            CommandStatus.REJECTED,
+            CommandStatus.IN_DOUBT,
+        }
+    ),
+    CommandStatus.IN_DOUBT: frozenset(
+        {CommandStatus.ACCEPTED, CommandStatus.COMMITTED, CommandStatus.REJECTED}
+    ),
+    CommandStatus.COMMITTED: frozenset(),
+    CommandStatus.REJECTED: frozenset(),
+}
+
+
+def check_transition(current: CommandStatus, target: CommandStatus) -> None:
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise IllegalTransition(f"a command cannot go from {current} to {target}")
+
+
+class SliceRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    certificate_id: str
+    slice_id: str
+
+
+class IssueSpec(BaseModel):
+    """What an issuer asks to issue, already validated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: CertificateType
+    gsrn: str
+    grid_area: str
+    period: Period
+    quantity_wh: int
+    owner: str
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class Command(BaseModel):
+    """A request recorded in the book. It is the outbox too: the reconciler re-drives it from
+    here when its queue message is lost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    command_id: str
+    kind: CommandKind
+    status: CommandStatus = CommandStatus.ACCEPTED
+    certificate_id: str  # the FIFO group: the certificate whose stream the command changes
+    caller: str
+    request_hash: str
+    created_at: datetime
+    updated_at: datetime
+    # what the command does (which fields are set depends on kind)
+    issue: IssueSpec | None = None
+    slices: tuple[SliceRef, ...] = ()  # the slices it spends, in the order they are reserved
+    quantities_wh: tuple[int, ...] = ()  # slice: the parts
+    quantity_wh: int | None = None  # transfer and claim: how much
+    receiver: str | None = None  # transfer
+    # progress through the registry
+    step: int = 0  # index of the transaction to send next (or being sent)
+    transactions: tuple[str, ...] = ()  # built and signed once, before the first send
+    lease_until: datetime | None = None
+    attempts: int = 0
+    error: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def certificate_ids(self) -> list[str]:
+        """Every certificate the command touches, its FIFO group first."""
+        ids = [self.certificate_id]
+        ids += [ref.certificate_id for ref in self.slices if ref.certificate_id not in ids]
+        return ids
+
+
+def command_id_for(caller: str, idempotency_key: str, index: int = 0) -> str:
+    """The command a (caller, Idempotency-Key) names: a replay finds the first one by its id."""
+    return str(uuid.uuid5(_COMMAND_NAMESPACE, f"{caller}\x00{idempotency_key}\x00{index}"))
+
+
+def request_hash(body: Any) -> str:
+    """A fingerprint of a request body that does not depend on key order or spacing."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- the effect of a committed command on a certificate --------------------------------------
+#
+# Each function takes the certificate as the book holds it and returns it as it must be once
+# the command committed. They are idempotent through `applied`, so a redelivered outcome
+# changes nothing. The DynamoDB book performs the same change as one conditional write.
+
+
+def _applying(cert: Certificate, command_id: str, **changes: Any) -> Certificate:
+    return cert.model_copy(update={**changes, "applied": (*cert.applied, command_id)})
+
+
+def _reserved_slice(cert: Certificate, ref: SliceRef, command_id: str) -> Slice:
+    found = cert.slices.get(ref.slice_id)
+    if found is None or found.reserved_by != command_id:
+        raise Conflict(
+            f"slice {ref.slice_id} is not reserved by command {command_id}", subject=ref.slice_id
+        )
+    return found
+
+
+def apply_issue(cert: Certificate, command: Command) -> Certificate:
+    if command.command_id in cert.applied:
+        return cert
+    first = Slice(slice_id=slice_id_for(command.command_id, 0), owner=cert.owner,
+                  quantity_wh=cert.quantity_wh)
+    return _applying(cert, command.command_id, status=CertificateStatus.ACTIVE,
+                     slices={first.slice_id: first})
+
+
+def apply_slice(cert: Certificate, command: Command) -> Certificate:
+    """Cut the reserved slice into its parts (also the first step of a partial transfer)."""
+    if command.command_id in cert.applied:
+        return cert
+    ref = command.slices[0]
+    source = _reserved_slice(cert, ref, command.command_id)
+    parts = _parts_of(command, source)
+    slices = dict(cert.slices)
+    slices[source.slice_id] = source.model_copy(
+        update={"state": SliceState.SLICED, "reserved_by": None})
+    for i, quantity in enumerate(parts):
+        new = Slice(slice_id=slice_id_for(command.command_id, i), owner=source.owner,
+                    quantity_wh=quantity)
+        slices[new.slice_id] = new
+    return cert.model_copy(update={"slices": slices})
+
+
+def _parts_of(command: Command, source: Slice) -> list[int]:
+    if command.kind == CommandKind.SLICE:
+        return list(command.quantities_wh)
+    # partial transfer: the part to give away first, the rest stays with the owner
+    assert command.quantity_wh is not None
+    return [command.quantity_wh, source.quantity_wh - command.quantity_wh]
+
+
+def is_partial_transfer(command: Command, source_quantity: int) -> bool:
+    return command.kind == CommandKind.TRANSFER and command.quantity_wh != source_quantity
+
+
+def apply_transfer(cert: Certificate, command: Command) -> Certificate:
+    """Give the whole reserved slice (or, after slicing, its first part) to the receiver."""
+    if command.command_id in cert.applied:
+        return cert
+    assert command.receiver is not None
+    ref = command.slices[0]
+    source = cert.slices[ref.slice_id]
+    if source.state == SliceState.SLICED:  # partial transfer, slicing already applied
+        given = cert.slices[slice_id_for(command.command_id, 0)]
+    else:
+        given = _reserved_slice(cert, ref, command.command_id)
+    received = Slice(slice_id=slice_id_for(command.command_id, "received"), owner=command.receiver,
+                     quantity_wh=given.quantity_wh)
+    slices = dict(cert.slices)
+    slices[given.slice_id] = given.model_copy(
+        update={"state": SliceState.TRANSFERRED, "reserved_by": None})
+    slices[received.slice_id] = received
+    return _applying(cert, command.command_id, slices=slices)
+
+
+def apply_claim_side(cert: Certificate, command: Command, ref: SliceRef) -> Certificate:
+    """Claim `quantity_wh` of the reserved slice; a larger slice is cut first, the rest stays."""
+    if command.command_id in cert.applied:
+        return cert
+    assert command.quantity_wh is not None
+    source = _reserved_slice(cert, ref, command.command_id)
+    slices = dict(cert.slices)
+    if source.quantity_wh == command.quantity_wh:
+        slices[source.slice_id] = source.model_copy(
+            update={"state": SliceState.CLAIMED, "reserved_by": None})
+    else:
+        side = 0 if ref == command.slices[0] else 1
+        claimed = Slice(slice_id=slice_id_for(command.command_id, 2 * side),
+                        owner=source.owner, quantity_wh=command.quantity_wh,
+                        state=SliceState.CLAIMED)
+        rest = Slice(slice_id=slice_id_for(command.command_id, 2 * side + 1),
+                     owner=source.owner, quantity_wh=source.quantity_wh - command.quantity_wh)
+        slices[source.slice_id] = source.model_copy(
+            update={"state": SliceState.SLICED, "reserved_by": None})
+        slices[claimed.slice_id] = claimed
+        slices[rest.slice_id] = rest
+    return _applying(cert, command.command_id, slices=slices)
+
+
+def apply_withdraw(cert: Certificate, command: Command) -> Certificate:
+    if command.command_id in cert.applied:
+        return cert
+    slices = {
+        sid: s.model_copy(update={"state": SliceState.WITHDRAWN, "reserved_by": None})
+        if s.state in (SliceState.AVAILABLE, SliceState.RESERVED) else s
+        for sid, s in cert.slices.items()
+    }
+    return _applying(cert, command.command_id, status=CertificateStatus.WITHDRAWN, slices=slices)
+
+
+def release(cert: Certificate, command_id: str) -> Certificate:
+    """Free every slice a command holds on this certificate (after a rejection)."""
+    slices = {
+        sid: s.model_copy(update={"state": SliceState.AVAILABLE, "reserved_by": None})
+        if s.reserved_by == command_id else s
+        for sid, s in cert.slices.items()
+    }
+    return cert.model_copy(update={"slices": slices})
+
+
+def reserve(cert: Certificate, ref: SliceRef, command_id: str, caller: str,
+            at_least_wh: int = 1) -> Certificate:
+    """Hold the caller's slice for one pending command; refuse if it is held or spent."""
+    if cert.status != CertificateStatus.ACTIVE:
+        if cert.status == CertificateStatus.ISSUING and cert.owner == caller:
+            raise Conflict(f"certificate {cert.certificate_id} is not issued yet",
+                           subject=cert.certificate_id)
+        if cert.status in (CertificateStatus.WITHDRAWN, CertificateStatus.EXPIRED) and (
+                caller in cert.owners()):
+            raise Conflict(f"certificate {cert.certificate_id} is {cert.status}",
+                           subject=cert.certificate_id)
+        raise NotFound(f"certificate {cert.certificate_id} not found",
+                       field="certificate_id", subject=cert.certificate_id)
+    found = cert.slice_of(ref.slice_id, caller)
+    if found.reserved_by == command_id:
+        return cert  # a replay of our own reservation
+    if found.state == SliceState.RESERVED:
+        raise Conflict(f"slice {ref.slice_id} is reserved by a pending command",
+                       subject=ref.slice_id)
+    if found.state != SliceState.AVAILABLE:
+        raise Conflict(f"slice {ref.slice_id} is {found.state.value}", subject=ref.slice_id)
+    if found.quantity_wh < at_least_wh:
+        raise Conflict(
+            f"slice {ref.slice_id} holds {found.quantity_wh} Wh, less than {at_least_wh} Wh",
+            subject=ref.slice_id)
+    slices = dict(cert.slices)
+    slices[found.slice_id] = found.model_copy(
+        update={"state": SliceState.RESERVED, "reserved_by": command_id})
+    return cert.model_copy(update={"slices": slices})
+
+
+def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
+    """A claim matches production and consumption of the same grid area and period."""
+    if production.type != CertificateType.PRODUCTION:
+        raise RuleViolation("the production side must be a production certificate",
+                            field="production.certificate_id")
+    if consumption.type != CertificateType.CONSUMPTION:
+        raise RuleViolation("the consumption side must be a consumption certificate",
+                            field="consumption.certificate_id")
+    if production.grid_area != consumption.grid_area:
+        raise RuleViolation("production and consumption are in different grid areas",
+                            field="consumption.certificate_id")
+    if not (production.period.contains(consumption.period)
+            or consumption.period.contains(production.period)):
+        raise RuleViolation("the periods of production and consumption do not match",
+                            field="consumption.certificate_id")
+
+
+def check_slice_room(cert: Certificate, new_slices: int) -> None:
+    if len(cert.slices) + new_slices > MAX_SLICES_PER_CERTIFICATE:
+        raise RuleViolation(
+            f"a certificate holds at most {MAX_SLICES_PER_CERTIFICATE} slices",
+            subject=cert.certificate_id)
+
+
+def conservation_holds(cert: Certificate) -> bool:
+    """I3: the live slices of an issued certificate sum to its quantity."""
+    if cert.status in (CertificateStatus.ISSUING, CertificateStatus.REJECTED):
+        return not cert.slices
+    return cert.live_quantity() == cert.quantity_wh
+
+
+def iter_reserved(certs: Iterable[Certificate]) -> Iterable[tuple[Certificate, Slice]]:
+    for cert in certs:
+        for s in cert.slices.values():
+            if s.reserved_by is not None:
+                yield cert, s
