@@ -62,6 +62,24 @@ class Forbidden(DomainError):
     """The caller lacks the role the action needs (403)."""
 
 
+class Role(StrEnum):
+    ISSUER = "issuer"
+    OPERATOR = "operator"
+
+
+class Actor(BaseModel):
+    """Who is calling: their owner id, and the roles their token grants."""
+
+    model_config = ConfigDict(frozen=True)
+
+    owner: str
+    roles: frozenset[Role] = frozenset()
+
+    def require(self, role: Role) -> None:
+        if role not in self.roles:
+            raise Forbidden(f"this needs the {role.value} role")
+
+
 class IllegalTransition(Exception):
     """A command state change that the state machine does not allow: a programming error."""
 
@@ -157,6 +175,7 @@ class Certificate(BaseModel):
     issued_by: str
     created_at: datetime
     slices: dict[str, Slice] = Field(default_factory=dict)
+    issue_command: str  # the command that issues it: a replay of that command is no duplicate
     withdrawal: str | None = None  # the pending withdraw command, which blocks new reservations
     # Commands whose effect is already in this certificate: makes applying an outcome idempotent.
     applied: tuple[str, ...] = ()
@@ -467,17 +486,36 @@ def apply_withdraw(cert: Certificate, command: Command) -> Certificate:
         if s.state in (SliceState.AVAILABLE, SliceState.RESERVED) else s
         for sid, s in cert.slices.items()
     }
-    return _applying(cert, command.command_id, status=CertificateStatus.WITHDRAWN, slices=slices)
+    return _applying(cert, command.command_id, status=CertificateStatus.WITHDRAWN,
+                     slices=slices, withdrawal=None)
+
+
+def begin_withdrawal(cert: Certificate, command_id: str) -> Certificate:
+    """Mark the certificate as being withdrawn, which stops new reservations. Refused while
+    any slice is held by a pending command: those run first, or are refused, in order."""
+    if cert.withdrawal == command_id:
+        return cert
+    if cert.status != CertificateStatus.ACTIVE or cert.withdrawal is not None:
+        raise Conflict(f"certificate {cert.certificate_id} cannot be withdrawn: it is "
+                       + ("being withdrawn" if cert.withdrawal else cert.status.value),
+                       subject=cert.certificate_id)
+    if any(s.reserved_by for s in cert.slices.values()):
+        raise Conflict(f"certificate {cert.certificate_id} has pending commands",
+                       subject=cert.certificate_id)
+    return cert.model_copy(update={"withdrawal": command_id})
 
 
 def release(cert: Certificate, command_id: str) -> Certificate:
-    """Free every slice a command holds on this certificate (after a rejection)."""
+    """Free everything a command holds on this certificate (after a rejection)."""
     slices = {
         sid: s.model_copy(update={"state": SliceState.AVAILABLE, "reserved_by": None})
         if s.reserved_by == command_id else s
         for sid, s in cert.slices.items()
     }
-    return cert.model_copy(update={"slices": slices})
+    withdrawal = None if cert.withdrawal == command_id else cert.withdrawal
+    if withdrawal == cert.withdrawal and slices == cert.slices:
+        return cert
+    return cert.model_copy(update={"slices": slices, "withdrawal": withdrawal})
 
 
 def reserve(cert: Certificate, ref: SliceRef, command_id: str, caller: str,
@@ -496,6 +534,9 @@ def reserve(cert: Certificate, ref: SliceRef, command_id: str, caller: str,
     found = cert.slice_of(ref.slice_id, caller)
     if found.reserved_by == command_id:
         return cert  # a replay of our own reservation
+    if cert.withdrawal is not None:
+        raise Conflict(f"certificate {cert.certificate_id} is being withdrawn",
+                       subject=cert.certificate_id)
     if found.state == SliceState.RESERVED:
         raise Conflict(f"slice {ref.slice_id} is reserved by a pending command",
                        subject=ref.slice_id)

@@ -1,0 +1,423 @@
+"""The book in one DynamoDB table. Every guard is a single-item conditional write.
+
+Items (pk / sk):
+- CERT#<certificate id> / CERT: the certificate with all its slices in one item, so that every
+  change to a certificate is one atomic write. The id is derived from (GSRN, type, start), so
+  "issued once" is `attribute_not_exists(pk)` on this put.
+- CMD#<command id> / CMD: the command, which is also the outbox. Its id is derived from
+  (caller, Idempotency-Key), so the put's `attribute_not_exists(pk)` is the idempotency guard.
+  Index `by_caller` (caller#kind, created_at#id) serves the transfer and claim lists; index
+  `open_commands` (OPEN#<shard>, created_at#id), sparse and keys-only, holds the commands that
+  are not terminal, for the reconciler and the operators.
+- CMD#<command id> / RECEIVED: a committed transfer as its receiver sees it (by_caller index).
+- OWNER#<owner> / HOLD#<period start>#<certificate id>: the owner holds or held slices of that
+  certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
+
+No TransactWriteItems on the hot path: it costs twice the write units on AWS, and in moto its
+cost grows with the table. Multi-item changes are ordered so that a crash between two writes
+leaves a state the worker or the reconciler finishes (see usecases.accept and usecases.process).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chalicelib import domain
+from chalicelib.domain import (
+    Certificate,
+    CertificateStatus,
+    Command,
+    CommandKind,
+    CommandStatus,
+    SliceRef,
+    SliceState,
+)
+from chalicelib.ports import (
+    DependencyDown,
+    DuplicateCommand,
+    HoldingQuery,
+    Page,
+    StaleCommand,
+    Transition,
+)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+_THROTTLED = frozenset({
+    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+    "InternalServerError", "ServiceUnavailable",
+})
+_OPTIMISTIC_RETRIES = 8
+
+
+def _to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in values.items()}
+
+
+def _from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; ours are all integers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if type(value).__name__ == "Decimal":
+        return int(value)
+    return value
+
+
+def _condition_failed(error: ClientError) -> bool:
+    return error.response["Error"]["Code"] in (
+        "ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+def _translate(error: Exception) -> Exception:
+    """AWS trouble the client did not cause becomes DependencyDown (503 with Retry-After)."""
+    if isinstance(error, BotoCoreError):
+        return DependencyDown(f"DynamoDB unreachable: {error}")
+    if isinstance(error, ClientError) and error.response["Error"]["Code"] in _THROTTLED:
+        return DependencyDown(f"DynamoDB busy: {error.response['Error']['Code']}")
+    return error
+
+
+def _encode_cursor(key: dict[str, Any] | None) -> str | None:
+    if not key:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
+    if cursor is None:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(key, dict):
+            raise ValueError("not a key")
+        return key
+    except ValueError as exc:
+        raise domain.RuleViolation("the cursor is not one this service gave out",
+                                   field="cursor") from exc
+
+
+def _cert_key(certificate_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"CERT#{certificate_id}"}, "sk": {"S": "CERT"}}
+
+
+def _command_key(command_id: str, sk: str = "CMD") -> dict[str, Any]:
+    return {"pk": {"S": f"CMD#{command_id}"}, "sk": {"S": sk}}
+
+
+def _certificate_from(item: dict[str, Any]) -> Certificate:
+    values = _from_item(item)
+    return Certificate.model_validate(values)
+
+
+def _command_from(item: dict[str, Any]) -> Command:
+    return Command.model_validate(_from_item(item))
+
+
+class DynamoBook:
+    def __init__(self, client: Any, table_name: str, open_shards: int = 8) -> None:
+        self._db = client
+        self._table = table_name
+        self._shards = open_shards
+
+    # --- low-level calls, with AWS errors translated in one place ----------------------------
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return getattr(self._db, operation)(TableName=self._table, **kwargs)
+        except ClientError as exc:
+            if _condition_failed(exc):
+                raise
+            raise _translate(exc) from exc
+        except BotoCoreError as exc:
+            raise _translate(exc) from exc
+
+    def _get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        return self._call("get_item", Key=key, ConsistentRead=True).get("Item")
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 100):  # BatchGetItem takes at most 100 keys
+            pending: dict[str, Any] = {self._table: {"Keys": keys[start:start + 100]}}
+            while pending:
+                try:
+                    answer = self._db.batch_get_item(RequestItems=pending)
+                except (ClientError, BotoCoreError) as exc:
+                    raise _translate(exc) from exc
+                found += answer["Responses"].get(self._table, [])
+                pending = answer.get("UnprocessedKeys") or {}
+        return found
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def _command_item(self, command: Command) -> dict[str, Any]:
+        values = command.model_dump(mode="json", exclude_none=True)
+        values.update(
+            pk=f"CMD#{command.command_id}", sk="CMD",
+            by_caller_pk=f"{command.caller}#{command.kind.value}",
+            by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
+        )
+        if not command.is_terminal:
+            values.update(self._open_keys(command))
+        return _to_item(values)
+
+    def _open_keys(self, command: Command) -> dict[str, str]:
+        shard = zlib.crc32(command.command_id.encode()) % self._shards
+        return {"open_pk": f"OPEN#{shard}",
+                "open_sk": f"{command.created_at.isoformat()}#{command.command_id}"}
+
+    def add_command(self, command: Command) -> None:
+        try:
+            self._call("put_item", Item=self._command_item(command),
+                       ConditionExpression="attribute_not_exists(pk)",
+                       ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            raise DuplicateCommand(_command_from(exc.response["Item"])) from exc
+
+    def get_command(self, command_id: str) -> Command | None:
+        item = self._get(_command_key(command_id))
+        return _command_from(item) if item else None
+
+    def transition(self, command_id: str, change: Transition) -> Command:
+        expected = ((change.expected,) if isinstance(change.expected, CommandStatus)
+                    else tuple(change.expected))
+        for status in expected:
+            domain.check_transition(status, change.target)
+        # Serialize the changed fields through the model so types match what is stored.
+        probe = Command.model_construct(**change.changes)
+        dumped = probe.model_dump(mode="json", include=set(change.changes))
+        sets = {**dumped, "status": change.target.value, "updated_at": change.now.isoformat()}
+        names = {f"#f{i}": name for i, name in enumerate(sets)}
+        values = {f":v{i}": value for i, value in enumerate(sets.values())}
+        expression = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(sets)))
+        if change.target in domain.TERMINAL_STATUSES:
+            expression += " REMOVE open_pk, open_sk"  # leaves the sparse open-commands index
+        statuses = {f":s{i}": s.value for i, s in enumerate(expected)}
+        condition = f"#status IN ({', '.join(statuses)})"
+        names["#status"] = "status"
+        values.update(statuses)
+        if change.step is not None:
+            condition += " AND #step = :step"
+            names["#step"] = "step"
+            values[":step"] = change.step
+        try:
+            answer = self._call(
+                "update_item", Key=_command_key(command_id), UpdateExpression=expression,
+                ConditionExpression=condition, ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_item(values), ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            old = exc.response.get("Item")
+            raise StaleCommand(_command_from(old) if old else None) from exc
+        return _command_from(answer["Attributes"])
+
+    def forget_command(self, command: Command) -> None:
+        # If a worker took it meanwhile, the condition fails and the worker, finding the holds
+        # missing, rejects it.
+        with contextlib.suppress(ClientError):
+            self._call("delete_item", Key=_command_key(command.command_id),
+                       ConditionExpression="#status = :accepted AND attempts = :zero",
+                       ExpressionAttributeNames={"#status": "status"},
+                       ExpressionAttributeValues={":accepted": {"S": "ACCEPTED"},
+                                                  ":zero": {"N": "0"}})
+
+    def note_receipt(self, command: Command) -> None:
+        """Let the receiver of a committed transfer see it in their list."""
+        assert command.receiver is not None
+        values = command.model_dump(mode="json", exclude_none=True)
+        values.update(
+            pk=f"CMD#{command.command_id}", sk="RECEIVED",
+            by_caller_pk=f"{command.receiver}#{command.kind.value}",
+            by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
+        )
+        self._call("put_item", Item=_to_item(values))
+
+    def commands_of(self, caller: str, kind: CommandKind, limit: int,
+                    cursor: str | None) -> Page[Command]:
+        args: dict[str, Any] = {
+            "IndexName": "by_caller",
+            "KeyConditionExpression": "by_caller_pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": f"{caller}#{kind.value}"}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        start = _decode_cursor(cursor)
+        if start:
+            args["ExclusiveStartKey"] = start
+        answer = self._call("query", **args)
+        items = [_command_from(item) for item in answer.get("Items", [])]
+        return Page(items=items, next_cursor=_encode_cursor(answer.get("LastEvaluatedKey")))
+
+    def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
+        keys: list[dict[str, Any]] = []
+        for shard in range(self._shards):
+            answer = self._call(
+                "query", IndexName="open_commands",
+                KeyConditionExpression="open_pk = :pk AND open_sk < :before",
+                ExpressionAttributeValues={":pk": {"S": f"OPEN#{shard}"},
+                                           ":before": {"S": created_before.isoformat()}},
+                Limit=limit)
+            keys += [{"pk": item["pk"], "sk": item["sk"]} for item in answer.get("Items", [])]
+        commands = [_command_from(item) for item in self._batch_get(keys)]
+        commands = [c for c in commands if not c.is_terminal]
+        commands.sort(key=lambda c: c.created_at)
+        return commands[:limit]
+
+    # --- certificates ------------------------------------------------------------------------
+
+    def _certificate_item(self, cert: Certificate) -> dict[str, Any]:
+        values = cert.model_dump(mode="json", exclude_none=True)
+        values.update(pk=f"CERT#{cert.certificate_id}", sk="CERT")
+        return _to_item(values)
+
+    def add_certificate(self, certificate: Certificate) -> None:
+        cert = certificate.model_copy(update={"version": 1})
+        try:
+            self._call(
+                "put_item", Item=self._certificate_item(cert),
+                ConditionExpression="attribute_not_exists(pk) OR #status = :rejected",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":rejected": {"S": CertificateStatus.REJECTED.value}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            existing = _certificate_from(exc.response["Item"])
+            if existing.issue_command == certificate.issue_command:
+                return  # a replay of the same issuance
+            raise domain.Conflict(
+                f"certificate {certificate.certificate_id} for this metering point, type and "
+                "period is already issued", subject=certificate.certificate_id) from exc
+
+    def get_certificate(self, certificate_id: str) -> Certificate | None:
+        item = self._get(_cert_key(certificate_id))
+        return _certificate_from(item) if item else None
+
+    def get_certificates(self, certificate_ids: Sequence[str]) -> list[Certificate]:
+        unique = list(dict.fromkeys(certificate_ids))
+        found = {c.certificate_id: c for c in map(
+            _certificate_from, self._batch_get([_cert_key(i) for i in unique]))}
+        return [found[i] for i in unique if i in found]
+
+    def reserve(self, ref: SliceRef, command_id: str, caller: str,
+                at_least_wh: int) -> Certificate:
+        # One conditional update: of all the commands racing for this slice, exactly one
+        # finds it available. The others get the item back and the domain names the reason.
+        try:
+            answer = self._call(
+                "update_item", Key=_cert_key(ref.certificate_id),
+                UpdateExpression="SET slices.#s.#state = :reserved, slices.#s.reserved_by = :cmd,"
+                                 " version = version + :one",
+                ConditionExpression=(
+                    "#status = :active AND attribute_not_exists(withdrawal)"
+                    " AND slices.#s.#owner = :caller AND slices.#s.#state = :available"
+                    " AND slices.#s.quantity_wh >= :least"),
+                ExpressionAttributeNames={"#s": ref.slice_id, "#state": "state",
+                                          "#owner": "owner", "#status": "status"},
+                ExpressionAttributeValues=_to_item({
+                    ":reserved": SliceState.RESERVED.value, ":cmd": command_id, ":one": 1,
+                    ":active": CertificateStatus.ACTIVE.value, ":caller": caller,
+                    ":available": SliceState.AVAILABLE.value, ":least": at_least_wh}),
+                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            old = exc.response.get("Item")
+            if not old:
+                raise domain.NotFound(f"certificate {ref.certificate_id} not found",
+                                      field="certificate_id",
+                                      subject=ref.certificate_id) from exc
+            # Raises the precise reason, or returns when the slice is already ours (a replay).
+            return domain.reserve(_certificate_from(old), ref, command_id, caller, at_least_wh)
+        return _certificate_from(answer["Attributes"])
+
+    def update_certificate(self, certificate_id: str,
+                           change: Callable[[Certificate], Certificate]) -> Certificate:
+        for _ in range(_OPTIMISTIC_RETRIES):
+            current = self.get_certificate(certificate_id)
+            if current is None:
+                raise domain.NotFound(f"certificate {certificate_id} not found",
+                                      subject=certificate_id)
+            changed = change(current)
+            if changed == current:
+                return current
+            changed = changed.model_copy(update={"version": current.version + 1})
+            try:
+                self._call("put_item", Item=self._certificate_item(changed),
+                           ConditionExpression="version = :seen",
+                           ExpressionAttributeValues={":seen": {"N": str(current.version)}})
+                return changed
+            except ClientError:
+                continue  # someone wrote in between: read again and redo the change
+        raise DependencyDown(f"certificate {certificate_id} is changing too often to update")
+
+    def add_holding(self, owner: str, certificate: Certificate) -> None:
+        self._call("put_item", Item=_to_item({
+            "pk": f"OWNER#{owner}",
+            "sk": f"HOLD#{certificate.period.start.isoformat()}#{certificate.certificate_id}",
+            "certificate_id": certificate.certificate_id,
+            "type": certificate.type.value,
+            "grid_area": certificate.grid_area,
+        }))
+
+    def holdings(self, query: HoldingQuery) -> Page[Certificate]:
+        low = f"HOLD#{query.start.isoformat()}" if query.start else "HOLD#"
+        high = f"HOLD#{query.end.isoformat()}" if query.end else "HOLD$"
+        values: dict[str, Any] = {":pk": f"OWNER#{query.owner}", ":low": low, ":high": high}
+        filters, names = [], {}
+        if query.type is not None:
+            filters.append("#type = :type")
+            names["#type"] = "type"
+            values[":type"] = query.type.value
+        if query.grid_area is not None:
+            filters.append("grid_area = :area")
+            values[":area"] = query.grid_area
+        args: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": _to_item(values),
+            "ScanIndexForward": False,
+        }
+        if filters:
+            args["FilterExpression"] = " AND ".join(filters)
+            args["ExpressionAttributeNames"] = names
+        ids: list[str] = []
+        resume: dict[str, Any] | None = None
+        for item, after in self._query_pages(args, _decode_cursor(query.cursor), query.limit):
+            ids.append(item["certificate_id"]["S"])
+            resume = after
+        # BETWEEN is inclusive, but "HOLD#<end>#<id>" sorts after "HOLD#<end>", so periods
+        # starting exactly at `end` stay out, as the API promises.
+        certs = self.get_certificates(ids)
+        return Page(items=certs, next_cursor=_encode_cursor(resume))
+
+    def _query_pages(self, args: dict[str, Any], start: dict[str, Any] | None,
+                     limit: int) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Items of a filtered query up to `limit`, each with the key to resume after it
+        (None after the last item of the last page)."""
+        count = 0
+        while True:
+            page_args = dict(args, Limit=limit - count)
+            if start:
+                page_args["ExclusiveStartKey"] = start
+            answer = self._call("query", **page_args)
+            items = answer.get("Items", [])
+            more = answer.get("LastEvaluatedKey")
+            for i, item in enumerate(items):
+                count += 1
+                last_of_all = i == len(items) - 1 and not more
+                yield item, None if last_of_all else {"pk": item["pk"], "sk": item["sk"]}
+                if count >= limit:
+                    return
+            if not more:
+                return
+            start = more

@@ -1,0 +1,131 @@
+"""The ports the use cases depend on: only the calls they make.
+
+The in-memory adapters (tests) and the AWS adapters (everywhere else) implement these, and one
+contract suite runs against both so that the fake cannot drift from the real thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from chalicelib.domain import (
+    Certificate,
+    CertificateType,
+    Command,
+    CommandKind,
+    CommandStatus,
+    SliceRef,
+)
+
+T = TypeVar("T")
+
+
+class StaleCommand(Exception):
+    """A conditional change of a command found it in another state than expected."""
+
+    def __init__(self, current: Command | None):
+        super().__init__(
+            "command not found" if current is None else f"command is {current.status}")
+        self.current = current
+
+
+class DuplicateCommand(Exception):
+    """A command with this id is already in the book (the idempotency guard fired)."""
+
+    def __init__(self, existing: Command):
+        super().__init__(f"command {existing.command_id} exists")
+        self.existing = existing
+
+
+class DependencyDown(Exception):
+    """AWS (or another dependency) is unreachable or throttling: the client may retry."""
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class HoldingQuery:
+    owner: str
+    type: CertificateType | None = None
+    grid_area: str | None = None
+    start: datetime | None = None  # periods starting at or after
+    end: datetime | None = None  # periods starting before
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A conditional change of one command: from `expected` (at `step`) to `target`."""
+
+    expected: CommandStatus | Sequence[CommandStatus]
+    target: CommandStatus
+    now: datetime
+    step: int | None = None  # the step the command must be at, when it matters
+    changes: dict[str, Any] = field(default_factory=dict)  # other fields of Command to set
+
+
+class Book(Protocol):
+    # commands
+    def add_command(self, command: Command) -> None:
+        """Record a new command; DuplicateCommand (with the stored one) if its id exists."""
+        ...
+
+    def get_command(self, command_id: str) -> Command | None: ...
+
+    def transition(self, command_id: str, change: Transition) -> Command:
+        """Apply `change` if the command is as expected, else StaleCommand(current)."""
+        ...
+
+    def forget_command(self, command: Command) -> None:
+        """Remove a command that was refused before anything else happened to it."""
+        ...
+
+    def commands_of(self, caller: str, kind: CommandKind, limit: int,
+                    cursor: str | None) -> Page[Command]: ...
+
+    def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
+        """Commands that are not terminal, created before the given time, oldest first."""
+        ...
+
+    # certificates
+    def add_certificate(self, certificate: Certificate) -> None:
+        """Record a certificate being issued; Conflict if that identity is already issued."""
+        ...
+
+    def get_certificate(self, certificate_id: str) -> Certificate | None: ...
+
+    def get_certificates(self, certificate_ids: Sequence[str]) -> list[Certificate]: ...
+
+    def reserve(self, ref: SliceRef, command_id: str, caller: str,
+                at_least_wh: int) -> Certificate:
+        """Reserve the caller's available slice for one command, atomically; the domain's
+        NotFound/Conflict when it cannot be. Returns the certificate as stored after."""
+        ...
+
+    def update_certificate(self, certificate_id: str,
+                           change: Callable[[Certificate], Certificate]) -> Certificate:
+        """Read-modify-write under an optimistic lock (retried on a concurrent write)."""
+        ...
+
+    def holdings(self, query: HoldingQuery) -> Page[Certificate]:
+        """The certificates in which the owner holds or held slices, newest period first."""
+        ...
+
+    def add_holding(self, owner: str, certificate: Certificate) -> None: ...
+
+
+class CommandQueue(Protocol):
+    def send(self, command: Command) -> None:
+        """Queue the command on its certificate's FIFO group. DependencyDown on failure."""
+        ...
+
+
+Clock = Callable[[], datetime]

@@ -1,0 +1,61 @@
+"""Every setting of the service, read once from the environment (prefix CERTS_).
+
+Stage values live in `.chalice/config.json` (deployed) or in the embedded stack's environment.
+Timeouts must stay ordered: registry call < Lambda timeout < lease; `check_order` says so at
+start-up rather than at three in the morning.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_JWT_SECRET = "certificates-domain-local-development-secret"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CERTS_", extra="ignore")
+
+    stage: str = "local"
+    region: str = Field(default="eu-west-1")
+    table_name: str = "certificates-book"
+    queue_url: str | None = None  # the FIFO command queue; looked up by name when unset
+    queue_name: str = "certificates-commands.fifo"
+    dead_letter_queue_name: str = "certificates-commands-dlq.fifo"
+
+    # identity
+    auth: Literal["hs256", "oidc"] = "hs256"
+    jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None  # defaults to {issuer}/.well-known/jwks.json
+
+    # the registry
+    registry: Literal["simulator", "http"] = "simulator"
+    registry_url: str | None = None
+    registry_name: str = "certificates-registry"
+    registry_queries: bool = True
+    registry_timeout_s: float = 10.0
+    registry_batch_size: int = 20
+    registry_seed: int = 1
+
+    # the pipeline
+    lambda_timeout_s: float = 60.0
+    lease_s: float = 120.0  # how long a SENDING command belongs to the worker that took it
+    commit_poll_s: float = 5.0  # how long a worker waits for a PENDING transaction to commit
+    redrive_after_s: float = 300.0  # an ACCEPTED command older than this lost its message
+    certificate_expiry_days: int = 365
+    max_body_bytes: int = 256 * 1024
+    open_command_shards: int = 8  # spreads the open-commands index over partitions
+
+    @model_validator(mode="after")
+    def check_order(self) -> Settings:
+        if not self.registry_timeout_s < self.lambda_timeout_s < self.lease_s:
+            raise ValueError("timeouts must be ordered: registry call < Lambda timeout < lease")
+        if self.auth == "oidc" and not (self.oidc_issuer and self.oidc_audience):
+            raise ValueError("auth=oidc needs CERTS_OIDC_ISSUER and CERTS_OIDC_AUDIENCE")
+        if self.registry == "http" and not self.registry_url:
+            raise ValueError("registry=http needs CERTS_REGISTRY_URL")
+        return self

@@ -1,0 +1,189 @@
+"""Accepting commands: record each exactly once, take its holds, then queue it.
+
+The order of the writes is the design:
+
+1. Record the command. Its id is derived from (caller, Idempotency-Key), so the conditional
+   put of the command IS the idempotency guard: a replay lands on the same record.
+2. Take its holds (conditional writes on the certificates). If refused, release and forget the
+   command: a refused request leaves the book as it was.
+3. Queue it on its certificate's FIFO group. If that fails, the command stays ACCEPTED in the
+   book, which is the outbox: the reconciler re-drives it. The client still gets 202.
+
+A crash between 1 and 2 leaves an ACCEPTED command without holds; the worker takes them before
+it sends anything (see holds.take), so nothing is lost and nothing is spent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from chalicelib import domain
+from chalicelib.domain import (
+    Actor,
+    Command,
+    CommandKind,
+    CommandStatus,
+    Conflict,
+    DomainError,
+    IssueSpec,
+    Role,
+    SliceRef,
+)
+from chalicelib.ports import (
+    Book,
+    CommandQueue,
+    DependencyDown,
+    DuplicateCommand,
+    StaleCommand,
+    Transition,
+)
+from chalicelib.usecases import holds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What every write carries besides its body."""
+
+    actor: Actor
+    idempotency_key: str
+    body_hash: str
+    now: datetime
+
+
+def _new_command(request: Request, kind: CommandKind, certificate_id: str, *,
+                 index: int = 0, body_hash: str | None = None, **fields) -> Command:
+    return Command(
+        command_id=domain.command_id_for(request.actor.owner, request.idempotency_key, index),
+        kind=kind,
+        certificate_id=certificate_id,
+        caller=request.actor.owner,
+        request_hash=body_hash or request.body_hash,
+        created_at=request.now,
+        updated_at=request.now,
+        **fields,
+    )
+
+
+def record(book: Book, queue: CommandQueue, command: Command) -> Command:
+    """Steps 1-3 above. Returns the command to answer with (the first one, on a replay)."""
+    try:
+        book.add_command(command)
+    except DuplicateCommand as dup:
+        return _replay(book, queue, command, dup.existing)
+    try:
+        holds.take(book, command)
+    except DomainError:
+        book.forget_command(command)
+        raise
+    enqueue(queue, command)
+    return command
+
+
+def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -> Command:
+    if first.request_hash != command.request_hash:
+        raise Conflict("this Idempotency-Key was used with another request body",
+                       field="Idempotency-Key", subject=first.command_id)
+    if first.status != CommandStatus.ACCEPTED or first.attempts:
+        return first  # the worker has it: the first answer stands
+    # The first attempt may have stopped before taking its holds or queueing: finish it.
+    try:
+        holds.take(book, first)
+    except DomainError as refused:
+        try:
+            return book.transition(first.command_id, Transition(
+                expected=CommandStatus.ACCEPTED, target=CommandStatus.REJECTED,
+                now=command.updated_at, changes={"error": refused.detail}))
+        except StaleCommand:  # a worker moved it meanwhile: answer with what is stored
+            return book.get_command(first.command_id) or first
+    enqueue(queue, first)
+    return first
+
+
+def enqueue(queue: CommandQueue, command: Command) -> None:
+    try:
+        queue.send(command)
+    except DependencyDown:
+        # The book is the outbox: the reconciler re-drives ACCEPTED commands that lost their
+        # message, so the client's 202 stands.
+        log.warning("queueing failed; the reconciler will re-drive",
+                    extra={"command_id": command.command_id})
+
+
+# --- one function per write of the API ------------------------------------------------------
+
+
+def issue(book: Book, queue: CommandQueue, request: Request, spec: IssueSpec) -> Command:
+    request.actor.require(Role.ISSUER)
+    certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
+    return record(book, queue, _new_command(request, CommandKind.ISSUE, certificate_id,
+                                            issue=spec))
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int
+    command: Command | None = None
+    error: DomainError | None = None
+
+
+def issue_batch(book: Book, queue: CommandQueue, request: Request,
+                specs: Sequence[IssueSpec | DomainError]) -> list[BatchItem]:
+    """One command per certificate; an item refused (or invalid) does not stop the others."""
+    request.actor.require(Role.ISSUER)
+    results = []
+    for index, spec in enumerate(specs):
+        if isinstance(spec, DomainError):
+            results.append(BatchItem(index=index, error=spec))
+            continue
+        certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
+        command = _new_command(request, CommandKind.ISSUE, certificate_id, index=index,
+                               body_hash=domain.request_hash([request.body_hash, index]),
+                               issue=spec)
+        try:
+            results.append(BatchItem(index=index, command=record(book, queue, command)))
+        except DomainError as refused:
+            results.append(BatchItem(index=index, error=refused))
+    return results
+
+
+def slice_certificate(book: Book, queue: CommandQueue, request: Request, ref: SliceRef,
+                      quantities_wh: Sequence[int]) -> Command:
+    return record(book, queue, _new_command(
+        request, CommandKind.SLICE, ref.certificate_id, slices=(ref,),
+        quantities_wh=tuple(quantities_wh)))
+
+
+def transfer(book: Book, queue: CommandQueue, request: Request, ref: SliceRef,
+             receiver: str, quantity_wh: int) -> Command:
+    if receiver == request.actor.owner:
+        raise domain.RuleViolation("a slice cannot be transferred to its own owner",
+                                   field="receiver")
+    return record(book, queue, _new_command(
+        request, CommandKind.TRANSFER, ref.certificate_id, slices=(ref,), receiver=receiver,
+        quantity_wh=quantity_wh))
+
+
+def claim(book: Book, queue: CommandQueue, request: Request, production: SliceRef,
+          consumption: SliceRef, quantity_wh: int) -> Command:
+    if production.certificate_id == consumption.certificate_id:
+        raise domain.RuleViolation("a claim matches two different certificates",
+                                   field="consumption.certificate_id")
+    # The production certificate's FIFO group carries the claim: the registry wants the
+    # production side first. The consumption side is protected by its reservation.
+    return record(book, queue, _new_command(
+        request, CommandKind.CLAIM, production.certificate_id,
+        slices=(production, consumption), quantity_wh=quantity_wh))
+
+
+def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: str) -> Command:
+    request.actor.require(Role.ISSUER)
+    cert = book.get_certificate(certificate_id)
+    if cert is None:
+        raise domain.NotFound(f"certificate {certificate_id} not found",
+                              field="certificate_id", subject=certificate_id)
+    return record(book, queue, _new_command(request, CommandKind.WITHDRAW, certificate_id))
