@@ -399,10 +399,12 @@ def _reserved_slice(cert: Certificate, ref: SliceRef, command_id: str) -> Slice:
 def apply_issue(cert: Certificate, command: Command) -> Certificate:
     if command.command_id in cert.applied:
         return cert
-    first = Slice(slice_id=slice_id_for(command.command_id, 0), owner=cert.owner,
-                  quantity_wh=cert.quantity_wh)
-    return _applying(cert, command.command_id, status=CertificateStatus.ACTIVE,
-                     slices={first.slice_id: first})
+    first = Slice(
+        slice_id=slice_id_for(command.command_id, 0), owner=cert.owner, quantity_wh=cert.quantity_wh
+    )
+    return _applying(
+        cert, command.command_id, status=CertificateStatus.ACTIVE, slices={first.slice_id: first}
+    )
 
 
 def apply_slice(cert: Certificate, command: Command) -> Certificate:
@@ -414,10 +416,12 @@ def apply_slice(cert: Certificate, command: Command) -> Certificate:
     parts = _parts_of(command, source)
     slices = dict(cert.slices)
     slices[source.slice_id] = source.model_copy(
-        update={"state": SliceState.SLICED, "reserved_by": None})
+        update={"state": SliceState.SLICED, "reserved_by": None}
+    )
     for i, quantity in enumerate(parts):
-        new = Slice(slice_id=slice_id_for(command.command_id, i), owner=source.owner,
-                    quantity_wh=quantity)
+        new = Slice(
+            slice_id=slice_id_for(command.command_id, i), owner=source.owner, quantity_wh=quantity
+        )
         slices[new.slice_id] = new
     return cert.model_copy(update={"slices": slices})
 
@@ -445,11 +449,15 @@ def apply_transfer(cert: Certificate, command: Command) -> Certificate:
         given = cert.slices[slice_id_for(command.command_id, 0)]
     else:
         given = _reserved_slice(cert, ref, command.command_id)
-    received = Slice(slice_id=slice_id_for(command.command_id, "received"), owner=command.receiver,
-                     quantity_wh=given.quantity_wh)
+    received = Slice(
+        slice_id=slice_id_for(command.command_id, "received"),
+        owner=command.receiver,
+        quantity_wh=given.quantity_wh,
+    )
     slices = dict(cert.slices)
     slices[given.slice_id] = given.model_copy(
-        update={"state": SliceState.TRANSFERRED, "reserved_by": None})
+        update={"state": SliceState.TRANSFERRED, "reserved_by": None}
+    )
     slices[received.slice_id] = received
     return _applying(cert, command.command_id, slices=slices)
 
@@ -463,16 +471,24 @@ def apply_claim_side(cert: Certificate, command: Command, ref: SliceRef) -> Cert
     slices = dict(cert.slices)
     if source.quantity_wh == command.quantity_wh:
         slices[source.slice_id] = source.model_copy(
-            update={"state": SliceState.CLAIMED, "reserved_by": None})
+            update={"state": SliceState.CLAIMED, "reserved_by": None}
+        )
     else:
         side = 0 if ref == command.slices[0] else 1
-        claimed = Slice(slice_id=slice_id_for(command.command_id, 2 * side),
-                        owner=source.owner, quantity_wh=command.quantity_wh,
-                        state=SliceState.CLAIMED)
-        rest = Slice(slice_id=slice_id_for(command.command_id, 2 * side + 1),
-                     owner=source.owner, quantity_wh=source.quantity_wh - command.quantity_wh)
+        claimed = Slice(
+            slice_id=slice_id_for(command.command_id, 2 * side),
+            owner=source.owner,
+            quantity_wh=command.quantity_wh,
+            state=SliceState.CLAIMED,
+        )
+        rest = Slice(
+            slice_id=slice_id_for(command.command_id, 2 * side + 1),
+            owner=source.owner,
+            quantity_wh=source.quantity_wh - command.quantity_wh,
+        )
         slices[source.slice_id] = source.model_copy(
-            update={"state": SliceState.SLICED, "reserved_by": None})
+            update={"state": SliceState.SLICED, "reserved_by": None}
+        )
         slices[claimed.slice_id] = claimed
         slices[rest.slice_id] = rest
     return _applying(cert, command.command_id, slices=slices)
@@ -483,11 +499,13 @@ def apply_withdraw(cert: Certificate, command: Command) -> Certificate:
         return cert
     slices = {
         sid: s.model_copy(update={"state": SliceState.WITHDRAWN, "reserved_by": None})
-        if s.state in (SliceState.AVAILABLE, SliceState.RESERVED) else s
+        if s.state in (SliceState.AVAILABLE, SliceState.RESERVED)
+        else s
         for sid, s in cert.slices.items()
     }
-    return _applying(cert, command.command_id, status=CertificateStatus.WITHDRAWN,
-                     slices=slices, withdrawal=None)
+    return _applying(
+        cert, command.command_id, status=CertificateStatus.WITHDRAWN, slices=slices, withdrawal=None
+    )
 
 
 def begin_withdrawal(cert: Certificate, command_id: str) -> Certificate:
@@ -496,12 +514,15 @@ def begin_withdrawal(cert: Certificate, command_id: str) -> Certificate:
     if cert.withdrawal == command_id:
         return cert
     if cert.status != CertificateStatus.ACTIVE or cert.withdrawal is not None:
-        raise Conflict(f"certificate {cert.certificate_id} cannot be withdrawn: it is "
-                       + ("being withdrawn" if cert.withdrawal else cert.status.value),
-                       subject=cert.certificate_id)
+        raise Conflict(
+            f"certificate {cert.certificate_id} cannot be withdrawn: it is "
+            + ("being withdrawn" if cert.withdrawal else cert.status.value),
+            subject=cert.certificate_id,
+        )
     if any(s.reserved_by for s in cert.slices.values()):
-        raise Conflict(f"certificate {cert.certificate_id} has pending commands",
-                       subject=cert.certificate_id)
+        raise Conflict(
+            f"certificate {cert.certificate_id} has pending commands", subject=cert.certificate_id
+        )
     return cert.model_copy(update={"withdrawal": command_id})
 
 
@@ -509,7 +530,8 @@ def release(cert: Certificate, command_id: str) -> Certificate:
     """Free everything a command holds on this certificate (after a rejection)."""
     slices = {
         sid: s.model_copy(update={"state": SliceState.AVAILABLE, "reserved_by": None})
-        if s.reserved_by == command_id else s
+        if s.reserved_by == command_id
+        else s
         for sid, s in cert.slices.items()
     }
     withdrawal = None if cert.withdrawal == command_id else cert.withdrawal
@@ -518,62 +540,84 @@ def release(cert: Certificate, command_id: str) -> Certificate:
     return cert.model_copy(update={"slices": slices, "withdrawal": withdrawal})
 
 
-def reserve(cert: Certificate, ref: SliceRef, command_id: str, caller: str,
-            at_least_wh: int = 1) -> Certificate:
+def reserve(
+    cert: Certificate, ref: SliceRef, command_id: str, caller: str, at_least_wh: int = 1
+) -> Certificate:
     """Hold the caller's slice for one pending command; refuse if it is held or spent."""
     if cert.status != CertificateStatus.ACTIVE:
         if cert.status == CertificateStatus.ISSUING and cert.owner == caller:
-            raise Conflict(f"certificate {cert.certificate_id} is not issued yet",
-                           subject=cert.certificate_id)
+            raise Conflict(
+                f"certificate {cert.certificate_id} is not issued yet", subject=cert.certificate_id
+            )
         if cert.status in (CertificateStatus.WITHDRAWN, CertificateStatus.EXPIRED) and (
-                caller in cert.owners()):
-            raise Conflict(f"certificate {cert.certificate_id} is {cert.status}",
-                           subject=cert.certificate_id)
-        raise NotFound(f"certificate {cert.certificate_id} not found",
-                       field="certificate_id", subject=cert.certificate_id)
+            caller in cert.owners()
+        ):
+            raise Conflict(
+                f"certificate {cert.certificate_id} is {cert.status}", subject=cert.certificate_id
+            )
+        raise NotFound(
+            f"certificate {cert.certificate_id} not found",
+            field="certificate_id",
+            subject=cert.certificate_id,
+        )
     found = cert.slice_of(ref.slice_id, caller)
     if found.reserved_by == command_id:
         return cert  # a replay of our own reservation
     if cert.withdrawal is not None:
-        raise Conflict(f"certificate {cert.certificate_id} is being withdrawn",
-                       subject=cert.certificate_id)
+        raise Conflict(
+            f"certificate {cert.certificate_id} is being withdrawn", subject=cert.certificate_id
+        )
     if found.state == SliceState.RESERVED:
-        raise Conflict(f"slice {ref.slice_id} is reserved by a pending command",
-                       subject=ref.slice_id)
+        raise Conflict(
+            f"slice {ref.slice_id} is reserved by a pending command", subject=ref.slice_id
+        )
     if found.state != SliceState.AVAILABLE:
         raise Conflict(f"slice {ref.slice_id} is {found.state.value}", subject=ref.slice_id)
     if found.quantity_wh < at_least_wh:
         raise Conflict(
             f"slice {ref.slice_id} holds {found.quantity_wh} Wh, less than {at_least_wh} Wh",
-            subject=ref.slice_id)
+            subject=ref.slice_id,
+        )
     slices = dict(cert.slices)
     slices[found.slice_id] = found.model_copy(
-        update={"state": SliceState.RESERVED, "reserved_by": command_id})
+        update={"state": SliceState.RESERVED, "reserved_by": command_id}
+    )
     return cert.model_copy(update={"slices": slices})
 
 
 def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
     """A claim matches production and consumption of the same grid area and period."""
     if production.type != CertificateType.PRODUCTION:
-        raise RuleViolation("the production side must be a production certificate",
-                            field="production.certificate_id")
+        raise RuleViolation(
+            "the production side must be a production certificate",
+            field="production.certificate_id",
+        )
     if consumption.type != CertificateType.CONSUMPTION:
-        raise RuleViolation("the consumption side must be a consumption certificate",
-                            field="consumption.certificate_id")
+        raise RuleViolation(
+            "the consumption side must be a consumption certificate",
+            field="consumption.certificate_id",
+        )
     if production.grid_area != consumption.grid_area:
-        raise RuleViolation("production and consumption are in different grid areas",
-                            field="consumption.certificate_id")
-    if not (production.period.contains(consumption.period)
-            or consumption.period.contains(production.period)):
-        raise RuleViolation("the periods of production and consumption do not match",
-                            field="consumption.certificate_id")
+        raise RuleViolation(
+            "production and consumption are in different grid areas",
+            field="consumption.certificate_id",
+        )
+    if not (
+        production.period.contains(consumption.period)
+        or consumption.period.contains(production.period)
+    ):
+        raise RuleViolation(
+            "the periods of production and consumption do not match",
+            field="consumption.certificate_id",
+        )
 
 
 def check_slice_room(cert: Certificate, new_slices: int) -> None:
     if len(cert.slices) + new_slices > MAX_SLICES_PER_CERTIFICATE:
         raise RuleViolation(
             f"a certificate holds at most {MAX_SLICES_PER_CERTIFICATE} slices",
-            subject=cert.certificate_id)
+            subject=cert.certificate_id,
+        )
 
 
 def conservation_holds(cert: Certificate) -> bool:

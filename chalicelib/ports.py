@@ -27,8 +27,7 @@ class StaleCommand(Exception):
     """A conditional change of a command found it in another state than expected."""
 
     def __init__(self, current: Command | None):
-        super().__init__(
-            "command not found" if current is None else f"command is {current.status}")
+        super().__init__("command not found" if current is None else f"command is {current.status}")
         self.current = current
 
 
@@ -88,8 +87,9 @@ class Book(Protocol):
         """Remove a command that was refused before anything else happened to it."""
         ...
 
-    def commands_of(self, caller: str, kind: CommandKind, limit: int,
-                    cursor: str | None) -> Page[Command]: ...
+    def commands_of(
+        self, caller: str, kind: CommandKind, limit: int, cursor: str | None
+    ) -> Page[Command]: ...
 
     def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
         """Commands that are not terminal, created before the given time, oldest first."""
@@ -104,14 +104,14 @@ class Book(Protocol):
 
     def get_certificates(self, certificate_ids: Sequence[str]) -> list[Certificate]: ...
 
-    def reserve(self, ref: SliceRef, command_id: str, caller: str,
-                at_least_wh: int) -> Certificate:
+    def reserve(self, ref: SliceRef, command_id: str, caller: str, at_least_wh: int) -> Certificate:
         """Reserve the caller's available slice for one command, atomically; the domain's
         NotFound/Conflict when it cannot be. Returns the certificate as stored after."""
         ...
 
-    def update_certificate(self, certificate_id: str,
-                           change: Callable[[Certificate], Certificate]) -> Certificate:
+    def update_certificate(
+        self, certificate_id: str, change: Callable[[Certificate], Certificate]
+    ) -> Certificate:
         """Read-modify-write under an optimistic lock (retried on a concurrent write)."""
         ...
 

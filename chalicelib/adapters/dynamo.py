@@ -52,10 +52,15 @@ from chalicelib.ports import (
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
-_THROTTLED = frozenset({
-    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
-    "InternalServerError", "ServiceUnavailable",
-})
+_THROTTLED = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
 _OPTIMISTIC_RETRIES = 8
 
 
@@ -80,7 +85,9 @@ def _plain(value: Any) -> Any:
 
 def _condition_failed(error: ClientError) -> bool:
     return error.response["Error"]["Code"] in (
-        "ConditionalCheckFailedException", "TransactionCanceledException")
+        "ConditionalCheckFailedException",
+        "TransactionCanceledException",
+    )
 
 
 def _translate(error: Exception) -> Exception:
@@ -107,8 +114,9 @@ def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
             raise ValueError("not a key")
         return key
     except ValueError as exc:
-        raise domain.RuleViolation("the cursor is not one this service gave out",
-                                   field="cursor") from exc
+        raise domain.RuleViolation(
+            "the cursor is not one this service gave out", field="cursor"
+        ) from exc
 
 
 def _cert_key(certificate_id: str) -> dict[str, Any]:
@@ -117,6 +125,10 @@ def _cert_key(certificate_id: str) -> dict[str, Any]:
 
 def _command_key(command_id: str, sk: str = "CMD") -> dict[str, Any]:
     return {"pk": {"S": f"CMD#{command_id}"}, "sk": {"S": sk}}
+
+
+def _holding_sk(cert: Certificate) -> str:
+    return f"HOLD#{cert.period.start.isoformat()}#{cert.certificate_id}"
 
 
 def _certificate_from(item: dict[str, Any]) -> Certificate:
@@ -152,7 +164,7 @@ class DynamoBook:
     def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):  # BatchGetItem takes at most 100 keys
-            pending: dict[str, Any] = {self._table: {"Keys": keys[start:start + 100]}}
+            pending: dict[str, Any] = {self._table: {"Keys": keys[start : start + 100]}}
             while pending:
                 try:
                     answer = self._db.batch_get_item(RequestItems=pending)
@@ -167,7 +179,8 @@ class DynamoBook:
     def _command_item(self, command: Command) -> dict[str, Any]:
         values = command.model_dump(mode="json", exclude_none=True)
         values.update(
-            pk=f"CMD#{command.command_id}", sk="CMD",
+            pk=f"CMD#{command.command_id}",
+            sk="CMD",
             by_caller_pk=f"{command.caller}#{command.kind.value}",
             by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
         )
@@ -177,14 +190,19 @@ class DynamoBook:
 
     def _open_keys(self, command: Command) -> dict[str, str]:
         shard = zlib.crc32(command.command_id.encode()) % self._shards
-        return {"open_pk": f"OPEN#{shard}",
-                "open_sk": f"{command.created_at.isoformat()}#{command.command_id}"}
+        return {
+            "open_pk": f"OPEN#{shard}",
+            "open_sk": f"{command.created_at.isoformat()}#{command.command_id}",
+        }
 
     def add_command(self, command: Command) -> None:
         try:
-            self._call("put_item", Item=self._command_item(command),
-                       ConditionExpression="attribute_not_exists(pk)",
-                       ReturnValuesOnConditionCheckFailure="ALL_OLD")
+            self._call(
+                "put_item",
+                Item=self._command_item(command),
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as exc:
             raise DuplicateCommand(_command_from(exc.response["Item"])) from exc
 
@@ -193,8 +211,11 @@ class DynamoBook:
         return _command_from(item) if item else None
 
     def transition(self, command_id: str, change: Transition) -> Command:
-        expected = ((change.expected,) if isinstance(change.expected, CommandStatus)
-                    else tuple(change.expected))
+        expected = (
+            (change.expected,)
+            if isinstance(change.expected, CommandStatus)
+            else tuple(change.expected)
+        )
         for status in expected:
             domain.check_transition(status, change.target)
         # Serialize the changed fields through the model so types match what is stored.
@@ -216,10 +237,15 @@ class DynamoBook:
             values[":step"] = change.step
         try:
             answer = self._call(
-                "update_item", Key=_command_key(command_id), UpdateExpression=expression,
-                ConditionExpression=condition, ExpressionAttributeNames=names,
-                ExpressionAttributeValues=_to_item(values), ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                "update_item",
+                Key=_command_key(command_id),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_item(values),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as exc:
             old = exc.response.get("Item")
             raise StaleCommand(_command_from(old) if old else None) from exc
@@ -229,25 +255,29 @@ class DynamoBook:
         # If a worker took it meanwhile, the condition fails and the worker, finding the holds
         # missing, rejects it.
         with contextlib.suppress(ClientError):
-            self._call("delete_item", Key=_command_key(command.command_id),
-                       ConditionExpression="#status = :accepted AND attempts = :zero",
-                       ExpressionAttributeNames={"#status": "status"},
-                       ExpressionAttributeValues={":accepted": {"S": "ACCEPTED"},
-                                                  ":zero": {"N": "0"}})
+            self._call(
+                "delete_item",
+                Key=_command_key(command.command_id),
+                ConditionExpression="#status = :accepted AND attempts = :zero",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":accepted": {"S": "ACCEPTED"}, ":zero": {"N": "0"}},
+            )
 
     def note_receipt(self, command: Command) -> None:
         """Let the receiver of a committed transfer see it in their list."""
         assert command.receiver is not None
         values = command.model_dump(mode="json", exclude_none=True)
         values.update(
-            pk=f"CMD#{command.command_id}", sk="RECEIVED",
+            pk=f"CMD#{command.command_id}",
+            sk="RECEIVED",
             by_caller_pk=f"{command.receiver}#{command.kind.value}",
             by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
         )
         self._call("put_item", Item=_to_item(values))
 
-    def commands_of(self, caller: str, kind: CommandKind, limit: int,
-                    cursor: str | None) -> Page[Command]:
+    def commands_of(
+        self, caller: str, kind: CommandKind, limit: int, cursor: str | None
+    ) -> Page[Command]:
         args: dict[str, Any] = {
             "IndexName": "by_caller",
             "KeyConditionExpression": "by_caller_pk = :pk",
@@ -266,11 +296,15 @@ class DynamoBook:
         keys: list[dict[str, Any]] = []
         for shard in range(self._shards):
             answer = self._call(
-                "query", IndexName="open_commands",
+                "query",
+                IndexName="open_commands",
                 KeyConditionExpression="open_pk = :pk AND open_sk < :before",
-                ExpressionAttributeValues={":pk": {"S": f"OPEN#{shard}"},
-                                           ":before": {"S": created_before.isoformat()}},
-                Limit=limit)
+                ExpressionAttributeValues={
+                    ":pk": {"S": f"OPEN#{shard}"},
+                    ":before": {"S": created_before.isoformat()},
+                },
+                Limit=limit,
+            )
             keys += [{"pk": item["pk"], "sk": item["sk"]} for item in answer.get("Items", [])]
         commands = [_command_from(item) for item in self._batch_get(keys)]
         commands = [c for c in commands if not c.is_terminal]
@@ -288,18 +322,22 @@ class DynamoBook:
         cert = certificate.model_copy(update={"version": 1})
         try:
             self._call(
-                "put_item", Item=self._certificate_item(cert),
+                "put_item",
+                Item=self._certificate_item(cert),
                 ConditionExpression="attribute_not_exists(pk) OR #status = :rejected",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={":rejected": {"S": CertificateStatus.REJECTED.value}},
-                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as exc:
             existing = _certificate_from(exc.response["Item"])
             if existing.issue_command == certificate.issue_command:
                 return  # a replay of the same issuance
             raise domain.Conflict(
                 f"certificate {certificate.certificate_id} for this metering point, type and "
-                "period is already issued", subject=certificate.certificate_id) from exc
+                "period is already issued",
+                subject=certificate.certificate_id,
+            ) from exc
 
     def get_certificate(self, certificate_id: str) -> Certificate | None:
         item = self._get(_cert_key(certificate_id))
@@ -307,68 +345,96 @@ class DynamoBook:
 
     def get_certificates(self, certificate_ids: Sequence[str]) -> list[Certificate]:
         unique = list(dict.fromkeys(certificate_ids))
-        found = {c.certificate_id: c for c in map(
-            _certificate_from, self._batch_get([_cert_key(i) for i in unique]))}
+        found = {
+            c.certificate_id: c
+            for c in map(_certificate_from, self._batch_get([_cert_key(i) for i in unique]))
+        }
         return [found[i] for i in unique if i in found]
 
-    def reserve(self, ref: SliceRef, command_id: str, caller: str,
-                at_least_wh: int) -> Certificate:
+    def reserve(self, ref: SliceRef, command_id: str, caller: str, at_least_wh: int) -> Certificate:
         # One conditional update: of all the commands racing for this slice, exactly one
         # finds it available. The others get the item back and the domain names the reason.
         try:
             answer = self._call(
-                "update_item", Key=_cert_key(ref.certificate_id),
+                "update_item",
+                Key=_cert_key(ref.certificate_id),
                 UpdateExpression="SET slices.#s.#state = :reserved, slices.#s.reserved_by = :cmd,"
-                                 " version = version + :one",
+                " version = version + :one",
                 ConditionExpression=(
                     "#status = :active AND attribute_not_exists(withdrawal)"
                     " AND slices.#s.#owner = :caller AND slices.#s.#state = :available"
-                    " AND slices.#s.quantity_wh >= :least"),
-                ExpressionAttributeNames={"#s": ref.slice_id, "#state": "state",
-                                          "#owner": "owner", "#status": "status"},
-                ExpressionAttributeValues=_to_item({
-                    ":reserved": SliceState.RESERVED.value, ":cmd": command_id, ":one": 1,
-                    ":active": CertificateStatus.ACTIVE.value, ":caller": caller,
-                    ":available": SliceState.AVAILABLE.value, ":least": at_least_wh}),
-                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                    " AND slices.#s.quantity_wh >= :least"
+                ),
+                ExpressionAttributeNames={
+                    "#s": ref.slice_id,
+                    "#state": "state",
+                    "#owner": "owner",
+                    "#status": "status",
+                },
+                ExpressionAttributeValues=_to_item(
+                    {
+                        ":reserved": SliceState.RESERVED.value,
+                        ":cmd": command_id,
+                        ":one": 1,
+                        ":active": CertificateStatus.ACTIVE.value,
+                        ":caller": caller,
+                        ":available": SliceState.AVAILABLE.value,
+                        ":least": at_least_wh,
+                    }
+                ),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as exc:
             old = exc.response.get("Item")
             if not old:
-                raise domain.NotFound(f"certificate {ref.certificate_id} not found",
-                                      field="certificate_id",
-                                      subject=ref.certificate_id) from exc
+                raise domain.NotFound(
+                    f"certificate {ref.certificate_id} not found",
+                    field="certificate_id",
+                    subject=ref.certificate_id,
+                ) from exc
             # Raises the precise reason, or returns when the slice is already ours (a replay).
             return domain.reserve(_certificate_from(old), ref, command_id, caller, at_least_wh)
         return _certificate_from(answer["Attributes"])
 
-    def update_certificate(self, certificate_id: str,
-                           change: Callable[[Certificate], Certificate]) -> Certificate:
+    def update_certificate(
+        self, certificate_id: str, change: Callable[[Certificate], Certificate]
+    ) -> Certificate:
         for _ in range(_OPTIMISTIC_RETRIES):
             current = self.get_certificate(certificate_id)
             if current is None:
-                raise domain.NotFound(f"certificate {certificate_id} not found",
-                                      subject=certificate_id)
+                raise domain.NotFound(
+                    f"certificate {certificate_id} not found", subject=certificate_id
+                )
             changed = change(current)
             if changed == current:
                 return current
             changed = changed.model_copy(update={"version": current.version + 1})
             try:
-                self._call("put_item", Item=self._certificate_item(changed),
-                           ConditionExpression="version = :seen",
-                           ExpressionAttributeValues={":seen": {"N": str(current.version)}})
+                self._call(
+                    "put_item",
+                    Item=self._certificate_item(changed),
+                    ConditionExpression="version = :seen",
+                    ExpressionAttributeValues={":seen": {"N": str(current.version)}},
+                )
                 return changed
             except ClientError:
                 continue  # someone wrote in between: read again and redo the change
         raise DependencyDown(f"certificate {certificate_id} is changing too often to update")
 
     def add_holding(self, owner: str, certificate: Certificate) -> None:
-        self._call("put_item", Item=_to_item({
-            "pk": f"OWNER#{owner}",
-            "sk": f"HOLD#{certificate.period.start.isoformat()}#{certificate.certificate_id}",
-            "certificate_id": certificate.certificate_id,
-            "type": certificate.type.value,
-            "grid_area": certificate.grid_area,
-        }))
+        self._call(
+            "put_item",
+            Item=_to_item(
+                {
+                    "pk": f"OWNER#{owner}",
+                    "sk": _holding_sk(certificate),
+                    "certificate_id": certificate.certificate_id,
+                    "type": certificate.type.value,
+                    "grid_area": certificate.grid_area,
+                }
+            ),
+        )
 
     def holdings(self, query: HoldingQuery) -> Page[Certificate]:
         low = f"HOLD#{query.start.isoformat()}" if query.start else "HOLD#"
@@ -400,8 +466,9 @@ class DynamoBook:
         certs = self.get_certificates(ids)
         return Page(items=certs, next_cursor=_encode_cursor(resume))
 
-    def _query_pages(self, args: dict[str, Any], start: dict[str, Any] | None,
-                     limit: int) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    def _query_pages(
+        self, args: dict[str, Any], start: dict[str, Any] | None, limit: int
+    ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
         """Items of a filtered query up to `limit`, each with the key to resume after it
         (None after the last item of the last page)."""
         count = 0

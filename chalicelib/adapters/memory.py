@@ -41,20 +41,28 @@ def _decode_cursor(cursor: str | None) -> object:
     try:
         return json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except ValueError as exc:
-        raise domain.RuleViolation("the cursor is not one this service gave out",
-                                   field="cursor") from exc
+        raise domain.RuleViolation(
+            "the cursor is not one this service gave out", field="cursor"
+        ) from exc
 
 
 def apply_transition(current: Command | None, change: Transition) -> Command:
     """The command after `change`, or StaleCommand: shared by both books' in-process checks."""
-    expected = ((change.expected,) if isinstance(change.expected, domain.CommandStatus)
-                else tuple(change.expected))
-    if current is None or current.status not in expected or (
-            change.step is not None and current.step != change.step):
+    expected = (
+        (change.expected,)
+        if isinstance(change.expected, domain.CommandStatus)
+        else tuple(change.expected)
+    )
+    if (
+        current is None
+        or current.status not in expected
+        or (change.step is not None and current.step != change.step)
+    ):
         raise StaleCommand(current)
     domain.check_transition(current.status, change.target)
     return current.model_copy(
-        update={**change.changes, "status": change.target, "updated_at": change.now})
+        update={**change.changes, "status": change.target, "updated_at": change.now}
+    )
 
 
 class InMemoryBook:
@@ -84,32 +92,48 @@ class InMemoryBook:
     def forget_command(self, command: Command) -> None:
         with self._lock:
             stored = self.commands.get(command.command_id)
-            if stored is not None and stored.status == domain.CommandStatus.ACCEPTED and (
-                    stored.attempts == 0):
+            if (
+                stored is not None
+                and stored.status == domain.CommandStatus.ACCEPTED
+                and (stored.attempts == 0)
+            ):
                 del self.commands[command.command_id]
 
-    def commands_of(self, caller: str, kind: CommandKind, limit: int,
-                    cursor: str | None) -> Page[Command]:
+    def commands_of(
+        self, caller: str, kind: CommandKind, limit: int, cursor: str | None
+    ) -> Page[Command]:
         after = _decode_cursor(cursor)
         with self._lock:
             mine = sorted(
-                (c for c in self.commands.values()
-                 if c.kind == kind and (c.caller == caller or c.receiver == caller)),
-                key=lambda c: (c.created_at.isoformat(), c.command_id), reverse=True)
+                (
+                    c
+                    for c in self.commands.values()
+                    if c.kind == kind and (c.caller == caller or c.receiver == caller)
+                ),
+                key=lambda c: (c.created_at.isoformat(), c.command_id),
+                reverse=True,
+            )
         if after is not None:
             mine = [c for c in mine if [c.created_at.isoformat(), c.command_id] < after]
         page = mine[:limit]
         more = len(mine) > limit
-        nxt = _encode_cursor([page[-1].created_at.isoformat(), page[-1].command_id]) if (
-            more and page) else None
+        nxt = (
+            _encode_cursor([page[-1].created_at.isoformat(), page[-1].command_id])
+            if (more and page)
+            else None
+        )
         return Page(items=page, next_cursor=nxt)
 
     def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
         with self._lock:
             found = sorted(
-                (c for c in self.commands.values()
-                 if not c.is_terminal and c.created_at < created_before),
-                key=lambda c: c.created_at)
+                (
+                    c
+                    for c in self.commands.values()
+                    if not c.is_terminal and c.created_at < created_before
+                ),
+                key=lambda c: c.created_at,
+            )
         return found[:limit]
 
     # certificates
@@ -122,10 +146,13 @@ class InMemoryBook:
             if existing is not None and existing.status != CertificateStatus.REJECTED:
                 raise Conflict(
                     f"certificate {certificate.certificate_id} for this metering point, type "
-                    "and period is already issued", subject=certificate.certificate_id)
+                    "and period is already issued",
+                    subject=certificate.certificate_id,
+                )
             version = existing.version + 1 if existing else 1
             self.certificates[certificate.certificate_id] = certificate.model_copy(
-                update={"version": version})
+                update={"version": version}
+            )
 
     def get_certificate(self, certificate_id: str) -> Certificate | None:
         return self.certificates.get(certificate_id)
@@ -133,26 +160,30 @@ class InMemoryBook:
     def get_certificates(self, certificate_ids: Sequence[str]) -> list[Certificate]:
         return [self.certificates[i] for i in certificate_ids if i in self.certificates]
 
-    def reserve(self, ref: SliceRef, command_id: str, caller: str,
-                at_least_wh: int) -> Certificate:
+    def reserve(self, ref: SliceRef, command_id: str, caller: str, at_least_wh: int) -> Certificate:
         with self._lock:
             cert = self.certificates.get(ref.certificate_id)
             if cert is None:
-                raise domain.NotFound(f"certificate {ref.certificate_id} not found",
-                                      field="certificate_id", subject=ref.certificate_id)
+                raise domain.NotFound(
+                    f"certificate {ref.certificate_id} not found",
+                    field="certificate_id",
+                    subject=ref.certificate_id,
+                )
             reserved = domain.reserve(cert, ref, command_id, caller, at_least_wh)
             if reserved is not cert:
                 reserved = reserved.model_copy(update={"version": cert.version + 1})
                 self.certificates[ref.certificate_id] = reserved
             return reserved
 
-    def update_certificate(self, certificate_id: str,
-                           change: Callable[[Certificate], Certificate]) -> Certificate:
+    def update_certificate(
+        self, certificate_id: str, change: Callable[[Certificate], Certificate]
+    ) -> Certificate:
         with self._lock:
             cert = self.certificates.get(certificate_id)
             if cert is None:
-                raise domain.NotFound(f"certificate {certificate_id} not found",
-                                      subject=certificate_id)
+                raise domain.NotFound(
+                    f"certificate {certificate_id} not found", subject=certificate_id
+                )
             changed = change(cert)
             if changed != cert:
                 changed = changed.model_copy(update={"version": cert.version + 1})
@@ -166,10 +197,14 @@ class InMemoryBook:
     def holdings(self, query: HoldingQuery) -> Page[Certificate]:
         after = _decode_cursor(query.cursor)
         with self._lock:
-            certs = [self.certificates[i] for i in self._holdings.get(query.owner, ())
-                     if i in self.certificates]
+            certs = [
+                self.certificates[i]
+                for i in self._holdings.get(query.owner, ())
+                if i in self.certificates
+            ]
         certs = [
-            c for c in certs
+            c
+            for c in certs
             if (query.type is None or c.type == query.type)
             and (query.grid_area is None or c.grid_area == query.grid_area)
             and (query.start is None or c.period.start >= query.start)
@@ -177,9 +212,8 @@ class InMemoryBook:
         ]
         certs.sort(key=lambda c: (c.period.start.isoformat(), c.certificate_id), reverse=True)
         if after is not None:
-            certs = [c for c in certs
-                     if [c.period.start.isoformat(), c.certificate_id] < after]
-        page = certs[:query.limit]
+            certs = [c for c in certs if [c.period.start.isoformat(), c.certificate_id] < after]
+        page = certs[: query.limit]
         nxt = None
         if len(certs) > query.limit and page:
             nxt = _encode_cursor([page[-1].period.start.isoformat(), page[-1].certificate_id])

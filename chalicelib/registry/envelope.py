@@ -67,8 +67,9 @@ class Transaction:
     payload: dict[str, Any]
 
     @classmethod
-    def build(cls, registry: str, stream_id: str, payload_type: str,
-              payload: dict[str, Any], signer: str) -> Transaction:
+    def build(
+        cls, registry: str, stream_id: str, payload_type: str, payload: dict[str, Any], signer: str
+    ) -> Transaction:
         """A new transaction with a fresh nonce: call once per transaction, then store it."""
         if payload_type not in PAYLOAD_TYPES:
             raise ValueError(f"unknown payload type {payload_type}")
@@ -82,11 +83,13 @@ class Transaction:
         return cls(header=header, header_signature=signer, payload=payload)
 
     def serialize(self) -> bytes:
-        return _canonical({
-            "header": self.header.to_dict(),
-            "header_signature": self.header_signature,
-            "payload": self.payload,
-        })
+        return _canonical(
+            {
+                "header": self.header.to_dict(),
+                "header_signature": self.header_signature,
+                "payload": self.payload,
+            }
+        )
 
     @property
     def transaction_id(self) -> str:
@@ -104,8 +107,9 @@ class Transaction:
                 payload_sha512=h["payload_sha512"],
                 nonce=h["nonce"],
             )
-            tx = cls(header=header, header_signature=raw["header_signature"],
-                     payload=raw["payload"])
+            tx = cls(
+                header=header, header_signature=raw["header_signature"], payload=raw["payload"]
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise MalformedTransaction(f"not a transaction: {exc}") from exc
         if header.payload_type not in PAYLOAD_TYPES:

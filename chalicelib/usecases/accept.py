@@ -55,8 +55,15 @@ class Request:
     now: datetime
 
 
-def _new_command(request: Request, kind: CommandKind, certificate_id: str, *,
-                 index: int = 0, body_hash: str | None = None, **fields) -> Command:
+def _new_command(
+    request: Request,
+    kind: CommandKind,
+    certificate_id: str,
+    *,
+    index: int = 0,
+    body_hash: str | None = None,
+    **fields,
+) -> Command:
     return Command(
         command_id=domain.command_id_for(request.actor.owner, request.idempotency_key, index),
         kind=kind,
@@ -86,8 +93,11 @@ def record(book: Book, queue: CommandQueue, command: Command) -> Command:
 
 def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -> Command:
     if first.request_hash != command.request_hash:
-        raise Conflict("this Idempotency-Key was used with another request body",
-                       field="Idempotency-Key", subject=first.command_id)
+        raise Conflict(
+            "this Idempotency-Key was used with another request body",
+            field="Idempotency-Key",
+            subject=first.command_id,
+        )
     if first.status != CommandStatus.ACCEPTED or first.attempts:
         return first  # the worker has it: the first answer stands
     # The first attempt may have stopped before taking its holds or queueing: finish it.
@@ -95,9 +105,15 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
         holds.take(book, first)
     except DomainError as refused:
         try:
-            return book.transition(first.command_id, Transition(
-                expected=CommandStatus.ACCEPTED, target=CommandStatus.REJECTED,
-                now=command.updated_at, changes={"error": refused.detail}))
+            return book.transition(
+                first.command_id,
+                Transition(
+                    expected=CommandStatus.ACCEPTED,
+                    target=CommandStatus.REJECTED,
+                    now=command.updated_at,
+                    changes={"error": refused.detail},
+                ),
+            )
         except StaleCommand:  # a worker moved it meanwhile: answer with what is stored
             return book.get_command(first.command_id) or first
     enqueue(queue, first)
@@ -110,8 +126,10 @@ def enqueue(queue: CommandQueue, command: Command) -> None:
     except DependencyDown:
         # The book is the outbox: the reconciler re-drives ACCEPTED commands that lost their
         # message, so the client's 202 stands.
-        log.warning("queueing failed; the reconciler will re-drive",
-                    extra={"command_id": command.command_id})
+        log.warning(
+            "queueing failed; the reconciler will re-drive",
+            extra={"command_id": command.command_id},
+        )
 
 
 # --- one function per write of the API ------------------------------------------------------
@@ -120,8 +138,7 @@ def enqueue(queue: CommandQueue, command: Command) -> None:
 def issue(book: Book, queue: CommandQueue, request: Request, spec: IssueSpec) -> Command:
     request.actor.require(Role.ISSUER)
     certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
-    return record(book, queue, _new_command(request, CommandKind.ISSUE, certificate_id,
-                                            issue=spec))
+    return record(book, queue, _new_command(request, CommandKind.ISSUE, certificate_id, issue=spec))
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,9 @@ class BatchItem:
     error: DomainError | None = None
 
 
-def issue_batch(book: Book, queue: CommandQueue, request: Request,
-                specs: Sequence[IssueSpec | DomainError]) -> list[BatchItem]:
+def issue_batch(
+    book: Book, queue: CommandQueue, request: Request, specs: Sequence[IssueSpec | DomainError]
+) -> list[BatchItem]:
     """One command per certificate; an item refused (or invalid) does not stop the others."""
     request.actor.require(Role.ISSUER)
     results = []
@@ -141,9 +159,14 @@ def issue_batch(book: Book, queue: CommandQueue, request: Request,
             results.append(BatchItem(index=index, error=spec))
             continue
         certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
-        command = _new_command(request, CommandKind.ISSUE, certificate_id, index=index,
-                               body_hash=domain.request_hash([request.body_hash, index]),
-                               issue=spec)
+        command = _new_command(
+            request,
+            CommandKind.ISSUE,
+            certificate_id,
+            index=index,
+            body_hash=domain.request_hash([request.body_hash, index]),
+            issue=spec,
+        )
         try:
             results.append(BatchItem(index=index, command=record(book, queue, command)))
         except DomainError as refused:
@@ -151,39 +174,82 @@ def issue_batch(book: Book, queue: CommandQueue, request: Request,
     return results
 
 
-def slice_certificate(book: Book, queue: CommandQueue, request: Request, ref: SliceRef,
-                      quantities_wh: Sequence[int]) -> Command:
-    return record(book, queue, _new_command(
-        request, CommandKind.SLICE, ref.certificate_id, slices=(ref,),
-        quantities_wh=tuple(quantities_wh)))
+def slice_certificate(
+    book: Book, queue: CommandQueue, request: Request, ref: SliceRef, quantities_wh: Sequence[int]
+) -> Command:
+    return record(
+        book,
+        queue,
+        _new_command(
+            request,
+            CommandKind.SLICE,
+            ref.certificate_id,
+            slices=(ref,),
+            quantities_wh=tuple(quantities_wh),
+        ),
+    )
 
 
-def transfer(book: Book, queue: CommandQueue, request: Request, ref: SliceRef,
-             receiver: str, quantity_wh: int) -> Command:
+def transfer(
+    book: Book,
+    queue: CommandQueue,
+    request: Request,
+    ref: SliceRef,
+    receiver: str,
+    quantity_wh: int,
+) -> Command:
     if receiver == request.actor.owner:
-        raise domain.RuleViolation("a slice cannot be transferred to its own owner",
-                                   field="receiver")
-    return record(book, queue, _new_command(
-        request, CommandKind.TRANSFER, ref.certificate_id, slices=(ref,), receiver=receiver,
-        quantity_wh=quantity_wh))
+        raise domain.RuleViolation(
+            "a slice cannot be transferred to its own owner", field="receiver"
+        )
+    return record(
+        book,
+        queue,
+        _new_command(
+            request,
+            CommandKind.TRANSFER,
+            ref.certificate_id,
+            slices=(ref,),
+            receiver=receiver,
+            quantity_wh=quantity_wh,
+        ),
+    )
 
 
-def claim(book: Book, queue: CommandQueue, request: Request, production: SliceRef,
-          consumption: SliceRef, quantity_wh: int) -> Command:
+def claim(
+    book: Book,
+    queue: CommandQueue,
+    request: Request,
+    production: SliceRef,
+    consumption: SliceRef,
+    quantity_wh: int,
+) -> Command:
     if production.certificate_id == consumption.certificate_id:
-        raise domain.RuleViolation("a claim matches two different certificates",
-                                   field="consumption.certificate_id")
+        raise domain.RuleViolation(
+            "a claim matches two different certificates", field="consumption.certificate_id"
+        )
     # The production certificate's FIFO group carries the claim: the registry wants the
     # production side first. The consumption side is protected by its reservation.
-    return record(book, queue, _new_command(
-        request, CommandKind.CLAIM, production.certificate_id,
-        slices=(production, consumption), quantity_wh=quantity_wh))
+    return record(
+        book,
+        queue,
+        _new_command(
+            request,
+            CommandKind.CLAIM,
+            production.certificate_id,
+            slices=(production, consumption),
+            quantity_wh=quantity_wh,
+        ),
+    )
 
 
 def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: str) -> Command:
     request.actor.require(Role.ISSUER)
     cert = book.get_certificate(certificate_id)
     if cert is None:
-        raise domain.NotFound(f"certificate {certificate_id} not found",
-                              field="certificate_id", subject=certificate_id)
+        raise domain.NotFound(
+            f"certificate {certificate_id} not found",
+            field="certificate_id",
+            subject=certificate_id,
+        )
     return record(book, queue, _new_command(request, CommandKind.WITHDRAW, certificate_id))

@@ -59,22 +59,26 @@ def _take(book: Book, command: Command) -> None:
             domain.check_slice_room(cert, len(command.quantities_wh))
         case CommandKind.TRANSFER:
             assert command.quantity_wh is not None and command.receiver is not None
-            cert = book.reserve(command.slices[0], command.command_id, command.caller,
-                                command.quantity_wh)
+            cert = book.reserve(
+                command.slices[0], command.command_id, command.caller, command.quantity_wh
+            )
             domain.check_slice_room(cert, 3)
         case CommandKind.CLAIM:
             assert command.quantity_wh is not None
-            production = book.reserve(command.slices[0], command.command_id, command.caller,
-                                      command.quantity_wh)
-            consumption = book.reserve(command.slices[1], command.command_id, command.caller,
-                                       command.quantity_wh)
+            production = book.reserve(
+                command.slices[0], command.command_id, command.caller, command.quantity_wh
+            )
+            consumption = book.reserve(
+                command.slices[1], command.command_id, command.caller, command.quantity_wh
+            )
             domain.check_claim_pair(production, consumption)
             domain.check_slice_room(production, 2)
             domain.check_slice_room(consumption, 2)
         case CommandKind.WITHDRAW:
             book.update_certificate(
                 command.certificate_id,
-                lambda cert: domain.begin_withdrawal(cert, command.command_id))
+                lambda cert: domain.begin_withdrawal(cert, command.command_id),
+            )
 
 
 def release(book: Book, command: Command) -> None:
@@ -86,12 +90,14 @@ def release(book: Book, command: Command) -> None:
     for certificate_id in command.certificate_ids():
         if book.get_certificate(certificate_id) is not None:
             book.update_certificate(
-                certificate_id, lambda cert: domain.release(cert, command.command_id))
+                certificate_id, lambda cert: domain.release(cert, command.command_id)
+            )
 
 
 def _abandon_issue(book: Book, command: Command) -> None:
     """An issuance that will not happen frees the identity (metering point, type, start) so a
     new command may issue it."""
+
     def abandon(cert: Certificate) -> Certificate:
         if cert.issue_command != command.command_id or cert.status != CertificateStatus.ISSUING:
             return cert

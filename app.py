@@ -1,0 +1,133 @@
+"""Chalice wiring: routes to handlers, queue messages to the worker, the schedule to the
+reconciler. Nothing else lives here (see chalicelib/)."""
+
+from __future__ import annotations
+
+import json
+
+from chalice import Chalice, Response
+
+from chalicelib import composition
+from chalicelib.api import openapi
+from chalicelib.api.handlers import ENDPOINTS
+from chalicelib.api.http import HttpRequest, dispatch
+
+app = Chalice(app_name="certificates-domain")
+# Chalice would answer a wrong Content-Type itself, in its own format; we answer it as
+# problem+json in chalicelib.api.http, so every route takes every type.
+ANY = ["*/*"]
+
+_services: composition.Services | None = None
+
+
+def services() -> composition.Services:
+    """The adapters, built once per cold start by the composition root."""
+    global _services
+    if _services is None:
+        _services = composition.build()
+    return _services
+
+
+def use_services(replacement: composition.Services | None) -> None:
+    """Tests and the embedded stack put their own services in place."""
+    global _services
+    _services = replacement
+
+
+def serve(operation: str, **path_params: str) -> Response:
+    endpoint, handler = ENDPOINTS[operation]
+    current = app.current_request
+    request = HttpRequest(
+        method=current.method,
+        path=endpoint.path.format(**path_params),
+        headers={k.lower(): v for k, v in current.headers.items()},
+        query=current.query_params or {},
+        body=current.raw_body or b"",
+        path_params=path_params,
+    )
+    svc = services()
+    answer = dispatch(
+        endpoint,
+        lambda call: handler(svc, call),
+        request,
+        svc.verifier,
+        svc.settings.max_body_bytes,
+    )
+    return Response(body=json.dumps(answer.body), headers=answer.headers, status_code=answer.status)
+
+
+@app.route("/v1/certificates", methods=["POST"], content_types=ANY)
+def issue_certificate() -> Response:
+    return serve("issue_certificate")
+
+
+@app.route("/v1/certificates/batch", methods=["POST"], content_types=ANY)
+def issue_batch() -> Response:
+    return serve("issue_batch")
+
+
+@app.route("/v1/certificates/{certificate_id}/slices", methods=["POST"], content_types=ANY)
+def slice_certificate(certificate_id: str) -> Response:
+    return serve("slice_certificate", certificate_id=certificate_id)
+
+
+@app.route("/v1/transfers", methods=["POST"], content_types=ANY)
+def transfer() -> Response:
+    return serve("transfer")
+
+
+@app.route("/v1/claims", methods=["POST"], content_types=ANY)
+def claim() -> Response:
+    return serve("claim")
+
+
+@app.route("/v1/certificates/{certificate_id}/withdraw", methods=["POST"], content_types=ANY)
+def withdraw(certificate_id: str) -> Response:
+    return serve("withdraw", certificate_id=certificate_id)
+
+
+@app.route("/v1/commands/{command_id}", methods=["GET"])
+def get_command(command_id: str) -> Response:
+    return serve("get_command", command_id=command_id)
+
+
+@app.route("/v1/certificates", methods=["GET"])
+def list_certificates() -> Response:
+    return serve("list_certificates")
+
+
+@app.route("/v1/certificates/aggregate", methods=["GET"])
+def aggregate() -> Response:
+    return serve("aggregate")
+
+
+@app.route("/v1/certificates/{certificate_id}", methods=["GET"])
+def get_certificate(certificate_id: str) -> Response:
+    return serve("get_certificate", certificate_id=certificate_id)
+
+
+@app.route("/v1/transfers", methods=["GET"])
+def list_transfers() -> Response:
+    return serve("list_transfers")
+
+
+@app.route("/v1/claims", methods=["GET"])
+def list_claims() -> Response:
+    return serve("list_claims")
+
+
+@app.route("/v1/health", methods=["GET"])
+def health() -> Response:
+    return serve("health")
+
+
+@app.route("/v1/ops/commands", methods=["GET"])
+def stuck_commands() -> Response:
+    return serve("stuck_commands")
+
+
+@app.route("/v1/openapi.json", methods=["GET"])
+def openapi_document() -> Response:
+    return Response(
+        body=json.dumps(openapi.document()), headers={"Content-Type": "application/json"}
+    )

@@ -1,0 +1,88 @@
+"""Who is calling: bearer JWTs turned into an Actor.
+
+Locally and in tests, HS256 tokens signed with a shared secret from settings; on deployed
+stages, tokens from an OIDC issuer (e.g. Cognito) verified with the issuer's JWKS. Claims:
+`sub` is the caller's owner id, `roles` may hold "issuer" and "operator".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import jwt
+
+from chalicelib.domain import Actor, Role
+
+
+class Unauthorized(Exception):
+    """No token, or one that does not verify (401)."""
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> dict[str, Any]: ...
+
+
+class SharedSecretVerifier:
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def verify(self, token: str) -> dict[str, Any]:
+        return jwt.decode(
+            token, self._secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
+        )
+
+
+class OidcVerifier:
+    """Verifies tokens of an OIDC issuer by its published keys (cached by PyJWKClient)."""
+
+    def __init__(self, issuer: str, audience: str, jwks_url: str | None = None) -> None:
+        self._issuer = issuer
+        self._audience = audience
+        self._keys = jwt.PyJWKClient(
+            jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json", cache_keys=True
+        )
+
+    def verify(self, token: str) -> dict[str, Any]:
+        key = self._keys.get_signing_key_from_jwt(token)
+        return jwt.decode(
+            token,
+            key.key,
+            algorithms=["RS256", "ES256"],
+            audience=self._audience,
+            issuer=self._issuer,
+            options={"require": ["sub", "exp", "iss"]},
+        )
+
+
+def actor_from(authorization: str | None, verifier: TokenVerifier) -> Actor:
+    if not authorization:
+        raise Unauthorized("an Authorization: Bearer token is required")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    try:
+        claims = verifier.verify(token.strip())
+    except jwt.PyJWTError as exc:
+        raise Unauthorized(f"the token does not verify: {exc}") from exc
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject or len(subject) > 128:
+        raise Unauthorized("the token names no owner (sub)")
+    roles = claims.get("roles") or []
+    if not isinstance(roles, list):
+        raise Unauthorized("the token's roles must be a list")
+    known = {r.value for r in Role}
+    return Actor(owner=subject, roles=frozenset(Role(r) for r in roles if r in known))
+
+
+def mint_token(
+    secret: str, owner: str, roles: Iterable[str] = (), lifetime_s: int = 12 * 3600
+) -> str:
+    """An HS256 token for local use and tests (the embedded stack prints some at start)."""
+    now = int(time.time())
+    return jwt.encode(
+        {"sub": owner, "roles": list(roles), "iat": now, "exp": now + lifetime_s},
+        secret,
+        algorithm="HS256",
+    )

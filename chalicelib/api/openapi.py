@@ -1,0 +1,127 @@
+"""/v1/openapi.json, generated from the endpoints and models the handlers use."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from chalicelib.api.handlers import ENDPOINTS
+from chalicelib.api.http import PROBLEM_JSON
+from chalicelib.api.models import Problem
+
+_REF = "#/components/schemas/{model}"
+_ERRORS = {
+    "400": "Malformed or missing fields",
+    "401": "No token, or a bad or expired one",
+    "403": "The token lacks the role this needs",
+    "404": "Unknown, or not yours",
+    "409": "Conflicts with the book: reserved or spent slice, reused key, already issued",
+    "413": "Body over 256 KiB",
+    "415": "Body not sent as application/json",
+    "422": "Well-formed, but breaks a rule",
+    "503": "A dependency is down; retry after Retry-After seconds",
+}
+
+
+def _parameters(path: str, endpoint: Any) -> list[dict[str, Any]]:
+    params = [
+        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        for part in path.split("/")
+        if part.startswith("{")
+    ]
+    params += [
+        {"name": q, "in": "query", "required": q == "granularity", "schema": {"type": "string"}}
+        for q in endpoint.query
+    ]
+    if endpoint.idempotent_write:
+        params.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            }
+        )
+    return params
+
+
+@cache
+def document() -> dict[str, Any]:
+    models: set[type[BaseModel]] = {Problem}
+    for endpoint, _ in ENDPOINTS.values():
+        models.add(endpoint.response)
+        if endpoint.request is not None:
+            models.add(endpoint.request)
+    _, schemas = models_json_schema(
+        [(model, "serialization") for model in models]
+        + [(e.request, "validation") for e, _ in ENDPOINTS.values() if e.request is not None],
+        ref_template=_REF,
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for name, (endpoint, _) in sorted(ENDPOINTS.items()):
+        responses: dict[str, Any] = {
+            str(endpoint.status): {
+                "description": endpoint.summary,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": _REF.format(model=endpoint.response.__name__)}
+                    }
+                },
+            }
+        }
+        for code, text in _ERRORS.items():
+            if code in ("401", "403") and not endpoint.authenticated:
+                continue
+            responses[code] = {
+                "description": text,
+                "content": {PROBLEM_JSON: {"schema": {"$ref": _REF.format(model="Problem")}}},
+            }
+        operation: dict[str, Any] = {
+            "operationId": name,
+            "summary": endpoint.summary,
+            "parameters": _parameters(endpoint.path, endpoint),
+            "responses": responses,
+        }
+        if endpoint.authenticated:
+            operation["security"] = [{"bearer": []}]
+        if endpoint.request is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": _REF.format(model=endpoint.request.__name__)}
+                    }
+                },
+            }
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    paths["/v1/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Certificates Domain",
+            "version": "1.0.0",
+            "description": "Issue, slice, transfer, claim and withdraw Granular "
+            "Certificates, kept in step with the registry.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
