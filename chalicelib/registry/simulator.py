@@ -1,0 +1,738 @@
+"""A stand-in for Project Origin's registry: the embedded default and the test double.
+
+The service exists because the real registry is awkward: it goes down, it answers slowly, a
+call can time out after the registry applied it, a duplicate send corrupts the reported status
+of the first, a failed status is forgotten after an hour, and it may or may not answer queries
+(REGISTRY.md). The simulator reproduces each of these on purpose, switchable and repeatable
+from a seed, so that the worker and the reconciler can be tested against every one of them in
+virtual time. It also keeps a log of every transaction it ever received, so that a test can
+prove that nothing was sent twice (invariant I1).
+
+Rules are applied per stream (certificate) strictly in the order received; first wins. State
+changes take effect when a transaction is received; `status` and `stream` show them only once
+the transaction has settled (`commit_delay_s` later), like a registry that commits in blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal, NoReturn, Protocol
+
+from chalicelib.registry.envelope import (
+    ALLOCATED,
+    CLAIMED,
+    ISSUED,
+    SLICED,
+    TRANSFERRED,
+    WITHDRAWN,
+    MalformedTransaction,
+    Transaction,
+    transaction_id_of,
+)
+from chalicelib.registry.port import (
+    QueriesNotSupported,
+    Receipt,
+    RegistryAmbiguous,
+    RegistryUnavailable,
+    TransactionStatus,
+)
+
+MAX_QUANTITY = 2**32 - 1  # quantities are committed as 32-bit integers
+MIN_PERIOD = timedelta(minutes=1)
+MAX_PERIOD = timedelta(hours=1)
+DUPLICATE = "duplicate transaction"
+TIMED_OUT = "timed out waiting for the registry"
+
+Origin = Literal["client", "injected"]
+AVAILABLE, ALLOCATED_SLICE, CLAIMED_SLICE = "available", "allocated", "claimed"
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulated registry behaves. Times are in seconds of the injected clock."""
+
+    seed: int = 0
+    # False: "no queries" (the seed's assumption), send answers each verdict.
+    # True: send answers PENDING, and status and stream queries work.
+    queries: bool = False
+    latency_s: float = 0.0  # added to every call
+    latency_jitter_s: float = 0.0  # mean of an exponential extra delay per call
+    outages: tuple[tuple[float, float], ...] = ()  # [start, end) windows of refusal
+    ambiguous_rate: float = 0.0  # per send: applied, then the call times out
+    lost_rate: float = 0.0  # per send: lost on the way, then the call times out
+    max_batch: int = 100  # a larger send times out without applying anything
+    commit_delay_s: float = 1.0  # PENDING until then
+    finalize_delay_s: float = 180.0  # COMMITTED until this long after commit
+    status_ttl_s: float = 3600.0  # a FAILED status is forgotten after this long
+
+    def __post_init__(self) -> None:
+        for name in ("ambiguous_rate", "lost_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.ambiguous_rate + self.lost_rate > 1.0:
+            raise ValueError("ambiguous_rate + lost_rate must not exceed 1")
+        for name in (
+            "latency_s",
+            "latency_jitter_s",
+            "commit_delay_s",
+            "finalize_delay_s",
+            "status_ttl_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        outages = tuple((float(start), float(end)) for start, end in self.outages)
+        if any(start >= end for start, end in outages):
+            raise ValueError("an outage window must end after it starts")
+        object.__setattr__(self, "outages", outages)
+
+
+CONFIG_FIELDS = frozenset(f.name for f in fields(SimulatorConfig))
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One transaction as the registry received it; repeated ids are kept, that is the point."""
+
+    transaction_id: str
+    data: bytes
+    stream_id: str | None  # None when the bytes were not a transaction
+    payload_type: str | None
+    received_at: float
+    settles_at: float  # when its status stops reading PENDING
+    verdict: TransactionStatus  # COMMITTED or FAILED
+    message: str
+    origin: Origin
+
+
+class SignatureCheck(Protocol):
+    """The one place that decides whether a header is signed by someone; the crypto codec
+    replaces it with Ed25519 (issuers) and secp256k1 (owners) verification."""
+
+    def signed_by_owner(self, tx: Transaction, owner: str) -> bool: ...
+
+    def signed_by_issuer(self, tx: Transaction, grid_area: str) -> bool: ...
+
+
+class SignerIds:
+    """The envelope's stand-in: header_signature holds the signer's id in clear."""
+
+    def signed_by_owner(self, tx: Transaction, owner: str) -> bool:
+        return tx.header_signature == owner
+
+    def signed_by_issuer(self, tx: Transaction, grid_area: str) -> bool:
+        return tx.header_signature.startswith("issuer")
+
+
+class VirtualClock:
+    """A clock that only moves when told: pass `clock` and `clock.sleep` to the simulator
+    and latency, commit delays, outages and status expiry all happen in no real time."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time does not run backwards")
+        with self._lock:
+            self._now += seconds
+
+
+class RegistrySimulator:
+    """The `Registry` port, simulated. Thread-safe: the local HTTP server is threaded."""
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        signatures: SignatureCheck | None = None,
+    ) -> None:
+        self._config = config or SimulatorConfig()
+        if clock is None:
+            # Seconds since the simulator started, so that outage windows read naturally.
+            started = time.monotonic()
+
+            def clock() -> float:
+                return time.monotonic() - started
+
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = random.Random(self._config.seed)
+        self._lock = threading.RLock()
+        self._available = True
+        self._rules = _Rules(signatures or SignerIds())
+        self._log: list[LogEntry] = []
+        self._first: dict[str, LogEntry] = {}  # the first receipt of each id
+        self._corrupted: dict[str, float] = {}  # id -> when a duplicate turned it FAILED
+        self._applied: dict[str, list[LogEntry]] = {}  # stream -> committed, in order
+
+    # --- the Registry port -------------------------------------------------------------------
+
+    @property
+    def supports_queries(self) -> bool:
+        return self._config.queries
+
+    def send(self, transactions: Sequence[bytes]) -> list[Receipt]:
+        batch = [bytes(data) for data in transactions]
+        if not batch:
+            return []
+        with self._lock:
+            config = self._config
+            self._refuse_during_outage()
+            delay = self._draw_latency()
+            fault = self._rng.random()  # drawn on every send, so one rate never shifts another
+        self._sleep(delay)
+        if len(batch) > config.max_batch:
+            # The real registry times out on very large batches; the caller cannot tell.
+            raise RegistryAmbiguous(TIMED_OUT)
+        if fault < config.lost_rate:
+            raise RegistryAmbiguous(TIMED_OUT)
+        with self._lock:
+            now = self._clock()
+            entries = [self._receive(data, "client", now) for data in batch]
+        if fault < config.lost_rate + config.ambiguous_rate:
+            raise RegistryAmbiguous(TIMED_OUT)
+        if config.queries:
+            return [Receipt(e.transaction_id, TransactionStatus.PENDING) for e in entries]
+        return [self._verdict_of(e) for e in entries]
+
+    def status(self, transaction_id: str) -> Receipt:
+        self._query_call()
+        with self._lock:
+            return self._status_at(transaction_id, self._clock())
+
+    def stream(self, certificate_id: str) -> list[bytes]:
+        self._query_call()
+        with self._lock:
+            now = self._clock()
+            applied = self._applied.get(certificate_id, [])
+            return [e.data for e in applied if e.settles_at <= now]
+
+    # --- faults at run time ------------------------------------------------------------------
+
+    @property
+    def config(self) -> SimulatorConfig:
+        return self._config
+
+    def configure(self, **changes: Any) -> SimulatorConfig:
+        """Change faults, latency or mode while running. The seed stays: the RNG is made once."""
+        if "seed" in changes:
+            raise ValueError("the seed cannot change while running")
+        with self._lock:
+            self._config = replace(self._config, **changes)
+            return self._config
+
+    def set_available(self, available: bool) -> None:
+        with self._lock:
+            self._available = available
+
+    def is_available(self) -> bool:
+        with self._lock:
+            return self._is_available_at(self._clock())
+
+    # --- drift: change the registry behind the book's back -----------------------------------
+
+    def inject(self, data: bytes) -> Receipt:
+        """Apply a transaction that did not come from our client: no faults, no latency, and
+        settled at once. The receipt carries its verdict, whatever the query mode."""
+        with self._lock:
+            entry = self._receive(bytes(data), "injected", self._clock())
+            return self._verdict_of(entry)
+
+    def set_owner(self, certificate_id: str, ref: str, owner: str) -> Receipt:
+        """Its current owner transfers the slice to `owner` (a TransferredEvent)."""
+        with self._lock:
+            cert = self._certificate(certificate_id)
+            payload = {
+                "certificate_id": _certificate_ref(cert),
+                "source_slice_hash": ref,
+                "new_owner": {"content": owner},
+            }
+            return self._inject_edit(cert, TRANSFERRED, payload, self._owner_of(cert, ref))
+
+    def split_slice(
+        self, certificate_id: str, ref: str, parts: Sequence[tuple[str, str, int]]
+    ) -> Receipt:
+        """Its current owner slices `ref` into parts of (ref, owner, quantity) (a SlicedEvent)."""
+        with self._lock:
+            cert = self._certificate(certificate_id)
+            payload = {
+                "certificate_id": _certificate_ref(cert),
+                "source_slice_hash": ref,
+                "new_slices": [
+                    {"quantity": {"content": r, "quantity": q}, "new_owner": {"content": o}}
+                    for r, o, q in parts
+                ],
+                "sum_proof": "",
+            }
+            return self._inject_edit(cert, SLICED, payload, self._owner_of(cert, ref))
+
+    def withdraw(self, certificate_id: str, issuer: str = "issuer") -> Receipt:
+        """The issuer withdraws the certificate (a WithdrawnEvent)."""
+        with self._lock:
+            cert = self._certificate(certificate_id)
+            return self._inject_edit(cert, WITHDRAWN, {}, issuer)
+
+    # --- what tests and the reconciler look at -----------------------------------------------
+
+    def snapshot(self, certificate_id: str) -> dict[str, Any] | None:
+        """The certificate's state as the registry holds it now, or None if it does not exist.
+        Unlike `stream`, this includes transactions that have not settled yet."""
+        with self._lock:
+            cert = self._rules.certificates.get(certificate_id)
+            return None if cert is None else cert.to_plain()
+
+    def log(self) -> list[LogEntry]:
+        with self._lock:
+            return list(self._log)
+
+    def received_ids(self, origin: Origin | None = None) -> list[str]:
+        """Every transaction id ever received, in order, repeats included."""
+        with self._lock:
+            return [e.transaction_id for e in self._log if origin in (None, e.origin)]
+
+    def duplicates(self) -> list[str]:
+        """Ids received more than once: invariant I1 holds while this is empty."""
+        seen: set[str] = set()
+        repeated: list[str] = []
+        for tid in self.received_ids():
+            if tid in seen and tid not in repeated:
+                repeated.append(tid)
+            seen.add(tid)
+        return repeated
+
+    # --- inside ------------------------------------------------------------------------------
+
+    def _receive(self, data: bytes, origin: Origin, now: float) -> LogEntry:
+        tid = transaction_id_of(data)
+        first = self._first.get(tid)
+        if first is not None:
+            # Not applied again, but the upstream bug reports the first one as FAILED.
+            self._corrupted.setdefault(tid, now)
+            entry = LogEntry(
+                tid,
+                data,
+                first.stream_id,
+                first.payload_type,
+                now,
+                now,
+                TransactionStatus.FAILED,
+                DUPLICATE,
+                origin,
+            )
+            self._log.append(entry)
+            return entry
+        stream_id = payload_type = None
+        try:
+            tx = Transaction.parse(data)
+            stream_id, payload_type = tx.header.stream_id, tx.header.payload_type
+            self._rules.apply(tx)
+        except MalformedTransaction as exc:
+            verdict, message = TransactionStatus.FAILED, f"malformed: {exc}"
+        except _Malformed as exc:
+            verdict, message = TransactionStatus.FAILED, f"malformed: {exc}"
+        except _Refused as exc:
+            verdict, message = TransactionStatus.FAILED, str(exc)
+        else:
+            verdict, message = TransactionStatus.COMMITTED, ""
+        settles_at = now if origin == "injected" else now + self._config.commit_delay_s
+        entry = LogEntry(
+            tid, data, stream_id, payload_type, now, settles_at, verdict, message, origin
+        )
+        self._log.append(entry)
+        self._first[tid] = entry
+        if verdict == TransactionStatus.COMMITTED and stream_id is not None:
+            self._applied.setdefault(stream_id, []).append(entry)
+        return entry
+
+    def _verdict_of(self, entry: LogEntry) -> Receipt:
+        return Receipt(entry.transaction_id, entry.verdict, entry.message)
+
+    def _status_at(self, tid: str, now: float) -> Receipt:
+        first = self._first.get(tid)
+        if first is None:
+            return Receipt(tid, TransactionStatus.UNKNOWN)
+        if tid in self._corrupted:
+            failed_at, message = self._corrupted[tid], DUPLICATE
+        elif now < first.settles_at:
+            return Receipt(tid, TransactionStatus.PENDING)
+        elif first.verdict == TransactionStatus.FAILED:
+            failed_at, message = first.settles_at, first.message
+        elif now >= first.settles_at + self._config.finalize_delay_s:
+            return Receipt(tid, TransactionStatus.FINALIZED)
+        else:
+            return Receipt(tid, TransactionStatus.COMMITTED)
+        # The registry caches FAILED statuses for a while only; then it knows nothing.
+        if now - failed_at > self._config.status_ttl_s:
+            return Receipt(tid, TransactionStatus.UNKNOWN)
+        return Receipt(tid, TransactionStatus.FAILED, message)
+
+    def _query_call(self) -> None:
+        with self._lock:
+            if not self._config.queries:
+                raise QueriesNotSupported("this registry answers no queries")
+            self._refuse_during_outage()
+            delay = self._draw_latency()
+        self._sleep(delay)
+
+    def _refuse_during_outage(self) -> None:
+        if not self._is_available_at(self._clock()):
+            raise RegistryUnavailable("registry unavailable (outage)")
+
+    def _is_available_at(self, now: float) -> bool:
+        in_window = any(start <= now < end for start, end in self._config.outages)
+        return self._available and not in_window
+
+    def _draw_latency(self) -> float:
+        u = self._rng.random()  # drawn even without jitter, so that draws stay aligned
+        jitter = -self._config.latency_jitter_s * math.log(1.0 - u)
+        return self._config.latency_s + jitter
+
+    def _certificate(self, certificate_id: str) -> _Certificate:
+        cert = self._rules.certificates.get(certificate_id)
+        if cert is None:
+            raise ValueError(f"no certificate {certificate_id} in the registry")
+        return cert
+
+    @staticmethod
+    def _owner_of(cert: _Certificate, ref: str) -> str:
+        found = cert.slices.get(ref)
+        if found is None:
+            raise ValueError(f"no slice {ref} on certificate {cert.certificate_id}")
+        return found.owner
+
+    def _inject_edit(
+        self, cert: _Certificate, payload_type: str, payload: dict[str, Any], signer: str
+    ) -> Receipt:
+        # A real, valid transaction rather than a silent edit, so `stream` stays truthful.
+        tx = Transaction.build(cert.registry, cert.certificate_id, payload_type, payload, signer)
+        receipt = self.inject(tx.serialize())
+        if receipt.status != TransactionStatus.COMMITTED:
+            raise ValueError(f"the registry refused the edit: {receipt.message}")
+        return receipt
+
+
+# --- the rules of the registry, per stream ---------------------------------------------------
+
+
+class _Refused(Exception):
+    """A well-formed transaction that the registry's verifier rejects."""
+
+
+class _Malformed(Exception):
+    """A payload that lacks a field or holds one of the wrong kind."""
+
+
+def _refuse(message: str) -> NoReturn:
+    raise _Refused(message)
+
+
+@dataclass
+class _Slice:
+    owner: str
+    quantity: int
+    state: str = AVAILABLE
+
+
+@dataclass
+class _Allocation:
+    production_id: str
+    consumption_id: str
+    production_slice: str
+    consumption_slice: str
+    claimed: bool = False
+
+
+@dataclass
+class _Certificate:
+    certificate_id: str
+    registry: str
+    type: str
+    start: datetime
+    end: datetime
+    period: dict[str, str]
+    grid_area: str
+    withdrawn: bool = False
+    slices: dict[str, _Slice] = field(default_factory=dict)
+    allocations: dict[str, _Allocation] = field(default_factory=dict)
+    refs_seen: set[str] = field(default_factory=set)  # a slice id is never reused
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "certificate_id": self.certificate_id,
+            "registry": self.registry,
+            "type": self.type,
+            "period": dict(self.period),
+            "grid_area": self.grid_area,
+            "withdrawn": self.withdrawn,
+            "slices": [
+                {"ref": ref, "owner": s.owner, "quantity": s.quantity, "state": s.state}
+                for ref, s in self.slices.items()
+            ],
+            "allocations": [
+                {
+                    "allocation_id": aid,
+                    "production_certificate_id": a.production_id,
+                    "consumption_certificate_id": a.consumption_id,
+                    "production_slice": a.production_slice,
+                    "consumption_slice": a.consumption_slice,
+                    "claimed": a.claimed,
+                }
+                for aid, a in self.allocations.items()
+            ],
+        }
+
+
+def _certificate_ref(cert: _Certificate) -> dict[str, str]:
+    return {"registry": cert.registry, "stream_id": cert.certificate_id}
+
+
+def _get(payload: dict[str, Any], *path: str, kind: type = str) -> Any:
+    value: Any = payload
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            raise _Malformed(f"missing {'.'.join(path)}")
+        value = value[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Malformed(f"{'.'.join(path)} must be {kind.__name__}")
+    return value
+
+
+def _stream_of(payload: dict[str, Any], key: str) -> str:
+    return _get(payload, key, "stream_id")
+
+
+def _moment(payload: dict[str, Any], key: str) -> datetime:
+    text = _get(payload, "period", key)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise _Malformed(f"period.{key} is not ISO 8601") from exc
+    if moment.tzinfo is None:
+        raise _Malformed(f"period.{key} has no time zone")
+    return moment
+
+
+class _Rules:
+    """The registry's verifier and state, per event type (REGISTRY.md). Each rule checks
+    everything first and changes state last, so a refused transaction changes nothing."""
+
+    def __init__(self, signatures: SignatureCheck) -> None:
+        self.signatures = signatures
+        self.certificates: dict[str, _Certificate] = {}
+
+    def apply(self, tx: Transaction) -> None:
+        rule = {
+            ISSUED: self._issue,
+            SLICED: self._slice,
+            TRANSFERRED: self._transfer,
+            ALLOCATED: self._allocate,
+            CLAIMED: self._claim,
+            WITHDRAWN: self._withdraw,
+        }[tx.header.payload_type]
+        if not isinstance(tx.payload, dict):
+            raise _Malformed("payload must be an object")
+        rule(tx, tx.payload)
+
+    def _issue(self, tx: Transaction, p: dict[str, Any]) -> None:
+        stream = self._own_stream(tx, p)
+        registry = _get(p, "certificate_id", "registry")
+        cert_type = _get(p, "type")
+        start, end = _moment(p, "start"), _moment(p, "end")
+        grid_area = _get(p, "grid_area")
+        _get(p, "asset_id_hash")
+        ref = _get(p, "quantity", "content")
+        quantity = _get(p, "quantity", "quantity", kind=int)
+        owner = _get(p, "owner_public_key", "content")
+        _get(p, "attributes", kind=list)
+        if stream in self.certificates:
+            _refuse("certificate already exists")
+        if not self.signatures.signed_by_issuer(tx, grid_area):
+            _refuse("not signed by an issuer")
+        if cert_type not in ("PRODUCTION", "CONSUMPTION"):
+            _refuse("type must be PRODUCTION or CONSUMPTION")
+        if not 1 <= quantity <= MAX_QUANTITY:
+            _refuse("quantity out of range")
+        if not MIN_PERIOD <= end - start <= MAX_PERIOD:
+            _refuse("period must last from 1 minute to 1 hour")
+        cert = _Certificate(
+            certificate_id=stream,
+            registry=registry,
+            type=cert_type,
+            start=start,
+            end=end,
+            period={"start": p["period"]["start"], "end": p["period"]["end"]},
+            grid_area=grid_area,
+        )
+        cert.slices[ref] = _Slice(owner=owner, quantity=quantity)
+        cert.refs_seen.add(ref)
+        self.certificates[stream] = cert
+
+    def _slice(self, tx: Transaction, p: dict[str, Any]) -> None:
+        stream = self._own_stream(tx, p)
+        source_ref = _get(p, "source_slice_hash")
+        parts = _get(p, "new_slices", kind=list)
+        if not parts:
+            raise _Malformed("new_slices is empty")
+        new = [
+            (
+                _get(part, "quantity", "content"),
+                _get(part, "new_owner", "content"),
+                _get(part, "quantity", "quantity", kind=int),
+            )
+            for part in parts
+        ]
+        cert = self._live_certificate(stream)
+        source = self._spendable(tx, cert, source_ref)
+        refs = [ref for ref, _, _ in new]
+        if len(set(refs)) != len(refs) or cert.refs_seen.intersection(refs):
+            _refuse("slice already exists")
+        if any(q < 1 for _, _, q in new):
+            _refuse("quantity out of range")
+        if sum(q for _, _, q in new) != source.quantity:
+            _refuse("new slices do not sum to the source slice")
+        del cert.slices[source_ref]
+        for ref, owner, quantity in new:
+            cert.slices[ref] = _Slice(owner=owner, quantity=quantity)
+            cert.refs_seen.add(ref)
+
+    def _transfer(self, tx: Transaction, p: dict[str, Any]) -> None:
+        stream = self._own_stream(tx, p)
+        source_ref = _get(p, "source_slice_hash")
+        new_owner = _get(p, "new_owner", "content")
+        cert = self._live_certificate(stream)
+        self._spendable(tx, cert, source_ref).owner = new_owner
+
+    def _allocate(self, tx: Transaction, p: dict[str, Any]) -> None:
+        aid = _get(p, "allocation_id")
+        production_id = _stream_of(p, "production_certificate_id")
+        consumption_id = _stream_of(p, "consumption_certificate_id")
+        production_ref = _get(p, "production_source_slice_hash")
+        consumption_ref = _get(p, "consumption_source_slice_hash")
+        allocation = _Allocation(production_id, consumption_id, production_ref, consumption_ref)
+        stream = tx.header.stream_id
+        if stream == production_id:
+            self._allocate_production_side(tx, aid, allocation)
+        elif stream == consumption_id:
+            self._allocate_consumption_side(tx, aid, allocation)
+        else:
+            _refuse("the stream is neither side of the allocation")
+
+    def _allocate_production_side(self, tx: Transaction, aid: str, new: _Allocation) -> None:
+        cert = self._live_certificate(new.production_id)
+        if cert.type != "PRODUCTION":
+            _refuse("not a production certificate")
+        if aid in cert.allocations:
+            _refuse("allocation already exists")
+        production_slice = self._spendable(tx, cert, new.production_slice)
+        consumption = self.certificates.get(new.consumption_id)
+        if consumption is None:
+            _refuse("consumption certificate not found")
+        if consumption.type != "CONSUMPTION":
+            _refuse("consumption certificate is not CONSUMPTION")
+        if not _enclose(cert, consumption):
+            _refuse("periods do not enclose one another")
+        production_slice.state = ALLOCATED_SLICE
+        cert.allocations[aid] = new
+
+    def _allocate_consumption_side(self, tx: Transaction, aid: str, new: _Allocation) -> None:
+        cert = self._live_certificate(new.consumption_id)
+        if cert.type != "CONSUMPTION":
+            _refuse("not a consumption certificate")
+        if aid in cert.allocations:
+            _refuse("allocation already exists")
+        production = self.certificates.get(new.production_id)
+        production_side = production.allocations.get(aid) if production else None
+        if production is None or production_side is None:
+            _refuse("production side not allocated")
+        if _sides(production_side) != _sides(new):
+            _refuse("allocation differs from its production side")
+        consumption_slice = self._spendable(tx, cert, new.consumption_slice)
+        if consumption_slice.quantity != production.slices[new.production_slice].quantity:
+            _refuse("quantities differ")
+        consumption_slice.state = ALLOCATED_SLICE
+        cert.allocations[aid] = replace(new)
+
+    def _claim(self, tx: Transaction, p: dict[str, Any]) -> None:
+        stream = self._own_stream(tx, p)
+        aid = _get(p, "allocation_id")
+        cert = self._existing(stream)
+        allocation = cert.allocations.get(aid)
+        if allocation is None:
+            _refuse("allocation not found")
+        if allocation.claimed:
+            _refuse("allocation already claimed")
+        production = self.certificates[allocation.production_id]
+        consumption = self.certificates[allocation.consumption_id]
+        if production.withdrawn or consumption.withdrawn:
+            _refuse("certificate withdrawn")
+        on_production = stream == allocation.production_id
+        if on_production and aid not in consumption.allocations:
+            _refuse("consumption side not allocated")
+        if not on_production and not production.allocations[aid].claimed:
+            _refuse("production side not claimed")
+        ref = allocation.production_slice if on_production else allocation.consumption_slice
+        claimed_slice = cert.slices[ref]
+        if not self.signatures.signed_by_owner(tx, claimed_slice.owner):
+            _refuse("not signed by the slice's owner")
+        allocation.claimed = True
+        claimed_slice.state = CLAIMED_SLICE
+
+    def _withdraw(self, tx: Transaction, p: dict[str, Any]) -> None:
+        cert = self._existing(tx.header.stream_id)
+        if not self.signatures.signed_by_issuer(tx, cert.grid_area):
+            _refuse("not signed by an issuer")
+        if cert.withdrawn:
+            _refuse("certificate already withdrawn")
+        cert.withdrawn = True
+
+    def _own_stream(self, tx: Transaction, p: dict[str, Any]) -> str:
+        stream = _stream_of(p, "certificate_id")
+        if stream != tx.header.stream_id:
+            _refuse("certificate_id does not match the stream")
+        return stream
+
+    def _existing(self, stream: str) -> _Certificate:
+        cert = self.certificates.get(stream)
+        if cert is None:
+            _refuse("certificate not found")
+        return cert
+
+    def _live_certificate(self, stream: str) -> _Certificate:
+        cert = self._existing(stream)
+        if cert.withdrawn:
+            _refuse("certificate withdrawn")
+        return cert
+
+    def _spendable(self, tx: Transaction, cert: _Certificate, ref: str) -> _Slice:
+        found = cert.slices.get(ref)
+        if found is None or found.state != AVAILABLE:
+            _refuse("slice not found")
+        if not self.signatures.signed_by_owner(tx, found.owner):
+            _refuse("not signed by the slice's owner")
+        return found
+
+
+def _sides(a: _Allocation) -> tuple[str, str, str, str]:
+    return (a.production_id, a.consumption_id, a.production_slice, a.consumption_slice)
+
+
+def _enclose(a: _Certificate, b: _Certificate) -> bool:
+    return (a.start <= b.start and b.end <= a.end) or (b.start <= a.start and a.end <= b.end)
