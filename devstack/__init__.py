@@ -1,0 +1,1 @@
+"""The embedded development stack: local stand-ins that let the service run on one machine."""
