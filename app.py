@@ -7,15 +7,20 @@ import json
 
 from chalice import Chalice, Response
 
-from chalicelib import composition
+from chalicelib import composition, entrypoints
 from chalicelib.api import openapi
 from chalicelib.api.handlers import ENDPOINTS
 from chalicelib.api.http import HttpRequest, dispatch
+from chalicelib.settings import Settings
 
 app = Chalice(app_name="certificates-domain")
 # Chalice would answer a wrong Content-Type itself, in its own format; we answer it as
 # problem+json in chalicelib.api.http, so every route takes every type.
 ANY = ["*/*"]
+
+# Queue names are part of the deployed wiring, so they are read once, at import.
+_STAGE_SETTINGS = Settings()
+MAX_RECEIVES = 10  # infra/resources.json: the command queue's redrive maxReceiveCount
 
 _services: composition.Services | None = None
 
@@ -130,4 +135,12 @@ def stuck_commands() -> Response:
 def openapi_document() -> Response:
     return Response(
         body=json.dumps(openapi.document()), headers={"Content-Type": "application/json"}
+    )
+
+
+@app.on_sqs_message(queue=_STAGE_SETTINGS.queue_name, batch_size=10, name="worker")
+def worker(event) -> dict:
+    # Partial batch response: the records that must come back (see infra/ for the switch).
+    return entrypoints.handle_queue_event(
+        event.to_dict(), composition.worker(services()), MAX_RECEIVES
     )

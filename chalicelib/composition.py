@@ -6,6 +6,7 @@ fakes or with moto-backed clients instead.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,8 +19,10 @@ from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.adapters.sqs import SqsCommandQueue
 from chalicelib.api.auth import OidcVerifier, SharedSecretVerifier, TokenVerifier
 from chalicelib.ports import Book, Clock, CommandQueue
+from chalicelib.registry.builder import PlainTransactionBuilder
 from chalicelib.registry.port import Registry
 from chalicelib.settings import Settings
+from chalicelib.usecases.process import Worker
 
 
 def utc_now() -> datetime:
@@ -34,8 +37,25 @@ class Services:
     verifier: TokenVerifier
     registry: Registry | None = None
     clock: Clock = utc_now
+    sleep: Callable[[float], None] = time.sleep
     # name -> a call that raises when that dependency is unhealthy
     health_checks: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+
+def worker(services: Services) -> Worker:
+    """The worker over the same adapters as the API."""
+    settings = services.settings
+    assert services.registry is not None, "the worker needs a registry"
+    return Worker(
+        book=services.book,
+        registry=services.registry,
+        builder=PlainTransactionBuilder(settings.registry_name),
+        clock=services.clock,
+        sleep=services.sleep,
+        lease_s=settings.lease_s,
+        commit_poll_s=settings.commit_poll_s,
+        batch_size=settings.registry_batch_size,
+    )
 
 
 def aws_config(settings: Settings) -> Config:

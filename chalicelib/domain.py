@@ -154,6 +154,13 @@ class Slice(BaseModel):
     quantity_wh: int
     state: SliceState = SliceState.AVAILABLE
     reserved_by: str | None = None  # the pending command that holds this slice
+    # How the registry knows this slice (its commitment's hash with real crypto). A transfer
+    # gives the receiver a new slice in our book but the same slice in the registry.
+    registry_ref: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return self.registry_ref or self.slice_id
 
     @property
     def is_live(self) -> bool:
@@ -412,6 +419,8 @@ def apply_slice(cert: Certificate, command: Command) -> Certificate:
     if command.command_id in cert.applied:
         return cert
     ref = command.slices[0]
+    if slice_id_for(command.command_id, 0) in cert.slices:
+        return cert  # already cut: the partial transfer's first step, applied before
     source = _reserved_slice(cert, ref, command.command_id)
     parts = _parts_of(command, source)
     slices = dict(cert.slices)
@@ -453,6 +462,7 @@ def apply_transfer(cert: Certificate, command: Command) -> Certificate:
         slice_id=slice_id_for(command.command_id, "received"),
         owner=command.receiver,
         quantity_wh=given.quantity_wh,
+        registry_ref=given.ref,
     )
     slices = dict(cert.slices)
     slices[given.slice_id] = given.model_copy(

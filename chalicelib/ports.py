@@ -121,10 +121,15 @@ class Book(Protocol):
 
     def add_holding(self, owner: str, certificate: Certificate) -> None: ...
 
+    def note_receipt(self, command: Command) -> None:
+        """Show a committed transfer in its receiver's list too."""
+        ...
+
 
 class CommandQueue(Protocol):
-    def send(self, command: Command) -> None:
-        """Queue the command on its certificate's FIFO group. DependencyDown on failure."""
+    def send(self, command: Command, holds_taken: bool = True) -> None:
+        """Queue the command on its certificate's FIFO group. DependencyDown on failure.
+        `holds_taken` False tells the worker to take the command's holds first (re-drive)."""
         ...
 
 

@@ -71,6 +71,7 @@ class InMemoryBook:
         self.commands: dict[str, Command] = {}
         self.certificates: dict[str, Certificate] = {}
         self._holdings: dict[str, set[str]] = {}
+        self._receipts: set[str] = set()
 
     # commands
 
@@ -108,7 +109,11 @@ class InMemoryBook:
                 (
                     c
                     for c in self.commands.values()
-                    if c.kind == kind and (c.caller == caller or c.receiver == caller)
+                    if c.kind == kind
+                    and (
+                        c.caller == caller
+                        or (c.receiver == caller and c.command_id in self._receipts)
+                    )
                 ),
                 key=lambda c: (c.created_at.isoformat(), c.command_id),
                 reverse=True,
@@ -190,6 +195,10 @@ class InMemoryBook:
                 self.certificates[certificate_id] = changed
             return changed
 
+    def note_receipt(self, command: Command) -> None:
+        with self._lock:
+            self._receipts.add(command.command_id)
+
     def add_holding(self, owner: str, certificate: Certificate) -> None:
         with self._lock:
             self._holdings.setdefault(owner, set()).add(certificate.certificate_id)
@@ -221,13 +230,15 @@ class InMemoryBook:
 
 
 class InMemoryQueue:
-    """A FIFO queue per certificate group, with a switch to make sending fail."""
+    """The messages sent, in order, with a switch to make sending fail."""
 
     def __init__(self) -> None:
         self.messages: list[Command] = []
+        self.holds_taken: list[bool] = []
         self.available = True
 
-    def send(self, command: Command) -> None:
+    def send(self, command: Command, holds_taken: bool = True) -> None:
         if not self.available:
             raise DependencyDown("the command queue is unavailable")
         self.messages.append(command)
+        self.holds_taken.append(holds_taken)

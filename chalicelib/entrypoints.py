@@ -1,0 +1,46 @@
+"""What the queue and schedule handlers of app.py do, kept out of app.py so it stays wiring
+and so the embedded stack's poller calls exactly the same code as Lambda does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib import observability
+from chalicelib.adapters.sqs import batch_response, delivery_of
+from chalicelib.usecases.process import Delivery, Outcome, PoisonMessage, Worker
+
+
+def handle_queue_event(event: dict[str, Any], worker: Worker, max_receives: int) -> dict:
+    """One Lambda SQS batch: returns the partial batch response (records that come back)."""
+    records = event.get("Records", [])
+    outcomes: list[Outcome | None] = [None] * len(records)
+    deliveries: list[tuple[int, Delivery]] = []
+    blocked_groups: set[str] = set()
+    for i, record in enumerate(records):
+        group = record.get("attributes", {}).get("MessageGroupId")
+        if group in blocked_groups:
+            outcomes[i] = Outcome.RETRY  # FIFO: an earlier record of its group comes back
+            continue
+        try:
+            deliveries.append((i, delivery_of(record)))
+        except PoisonMessage as exc:
+            observability.event(
+                "delivery.poison", reason=str(exc), receive_count=_receive_count(record)
+            )
+            outcomes[i] = Outcome.FAILED
+            if group:
+                blocked_groups.add(group)
+    for (i, delivery), outcome in zip(
+        deliveries, worker.process([d for _, d in deliveries]), strict=True
+    ):
+        outcomes[i] = outcome
+        if outcome == Outcome.FAILED and _receive_count(records[i]) >= max_receives:
+            worker.give_up(delivery, "processing failed on every receive")
+    return batch_response(records, outcomes)
+
+
+def _receive_count(record: dict[str, Any]) -> int:
+    try:
+        return int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1

@@ -1,0 +1,425 @@
+"""The worker: send each command's transactions to the registry exactly once, apply the outcome.
+
+The command record is the guard. Before a transaction may leave, one conditional write moves
+its command ACCEPTED -> SENDING (at that step), storing the transactions on the first step.
+Whoever loses that write sends nothing: a redelivered message, a second worker, a retry.
+
+    ACCEPTED --(guard)--> SENDING --send--> COMMITTED receipt -> next step, or apply + COMMITTED
+                             |        \\--> FAILED receipt    -> release + REJECTED
+                             |         \\-> PENDING receipt   -> SENT -> poll status
+                             |-- registry refused the call (nothing sent) -> ACCEPTED, retry
+                             |-- timeout / broken call (maybe applied)    -> IN_DOUBT
+                             `-- worker died: lease expires               -> IN_DOUBT
+                                 (or COMMITTED, when the book shows it was applied)
+
+The book's effect of a command is applied before the command is marked COMMITTED, and is
+idempotent, so a crash between the two is finished by whoever finds the command next.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from chalicelib import domain, observability
+from chalicelib.domain import Certificate, Command, CommandKind, CommandStatus, DomainError
+from chalicelib.ports import Book, StaleCommand, Transition
+from chalicelib.registry.envelope import transaction_id_of
+from chalicelib.registry.port import (
+    QueriesNotSupported,
+    Receipt,
+    Registry,
+    RegistryAmbiguous,
+    RegistryUnavailable,
+    TransactionStatus,
+)
+from chalicelib.usecases import holds
+
+log = logging.getLogger(__name__)
+
+
+class TransactionBuilder(Protocol):
+    def build(self, command: Command, certificates: Mapping[str, Certificate]): ...
+
+
+class Outcome(StrEnum):
+    DONE = "done"  # the message has served its purpose: delete it
+    RETRY = "retry"  # it must come back later (and its FIFO group wait): registry down, busy
+    FAILED = "failed"  # it must come back, because processing it failed (poison, a fault)
+
+
+class PoisonMessage(Exception):
+    """A message that no retry can make sense of (unparsable, or names no command)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One queue message, as the worker needs it."""
+
+    command_id: str
+    group: str
+    holds_taken: bool = True  # False when re-driven: the API may have died before its holds
+
+
+@dataclass
+class Worker:
+    book: Book
+    registry: Registry
+    builder: TransactionBuilder
+    clock: Callable[[], datetime]
+    sleep: Callable[[float], None]
+    lease_s: float = 120.0
+    commit_poll_s: float = 5.0
+    poll_interval_s: float = 0.5
+    batch_size: int = 10
+
+    # --- a batch of deliveries ---------------------------------------------------------------
+
+    def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Process deliveries in order. Once one of a FIFO group must come back, the later ones
+        of that group come back too, unprocessed. The first transactions of all ready commands
+        go to the registry together, in calls of at most `batch_size`."""
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+        failed_groups: set[str] = set()
+        ready: list[tuple[int, Command]] = []
+        for i, delivery in enumerate(deliveries):
+            if delivery.group in failed_groups:
+                outcomes[i] = Outcome.RETRY
+                continue
+            result = self._isolated(delivery, self._prepare, delivery)
+            if isinstance(result, Command):
+                ready.append((i, result))
+            else:
+                outcomes[i] = result
+                if result != Outcome.DONE:
+                    failed_groups.add(delivery.group)
+        for start in range(0, len(ready), self.batch_size):
+            chunk = []
+            for i, command in ready[start : start + self.batch_size]:
+                if deliveries[i].group in failed_groups:  # an earlier one of its group failed
+                    self._back_to_accepted(command, "an earlier command of its group must retry")
+                    outcomes[i] = Outcome.RETRY
+                else:
+                    chunk.append((i, command))
+            for (i, _), outcome in zip(
+                chunk, self._send_first_steps([c for _, c in chunk]), strict=True
+            ):
+                outcomes[i] = outcome
+                if outcome != Outcome.DONE:
+                    failed_groups.add(deliveries[i].group)
+        return [o or Outcome.RETRY for o in outcomes]
+
+    def _send_first_steps(self, commands: list[Command]) -> list[Outcome]:
+        if not commands:
+            return []
+        try:
+            receipts = self.registry.send([_transaction(c) for c in commands])
+        except RegistryUnavailable as exc:
+            for command in commands:
+                self._back_to_accepted(command, f"registry unavailable: {exc}")
+            return [Outcome.RETRY] * len(commands)
+        except RegistryAmbiguous as exc:
+            for command in commands:
+                self._in_doubt(command, f"the registry call failed after sending ({exc})")
+            return [Outcome.DONE] * len(commands)
+        return [
+            self._isolated(c, self._follow, c, r) for c, r in zip(commands, receipts, strict=True)
+        ]
+
+    def _isolated(self, subject: Delivery | Command, step: Callable, *args) -> Command | Outcome:
+        """Run one record's step so that its failure cannot take the batch's others down.
+        A failed record comes back; the guards make doing it again safe."""
+        try:
+            return step(*args)
+        except PoisonMessage as exc:
+            observability.event("delivery.poison", reason=str(exc), level=logging.ERROR)
+            return Outcome.FAILED
+        except Exception:  # a fault of ours or of AWS: this record retries, the others go on
+            command_id = getattr(subject, "command_id", None)
+            log.exception("processing a command failed", extra={"command_id": command_id})
+            return Outcome.FAILED
+
+    def give_up(self, delivery: Delivery, reason: str) -> None:
+        """The last receive of a message that keeps failing: it goes to the dead-letter queue.
+        A command that never left (ACCEPTED) is rejected so its holds are freed and an operator
+        sees why; one that may have left is left to the reconciler's lease rules."""
+        command = self.book.get_command(delivery.command_id)
+        if command is None or command.status != CommandStatus.ACCEPTED:
+            return
+        with contextlib.suppress(StaleCommand):  # it moved on meanwhile: nothing to give up
+            self._reject(
+                command, f"could not be processed, moved to the dead-letter queue: {reason}"
+            )
+
+    # --- one command ---------------------------------------------------------------------------
+
+    def _prepare(self, delivery: Delivery) -> Command | Outcome:
+        """Take the guard for the command's current step, or say why not."""
+        command = self.book.get_command(delivery.command_id)
+        if command is None:
+            raise PoisonMessage(f"no command {delivery.command_id} in the book")
+        now = self.clock()
+        match command.status:
+            case CommandStatus.COMMITTED | CommandStatus.REJECTED | CommandStatus.IN_DOUBT:
+                observability.event(
+                    "delivery.duplicate", command_id=command.command_id, status=command.status.value
+                )
+                return Outcome.DONE
+            case CommandStatus.SENT:
+                return self._poll(command)
+            case CommandStatus.SENDING:
+                if command.lease_until and command.lease_until > now:
+                    return Outcome.RETRY  # another worker holds it; come back after its lease
+                return self.settle_expired_lease(command)
+        # ACCEPTED: its current step has certainly not been sent
+        if not delivery.holds_taken and not command.transactions:
+            try:
+                holds.take(self.book, command)
+            except DomainError as refused:
+                return self._reject(command, refused.detail)
+        changes: dict[str, object] = {
+            "lease_until": now + timedelta(seconds=self.lease_s),
+            "attempts": command.attempts + 1,
+        }
+        if not command.transactions:
+            certificates = {
+                c.certificate_id: c for c in self.book.get_certificates(command.certificate_ids())
+            }
+            changes["transactions"] = self.builder.build(command, certificates).transactions
+        try:
+            return self._move(command, CommandStatus.ACCEPTED, CommandStatus.SENDING, changes)
+        except StaleCommand:
+            return Outcome.DONE  # another worker took this step; it owns it now
+
+    def _drive(self, command: Command) -> Outcome:
+        """Send the remaining steps of a multi-step command, one at a time."""
+        while True:
+            try:
+                command = self._move(
+                    command,
+                    CommandStatus.ACCEPTED,
+                    CommandStatus.SENDING,
+                    {"lease_until": self.clock() + timedelta(seconds=self.lease_s)},
+                )
+            except StaleCommand:
+                return Outcome.DONE
+            try:
+                (receipt,) = self.registry.send([_transaction(command)])
+            except RegistryUnavailable as exc:
+                self._back_to_accepted(command, f"registry unavailable: {exc}")
+                return Outcome.RETRY
+            except RegistryAmbiguous as exc:
+                self._in_doubt(command, f"the registry call failed after sending ({exc})")
+                return Outcome.DONE
+            outcome = self._follow(command, receipt, drive=False)
+            current = self.book.get_command(command.command_id)
+            if (
+                outcome != Outcome.DONE
+                or current is None
+                or (current.status != CommandStatus.ACCEPTED)
+            ):
+                return outcome
+            command = current
+
+    def _follow(self, command: Command, receipt: Receipt, drive: bool = True) -> Outcome:
+        """Act on the registry's receipt for the command's current step."""
+        match receipt.status:
+            case TransactionStatus.COMMITTED | TransactionStatus.FINALIZED:
+                return self._step_committed(command, drive)
+            case TransactionStatus.FAILED:
+                return self._reject(command, receipt.message or "refused by the registry")
+            case TransactionStatus.PENDING:
+                command = self._move(command, CommandStatus.SENDING, CommandStatus.SENT, {})
+                return self._poll(command, drive)
+        return self._in_doubt(command, f"the registry answered {receipt.status.value}")
+
+    def _poll(self, command: Command, drive: bool = True) -> Outcome:
+        """Wait a bounded time for a SENT transaction to commit; the reconciler takes over
+        after that (a FIFO queue has no per-message delay to come back later)."""
+        deadline = self.clock() + timedelta(seconds=self.commit_poll_s)
+        while True:
+            try:
+                receipt = self.registry.status(_transaction_id(command))
+            except QueriesNotSupported:
+                return self._in_doubt(
+                    command, "the registry took the transaction but answers no status queries"
+                )
+            except (RegistryUnavailable, RegistryAmbiguous):
+                return Outcome.DONE  # still SENT; the reconciler asks again later
+            if receipt.status != TransactionStatus.PENDING:
+                if receipt.status == TransactionStatus.UNKNOWN:
+                    return self._in_doubt(command, "the registry does not know the transaction")
+                return self._follow(command, receipt, drive)
+            if self.clock() >= deadline:
+                observability.event(
+                    "command.pending", command_id=command.command_id, step=command.step
+                )
+                return Outcome.DONE
+            self.sleep(self.poll_interval_s)
+
+    def _step_committed(self, command: Command, drive: bool = True) -> Outcome:
+        if command.step + 1 < len(command.transactions):
+            self._move(
+                command,
+                (CommandStatus.SENDING, CommandStatus.SENT),
+                CommandStatus.ACCEPTED,
+                {"step": command.step + 1},
+            )
+            current = self.book.get_command(command.command_id)
+            return self._drive(current) if drive and current else Outcome.DONE
+        apply_outcome(self.book, command)
+        self._move(
+            command,
+            (CommandStatus.SENDING, CommandStatus.SENT),
+            CommandStatus.COMMITTED,
+            {"lease_until": None},
+        )
+        return Outcome.DONE
+
+    def settle_expired_lease(self, command: Command) -> Outcome:
+        """A SENDING command whose worker died. Its transaction may have left: never resend.
+        If the book already shows the command applied, only the last write was lost."""
+        if is_applied(self.book, command):
+            apply_outcome(self.book, command)  # finish every certificate (a claim has two)
+            self._move(
+                command, CommandStatus.SENDING, CommandStatus.COMMITTED, {"lease_until": None}
+            )
+        else:
+            self._in_doubt(
+                command,
+                f"the worker sending step {command.step + 1} of "
+                f"{len(command.transactions)} stopped before it learned "
+                "the outcome",
+            )
+        return Outcome.DONE
+
+    # --- state changes -------------------------------------------------------------------------
+
+    def _move(
+        self,
+        command: Command,
+        expected: CommandStatus | tuple[CommandStatus, ...],
+        target: CommandStatus,
+        changes: dict[str, object],
+        reason: str | None = None,
+    ) -> Command:
+        moved = self.book.transition(
+            command.command_id,
+            Transition(
+                expected=expected,
+                target=target,
+                now=self.clock(),
+                step=command.step,
+                changes=changes,
+            ),
+        )
+        observability.transition(
+            command.command_id,
+            command.certificate_id,
+            command.status.value,
+            target.value,
+            reason,
+            step=moved.step,
+        )
+        return moved
+
+    def _back_to_accepted(self, command: Command, reason: str) -> None:
+        self._move(
+            command, CommandStatus.SENDING, CommandStatus.ACCEPTED, {"lease_until": None}, reason
+        )
+
+    def _in_doubt(self, command: Command, reason: str) -> Outcome:
+        self._move(
+            command,
+            (CommandStatus.SENDING, CommandStatus.SENT),
+            CommandStatus.IN_DOUBT,
+            {"error": f"{reason}; resolve it with the registry's status, or as an operator"},
+            reason,
+        )
+        return Outcome.DONE
+
+    def _reject(self, command: Command, reason: str) -> Outcome:
+        if command.step > 0:
+            apply_partial(self.book, command)
+            reason = (
+                f"step {command.step + 1} of {len(command.transactions)} refused by the "
+                f"registry: {reason}; the steps before it are in the book"
+            )
+        holds.release(self.book, command)
+        expected = (CommandStatus.ACCEPTED, CommandStatus.SENDING, CommandStatus.SENT)
+        self._move(
+            command,
+            expected,
+            CommandStatus.REJECTED,
+            {"error": reason, "lease_until": None},
+            reason,
+        )
+        return Outcome.DONE
+
+
+def _transaction(command: Command) -> bytes:
+    return base64.b64decode(command.transactions[command.step])
+
+
+def _transaction_id(command: Command) -> str:
+    return transaction_id_of(_transaction(command))
+
+
+# --- the command's effect on the book (also used by the reconciler and operators) ------------
+
+
+def apply_outcome(book: Book, command: Command) -> None:
+    """Write a committed command's effect into the book. Idempotent."""
+    match command.kind:
+        case CommandKind.ISSUE:
+            book.update_certificate(
+                command.certificate_id, lambda c: domain.apply_issue(c, command)
+            )
+        case CommandKind.SLICE:
+            book.update_certificate(
+                command.certificate_id, lambda c: domain.apply_slice(c, command)
+            )
+        case CommandKind.TRANSFER:
+            assert command.receiver is not None
+
+            def transferred(cert: Certificate) -> Certificate:
+                source = cert.slices[command.slices[0].slice_id]
+                if domain.is_partial_transfer(command, source.quantity_wh):
+                    cert = domain.apply_slice(cert, command)
+                return domain.apply_transfer(cert, command)
+
+            cert = book.update_certificate(command.certificate_id, transferred)
+            book.add_holding(command.receiver, cert)
+            book.note_receipt(command)
+        case CommandKind.CLAIM:
+            for ref in command.slices:
+                book.update_certificate(
+                    ref.certificate_id, lambda c, ref=ref: domain.apply_claim_side(c, command, ref)
+                )
+        case CommandKind.WITHDRAW:
+            book.update_certificate(
+                command.certificate_id, lambda c: domain.apply_withdraw(c, command)
+            )
+
+
+def apply_partial(book: Book, command: Command) -> None:
+    """A multi-step command refused after its first steps committed: keep what the registry
+    did. For a partial transfer that is the cut (the owner keeps both parts). A claim's cuts
+    and allocations are left to the reconciler, which aligns the book with the registry."""
+    if command.kind == CommandKind.TRANSFER and command.step >= 1:
+        book.update_certificate(command.certificate_id, lambda c: domain.apply_slice(c, command))
+
+
+def is_applied(book: Book, command: Command) -> bool:
+    cert = book.get_certificate(command.certificate_id)
+    if cert is None:
+        return False
+    if command.kind == CommandKind.SLICE:
+        return domain.slice_id_for(command.command_id, 0) in cert.slices
+    return command.command_id in cert.applied

@@ -1,0 +1,215 @@
+"""A whole pipeline in one process and in virtual time: the use cases over the in-memory book,
+a FIFO queue that delivers like SQS, the real worker, and the registry simulator."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chalicelib import domain
+from chalicelib.adapters.memory import InMemoryBook
+from chalicelib.domain import Actor, CertificateType, Command, IssueSpec, Period, Role, SliceRef
+from chalicelib.ports import DependencyDown
+from chalicelib.registry.builder import PlainTransactionBuilder
+from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
+from chalicelib.usecases import accept
+from chalicelib.usecases.process import Delivery, Outcome, Worker
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+ISSUER = Actor(owner="issuer-dk", roles=frozenset({Role.ISSUER}))
+
+
+@dataclass
+class Message:
+    delivery: Delivery
+    receives: int = 0
+
+
+class FifoQueue:
+    """SQS FIFO as the worker sees it: per-group order, a group blocked while one of its
+    messages is in flight, failed messages back at the head of their group."""
+
+    def __init__(self) -> None:
+        self.pending: deque[Message] = deque()
+        self.available = True
+        self.sent = 0
+
+    def send(self, command: Command, holds_taken: bool = True) -> None:
+        if not self.available:
+            raise DependencyDown("queue down")
+        self.sent += 1
+        self.pending.append(
+            Message(Delivery(command.command_id, command.certificate_id, holds_taken))
+        )
+
+    def receive(self, limit: int = 10) -> list[Message]:
+        batch, seen, rest = [], set(), deque()
+        while self.pending and len(batch) < limit:
+            message = self.pending.popleft()
+            group = message.delivery.group
+            if group in seen and any(m.delivery.group == group for m in rest):
+                rest.append(message)
+                continue
+            batch.append(message)
+            seen.add(group)
+        self.pending = rest + self.pending
+        for message in batch:
+            message.receives += 1
+        return batch
+
+    def give_back(self, messages: list[Message]) -> None:
+        self.pending.extendleft(reversed(messages))
+
+
+class Pipeline:
+    def __init__(self, *, queries: bool = False, **faults: Any) -> None:
+        self.vclock = VirtualClock()
+        self.book = InMemoryBook()
+        self.queue = FifoQueue()
+        self.registry = RegistrySimulator(
+            SimulatorConfig(queries=queries, **faults), clock=self.vclock, sleep=self.vclock.sleep
+        )
+        self.worker = self.make_worker()
+        self._keys = 0
+
+    def now(self) -> datetime:
+        return T0 + timedelta(seconds=self.vclock())
+
+    def make_worker(self, book: Any = None, registry: Any = None) -> Worker:
+        return Worker(
+            book=book or self.book,
+            registry=registry or self.registry,
+            builder=PlainTransactionBuilder("test-registry"),
+            clock=self.now,
+            sleep=self.vclock.sleep,
+            lease_s=120,
+            commit_poll_s=5,
+            poll_interval_s=0.5,
+        )
+
+    def request(self, actor: Actor, key: str | None = None, body: Any = None) -> accept.Request:
+        self._keys += 1
+        key = key or f"key-{self._keys}"
+        return accept.Request(
+            actor=actor,
+            idempotency_key=key,
+            body_hash=domain.request_hash(body or key),
+            now=self.now(),
+        )
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def issue(
+        self,
+        owner: str = "alice",
+        quantity: int = 1000,
+        hour: int = 0,
+        type_: CertificateType = CertificateType.PRODUCTION,
+        grid_area: str = "DK1",
+        gsrn: str = "571313000000000001",
+    ) -> Command:
+        start = T0.replace(hour=hour)
+        spec = IssueSpec(
+            type=type_,
+            gsrn=gsrn,
+            grid_area=grid_area,
+            period=Period.of(start, start + timedelta(hours=1)),
+            quantity_wh=quantity,
+            owner=owner,
+        )
+        return accept.issue(self.book, self.queue, self.request(ISSUER), spec)
+
+    def issued(self, **kwargs: Any) -> tuple[str, str]:
+        """Issue and commit a certificate; returns (certificate id, its first slice id)."""
+        command = self.issue(**kwargs)
+        self.run()
+        cert = self.book.get_certificate(command.certificate_id)
+        assert cert is not None and cert.status == domain.CertificateStatus.ACTIVE, cert
+        return cert.certificate_id, next(iter(cert.slices))
+
+    def slice(self, owner: str, cert: str, slice_id: str, parts: list[int]) -> Command:
+        return accept.slice_certificate(
+            self.book,
+            self.queue,
+            self.request(Actor(owner=owner)),
+            SliceRef(certificate_id=cert, slice_id=slice_id),
+            parts,
+        )
+
+    def transfer(
+        self, owner: str, cert: str, slice_id: str, receiver: str, quantity: int
+    ) -> Command:
+        return accept.transfer(
+            self.book,
+            self.queue,
+            self.request(Actor(owner=owner)),
+            SliceRef(certificate_id=cert, slice_id=slice_id),
+            receiver,
+            quantity,
+        )
+
+    def claim(
+        self, owner: str, production: tuple[str, str], consumption: tuple[str, str], quantity: int
+    ) -> Command:
+        return accept.claim(
+            self.book,
+            self.queue,
+            self.request(Actor(owner=owner)),
+            SliceRef(certificate_id=production[0], slice_id=production[1]),
+            SliceRef(certificate_id=consumption[0], slice_id=consumption[1]),
+            quantity,
+        )
+
+    def withdraw(self, cert: str) -> Command:
+        return accept.withdraw(self.book, self.queue, self.request(ISSUER), cert)
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def run(
+        self, worker: Worker | None = None, rounds: int = 1000, visibility_s: float = 30
+    ) -> None:
+        """Deliver until the queue is empty; a message that must come back does so after the
+        visibility timeout."""
+        worker = worker or self.worker
+        for _ in range(rounds):
+            batch = self.queue.receive()
+            if not batch:
+                return
+            outcomes = worker.process([m.delivery for m in batch])
+            back = [m for m, o in zip(batch, outcomes, strict=True) if o != Outcome.DONE]
+            if back:
+                self.queue.give_back(back)
+                self.vclock.advance(visibility_s)
+        raise AssertionError("the queue did not drain")
+
+    def command(self, command_id: str) -> Command:
+        found = self.book.get_command(command_id)
+        assert found is not None
+        return found
+
+    # --- invariants --------------------------------------------------------------------------
+
+    def check_never_twice(self) -> None:
+        """I1: no transaction reached the registry twice."""
+        assert self.registry.duplicates() == []
+
+    def check_conservation(self) -> None:
+        """I3 for every certificate in the book."""
+        for cert in self.book.certificates.values():
+            assert domain.conservation_holds(cert), cert
+
+    def check_no_stale_lock(self) -> None:
+        """I5: every reservation belongs to a command that is not terminal."""
+        for cert in self.book.certificates.values():
+            for s in cert.slices.values():
+                if s.reserved_by:
+                    assert not self.command(s.reserved_by).is_terminal, (cert, s)
+            if cert.withdrawal:
+                assert not self.command(cert.withdrawal).is_terminal
+
+    def check_invariants(self) -> None:
+        self.check_never_twice()
+        self.check_conservation()
+        self.check_no_stale_lock()
