@@ -45,16 +45,8 @@ class FifoQueue:
         )
 
     def receive(self, limit: int = 10) -> list[Message]:
-        batch, seen, rest = [], set(), deque()
-        while self.pending and len(batch) < limit:
-            message = self.pending.popleft()
-            group = message.delivery.group
-            if group in seen and any(m.delivery.group == group for m in rest):
-                rest.append(message)
-                continue
-            batch.append(message)
-            seen.add(group)
-        self.pending = rest + self.pending
+        """The oldest messages, in order (one consumer, so no group is ever in flight)."""
+        batch = [self.pending.popleft() for _ in range(min(limit, len(self.pending)))]
         for message in batch:
             message.receives += 1
         return batch
@@ -213,3 +205,27 @@ class Pipeline:
         self.check_never_twice()
         self.check_conservation()
         self.check_no_stale_lock()
+
+    def aligned(self, certificate_id: str) -> bool:
+        """I6 for one certificate: the book's current slices are the registry's."""
+        cert = self.book.get_certificate(certificate_id)
+        snapshot = self.registry.snapshot(certificate_id)
+        if cert is None or cert.status in (
+            domain.CertificateStatus.ISSUING,
+            domain.CertificateStatus.REJECTED,
+        ):
+            return snapshot is None
+        if snapshot is None or snapshot["withdrawn"] != (
+            cert.status == domain.CertificateStatus.WITHDRAWN
+        ):
+            return False
+        book = sorted(
+            (s.ref, s.owner, s.quantity_wh, s.state == domain.SliceState.CLAIMED)
+            for s in cert.slices.values()
+            if s.is_live
+        )
+        registry = sorted(
+            (s["ref"], s["owner"], s["quantity"], s["state"] == "claimed")
+            for s in snapshot["slices"]
+        )
+        return book == registry

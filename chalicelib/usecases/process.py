@@ -86,33 +86,38 @@ class Worker:
         of that group come back too, unprocessed. The first transactions of all ready commands
         go to the registry together, in calls of at most `batch_size`."""
         outcomes: list[Outcome | None] = [None] * len(deliveries)
-        failed_groups: set[str] = set()
+        first_failure: dict[str, int] = {}  # group -> index of its first record to come back
+
+        def blocked(i: int) -> bool:
+            return first_failure.get(deliveries[i].group, i) < i
+
+        def settle(i: int, outcome: Outcome) -> None:
+            outcomes[i] = outcome
+            if outcome != Outcome.DONE:
+                first_failure.setdefault(deliveries[i].group, i)
+
         ready: list[tuple[int, Command]] = []
         for i, delivery in enumerate(deliveries):
-            if delivery.group in failed_groups:
-                outcomes[i] = Outcome.RETRY
+            if blocked(i):
+                settle(i, Outcome.RETRY)
                 continue
             result = self._isolated(delivery, self._prepare, delivery)
             if isinstance(result, Command):
                 ready.append((i, result))
             else:
-                outcomes[i] = result
-                if result != Outcome.DONE:
-                    failed_groups.add(delivery.group)
+                settle(i, result)
         for start in range(0, len(ready), self.batch_size):
             chunk = []
             for i, command in ready[start : start + self.batch_size]:
-                if deliveries[i].group in failed_groups:  # an earlier one of its group failed
+                if blocked(i):  # an earlier record of its group comes back: so must this one
                     self._back_to_accepted(command, "an earlier command of its group must retry")
-                    outcomes[i] = Outcome.RETRY
+                    settle(i, Outcome.RETRY)
                 else:
                     chunk.append((i, command))
             for (i, _), outcome in zip(
                 chunk, self._send_first_steps([c for _, c in chunk]), strict=True
             ):
-                outcomes[i] = outcome
-                if outcome != Outcome.DONE:
-                    failed_groups.add(deliveries[i].group)
+                settle(i, outcome)
         return [o or Outcome.RETRY for o in outcomes]
 
     def _send_first_steps(self, commands: list[Command]) -> list[Outcome]:

@@ -1,0 +1,349 @@
+"""The worker against the registry simulator, in virtual time: every command kind, every
+registry fault, redeliveries, concurrent workers, and a crash at every side effect."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from chalicelib.domain import CertificateType, CommandStatus, SliceState
+from chalicelib.entrypoints import handle_queue_event
+from chalicelib.usecases.process import Delivery, Outcome
+from tests.pipeline import Pipeline
+
+BOTH_MODES = pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])
+
+
+def _pair(p: Pipeline, quantity: int = 1000) -> tuple[tuple[str, str], tuple[str, str]]:
+    production = p.issued(owner="alice", quantity=quantity)
+    consumption = p.issued(
+        owner="alice",
+        quantity=quantity,
+        gsrn="571313000000000002",
+        type_=CertificateType.CONSUMPTION,
+    )
+    return production, consumption
+
+
+# --- every command kind ---------------------------------------------------------------------
+
+
+@BOTH_MODES
+def test_an_issued_certificate_gets_one_slice_of_its_whole_quantity(queries: bool) -> None:
+    p = Pipeline(queries=queries)
+    command = p.issue(quantity=1234)
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    cert = p.book.get_certificate(command.certificate_id)
+    assert [(s.owner, s.quantity_wh, s.state) for s in cert.slices.values()] == [
+        ("alice", 1234, SliceState.AVAILABLE)
+    ]
+    assert p.registry.snapshot(cert.certificate_id) is not None
+    p.check_invariants()
+
+
+@BOTH_MODES
+def test_slice_transfer_claim_and_withdraw_commit_and_show_in_the_book(queries: bool) -> None:
+    p = Pipeline(queries=queries)
+    (cert, s0), consumption = _pair(p)
+    sliced = p.slice("alice", cert, s0, [700, 300])
+    p.run()
+    assert p.command(sliced.command_id).status == CommandStatus.COMMITTED
+    parts = {
+        s.quantity_wh: s.slice_id
+        for s in p.book.get_certificate(cert).slices.values()
+        if s.state == SliceState.AVAILABLE
+    }
+    assert set(parts) == {700, 300}
+
+    moved = p.transfer("alice", cert, parts[700], "bob", 700)  # whole slice: one transaction
+    claimed = p.claim("alice", (cert, parts[300]), consumption, 300)  # consumption is cut first
+    p.run()
+    for command in (moved, claimed):
+        assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    states = sorted(
+        (s.owner, s.quantity_wh, s.state.value)
+        for s in p.book.get_certificate(cert).slices.values()
+        if s.state != SliceState.SLICED
+    )
+    assert states == [
+        ("alice", 300, "claimed"),
+        ("alice", 700, "transferred"),
+        ("bob", 700, "available"),
+    ]
+    rest = sorted(
+        (s.quantity_wh, s.state.value)
+        for s in p.book.get_certificate(consumption[0]).slices.values()
+        if s.state != SliceState.SLICED
+    )
+    assert rest == [(300, "claimed"), (700, "available")]
+
+    withdrawn = p.withdraw(consumption[0])
+    p.run()
+    assert p.command(withdrawn.command_id).status == CommandStatus.COMMITTED
+    assert p.book.get_certificate(consumption[0]).status == "withdrawn"
+    p.check_invariants()
+
+
+@BOTH_MODES
+def test_a_partial_transfer_is_a_slice_then_a_transfer_sent_once_each(queries: bool) -> None:
+    p = Pipeline(queries=queries)
+    cert, s0 = p.issued(quantity=1000)
+    before = len(p.registry.log())
+    command = p.transfer("alice", cert, s0, "bob", 250)
+    p.run()
+    done = p.command(command.command_id)
+    assert done.status == CommandStatus.COMMITTED and done.step == 1
+    assert len(p.registry.log()) - before == 2
+    owners = sorted(
+        (s.owner, s.quantity_wh)
+        for s in p.book.get_certificate(cert).slices.values()
+        if s.state == SliceState.AVAILABLE
+    )
+    assert owners == [("alice", 750), ("bob", 250)]
+    p.check_invariants()
+
+
+# --- registry outcomes ----------------------------------------------------------------------
+
+
+@BOTH_MODES
+def test_a_registry_rejection_releases_the_reservation_with_the_reason(queries: bool) -> None:
+    p = Pipeline(queries=queries)
+    cert, s0 = p.issued()
+    # Behind the book's back, the slice changes hands in the registry: our transfer loses.
+    p.registry.set_owner(cert, s0, "mallory")
+    command = p.transfer("alice", cert, s0, "bob", 1000)
+    p.run()
+    rejected = p.command(command.command_id)
+    assert rejected.status == CommandStatus.REJECTED
+    assert rejected.error
+    slice_ = p.book.get_certificate(cert).slices[s0]
+    assert slice_.state == SliceState.AVAILABLE and slice_.reserved_by is None
+    p.check_invariants()
+
+
+@BOTH_MODES
+def test_commands_wait_out_an_outage_and_are_sent_once_after_it(queries: bool) -> None:
+    p = Pipeline(queries=queries)
+    p.registry.set_available(False)
+    commands = [p.issue(gsrn=f"5713130000000{i:05d}") for i in range(5)]
+    for _ in range(3):
+        batch = p.queue.receive()
+        assert set(p.worker.process([m.delivery for m in batch])) == {Outcome.RETRY}
+        p.queue.give_back(batch)
+    assert {p.command(c.command_id).status for c in commands} == {CommandStatus.ACCEPTED}
+    assert p.registry.log() == []
+    p.registry.set_available(True)
+    p.run()
+    assert {p.command(c.command_id).status for c in commands} == {CommandStatus.COMMITTED}
+    assert len(p.registry.log()) == 5
+    p.check_invariants()
+
+
+def test_a_thirty_minute_outage_with_a_thousand_commands_queued_loses_and_repeats_none() -> None:
+    p = Pipeline(outages=((0.0, 1800.0),))
+    commands = [p.issue(gsrn=f"57131300000{i:07d}") for i in range(1000)]
+    p.run(rounds=5000, visibility_s=30)
+    assert p.vclock() >= 1800
+    assert {p.command(c.command_id).status for c in commands} == {CommandStatus.COMMITTED}
+    assert len(p.registry.received_ids()) == 1000
+    p.check_invariants()
+
+
+@BOTH_MODES
+def test_an_ambiguous_send_leaves_the_command_in_doubt_and_never_resends_it(queries: bool) -> None:
+    p = Pipeline(queries=queries, ambiguous_rate=1.0)
+    command = p.issue()
+    p.run()
+    in_doubt = p.command(command.command_id)
+    assert in_doubt.status == CommandStatus.IN_DOUBT
+    assert "resolve" in in_doubt.error
+    # Redeliveries of the same message change nothing.
+    for _ in range(3):
+        p.queue.send(in_doubt)
+        p.run()
+    assert len(p.registry.log()) == 1
+    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
+
+
+def test_a_pending_transaction_that_does_not_commit_in_time_stays_sent() -> None:
+    p = Pipeline(queries=True, commit_delay_s=60)
+    command = p.issue()
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.SENT
+    p.vclock.advance(60)
+    p.queue.send(command)  # e.g. the reconciler re-drives it
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    assert len(p.registry.log()) == 1
+
+
+# --- redelivery and concurrency -------------------------------------------------------------
+
+
+@BOTH_MODES
+def test_the_same_message_delivered_twice_sends_once(queries: bool) -> None:
+    p = Pipeline(queries=queries)
+    command = p.issue()
+    p.queue.send(command)
+    p.run()
+    assert len(p.registry.log()) == 1
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+
+
+def test_two_workers_given_the_same_message_at_once_send_it_once() -> None:
+    p = Pipeline(latency_s=0.0)
+    cert, s0 = p.issued()
+    command = p.transfer("alice", cert, s0, "bob", 1000)
+    delivery = Delivery(command.command_id, command.certificate_id)
+    start = threading.Barrier(8)
+    outcomes: list[Outcome] = []
+
+    def work() -> None:
+        worker = p.make_worker()
+        start.wait()
+        outcomes.extend(worker.process([delivery]))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    transfers = [e for e in p.registry.log() if e.payload_type.endswith("TransferredEvent")]
+    assert len(transfers) == 1
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    p.check_invariants()
+
+
+def test_a_message_whose_command_another_worker_is_sending_comes_back_with_its_group() -> None:
+    p = Pipeline()
+    cert, s0 = p.issued()
+    first = p.slice("alice", cert, s0, [500, 500])
+    batch = p.queue.receive()
+    taken = p.worker._prepare(batch[0].delivery)  # a worker holds the lease, mid-send
+    assert taken.status == CommandStatus.SENDING
+    other = Delivery("not-yet-read", cert)
+    outcomes = p.worker.process([batch[0].delivery, other])
+    assert outcomes == [Outcome.RETRY, Outcome.RETRY]
+    assert p.command(first.command_id).status == CommandStatus.SENDING
+
+
+def test_a_lost_lease_with_the_outcome_already_in_the_book_finishes_as_committed() -> None:
+    p = Pipeline()
+    command = p.issue()
+    batch = p.queue.receive()
+    p.worker.process([m.delivery for m in batch])
+    # Simulate the crash after applying but before the COMMITTED write.
+    p.book.commands[command.command_id] = p.command(command.command_id).model_copy(
+        update={"status": CommandStatus.SENDING, "lease_until": p.now()}
+    )
+    p.vclock.advance(1)
+    p.queue.send(command)
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+
+
+# --- poison messages and partial batch responses --------------------------------------------
+
+
+def _record(message_id: str, body: Any, group: str, receives: int = 1) -> dict[str, Any]:
+    return {
+        "messageId": message_id,
+        "body": body if isinstance(body, str) else json.dumps(body),
+        "attributes": {"MessageGroupId": group, "ApproximateReceiveCount": str(receives)},
+    }
+
+
+def test_unreadable_and_unknown_messages_come_back_and_so_do_later_ones_of_their_group() -> None:
+    p = Pipeline()
+    good = p.issue()
+    event = {
+        "Records": [
+            _record("m1", "{not json", "g1"),
+            _record("m2", {"command_id": "x", "certificate_id": "g1"}, "g1"),
+            _record("m3", {"command_id": "nope", "certificate_id": "g2"}, "g2"),
+            _record(
+                "m4",
+                {"command_id": good.command_id, "certificate_id": good.certificate_id},
+                good.certificate_id,
+            ),
+        ]
+    }
+    answer = handle_queue_event(event, p.worker, max_receives=10)
+    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == ["m1", "m2", "m3"]
+    assert p.command(good.command_id).status == CommandStatus.COMMITTED
+
+
+def test_a_command_that_fails_on_every_receive_is_rejected_on_the_last_one() -> None:
+    p = Pipeline()
+    command = p.issue()
+
+    class BrokenBuilder:
+        def build(self, *_: Any) -> Any:
+            raise RuntimeError("cannot build")
+
+    worker = p.make_worker()
+    worker.builder = BrokenBuilder()
+    body = {"command_id": command.command_id, "certificate_id": command.certificate_id}
+    early = handle_queue_event({"Records": [_record("m", body, "g", receives=3)]}, worker, 10)
+    assert early["batchItemFailures"] and p.command(command.command_id).status == "ACCEPTED"
+    last = handle_queue_event({"Records": [_record("m", body, "g", receives=10)]}, worker, 10)
+    assert last["batchItemFailures"]
+    given_up = p.command(command.command_id)
+    assert given_up.status == CommandStatus.REJECTED and "dead-letter" in given_up.error
+    p.check_invariants()
+
+
+def test_handled_records_are_not_reported_as_failures() -> None:
+    p = Pipeline()
+    commands = [p.issue(gsrn=f"5713130000000000{i:02d}") for i in range(3)]
+    event = {
+        "Records": [
+            _record(
+                f"m{i}",
+                {"command_id": c.command_id, "certificate_id": c.certificate_id},
+                c.certificate_id,
+            )
+            for i, c in enumerate(commands)
+        ]
+    }
+    assert handle_queue_event(event, p.worker, 10) == {"batchItemFailures": []}
+
+
+def test_a_re_driven_command_whose_accept_died_before_its_holds_takes_them_first() -> None:
+    p = Pipeline()
+    cert, s0 = p.issued()
+    command = p.transfer("alice", cert, s0, "bob", 1000)
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    # A second command whose accept crashed after recording it, before reserving: re-driven.
+    late = p.transfer(
+        "bob",
+        cert,
+        next(s.slice_id for s in p.book.get_certificate(cert).slices.values() if s.owner == "bob"),
+        "carol",
+        1000,
+    )
+    p.book.update_certificate(
+        cert,
+        lambda c: c.model_copy(
+            update={
+                "slices": {
+                    k: v.model_copy(update={"state": SliceState.AVAILABLE, "reserved_by": None})
+                    if v.reserved_by == late.command_id
+                    else v
+                    for k, v in c.slices.items()
+                }
+            }
+        ),
+    )
+    p.queue.pending.clear()
+    p.queue.send(late, holds_taken=False)
+    p.run()
+    assert p.command(late.command_id).status == CommandStatus.COMMITTED
+    p.check_invariants()
