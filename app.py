@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 
 from chalicelib import composition, entrypoints
 from chalicelib.api import openapi
@@ -131,6 +131,16 @@ def stuck_commands() -> Response:
     return serve("stuck_commands")
 
 
+@app.route("/v1/ops/commands/{command_id}/resolve", methods=["POST"], content_types=ANY)
+def resolve_command(command_id: str) -> Response:
+    return serve("resolve_command", command_id=command_id)
+
+
+@app.route("/v1/ops/reconcile", methods=["POST"], content_types=ANY)
+def reconcile_now() -> Response:
+    return serve("reconcile_now")
+
+
 @app.route("/v1/openapi.json", methods=["GET"])
 def openapi_document() -> Response:
     return Response(
@@ -144,3 +154,9 @@ def worker(event) -> dict:
     return entrypoints.handle_queue_event(
         event.to_dict(), composition.worker(services()), MAX_RECEIVES
     )
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="reconciler")
+def reconciler(event) -> dict:
+    report = composition.reconciler(services()).run()
+    return {"actions": dict(report.actions), "complete": report.complete}

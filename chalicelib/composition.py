@@ -23,6 +23,7 @@ from chalicelib.registry.builder import PlainTransactionBuilder
 from chalicelib.registry.port import Registry
 from chalicelib.settings import Settings
 from chalicelib.usecases.process import Worker
+from chalicelib.usecases.reconcile import Reconciler
 
 
 def utc_now() -> datetime:
@@ -55,6 +56,21 @@ def worker(services: Services) -> Worker:
         lease_s=settings.lease_s,
         commit_poll_s=settings.commit_poll_s,
         batch_size=settings.registry_batch_size,
+    )
+
+
+def reconciler(services: Services) -> Reconciler:
+    settings = services.settings
+    assert services.registry is not None, "the reconciler needs a registry"
+    return Reconciler(
+        book=services.book,
+        queue=services.queue,
+        registry=services.registry,
+        worker=worker(services),
+        clock=services.clock,
+        redrive_after_s=settings.redrive_after_s,
+        expiry_days=settings.certificate_expiry_days,
+        lease_s=settings.lambda_timeout_s * 2,
     )
 
 

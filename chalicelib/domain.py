@@ -108,6 +108,7 @@ class SliceState(StrEnum):
     SLICED = "sliced"  # replaced by its parts
     WITHDRAWN = "withdrawn"
     EXPIRED = "expired"
+    REMOVED = "removed"  # the registry does not have it: removed when the book was aligned
 
 
 # Slices that still hold their quantity. Conservation (I3): these sum to the issued quantity.
@@ -642,3 +643,114 @@ def iter_reserved(certs: Iterable[Certificate]) -> Iterable[tuple[Certificate, S
         for s in cert.slices.values():
             if s.reserved_by is not None:
                 yield cert, s
+
+
+# --- alignment with the registry (I6) ----------------------------------------------------------
+
+
+class RegistrySliceView(BaseModel):
+    """A slice as the registry has it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ref: str
+    owner: str
+    quantity_wh: int
+    claimed: bool = False
+
+
+def align(
+    cert: Certificate, registry_slices: Iterable[RegistrySliceView], registry_withdrawn: bool
+) -> tuple[Certificate, list[dict[str, Any]]]:
+    """The certificate made equal to the registry's view of it (the registry is the truth),
+    and the list of repairs that took. Not for a certificate with pending commands: their
+    effects are on their way and would read as drift."""
+    current = {s.ref: s for s in cert.slices.values() if s.is_live}
+    truth = {s.ref: s for s in registry_slices}
+    slices = dict(cert.slices)
+    repairs: list[dict[str, Any]] = []
+
+    def add(view: RegistrySliceView) -> None:
+        new = Slice(
+            slice_id=str(uuid.uuid5(_SLICE_NAMESPACE, f"registry/{view.ref}/{view.owner}")),
+            owner=view.owner,
+            quantity_wh=view.quantity_wh,
+            registry_ref=view.ref,
+            state=SliceState.CLAIMED if view.claimed else SliceState.AVAILABLE,
+        )
+        slices[new.slice_id] = new
+
+    for ref, mine in current.items():
+        theirs = truth.get(ref)
+        if theirs is None:
+            slices[mine.slice_id] = mine.model_copy(update={"state": SliceState.REMOVED})
+            repairs.append(
+                {
+                    "action": "extra_slice",
+                    "ref": ref,
+                    "slice_id": mine.slice_id,
+                    "owner": mine.owner,
+                    "quantity_wh": mine.quantity_wh,
+                }
+            )
+        elif (mine.owner, mine.quantity_wh) != (theirs.owner, theirs.quantity_wh):
+            gone = SliceState.TRANSFERRED if mine.owner != theirs.owner else SliceState.REMOVED
+            slices[mine.slice_id] = mine.model_copy(update={"state": gone})
+            add(theirs)
+            repairs.append(
+                {
+                    "action": "wrong_owner" if mine.owner != theirs.owner else "wrong_quantity",
+                    "ref": ref,
+                    "slice_id": mine.slice_id,
+                    "book": [mine.owner, mine.quantity_wh],
+                    "registry": [theirs.owner, theirs.quantity_wh],
+                }
+            )
+        elif theirs.claimed != (mine.state == SliceState.CLAIMED):
+            state = SliceState.CLAIMED if theirs.claimed else SliceState.AVAILABLE
+            slices[mine.slice_id] = mine.model_copy(update={"state": state})
+            repairs.append(
+                {
+                    "action": "claim_state",
+                    "ref": ref,
+                    "slice_id": mine.slice_id,
+                    "claimed": theirs.claimed,
+                }
+            )
+    for ref, theirs in truth.items():
+        if ref not in current:
+            add(theirs)
+            repairs.append(
+                {
+                    "action": "missing_slice",
+                    "ref": ref,
+                    "owner": theirs.owner,
+                    "quantity_wh": theirs.quantity_wh,
+                }
+            )
+    status = cert.status
+    if registry_withdrawn and cert.status != CertificateStatus.WITHDRAWN:
+        status = CertificateStatus.WITHDRAWN
+        slices = {
+            k: v.model_copy(update={"state": SliceState.WITHDRAWN})
+            if v.state == SliceState.AVAILABLE
+            else v
+            for k, v in slices.items()
+        }
+        repairs.append({"action": "withdrawn"})
+    if not repairs:
+        return cert, []
+    return cert.model_copy(update={"slices": slices, "status": status}), repairs
+
+
+def expire(cert: Certificate) -> Certificate:
+    """Past its expiry, a certificate's available slices can no longer be used."""
+    if cert.status != CertificateStatus.ACTIVE or any(s.reserved_by for s in cert.slices.values()):
+        return cert
+    slices = {
+        k: v.model_copy(update={"state": SliceState.EXPIRED})
+        if v.state == SliceState.AVAILABLE
+        else v
+        for k, v in cert.slices.items()
+    }
+    return cert.model_copy(update={"status": CertificateStatus.EXPIRED, "slices": slices})

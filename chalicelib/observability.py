@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from typing import Any
 
 log = logging.getLogger("certificates")
@@ -33,4 +35,34 @@ def transition(
         **{"from": before, "to": after},
         reason=reason,
         **fields,
+    )
+
+
+NAMESPACE = "CertificatesDomain"
+
+
+def metrics(values: dict[str, float], **dimensions: str) -> None:
+    """Counts as CloudWatch metrics, through the embedded metric format: one log line, no API
+    call, no extra cost per metric beyond the log bytes."""
+    if not values:
+        return
+    dimensions = {"Stage": os.environ.get("CERTS_STAGE", "local"), **dimensions}
+    log.info(
+        json.dumps(
+            {
+                "_aws": {
+                    "Timestamp": int(time.time() * 1000),
+                    "CloudWatchMetrics": [
+                        {
+                            "Namespace": NAMESPACE,
+                            "Dimensions": [sorted(dimensions)],
+                            "Metrics": [{"Name": name, "Unit": "Count"} for name in sorted(values)],
+                        }
+                    ],
+                },
+                **dimensions,
+                **values,
+            },
+            sort_keys=True,
+        )
     )

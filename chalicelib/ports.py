@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from chalicelib.domain import (
@@ -95,6 +95,27 @@ class Book(Protocol):
         """Commands that are not terminal, created before the given time, oldest first."""
         ...
 
+    def settled_commands(self, limit: int) -> list[Command]:
+        """Terminal commands the reconciler has not yet looked at, oldest first."""
+        ...
+
+    def mark_reconciled(self, command_id: str) -> None:
+        """The reconciler is done with this terminal command: drop it from its work list."""
+        ...
+
+    # the reconciler's own records
+    def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        """Take the named lease if free or expired; True when `holder` has it."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    def add_audit(self, certificate_id: str, at: datetime, entry: dict[str, Any]) -> None:
+        """Record a repair of the book, for people to read later."""
+        ...
+
+    def audits(self, certificate_id: str) -> list[dict[str, Any]]: ...
+
     # certificates
     def add_certificate(self, certificate: Certificate) -> None:
         """Record a certificate being issued; Conflict if that identity is already issued."""
@@ -120,6 +141,10 @@ class Book(Protocol):
         ...
 
     def add_holding(self, owner: str, certificate: Certificate) -> None: ...
+
+    def expiring_certificates(self, day: date, limit: int) -> list[str]:
+        """Ids of certificates that are not yet expired (nor withdrawn) and start on `day`."""
+        ...
 
     def note_receipt(self, command: Command) -> None:
         """Show a committed transfer in its receiver's list too."""

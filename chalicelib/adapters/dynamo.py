@@ -23,9 +23,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -105,18 +106,32 @@ def _encode_cursor(key: dict[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
 
 
-def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
+def _bad_cursor() -> domain.RuleViolation:
+    return domain.RuleViolation("the cursor is not one this service gave out", field="cursor")
+
+
+def _decode_cursor(cursor: str | None, shape: dict[str, str | None]) -> dict[str, Any] | None:
+    """The key a cursor of ours names. Only a key with exactly the attributes of `shape`, all
+    strings, and in the partition the query reads (the values `shape` fixes) passes: anything
+    else makes DynamoDB (or boto3) fail the query, which would answer what a client sent with
+    a 500 or a 503, or start the query in another owner's partition."""
     if cursor is None:
         return None
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(key, dict):
-            raise ValueError("not a key")
-        return key
     except ValueError as exc:
-        raise domain.RuleViolation(
-            "the cursor is not one this service gave out", field="cursor"
-        ) from exc
+        raise _bad_cursor() from exc
+    if not (
+        isinstance(key, dict)
+        and set(key) == set(shape)
+        and all(
+            isinstance(v, dict) and list(v) == ["S"] and isinstance(v["S"], str)
+            for v in key.values()
+        )
+        and all(fixed is None or key[name]["S"] == fixed for name, fixed in shape.items())
+    ):
+        raise _bad_cursor()
+    return key
 
 
 def _cert_key(certificate_id: str) -> dict[str, Any]:
@@ -225,8 +240,6 @@ class DynamoBook:
         names = {f"#f{i}": name for i, name in enumerate(sets)}
         values = {f":v{i}": value for i, value in enumerate(sets.values())}
         expression = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(sets)))
-        if change.target in domain.TERMINAL_STATUSES:
-            expression += " REMOVE open_pk, open_sk"  # leaves the sparse open-commands index
         statuses = {f":s{i}": s.value for i, s in enumerate(expected)}
         condition = f"#status IN ({', '.join(statuses)})"
         names["#status"] = "status"
@@ -285,7 +298,15 @@ class DynamoBook:
             "ScanIndexForward": False,
             "Limit": limit,
         }
-        start = _decode_cursor(cursor)
+        start = _decode_cursor(
+            cursor,
+            {
+                "pk": None,
+                "sk": None,
+                "by_caller_pk": f"{caller}#{kind.value}",
+                "by_caller_sk": None,
+            },
+        )
         if start:
             args["ExclusiveStartKey"] = start
         answer = self._call("query", **args)
@@ -293,51 +314,154 @@ class DynamoBook:
         return Page(items=items, next_cursor=_encode_cursor(answer.get("LastEvaluatedKey")))
 
     def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
-        keys: list[dict[str, Any]] = []
+        return self._indexed(created_before, limit, lambda c: not c.is_terminal)
+
+    def settled_commands(self, limit: int) -> list[Command]:
+        return self._indexed(None, limit, lambda c: c.is_terminal)
+
+    def _indexed(
+        self, created_before: datetime | None, limit: int, wanted: Callable[[Command], bool]
+    ) -> list[Command]:
+        """Commands in the open-commands index (not terminal, or terminal and not yet
+        reconciled), oldest first, that `wanted` accepts: up to `limit` from each shard."""
+        found: list[Command] = []
         for shard in range(self._shards):
-            answer = self._call(
-                "query",
-                IndexName="open_commands",
-                KeyConditionExpression="open_pk = :pk AND open_sk < :before",
+            condition, values = "open_pk = :pk", {":pk": {"S": f"OPEN#{shard}"}}
+            if created_before is not None:
+                condition += " AND open_sk < :before"
+                values[":before"] = {"S": created_before.isoformat()}
+            args: dict[str, Any] = {
+                "IndexName": "open_commands",
+                "KeyConditionExpression": condition,
+                "ExpressionAttributeValues": values,
+                "Limit": 100,
+            }
+            mine: list[Command] = []
+            while len(mine) < limit:
+                answer = self._call("query", **args)
+                keys = [{"pk": i["pk"], "sk": i["sk"]} for i in answer.get("Items", [])]
+                mine += [c for c in map(_command_from, self._batch_get(keys)) if wanted(c)]
+                if "LastEvaluatedKey" not in answer:
+                    break
+                args["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+            found += mine
+        found.sort(key=lambda c: c.created_at)
+        return found[:limit]
+
+    def mark_reconciled(self, command_id: str) -> None:
+        # Only a terminal command leaves the index; an open one must stay visible.
+        with contextlib.suppress(ClientError):
+            self._call(
+                "update_item",
+                Key=_command_key(command_id),
+                UpdateExpression="REMOVE open_pk, open_sk",
+                ConditionExpression="#status IN (:committed, :rejected)",
+                ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
-                    ":pk": {"S": f"OPEN#{shard}"},
-                    ":before": {"S": created_before.isoformat()},
+                    ":committed": {"S": "COMMITTED"},
+                    ":rejected": {"S": "REJECTED"},
                 },
-                Limit=limit,
             )
-            keys += [{"pk": item["pk"], "sk": item["sk"]} for item in answer.get("Items", [])]
-        commands = [_command_from(item) for item in self._batch_get(keys)]
-        commands = [c for c in commands if not c.is_terminal]
-        commands.sort(key=lambda c: c.created_at)
-        return commands[:limit]
+
+    # --- the reconciler's own records --------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        # Free, expired, or already ours: the one condition that lets exactly one holder in.
+        try:
+            self._call(
+                "put_item",
+                Item=_to_item(
+                    {
+                        "pk": f"LEASE#{name}",
+                        "sk": "LEASE",
+                        "holder": holder,
+                        "until": until.isoformat(),
+                    }
+                ),
+                ConditionExpression="attribute_not_exists(pk) OR #until < :now OR holder = :me",
+                ExpressionAttributeNames={"#until": "until"},
+                ExpressionAttributeValues={":now": {"S": now.isoformat()}, ":me": {"S": holder}},
+            )
+            return True
+        except ClientError:
+            return False
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with contextlib.suppress(ClientError):
+            self._call(
+                "delete_item",
+                Key={"pk": {"S": f"LEASE#{name}"}, "sk": {"S": "LEASE"}},
+                ConditionExpression="holder = :me",
+                ExpressionAttributeValues={":me": {"S": holder}},
+            )
+
+    def add_audit(self, certificate_id: str, at: datetime, entry: dict[str, Any]) -> None:
+        self._call(
+            "put_item",
+            Item=_to_item(
+                {
+                    "pk": f"AUDIT#{certificate_id}",
+                    "sk": f"{at.isoformat()}#{uuid.uuid4()}",
+                    "at": at.isoformat(),
+                    "entry": json.dumps(entry, default=str),
+                }
+            ),
+        )
+
+    def audits(self, certificate_id: str) -> list[dict[str, Any]]:
+        answer = self._call(
+            "query",
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"AUDIT#{certificate_id}"}},
+        )
+        return [
+            {"at": i["at"]["S"], **json.loads(i["entry"]["S"])} for i in answer.get("Items", [])
+        ]
 
     # --- certificates ------------------------------------------------------------------------
 
     def _certificate_item(self, cert: Certificate) -> dict[str, Any]:
         values = cert.model_dump(mode="json", exclude_none=True)
         values.update(pk=f"CERT#{cert.certificate_id}", sk="CERT")
+        if cert.status in (CertificateStatus.ISSUING, CertificateStatus.ACTIVE):
+            # Sparse index of the certificates that can still expire, by the day they start.
+            values["expiry_day"] = cert.period.start.date().isoformat()
         return _to_item(values)
 
     def add_certificate(self, certificate: Certificate) -> None:
-        cert = certificate.model_copy(update={"version": 1})
-        try:
-            self._call(
-                "put_item",
-                Item=self._certificate_item(cert),
-                ConditionExpression="attribute_not_exists(pk) OR #status = :rejected",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":rejected": {"S": CertificateStatus.REJECTED.value}},
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            existing = _certificate_from(exc.response["Item"])
+        # A new identity is a put that finds no item. An identity whose issuance was rejected
+        # may be issued again by another command: that put is conditioned on the version of
+        # the rejected item, and carries the version on, so a writer still holding the
+        # rejected certificate cannot overwrite the new one (its optimistic lock fails).
+        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        version = 1
+        for _ in range(_OPTIMISTIC_RETRIES):
+            try:
+                self._call(
+                    "put_item",
+                    Item=self._certificate_item(
+                        certificate.model_copy(update={"version": version})
+                    ),
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    **condition,
+                )
+                return
+            except ClientError as exc:
+                existing = _certificate_from(exc.response["Item"])
             if existing.issue_command == certificate.issue_command:
-                return  # a replay of the same issuance
-            raise domain.Conflict(
-                f"certificate {certificate.certificate_id} for this metering point, type and "
-                "period is already issued",
-                subject=certificate.certificate_id,
-            ) from exc
+                return  # a replay of the same issuance, even of a rejected one: it stays so
+            if existing.status != CertificateStatus.REJECTED:
+                raise domain.Conflict(
+                    f"certificate {certificate.certificate_id} for this metering point, type "
+                    "and period is already issued",
+                    subject=certificate.certificate_id,
+                )
+            version = existing.version + 1
+            condition = {
+                "ConditionExpression": "version = :seen",
+                "ExpressionAttributeValues": {":seen": {"N": str(existing.version)}},
+            }
+        raise DependencyDown(f"certificate {certificate.certificate_id} is changing too often")
 
     def get_certificate(self, certificate_id: str) -> Certificate | None:
         item = self._get(_cert_key(certificate_id))
@@ -422,6 +546,16 @@ class DynamoBook:
                 continue  # someone wrote in between: read again and redo the change
         raise DependencyDown(f"certificate {certificate_id} is changing too often to update")
 
+    def expiring_certificates(self, day: date, limit: int) -> list[str]:
+        answer = self._call(
+            "query",
+            IndexName="by_expiry_day",
+            KeyConditionExpression="expiry_day = :day",
+            ExpressionAttributeValues={":day": {"S": day.isoformat()}},
+            Limit=limit,
+        )
+        return [item["pk"]["S"].removeprefix("CERT#") for item in answer.get("Items", [])]
+
     def add_holding(self, owner: str, certificate: Certificate) -> None:
         self._call(
             "put_item",
@@ -437,8 +571,9 @@ class DynamoBook:
         )
 
     def holdings(self, query: HoldingQuery) -> Page[Certificate]:
-        low = f"HOLD#{query.start.isoformat()}" if query.start else "HOLD#"
-        high = f"HOLD#{query.end.isoformat()}" if query.end else "HOLD$"
+        # Sort keys hold UTC times as text: bounds given in another zone must be UTC too.
+        low = f"HOLD#{query.start.astimezone(UTC).isoformat()}" if query.start else "HOLD#"
+        high = f"HOLD#{query.end.astimezone(UTC).isoformat()}" if query.end else "HOLD$"
         values: dict[str, Any] = {":pk": f"OWNER#{query.owner}", ":low": low, ":high": high}
         filters, names = [], {}
         if query.type is not None:
@@ -456,9 +591,12 @@ class DynamoBook:
         if filters:
             args["FilterExpression"] = " AND ".join(filters)
             args["ExpressionAttributeNames"] = names
+        start = _decode_cursor(query.cursor, {"pk": f"OWNER#{query.owner}", "sk": None})
+        if start and not low <= start["sk"]["S"] <= high:
+            raise _bad_cursor()  # DynamoDB refuses a start key outside the key condition
         ids: list[str] = []
         resume: dict[str, Any] | None = None
-        for item, after in self._query_pages(args, _decode_cursor(query.cursor), query.limit):
+        for item, after in self._query_pages(args, start, query.limit):
             ids.append(item["certificate_id"]["S"])
             resume = after
         # BETWEEN is inclusive, but "HOLD#<end>#<id>" sorts after "HOLD#<end>", so periods

@@ -10,7 +10,8 @@ import base64
 import json
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 from chalicelib import domain
 from chalicelib.domain import (
@@ -35,11 +36,20 @@ def _encode_cursor(position: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
 
 
-def _decode_cursor(cursor: str | None) -> object:
+def _decode_cursor(cursor: str | None) -> list[str] | None:
+    """The position a cursor of ours names: [sort value, id]. Anything else is refused here,
+    because comparing it with a position would fail later as a 500."""
     if cursor is None:
         return None
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        position = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not (
+            isinstance(position, list)
+            and len(position) == 2
+            and all(isinstance(part, str) for part in position)
+        ):
+            raise ValueError("not a position")
+        return position
     except ValueError as exc:
         raise domain.RuleViolation(
             "the cursor is not one this service gave out", field="cursor"
@@ -53,13 +63,16 @@ def apply_transition(current: Command | None, change: Transition) -> Command:
         if isinstance(change.expected, domain.CommandStatus)
         else tuple(change.expected)
     )
+    # Every expected status is checked, whatever the current one, as the DynamoDB book does
+    # before it writes: a forbidden change is a programming error, never a stale command.
+    for status in expected:
+        domain.check_transition(status, change.target)
     if (
         current is None
         or current.status not in expected
         or (change.step is not None and current.step != change.step)
     ):
         raise StaleCommand(current)
-    domain.check_transition(current.status, change.target)
     return current.model_copy(
         update={**change.changes, "status": change.target, "updated_at": change.now}
     )
@@ -72,6 +85,9 @@ class InMemoryBook:
         self.certificates: dict[str, Certificate] = {}
         self._holdings: dict[str, set[str]] = {}
         self._receipts: set[str] = set()
+        self._reconciled: set[str] = set()
+        self._leases: dict[str, tuple[str, datetime]] = {}
+        self._audits: dict[str, list[dict[str, Any]]] = {}
 
     # commands
 
@@ -141,6 +157,42 @@ class InMemoryBook:
             )
         return found[:limit]
 
+    def settled_commands(self, limit: int) -> list[Command]:
+        with self._lock:
+            found = sorted(
+                (
+                    c
+                    for c in self.commands.values()
+                    if c.is_terminal and c.command_id not in self._reconciled
+                ),
+                key=lambda c: c.created_at,
+            )
+        return found[:limit]
+
+    def mark_reconciled(self, command_id: str) -> None:
+        with self._lock:
+            self._reconciled.add(command_id)
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        with self._lock:
+            current = self._leases.get(name)
+            if current is not None and current[0] != holder and current[1] > now:
+                return False
+            self._leases[name] = (holder, until)
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            if self._leases.get(name, ("",))[0] == holder:
+                del self._leases[name]
+
+    def add_audit(self, certificate_id: str, at: datetime, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._audits.setdefault(certificate_id, []).append({"at": at.isoformat(), **entry})
+
+    def audits(self, certificate_id: str) -> list[dict[str, Any]]:
+        return list(self._audits.get(certificate_id, []))
+
     # certificates
 
     def add_certificate(self, certificate: Certificate) -> None:
@@ -163,7 +215,8 @@ class InMemoryBook:
         return self.certificates.get(certificate_id)
 
     def get_certificates(self, certificate_ids: Sequence[str]) -> list[Certificate]:
-        return [self.certificates[i] for i in certificate_ids if i in self.certificates]
+        unique = dict.fromkeys(certificate_ids)  # once each, as a BatchGetItem answers
+        return [self.certificates[i] for i in unique if i in self.certificates]
 
     def reserve(self, ref: SliceRef, command_id: str, caller: str, at_least_wh: int) -> Certificate:
         with self._lock:
@@ -194,6 +247,15 @@ class InMemoryBook:
                 changed = changed.model_copy(update={"version": cert.version + 1})
                 self.certificates[certificate_id] = changed
             return changed
+
+    def expiring_certificates(self, day: date, limit: int) -> list[str]:
+        with self._lock:
+            return [
+                c.certificate_id
+                for c in self.certificates.values()
+                if c.status in (CertificateStatus.ISSUING, CertificateStatus.ACTIVE)
+                and c.period.start.date() == day
+            ][:limit]
 
     def note_receipt(self, command: Command) -> None:
         with self._lock:

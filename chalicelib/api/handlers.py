@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ValidationError
 
-from chalicelib import domain
+from chalicelib import composition, domain
 from chalicelib.api import models as m
 from chalicelib.api.http import (
     BadRequest,
@@ -25,7 +25,7 @@ from chalicelib.api.http import (
 from chalicelib.composition import Services
 from chalicelib.domain import CertificateType, CommandKind, CommandStatus, Role
 from chalicelib.ports import HoldingQuery
-from chalicelib.usecases import accept, queries
+from chalicelib.usecases import accept, queries, reconcile
 
 ENDPOINTS: dict[str, tuple[Endpoint, Callable[[Services, Call], HttpResponse]]] = {}
 
@@ -420,4 +420,50 @@ def stuck_commands(services: Services, call: Call) -> HttpResponse:
     ]
     return json_response(
         m.CommandPage(items=[m.CommandView.of(c) for c in found[: _limit(q.limit, 1000)]])
+    )
+
+
+@operation(
+    Endpoint(
+        "POST",
+        "/v1/ops/commands/{command_id}/resolve",
+        "Resolve an IN_DOUBT command as committed or rejected",
+        m.CommandView,
+        request=m.ResolveRequest,
+        role=Role.OPERATOR,
+    )
+)
+def resolve_command(services: Services, call: Call) -> HttpResponse:
+    body: m.ResolveRequest = call.body
+    command = reconcile.resolve_by_operator(
+        services.book,
+        services.queue,
+        composition.worker(services),
+        call.actor,
+        call.request.path_params["command_id"],
+        body.outcome == "committed",
+        body.reason,
+    )
+    return json_response(m.CommandView.of(command))
+
+
+@operation(
+    Endpoint(
+        "POST",
+        "/v1/ops/reconcile",
+        "Run one reconciliation pass now",
+        m.ReconcileReport,
+        request=m.EmptyRequest,
+        role=Role.OPERATOR,
+    )
+)
+def reconcile_now(services: Services, call: Call) -> HttpResponse:
+    report = composition.reconciler(services).run()
+    return json_response(
+        m.ReconcileReport(
+            started_at=report.started_at,
+            finished_at=report.finished_at or report.started_at,
+            actions=dict(report.actions),
+            complete=report.complete,
+        )
     )

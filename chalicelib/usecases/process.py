@@ -44,6 +44,10 @@ from chalicelib.usecases import holds
 log = logging.getLogger(__name__)
 
 
+# A step whose outcome is awaited: sent, maybe sent, or in doubt until someone finds out.
+_AWAITING_OUTCOME = (CommandStatus.SENDING, CommandStatus.SENT, CommandStatus.IN_DOUBT)
+
+
 class TransactionBuilder(Protocol):
     def build(self, command: Command, certificates: Mapping[str, Certificate]): ...
 
@@ -272,20 +276,30 @@ class Worker:
         if command.step + 1 < len(command.transactions):
             self._move(
                 command,
-                (CommandStatus.SENDING, CommandStatus.SENT),
+                _AWAITING_OUTCOME,
                 CommandStatus.ACCEPTED,
-                {"step": command.step + 1},
+                {"step": command.step + 1, "error": None},
             )
             current = self.book.get_command(command.command_id)
             return self._drive(current) if drive and current else Outcome.DONE
         apply_outcome(self.book, command)
         self._move(
             command,
-            (CommandStatus.SENDING, CommandStatus.SENT),
+            _AWAITING_OUTCOME,
             CommandStatus.COMMITTED,
-            {"lease_until": None},
+            {"lease_until": None, "error": None},
         )
         return Outcome.DONE
+
+    def step_committed(self, command: Command) -> Command:
+        """The registry (or an operator) says the current step committed: apply it as the
+        worker would have. Returns the command after, ACCEPTED again if steps remain."""
+        self._step_committed(command, drive=False)
+        return self.book.get_command(command.command_id) or command
+
+    def step_rejected(self, command: Command, reason: str) -> Command:
+        self._reject(command, reason)
+        return self.book.get_command(command.command_id) or command
 
     def settle_expired_lease(self, command: Command) -> Outcome:
         """A SENDING command whose worker died. Its transaction may have left: never resend.
@@ -357,7 +371,7 @@ class Worker:
                 f"registry: {reason}; the steps before it are in the book"
             )
         holds.release(self.book, command)
-        expected = (CommandStatus.ACCEPTED, CommandStatus.SENDING, CommandStatus.SENT)
+        expected = (CommandStatus.ACCEPTED, *_AWAITING_OUTCOME)
         self._move(
             command,
             expected,
