@@ -1,0 +1,154 @@
+"""`make run`: the whole service on 127.0.0.1. Ctrl-C stops everything.
+
+python -m devstack [--port 8000] [--workers 2] [--reconcile-every 60]
+                   [--no-queries] [--latency-ms 0] [--ambiguous-rate 0] [--outage 60:120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from chalicelib.api.auth import mint_token
+from chalicelib.registry.simulator import SimulatorConfig
+from chalicelib.settings import DEVELOPMENT_JWT_SECRET
+
+
+def _outage(text: str) -> tuple[float, float]:
+    start, _, end = text.partition(":")
+    try:
+        return float(start), float(end)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("an outage is START:END in seconds") from exc
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8000")),
+        help="API port (env PORT, default 8000)",
+    )
+    parser.add_argument("--registry-port", type=int, default=0, help="default: any free port")
+    parser.add_argument("--workers", type=int, default=2, help="queue pollers (default 2)")
+    parser.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument(
+        "--no-queries", action="store_true", help="the registry answers no status or stream queries"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="the registry's fault seed")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--ambiguous-rate",
+        type=float,
+        default=0.0,
+        help="share of registry calls that time out after applying",
+    )
+    parser.add_argument("--lost-rate", type=float, default=0.0)
+    parser.add_argument("--commit-delay-s", type=float, default=0.0)
+    parser.add_argument(
+        "--outage",
+        type=_outage,
+        action="append",
+        default=[],
+        metavar="START:END",
+        help="registry down between these seconds",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every transition")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    for noisy in ("werkzeug", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from devstack.stack import Stack, StackOptions
+
+    try:
+        registry = SimulatorConfig(
+            seed=args.seed,
+            queries=not args.no_queries,
+            latency_s=args.latency_ms / 1000,
+            latency_jitter_s=args.jitter_ms / 1000,
+            ambiguous_rate=args.ambiguous_rate,
+            lost_rate=args.lost_rate,
+            commit_delay_s=args.commit_delay_s,
+            outages=tuple(args.outage),
+        )
+    except ValueError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 2
+    secret = os.environ.get("CERTS_JWT_SECRET") or DEVELOPMENT_JWT_SECRET
+    started = time.monotonic()
+    stack = Stack(
+        StackOptions(
+            port=args.port,
+            registry_port=args.registry_port,
+            workers=args.workers,
+            reconcile_every_s=args.reconcile_every,
+            registry=registry,
+            jwt_secret=secret,
+        )
+    )
+    try:
+        stack.start()
+    except OSError as exc:
+        stack.stop()
+        print(
+            f"make run: cannot start: {exc} (is port {args.port} taken? try PORT=8001)",
+            file=sys.stderr,
+        )
+        return 1
+    tokens = {
+        "owner (alice)": mint_token(secret, "alice"),
+        "issuer": mint_token(secret, "issuer-dk", ["issuer"]),
+        "operator": mint_token(secret, "ops", ["operator"]),
+    }
+    mode = "status and stream queries" if registry.queries else "no queries"
+    print(f"""
+Certificates Domain is running ({time.monotonic() - started:.1f} s to start)
+  API        {stack.api_url}   (OpenAPI: {stack.api_url}/v1/openapi.json)
+  registry   {stack.registry_url}   (simulator, {mode}, seed {registry.seed})
+  workers    {args.workers}, reconciler every {args.reconcile_every:g} s
+
+Tokens (valid 12 h; secret from CERTS_JWT_SECRET or the development default):""")
+    for role, token in tokens.items():
+        print(f"  {role:14} {token}")
+    print(
+        f"""
+Try:
+  export ISSUER={tokens["issuer"]}
+  curl -s -X POST {stack.api_url}/v1/certificates \\
+    -H "Authorization: Bearer $ISSUER" -H "Content-Type: application/json" \\
+    -H "Idempotency-Key: first-try" \\
+    -d '{{"type":"production","gsrn":"571313000000000001","grid_area":"DK1",
+         "start":"2026-06-01T10:00:00Z","end":"2026-06-01T11:00:00Z",
+         "quantity_wh":1000,"owner":"alice"}}'
+
+Ctrl-C stops everything.""",
+        flush=True,
+    )
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    print("\nstopping...", flush=True)
+    stack.stop()
+    print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The whole service on one machine: no cloud account, no Docker.
+
+- DynamoDB and SQS: two moto servers, each its own process (one moto server is one Python
+  process on one core; two spread the load), on 127.0.0.1, with the table and queues created
+  from infra/resources.json, the template that deploys them.
+- The HTTP API: app.app served by Chalice's threaded local server.
+- The worker: pollers that feed queue messages to app.worker as Lambda's event source mapping
+  does (batches of 10, partial batch responses, redelivery after the visibility timeout, the
+  FIFO dead-letter queue after the redrive policy's receives).
+- The reconciler: a ticker that calls app.reconciler on its schedule.
+- The registry: the simulator as a local HTTP server, reached over the network like a real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import boto3
+
+from chalicelib import composition
+from chalicelib.registry.simulator import SimulatorConfig
+from chalicelib.settings import Settings
+from devstack import registry_server, resources
+from devstack.poller import QueuePoller
+
+HOST = "127.0.0.1"  # the stack binds nothing but the loopback address
+log = logging.getLogger("devstack")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class StackOptions:
+    port: int = 8000
+    registry_port: int = 0
+    workers: int = 2
+    reconcile_every_s: float = 60.0
+    registry: SimulatorConfig = field(default_factory=lambda: SimulatorConfig(queries=True))
+    jwt_secret: str | None = None
+    visibility_timeout_s: int = 10  # short locally, so a failed message comes back soon
+
+
+class Stack:
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self._processes: list[subprocess.Popen] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.pollers: list[QueuePoller] = []
+        self.api_url = f"http://{HOST}:{options.port}"
+        self.registry_url = ""
+        self.services: composition.Services | None = None
+
+    # --- start ---------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+        endpoints = {service: self._moto_server() for service in ("dynamodb", "sqs")}
+        for service, url in endpoints.items():
+            os.environ[f"AWS_ENDPOINT_URL_{service.upper()}"] = url
+        self._registry = registry_server.serve(
+            self.options.registry, HOST, self.options.registry_port
+        )[0]
+        self.registry_url = self._registry.url
+        settings = Settings(
+            stage="local",
+            registry="http",
+            registry_url=self.registry_url,
+            registry_queries=self.options.registry.queries,
+            **({"jwt_secret": self.options.jwt_secret} if self.options.jwt_secret else {}),
+        )
+        session = boto3.Session(region_name=settings.region)
+        sqs = session.client("sqs")
+        urls = resources.create(session.client("dynamodb"), sqs, settings)
+        sqs.set_queue_attributes(
+            QueueUrl=urls["CommandQueue"],
+            Attributes={"VisibilityTimeout": str(self.options.visibility_timeout_s)},
+        )
+        settings = settings.model_copy(update={"queue_url": urls["CommandQueue"]})
+        self.settings = settings
+        self.services = composition.build(settings, session=session)
+        self.dead_letter_url = urls["CommandDeadLetterQueue"]
+
+        import app as app_module  # the deployed wiring, unchanged
+
+        self.app_module = app_module
+        app_module.use_services(self.services)
+        self._serve_api()
+        for i in range(self.options.workers):
+            poller = QueuePoller(
+                sqs, urls["CommandQueue"], lambda event: app_module.worker(event, None), wait_s=1
+            )
+            self.pollers.append(poller)
+            self._thread(poller.run, f"worker-{i}")
+        self._thread(self._tick, "reconciler")
+        return self
+
+    def _moto_server(self) -> str:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._processes.append(process)
+        url = f"http://{HOST}:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited with {process.returncode}")
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+                return url
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto server did not start within 30 s")
+
+    def _serve_api(self) -> None:
+        from chalice.config import Config
+        from chalice.local import create_local_server
+
+        server = create_local_server(self.app_module.app, Config(), HOST, self.options.port)
+        server.server.daemon_threads = True
+        self._api = server
+        self._thread(server.server.serve_forever, "api")
+
+    def _thread(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.options.reconcile_every_s):
+            try:
+                self.reconcile()
+            except Exception:  # keep ticking: the next pass retries whatever failed
+                log.exception("a reconciler pass failed")
+
+    def reconcile(self) -> dict:
+        """One pass, through the same handler as the deployed schedule."""
+        now = datetime.now(UTC).isoformat()
+        return self.app_module.reconciler(
+            {
+                "version": "0",
+                "id": "local",
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "account": "000000000000",
+                "time": now,
+                "region": self.settings.region,
+                "resources": [],
+                "detail": {},
+            },
+            None,
+        )
+
+    # --- stop ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        for poller in self.pollers:
+            poller.stop()
+        if hasattr(self, "_api"):
+            self._api.server.shutdown()
+            self._api.server.server_close()
+        if hasattr(self, "_registry"):
+            self._registry.shutdown()
+            self._registry.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for process in self._processes:
+            process.terminate()
+        for process in self._processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if hasattr(self, "app_module"):
+            self.app_module.use_services(None)
