@@ -15,6 +15,7 @@ from chalicelib.domain import (
     Command,
     CommandKind,
     DomainError,
+    SliceRef,
 )
 from chalicelib.ports import Book
 
@@ -52,33 +53,60 @@ def _take(book: Book, command: Command) -> None:
             cert = certificate_to_issue(command)
             book.add_certificate(cert)
             book.add_holding(cert.owner, cert)
-        case CommandKind.SLICE:
-            cert = book.reserve(command.slices[0], command.command_id, command.caller, 1)
-            source = cert.slices[command.slices[0].slice_id]
-            domain.check_parts(source.quantity_wh, list(command.quantities_wh))
-            domain.check_slice_room(cert, len(command.quantities_wh))
-        case CommandKind.TRANSFER:
-            assert command.quantity_wh is not None and command.receiver is not None
-            cert = book.reserve(
-                command.slices[0], command.command_id, command.caller, command.quantity_wh
-            )
-            domain.check_slice_room(cert, 3)
-        case CommandKind.CLAIM:
-            assert command.quantity_wh is not None
-            production = book.reserve(
-                command.slices[0], command.command_id, command.caller, command.quantity_wh
-            )
-            consumption = book.reserve(
-                command.slices[1], command.command_id, command.caller, command.quantity_wh
-            )
-            domain.check_claim_pair(production, consumption)
-            domain.check_slice_room(production, 2)
-            domain.check_slice_room(consumption, 2)
         case CommandKind.WITHDRAW:
             book.update_certificate(
                 command.certificate_id,
                 lambda cert: domain.begin_withdrawal(cert, command.command_id),
             )
+        case _:  # slice, transfer, claim: reserve the slices the command spends
+            # Rehearse on the certificates as read first: a command that cannot hold its
+            # slices is refused before anything is written, so that a refusal leaves the book
+            # as it was (no reservation taken and released, no version bumped). Only a race
+            # lost after this read still reserves, then releases.
+            found = {c.certificate_id: c for c in book.get_certificates(command.certificate_ids())}
+            _check(command, [_reserved_copy(found, ref, command) for ref in command.slices])
+            _check(
+                command,
+                [
+                    book.reserve(ref, command.command_id, command.caller, _least_wh(command))
+                    for ref in command.slices
+                ],
+            )
+
+
+def _least_wh(command: Command) -> int:
+    """What each slice the command spends must hold at least."""
+    if command.kind == CommandKind.SLICE:
+        return 1
+    assert command.quantity_wh is not None
+    return command.quantity_wh
+
+
+def _reserved_copy(found: dict[str, Certificate], ref: SliceRef, command: Command) -> Certificate:
+    cert = found.get(ref.certificate_id)
+    if cert is None:
+        raise domain.NotFound(
+            f"certificate {ref.certificate_id} not found",
+            field="certificate_id",
+            subject=ref.certificate_id,
+        )
+    return domain.reserve(cert, ref, command.command_id, command.caller, _least_wh(command))
+
+
+def _check(command: Command, reserved: list[Certificate]) -> None:
+    """The rules the certificates of a command must meet once its slices are reserved."""
+    match command.kind:
+        case CommandKind.SLICE:
+            source = reserved[0].slices[command.slices[0].slice_id]
+            domain.check_parts(source.quantity_wh, list(command.quantities_wh))
+            domain.check_slice_room(reserved[0], len(command.quantities_wh))
+        case CommandKind.TRANSFER:
+            domain.check_slice_room(reserved[0], 3)
+        case CommandKind.CLAIM:
+            production, consumption = reserved
+            domain.check_claim_pair(production, consumption)
+            domain.check_slice_room(production, 2)
+            domain.check_slice_room(consumption, 2)
 
 
 def release(book: Book, command: Command) -> None:

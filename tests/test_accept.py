@@ -1,0 +1,423 @@
+"""Accepting commands: each recorded once, its holds taken, then queued; a refusal leaves the
+book exactly as it was; a queue outage does not lose a command."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from chalicelib import domain
+from chalicelib.adapters.dynamo import DynamoBook
+from chalicelib.adapters.memory import InMemoryBook, InMemoryQueue
+from chalicelib.domain import (
+    Actor,
+    CertificateStatus,
+    CertificateType,
+    CommandKind,
+    CommandStatus,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Role,
+    RuleViolation,
+    SliceRef,
+    SliceState,
+)
+from chalicelib.ports import HoldingQuery, Transition
+from chalicelib.usecases import accept
+from tests.builders import (
+    ISSUER,
+    T0,
+    gsrn,
+    issue_spec,
+    only_slice,
+    put_active,
+    ref_of,
+    table_snapshot,
+)
+from tests.conftest import settings
+
+
+@pytest.fixture
+def book() -> InMemoryBook:
+    return InMemoryBook()
+
+
+@pytest.fixture
+def queue() -> InMemoryQueue:
+    return InMemoryQueue()
+
+
+def request(owner: str = "alice", key: str = "key-1", body: Any = "body", *roles: Role):
+    return accept.Request(
+        actor=Actor(owner=owner, roles=frozenset(roles)),
+        idempotency_key=key,
+        body_hash=domain.request_hash(body),
+        now=T0,
+    )
+
+
+def as_issuer(key: str = "key-1", body: Any = "body"):
+    return request(ISSUER, key, body, Role.ISSUER)
+
+
+def state_of(book: InMemoryBook) -> dict[str, Any]:
+    """Everything the in-memory book holds, to compare before and after."""
+    return {name: copy.deepcopy(value) for name, value in vars(book).items() if name != "_lock"}
+
+
+@pytest.fixture
+def production(book):
+    return put_active(book, issue_spec(meter=gsrn(1)), key="p")
+
+
+@pytest.fixture
+def consumption(book):
+    return put_active(book, issue_spec(meter=gsrn(2), type_=CertificateType.CONSUMPTION), key="c")
+
+
+# --- issue ------------------------------------------------------------------------------------
+
+
+def test_an_issue_is_recorded_accepted_with_its_certificate_being_issued_and_queued(book, queue):
+    spec = issue_spec()
+    issued = accept.issue(book, queue, as_issuer(), spec)
+    assert issued.status == CommandStatus.ACCEPTED and issued.kind == CommandKind.ISSUE
+    assert book.get_command(issued.command_id) == issued
+    cert = book.get_certificate(issued.certificate_id)
+    assert cert.status == CertificateStatus.ISSUING and cert.issue_command == issued.command_id
+    assert (cert.owner, cert.issued_by, cert.quantity_wh) == ("alice", ISSUER, 1000)
+    assert [c.certificate_id for c in book.holdings(HoldingQuery(owner="alice")).items] == [
+        issued.certificate_id
+    ]
+    assert queue.messages == [issued]
+
+
+def test_only_an_issuer_may_issue_and_a_refusal_records_nothing(book, queue):
+    before = state_of(book)
+    with pytest.raises(Forbidden):
+        accept.issue(book, queue, request("alice", "k", "body", Role.OPERATOR), issue_spec())
+    assert state_of(book) == before and queue.messages == []
+
+
+def test_a_replay_with_the_same_key_and_body_answers_the_first_command(book, queue):
+    first = accept.issue(book, queue, as_issuer(), issue_spec())
+    again = accept.issue(book, queue, as_issuer(), issue_spec())
+    assert again == first
+    assert list(book.commands) == [first.command_id]
+
+
+def test_the_same_key_with_another_body_is_a_conflict_that_leaves_the_first_alone(book, queue):
+    first = accept.issue(book, queue, as_issuer(body="one"), issue_spec())
+    before = state_of(book)
+    with pytest.raises(Conflict) as refused:
+        accept.issue(book, queue, as_issuer(body="two"), issue_spec(meter=gsrn(7)))
+    assert refused.value.field == "Idempotency-Key"
+    assert refused.value.subject == first.command_id
+    assert state_of(book) == before
+
+
+def test_the_same_certificate_under_another_key_is_a_conflict_that_leaves_no_command(book, queue):
+    first = accept.issue(book, queue, as_issuer("key-1"), issue_spec())
+    before = state_of(book)
+    with pytest.raises(Conflict, match="already issued"):
+        accept.issue(book, queue, as_issuer("key-2"), issue_spec(quantity_wh=5))
+    assert state_of(book) == before
+    assert book.get_certificate(first.certificate_id).quantity_wh == 1000
+    assert queue.messages == [first]
+
+
+def test_a_queue_outage_still_accepts_the_command_and_keeps_it_in_the_book(book, queue):
+    queue.available = False
+    issued = accept.issue(book, queue, as_issuer(), issue_spec())
+    assert issued.status == CommandStatus.ACCEPTED
+    assert book.get_command(issued.command_id) == issued
+    assert book.get_certificate(issued.certificate_id).status == CertificateStatus.ISSUING
+    assert queue.messages == []
+    # the client retries: the replay finishes the queueing
+    queue.available = True
+    assert accept.issue(book, queue, as_issuer(), issue_spec()) == issued
+    assert queue.messages == [issued]
+
+
+def test_a_replay_finishes_an_accept_that_stopped_before_taking_its_holds(book, queue):
+    spec = issue_spec()
+    certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
+    crashed = accept._new_command(as_issuer(), CommandKind.ISSUE, certificate_id, issue=spec)
+    book.add_command(crashed)  # the API died right after step 1
+    answer = accept.issue(book, queue, as_issuer(), issue_spec())
+    assert answer == crashed
+    assert book.get_certificate(crashed.certificate_id).issue_command == crashed.command_id
+    assert queue.messages == [crashed]
+
+
+def test_a_replay_whose_holds_are_refused_now_rejects_the_command_with_the_reason(
+    book, queue, production
+):
+    ref = ref_of(production)
+    crashed = accept._new_command(
+        request(),
+        CommandKind.TRANSFER,
+        ref.certificate_id,
+        slices=(ref,),
+        receiver="bob",
+        quantity_wh=1000,
+    )
+    book.add_command(crashed)  # the API died before its reservation...
+    book.reserve(ref, "another-command", "alice", 1)  # ...and another command took the slice
+    answer = accept.transfer(book, queue, request(), ref, "bob", 1000)
+    assert answer.status == CommandStatus.REJECTED
+    assert "reserved" in answer.error
+    assert book.get_command(crashed.command_id) == answer
+    assert only_slice(book.get_certificate(ref.certificate_id)).reserved_by == "another-command"
+    assert queue.messages == []
+
+
+def test_a_replay_of_a_command_a_worker_has_taken_answers_it_as_it_is(book, queue):
+    first = accept.issue(book, queue, as_issuer(), issue_spec())
+    taken = book.transition(
+        first.command_id,
+        Transition(CommandStatus.ACCEPTED, CommandStatus.SENDING, T0, changes={"attempts": 1}),
+    )
+    assert accept.issue(book, queue, as_issuer(), issue_spec()) == taken
+    assert queue.messages == [first]
+
+
+def test_a_batch_records_each_valid_item_and_reports_each_refused_one(book, queue):
+    specs = [
+        issue_spec(meter=gsrn(1)),
+        RuleViolation("a GSRN is 18 digits", field="gsrn"),
+        issue_spec(meter=gsrn(2)),
+        issue_spec(meter=gsrn(1)),  # the same certificate as item 0
+    ]
+    results = accept.issue_batch(book, queue, as_issuer(), specs)
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert [r.command is not None for r in results] == [True, False, True, False]
+    assert isinstance(results[1].error, RuleViolation)
+    assert isinstance(results[3].error, Conflict)
+    assert len(book.commands) == 2 and len(queue.messages) == 2
+    again = accept.issue_batch(book, queue, as_issuer(), specs)
+    assert [r.command for r in again] == [r.command for r in results]
+    assert len(book.commands) == 2
+
+
+def test_a_batch_needs_the_issuer_role(book, queue):
+    with pytest.raises(Forbidden):
+        accept.issue_batch(book, queue, request(), [issue_spec()])
+    assert book.commands == {}
+
+
+# --- slice ------------------------------------------------------------------------------------
+
+
+def test_slicing_reserves_the_slice_for_the_command_and_queues_it(book, queue, production):
+    ref = ref_of(production)
+    cut = accept.slice_certificate(book, queue, request(), ref, [400, 600])
+    assert cut.quantities_wh == (400, 600) and cut.slices == (ref,)
+    held = only_slice(book.get_certificate(ref.certificate_id))
+    assert (held.state, held.reserved_by) == (SliceState.RESERVED, cut.command_id)
+    assert queue.messages == [cut]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [[400, 500], [400, 700], [1000], [0, 1000], [-1, 1001], [2**32, 1000 - 2**32], [1] * 101],
+    ids=["short", "over", "one-part", "zero", "negative", "over-32-bits", "101-parts"],
+)
+def test_parts_that_cannot_cut_the_slice_are_refused_and_the_book_is_unchanged(
+    book, queue, production, parts
+):
+    before = state_of(book)
+    with pytest.raises(RuleViolation):
+        accept.slice_certificate(book, queue, request(), ref_of(production), parts)
+    assert state_of(book) == before
+    assert queue.messages == []
+
+
+def test_someone_elses_slice_cannot_be_sliced_and_reads_as_not_found(book, queue, production):
+    before = state_of(book)
+    with pytest.raises(NotFound):
+        accept.slice_certificate(book, queue, request("mallory"), ref_of(production), [1, 999])
+    assert state_of(book) == before
+
+
+# --- transfer ---------------------------------------------------------------------------------
+
+
+def test_a_transfer_reserves_the_slice_for_the_receiver(book, queue, production):
+    sent = accept.transfer(book, queue, request(), ref_of(production), "bob", 300)
+    assert (sent.receiver, sent.quantity_wh) == ("bob", 300)
+    assert only_slice(book.get_certificate(production.certificate_id)).reserved_by == (
+        sent.command_id
+    )
+
+
+def test_a_reserved_slice_cannot_be_transferred_twice(book, queue, production):
+    first = accept.transfer(book, queue, request(key="k1"), ref_of(production), "bob", 1000)
+    before = state_of(book)
+    with pytest.raises(Conflict, match="reserved"):
+        accept.transfer(book, queue, request(key="k2"), ref_of(production), "carol", 1000)
+    assert state_of(book) == before
+    assert queue.messages == [first]
+
+
+def test_a_slice_cannot_be_transferred_to_its_own_owner(book, queue, production):
+    before = state_of(book)
+    with pytest.raises(RuleViolation) as refused:
+        accept.transfer(book, queue, request(), ref_of(production), "alice", 1000)
+    assert refused.value.field == "receiver"
+    assert state_of(book) == before
+
+
+def test_a_transfer_of_more_than_the_slice_holds_is_a_conflict_and_changes_nothing(
+    book, queue, production
+):
+    before = state_of(book)
+    with pytest.raises(Conflict, match="less than"):
+        accept.transfer(book, queue, request(), ref_of(production), "bob", 1001)
+    assert state_of(book) == before
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        SliceRef(certificate_id="no-such-certificate", slice_id="s"),
+        None,  # the certificate exists, the slice does not
+    ],
+    ids=["certificate", "slice"],
+)
+def test_a_transfer_of_an_unknown_slice_is_not_found_and_changes_nothing(
+    book, queue, production, ref
+):
+    ref = ref or SliceRef(certificate_id=production.certificate_id, slice_id="no-such-slice")
+    before = state_of(book)
+    with pytest.raises(NotFound):
+        accept.transfer(book, queue, request(), ref, "bob", 1)
+    assert state_of(book) == before
+
+
+def test_a_certificate_still_being_issued_cannot_be_transferred(book, queue):
+    issued = accept.issue(book, queue, as_issuer(), issue_spec())
+    ref = SliceRef(certificate_id=issued.certificate_id, slice_id="s")
+    with pytest.raises(Conflict, match="not issued yet"):
+        accept.transfer(book, queue, request(key="t"), ref, "bob", 1)
+    with pytest.raises(NotFound):
+        accept.transfer(book, queue, request("mallory", key="t"), ref, "bob", 1)
+
+
+# --- claim ------------------------------------------------------------------------------------
+
+
+def test_a_claim_reserves_both_sides_and_travels_with_the_production_certificate(
+    book, queue, production, consumption
+):
+    claim = accept.claim(book, queue, request(), ref_of(production), ref_of(consumption), 1000)
+    assert claim.certificate_id == production.certificate_id
+    for cert in (production, consumption):
+        assert only_slice(book.get_certificate(cert.certificate_id)).reserved_by == (
+            claim.command_id
+        )
+
+
+def test_a_claim_of_certificates_in_different_grid_areas_is_refused_and_holds_nothing(
+    book, queue, production
+):
+    elsewhere = put_active(
+        book,
+        issue_spec(meter=gsrn(3), type_=CertificateType.CONSUMPTION, grid_area="DK2"),
+        key="dk2",
+    )
+    before = state_of(book)
+    with pytest.raises(RuleViolation, match="grid areas"):
+        accept.claim(book, queue, request(), ref_of(production), ref_of(elsewhere), 1000)
+    assert state_of(book) == before
+    assert queue.messages == []
+
+
+def test_a_claim_whose_consumption_slice_is_unknown_leaves_the_production_slice_untouched(
+    book, queue, production, consumption
+):
+    unknown = SliceRef(certificate_id=consumption.certificate_id, slice_id="no-such-slice")
+    before = state_of(book)
+    with pytest.raises(NotFound):
+        accept.claim(book, queue, request(), ref_of(production), unknown, 1000)
+    assert state_of(book) == before
+
+
+def test_a_claim_whose_consumption_slice_is_held_leaves_the_production_slice_untouched(
+    book, queue, production, consumption
+):
+    book.reserve(ref_of(consumption), "another-command", "alice", 1)
+    before = state_of(book)
+    with pytest.raises(Conflict, match="reserved"):
+        accept.claim(book, queue, request(), ref_of(production), ref_of(consumption), 1000)
+    assert state_of(book) == before
+
+
+def test_a_claim_within_one_certificate_is_refused(book, queue, production):
+    with pytest.raises(RuleViolation):
+        accept.claim(book, queue, request(), ref_of(production), ref_of(production), 1000)
+    assert book.get_certificate(production.certificate_id) == production
+
+
+# --- withdraw ---------------------------------------------------------------------------------
+
+
+def test_an_issuer_withdraws_a_certificate_which_then_takes_no_new_reservations(
+    book, queue, production
+):
+    withdraw = accept.withdraw(book, queue, as_issuer(), production.certificate_id)
+    assert withdraw.kind == CommandKind.WITHDRAW
+    assert book.get_certificate(production.certificate_id).withdrawal == withdraw.command_id
+    with pytest.raises(Conflict, match="withdrawn"):
+        accept.transfer(book, queue, request(key="t"), ref_of(production), "bob", 1)
+
+
+def test_only_an_issuer_withdraws(book, queue, production):
+    before = state_of(book)
+    with pytest.raises(Forbidden):
+        accept.withdraw(book, queue, request(), production.certificate_id)
+    assert state_of(book) == before
+
+
+def test_an_unknown_certificate_cannot_be_withdrawn(book, queue):
+    with pytest.raises(NotFound):
+        accept.withdraw(book, queue, as_issuer(), "no-such-certificate")
+    assert book.commands == {}
+
+
+def test_a_certificate_with_a_pending_command_cannot_be_withdrawn(book, queue, production):
+    accept.transfer(book, queue, request(), ref_of(production), "bob", 1)
+    before = state_of(book)
+    with pytest.raises(Conflict, match="pending"):
+        accept.withdraw(book, queue, as_issuer("w"), production.certificate_id)
+    assert state_of(book) == before
+
+
+# --- the same over DynamoDB -------------------------------------------------------------------
+
+
+def test_refusals_leave_the_dynamodb_table_exactly_as_it_was(aws):
+    client = aws.client("dynamodb")
+    table = settings().table_name
+    book, queue = DynamoBook(client, table), InMemoryQueue()
+    production = put_active(book, issue_spec(meter=gsrn(1)), key="p")
+    elsewhere = put_active(
+        book,
+        issue_spec(meter=gsrn(3), type_=CertificateType.CONSUMPTION, grid_area="DK2"),
+        key="dk2",
+    )
+    before = table_snapshot(client, table)
+    refusals = [
+        lambda: accept.slice_certificate(book, queue, request(), ref_of(production), [1, 2]),
+        lambda: accept.claim(book, queue, request(), ref_of(production), ref_of(elsewhere), 1000),
+        lambda: accept.transfer(book, queue, request("mallory"), ref_of(production), "b", 1),
+        lambda: accept.issue(book, queue, as_issuer(), issue_spec(meter=gsrn(1))),
+    ]
+    for refuse in refusals:
+        with pytest.raises(domain.DomainError):
+            refuse()
+        assert table_snapshot(client, table) == before
+    assert queue.messages == []
