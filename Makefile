@@ -18,7 +18,7 @@ install: $(STAMP)
 
 ## Run the whole service locally on 127.0.0.1 (PORT, default 8000).
 run: $(STAMP)
-	$(BIN)/python -m devstack
+	$(BIN)/python -m devstack $(ARGS)
 
 ## Lint, check formatting, and run the test suite.
 test: $(STAMP)
