@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format clean
+.PHONY: install run test demo lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 ## Run the whole service locally on 127.0.0.1 (PORT, default 8000).
 run: $(STAMP)
 	$(BIN)/python -m devstack $(ARGS)
+
+## A scripted day of a small market on a stack of its own, with registry faults; checks I1-I6.
+demo: $(STAMP)
+	$(BIN)/python -m devstack.demo $(ARGS)
 
 ## Lint, check formatting, and run the test suite.
 test: $(STAMP)
@@ -33,6 +37,37 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## Deploying to AWS (docs/DEPLOY.md). STAGE is a stage of .chalice/config.json: dev or prod.
+STAGE ?= dev
+STACK ?= certificates-domain-$(STAGE)
+DEPLOY_BUCKET ?=
+
+.PHONY: package lint-template deploy
+
+## Package STAGE for AWS: build/$(STAGE)/sam.json (SAM, infra/resources.json merged in) and
+## build/$(STAGE)/deployment.zip. Needs PyPI the first time (Linux wheels for Lambda).
+package: $(STAMP)
+	$(BIN)/python infra/package.py --stage $(STAGE) --out build/$(STAGE)
+
+## Package STAGE and check the template with cfn-lint (offline); CI runs it for every stage.
+lint-template: package
+	$(BIN)/cfn-lint build/$(STAGE)/sam.json
+
+## Deploy STAGE to the account of your AWS credentials: needs the AWS CLI, DEPLOY_BUCKET (an S3
+## bucket in the target region for the code) and no REPLACE-ME left in .chalice/config.json.
+deploy: $(STAMP)
+	@test -n "$(DEPLOY_BUCKET)" || { echo "set DEPLOY_BUCKET=<S3 bucket for the code>; see docs/DEPLOY.md" >&2; exit 1; }
+	$(BIN)/python infra/package.py --stage $(STAGE) --out build/$(STAGE) --deployable
+	$(BIN)/cfn-lint build/$(STAGE)/sam.json
+	aws cloudformation package --template-file build/$(STAGE)/sam.json \
+		--s3-bucket $(DEPLOY_BUCKET) --s3-prefix $(STACK) --use-json \
+		--output-template-file build/$(STAGE)/packaged.json
+	# The template is over CloudFormation's 51,200-byte inline limit: it goes through S3 too.
+	aws cloudformation deploy --template-file build/$(STAGE)/packaged.json \
+		--stack-name $(STACK) --s3-bucket $(DEPLOY_BUCKET) --s3-prefix $(STACK) \
+		--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset
+	aws cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis

@@ -50,7 +50,8 @@ class StackOptions:
     reconcile_every_s: float = 60.0
     registry: SimulatorConfig = field(default_factory=lambda: SimulatorConfig(queries=True))
     jwt_secret: str | None = None
-    visibility_timeout_s: int = 10  # short locally, so a failed message comes back soon
+    visibility_timeout_s: int = 15  # short locally, so a failed message comes back soon
+    log_requests: bool = False
 
 
 class Stack:
@@ -132,8 +133,11 @@ class Stack:
 
     def _serve_api(self) -> None:
         from chalice.config import Config
-        from chalice.local import create_local_server
+        from chalice.local import ChaliceRequestHandler, create_local_server
 
+        if not self.options.log_requests:
+            # One line per request on stderr drowns everything else a developer wants to see.
+            ChaliceRequestHandler.log_message = lambda *_args, **_kwargs: None
         server = create_local_server(self.app_module.app, Config(), HOST, self.options.port)
         server.server.daemon_threads = True
         self._api = server

@@ -7,6 +7,7 @@ the rules of the domain are checked by the domain (422).
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from chalicelib.domain import (
     SliceRef,
     SliceState,
 )
+from chalicelib.registry.envelope import transaction_id_of
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 OwnerId = Annotated[
@@ -149,6 +151,11 @@ class CommandView(BaseModel):
     slices: list[SliceRefBody] = Field(default_factory=list)
     quantity_wh: int | None = None
     receiver: str | None = None
+    transaction_ids: list[str] = Field(
+        default_factory=list,
+        description="The registry ids of its transactions, in sending order: what an "
+        "operator looks up in the registry before resolving an IN_DOUBT command.",
+    )
 
     @classmethod
     def of(cls, command: Command) -> CommandView:
@@ -168,6 +175,9 @@ class CommandView(BaseModel):
             ],
             quantity_wh=command.quantity_wh,
             receiver=command.receiver,
+            transaction_ids=[
+                transaction_id_of(base64.b64decode(tx)) for tx in command.transactions
+            ],
         )
 
 
