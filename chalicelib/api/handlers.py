@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from chalicelib import composition, domain
 from chalicelib.api import models as m
@@ -251,7 +251,8 @@ class _AggregateQuery(BaseModel):
 
 class _StuckQuery(BaseModel):
     status: CommandStatus | None = None
-    older_than_s: float = 0
+    # finite and at most ~30 years, or `now - older_than_s` overflows into a 500
+    older_than_s: float = Field(default=0, allow_inf_nan=False, le=1e9)
     limit: int = 100
 
 

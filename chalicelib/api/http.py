@@ -155,9 +155,31 @@ def parse_body(request: HttpRequest, model: type[BaseModel], limit: int) -> Base
         raw = json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # json nests by recursion: "[[[[..." fits in 256 KiB
+        raise BadRequest("the body nests too deeply") from exc
     if not isinstance(raw, dict):
         raise BadRequest("the body must be a JSON object")
+    if _nests_deeper(raw, MAX_JSON_DEPTH):
+        raise BadRequest("the body nests too deeply")
     return model.model_validate(raw)
+
+
+# Our bodies nest 4 deep. A free-form part (a batch's items) nested some hundreds deep would
+# pass json.loads but fail pydantic's serializer later, as a 500.
+MAX_JSON_DEPTH = 32
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    pending = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return True
+            pending += [
+                (child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
+            ]
+    return False
 
 
 def idempotency_key(request: HttpRequest) -> str:
