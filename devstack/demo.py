@@ -15,10 +15,12 @@ is 1 if any invariant fails.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import base64
 import json
 import math
 import random
+import signal
 import sys
 import time
 import urllib.error
@@ -414,6 +416,7 @@ def check_invariants(market: Market, views: dict[str, dict[str, Any]]) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running stack's API (default: start one)")
     parser.add_argument("--registry-url", help="that stack's registry simulator")
@@ -438,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             StackOptions(
                 port=free_port(),
                 workers=2,
-                reconcile_every_s=3600,
+                reconcile_every_s=10,
                 registry=SimulatorConfig(
                     seed=args.seed, queries=not args.no_queries, commit_delay_s=0.0
                 ),
