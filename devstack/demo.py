@@ -15,8 +15,8 @@ is 1 if any invariant fails.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import base64
+import faulthandler
 import json
 import math
 import random
