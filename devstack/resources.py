@@ -10,8 +10,10 @@ from typing import Any
 from chalicelib.settings import Settings
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "resources.json"
-# CloudFormation properties that have no meaning for moto, or are set by other calls.
+# CloudFormation properties that have no meaning for moto, or are set by other calls. The
+# deployed names are per stage (CloudFormation substitutions); locally they come from Settings.
 _TABLE_ONLY_IN_CLOUDFORMATION = {
+    "TableName",
     "PointInTimeRecoverySpecification",
     "SSESpecification",
     "DeletionProtectionEnabled",
@@ -33,6 +35,8 @@ def table_definition(resources: dict[str, Any] | None = None) -> dict[str, Any]:
 def _queue_attributes(props: dict[str, Any], dlq_arn: str | None) -> dict[str, str]:
     attributes: dict[str, str] = {}
     for key, value in props.items():
+        if key == "QueueName":
+            continue
         if key == "RedrivePolicy":
             if dlq_arn is not None:
                 attributes[key] = json.dumps(
