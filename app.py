@@ -4,10 +4,13 @@ reconciler. Nothing else lives here (see chalicelib/)."""
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 
 from chalice import Chalice, Rate, Response
 
-from chalicelib import composition, entrypoints
+from chalicelib import composition, entrypoints, observability
 from chalicelib.api import openapi
 from chalicelib.api.handlers import ENDPOINTS
 from chalicelib.api.http import HttpRequest, dispatch
@@ -18,9 +21,27 @@ app = Chalice(app_name="certificates-domain")
 # problem+json in chalicelib.api.http, so every route takes every type.
 ANY = ["*/*"]
 
-# Queue names are part of the deployed wiring, so they are read once, at import.
+# Queue names are part of the deployed wiring, so they are read once, at import. At
+# `chalice package` time Chalice puts the stage's environment_variables in os.environ before
+# importing this module, so the worker's event source names the stage's CERTS_QUEUE_NAME.
 _STAGE_SETTINGS = Settings()
 MAX_RECEIVES = 10  # infra/resources.json: the command queue's redrive maxReceiveCount
+
+
+def log_structured_lines_to_stdout() -> None:
+    """In Lambda, the runtime's root logger drops INFO and prefixes every line with level, time
+    and request id; CloudWatch extracts embedded metrics (the reconciler's counts, which the
+    in-doubt alarm of infra/ watches) only from lines that are pure JSON. So our structured
+    lines go to stdout as they are."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    observability.log.addHandler(handler)
+    observability.log.setLevel(logging.INFO)
+    observability.log.propagate = False
+
+
+if "AWS_LAMBDA_FUNCTION_NAME" in os.environ:
+    log_structured_lines_to_stdout()
 
 _services: composition.Services | None = None
 
