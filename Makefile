@@ -45,8 +45,9 @@ DEPLOY_BUCKET ?=
 
 .PHONY: package lint-template deploy
 
-## Package STAGE for AWS: build/$(STAGE)/sam.json (SAM, infra/resources.json merged in) and
-## build/$(STAGE)/deployment.zip. Needs PyPI the first time (Linux wheels for Lambda).
+## Package STAGE for AWS: build/$(STAGE)/sam.json (SAM, infra/resources.json merged in),
+## deployment.zip (the code) and layer-deployment.zip (the dependencies: Linux wheels from PyPI,
+## fetched again only when requirements.txt changes).
 package: $(STAMP)
 	$(BIN)/python infra/package.py --stage $(STAGE) --out build/$(STAGE)
 

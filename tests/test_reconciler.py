@@ -38,8 +38,9 @@ def test_a_command_whose_queue_message_was_lost_is_re_driven_and_commits(queries
     p.check_settled()
 
 
-def test_a_command_whose_accept_died_before_its_holds_is_re_driven_and_takes_them() -> None:
-    p = Pipeline()
+@BOTH_MODES
+def test_a_command_whose_accept_died_before_its_holds_is_re_driven_and_takes_them(queries) -> None:
+    p = Pipeline(queries=queries)
     cert, s0 = p.issued()
     command = p.transfer("alice", cert, s0, "bob", 1000)
     # As if the accept had died between recording the command and reserving the slice.
@@ -189,8 +190,9 @@ def test_drift_is_not_checked_where_the_registry_answers_no_queries() -> None:
 # --- the reconciler with itself, expiry, operators -------------------------------------------
 
 
-def test_two_reconcilers_at_once_do_the_work_once() -> None:
-    p = Pipeline()
+@BOTH_MODES
+def test_two_reconcilers_at_once_do_the_work_once(queries) -> None:
+    p = Pipeline(queries=queries)
     p.queue.available = False
     commands = [p.issue(gsrn=f"5713130000000000{i:02d}") for i in range(20)]
     p.queue.available = True
@@ -216,8 +218,9 @@ def test_two_reconcilers_at_once_do_the_work_once() -> None:
     assert len(p.registry.received_ids()) == 20
 
 
-def test_a_reconciler_does_not_run_while_another_holds_an_unexpired_lease() -> None:
-    p = Pipeline()
+@BOTH_MODES
+def test_a_reconciler_does_not_run_while_another_holds_an_unexpired_lease(queries) -> None:
+    p = Pipeline(queries=queries)
     assert p.book.acquire_lease(
         "reconciler", "someone-else", p.now(), p.now() + timedelta(seconds=60)
     )
@@ -226,8 +229,9 @@ def test_a_reconciler_does_not_run_while_another_holds_an_unexpired_lease() -> N
     assert p.reconcile()["skipped_lease_held"] == 0
 
 
-def test_certificates_older_than_the_expiry_become_unusable() -> None:
-    p = Pipeline()
+@BOTH_MODES
+def test_certificates_older_than_the_expiry_become_unusable(queries) -> None:
+    p = Pipeline(queries=queries)
     cert, s0 = p.issued()
     p.vclock.advance(366 * 86400)
     assert p.reconcile()["expired"] == 1
@@ -237,8 +241,9 @@ def test_certificates_older_than_the_expiry_become_unusable() -> None:
     p.check_invariants()
 
 
-def test_only_operators_resolve_and_only_in_doubt_commands() -> None:
-    p = Pipeline(ambiguous_rate=1.0)
+@BOTH_MODES
+def test_only_operators_resolve_and_only_in_doubt_commands(queries) -> None:
+    p = Pipeline(queries=queries, ambiguous_rate=1.0)
     command = p.issue()
     p.run()
     with pytest.raises(domain.Forbidden):
@@ -255,8 +260,11 @@ def test_only_operators_resolve_and_only_in_doubt_commands() -> None:
         resolve_by_operator(p.book, p.queue, p.worker, OPERATOR, "nope", False, "x")
 
 
-def test_an_operator_resolving_a_multi_step_command_sends_the_next_step_to_the_worker() -> None:
-    p = Pipeline(ambiguous_rate=1.0)
+@BOTH_MODES
+def test_an_operator_resolving_a_multi_step_command_sends_the_next_step_to_the_worker(
+    queries,
+) -> None:
+    p = Pipeline(queries=queries, ambiguous_rate=1.0)
     p.registry.configure(ambiguous_rate=0.0)
     cert, s0 = p.issued()
     p.registry.configure(ambiguous_rate=1.0)
@@ -280,8 +288,9 @@ def test_an_operator_resolving_a_multi_step_command_sends_the_next_step_to_the_w
     p.check_settled()
 
 
-def test_stale_reservations_of_settled_commands_are_released() -> None:
-    p = Pipeline()
+@BOTH_MODES
+def test_stale_reservations_of_settled_commands_are_released(queries) -> None:
+    p = Pipeline(queries=queries)
     cert, s0 = p.issued()
     command = p.transfer("alice", cert, s0, "bob", 1000)
     p.queue.pending.clear()
