@@ -1,0 +1,124 @@
+"""Package one stage into a deployable SAM template: `chalice package` with infra/resources.json
+merged in, then the template's `Stage` parameter pinned to the stage packaged.
+
+Why the pin: Chalice writes stage values into the template (the worker's event source names
+the stage's queue, from CERTS_QUEUE_NAME), while the merged resources are named from the
+`Stage` parameter. A dev package deployed with Stage=prod would wire a prod stack to dev names,
+so the package for a stage accepts that stage only, and needs no parameter to deploy.
+
+    python infra/package.py --stage dev --out build/dev [--deployable]
+
+`--deployable` (what `make deploy` uses) also refuses a stage whose configuration still holds
+a REPLACE-ME placeholder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MERGE_TEMPLATE = ROOT / "infra" / "resources.json"
+CONFIG = ROOT / ".chalice" / "config.json"
+PLACEHOLDER = "REPLACE-ME"
+
+
+class PackagingError(Exception):
+    pass
+
+
+def stage_config(stage: str) -> dict[str, Any]:
+    stages = json.loads(CONFIG.read_text())["stages"]
+    if stage not in stages:
+        raise PackagingError(f"no stage {stage!r} in {CONFIG} (stages: {', '.join(stages)})")
+    return stages[stage]
+
+
+def placeholders(stage: str) -> list[str]:
+    """Where the stage's configuration still says REPLACE-ME, as `function: VARIABLE` lines."""
+    config = stage_config(stage)
+    found = [
+        f"stage: {name}"
+        for name, value in config.get("environment_variables", {}).items()
+        if PLACEHOLDER in str(value)
+    ]
+    for function, settings in config.get("lambda_functions", {}).items():
+        found += [
+            f"{function}: {name}"
+            for name, value in settings.get("environment_variables", {}).items()
+            if PLACEHOLDER in str(value)
+        ]
+    return found
+
+
+def package(stage: str, out: Path) -> Path:
+    """Write out/sam.json, deployment.zip and layer-deployment.zip; returns the template's path."""
+    stage_config(stage)
+    if stage not in json.loads(MERGE_TEMPLATE.read_text())["Mappings"]["StageSettings"]:
+        raise PackagingError(f"stage {stage!r} has no StageSettings in {MERGE_TEMPLATE}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # Chalice wants a region to build in; the template itself names none (AWS::Region).
+    env.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+    chalice = Path(sys.executable).parent / "chalice"
+    result = subprocess.run(
+        [
+            str(chalice),
+            "--project-dir",
+            str(ROOT),
+            "package",
+            "--stage",
+            stage,
+            "--merge-template",
+            str(MERGE_TEMPLATE),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise PackagingError(f"chalice package failed:\n{result.stdout}{result.stderr}")
+    template_path = out / "sam.json"
+    template = json.loads(template_path.read_text())
+    parameter = template["Parameters"]["Stage"]
+    parameter["AllowedValues"] = [stage]
+    parameter["Default"] = stage
+    template_path.write_text(json.dumps(template, indent=2) + "\n")
+    return template_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--deployable", action="store_true", help="refuse REPLACE-ME placeholders in the stage"
+    )
+    args = parser.parse_args(argv)
+    out = args.out or ROOT / "build" / args.stage
+    try:
+        if args.deployable and (found := placeholders(args.stage)):
+            raise PackagingError(
+                f"stage {args.stage!r} still has placeholders in .chalice/config.json; "
+                "set them first (docs/DEPLOY.md):\n  " + "\n  ".join(found)
+            )
+        path = package(args.stage, out)
+    except PackagingError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
