@@ -1,0 +1,470 @@
+"""The deployable template, read as AWS would get it: `infra/package.py` (what `make package`
+runs) packages every stage once per test session, and these tests read the result.
+
+Packaging runs `chalice package`. The dependencies go into a Lambda layer that Chalice caches in
+.chalice/deployments by the hash of requirements.txt: building it needs PyPI (Linux wheels) and
+takes ~25 s, once per change of requirements; after that a stage packages in ~2 s, offline.
+Under pytest-xdist the workers share one packaging run behind a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import app
+from chalicelib import observability
+from chalicelib.settings import Settings
+from devstack import resources
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
+STAGES = sorted(CONFIG["stages"])
+FUNCTIONS = {"APIHandler": "api_handler", "Worker": "worker", "Reconciler": "reconciler"}
+# What Lambda's SQS event source mapping calls with the worker's role.
+EVENT_SOURCE_MAPPING_SQS = {
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+}
+API_GATEWAY_INTEGRATION_LIMIT_S = 29
+
+
+def _load_packager():
+    spec = importlib.util.spec_from_file_location("infra_package", ROOT / "infra" / "package.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+packager = _load_packager()
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The packaged template of every stage, built once for all xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / "infra-package.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = {}
+        for stage in STAGES:
+            out = shared / "infra-package" / stage
+            if not (out / "sam.json").exists():
+                # A subprocess, as `make package` runs it: Chalice puts the stage's environment
+                # into os.environ while it imports app.py, which must not leak into other tests.
+                command = [sys.executable, str(ROOT / "infra" / "package.py"), "--stage", stage]
+                result = subprocess.run(
+                    [*command, "--out", str(out)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                assert result.returncode == 0, f"packaging {stage} failed:\n{result.stderr}"
+            built[stage] = json.loads((out / "sam.json").read_text())
+    return built
+
+
+def resources_of(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def resolve(value: Any, stage: str) -> Any:
+    """A string as CloudFormation would make it, for the substitutions this template uses."""
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        return (
+            value["Fn::Sub"]
+            .replace("${Stage}", stage)
+            .replace("${AWS::Partition}", "aws")
+            .replace("${AWS::Region}", "eu-west-1")
+            .replace("${AWS::AccountId}", "123456789012")
+        )
+    return value
+
+
+def queue_arn(template: dict[str, Any], logical_id: str, stage: str) -> str:
+    name = resolve(template["Resources"][logical_id]["Properties"]["QueueName"], stage)
+    return f"arn:aws:sqs:eu-west-1:123456789012:{name}"
+
+
+def logical_target(arn: Any) -> str:
+    """The resource an intrinsic ARN points at ({"Fn::GetAtt": [X, "Arn"]} -> X)."""
+    assert isinstance(arn, dict) and "Fn::GetAtt" in arn, f"not a reference: {arn}"
+    return arn["Fn::GetAtt"][0]
+
+
+def statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    policies = template["Resources"][role]["Properties"]["Policies"]
+    return [s for policy in policies for s in policy["PolicyDocument"]["Statement"]]
+
+
+def actions_of(template: dict[str, Any], function: str, service: str) -> set[str]:
+    role = template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+    return {
+        action
+        for statement in statements(template, role)
+        for action in statement["Action"]
+        if action.startswith(f"{service}:")
+    }
+
+
+def calls_in(path: str, *patterns: str) -> set[str]:
+    """Client operations the code calls, as IAM action names (get_item -> GetItem)."""
+    source = (ROOT / path).read_text()
+    found = {name for pattern in patterns for name in re.findall(pattern, source)}
+    return {"".join(part.capitalize() for part in name.split("_")) for name in found}
+
+
+def stage_environment(template: dict[str, Any], function: str) -> dict[str, str]:
+    """The function's environment with the template's references stood in for by values."""
+    variables = template["Resources"][function]["Properties"]["Environment"]["Variables"]
+    return {k: v if isinstance(v, str) else f"resolved-at-deploy-{k}" for k, v in variables.items()}
+
+
+# --- queues ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_queue_is_fifo_and_ends_in_a_fifo_dead_letter_queue(templates, stage):
+    template = templates[stage]
+    queues = resources_of(template, "AWS::SQS::Queue")
+    assert queues, "the template has no queues"
+    dead_letter_queues = {
+        logical_target(q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])
+        for q in queues.values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    for name, queue in queues.items():
+        props = queue["Properties"]
+        assert props["FifoQueue"] is True, name
+        assert resolve(props["QueueName"], stage).endswith(".fifo"), name
+        if name not in dead_letter_queues:
+            target = logical_target(props["RedrivePolicy"]["deadLetterTargetArn"])
+            assert queues[target]["Properties"]["FifoQueue"] is True
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_command_queue_runs_in_high_throughput_mode(templates, stage):
+    props = templates[stage]["Resources"]["CommandQueue"]["Properties"]
+    assert props["DeduplicationScope"] == "messageGroup"
+    assert props["FifoThroughputLimit"] == "perMessageGroupId"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_message_goes_to_the_dead_letter_queue_after_the_receives_the_worker_counts(
+    templates, stage
+):
+    props = templates[stage]["Resources"]["CommandQueue"]["Properties"]
+    assert props["RedrivePolicy"]["maxReceiveCount"] == app.MAX_RECEIVES
+
+
+# --- the worker and the reconciler -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_worker_reports_partial_batch_failures_from_the_command_queue(templates, stage):
+    template = templates[stage]
+    [source] = template["Resources"]["Worker"]["Properties"]["Events"].values()
+    assert source["Type"] == "SQS"
+    props = source["Properties"]
+    # Without it Lambda deletes the whole batch, failed records too (see STACK-NOTES.md).
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["BatchSize"] <= 10  # FIFO's limit
+    # Chalice names the queue from CERTS_QUEUE_NAME at package time: it must be ours.
+    assert resolve(props["Queue"], stage) == queue_arn(template, "CommandQueue", stage)
+    assert CONFIG["stages"][stage]["environment_variables"]["CERTS_QUEUE_NAME"] == resolve(
+        template["Resources"]["CommandQueue"]["Properties"]["QueueName"], stage
+    )
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_reconciler_runs_every_minute(templates, stage):
+    [event] = templates[stage]["Resources"]["Reconciler"]["Properties"]["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == "rate(1 minute)"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_functions_find_the_book_and_the_queue_through_the_template(templates, stage):
+    for function in FUNCTIONS:
+        variables = templates[stage]["Resources"][function]["Properties"]["Environment"][
+            "Variables"
+        ]
+        assert variables["CERTS_TABLE_NAME"] == {"Ref": "CertificateBook"}
+        assert variables["CERTS_QUEUE_URL"] == {"Ref": "CommandQueue"}
+        assert variables["CERTS_REGION"] == {"Ref": "AWS::Region"}
+        assert variables["CERTS_STAGE"] == stage
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_package_deploys_as_that_stage_only(templates, stage):
+    parameter = templates[stage]["Parameters"]["Stage"]
+    assert parameter["AllowedValues"] == [stage]
+    assert parameter["Default"] == stage
+    assert stage in templates[stage]["Mappings"]["StageSettings"]
+
+
+# --- timeouts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_timeouts_are_ordered_registry_call_lambda_lease_and_visibility(
+    templates, stage, monkeypatch
+):
+    template = templates[stage]
+    settings = {}
+    for function in FUNCTIONS:
+        timeout = template["Resources"][function]["Properties"]["Timeout"]
+        for name in [k for k in os.environ if k.startswith("CERTS_")]:
+            monkeypatch.delenv(name)
+        for name, value in stage_environment(template, function).items():
+            monkeypatch.setenv(name, value)
+        settings[function] = Settings()  # validates registry call < Lambda timeout < lease
+        assert settings[function].lambda_timeout_s == timeout, f"{function}: CERTS_LAMBDA_TIMEOUT_S"
+        assert settings[function].registry_timeout_s < timeout < settings[function].lease_s
+    assert template["Resources"]["APIHandler"]["Properties"]["Timeout"] < (
+        API_GATEWAY_INTEGRATION_LIMIT_S
+    )
+    worker_timeout = template["Resources"]["Worker"]["Properties"]["Timeout"]
+    visibility = template["Resources"]["CommandQueue"]["Properties"]["VisibilityTimeout"]
+    assert 6 * worker_timeout <= visibility <= 7 * worker_timeout
+    # A message handed back stays invisible this long; only after that is its command's message
+    # lost, so the reconciler must not re-drive it sooner (a second copy in the same group).
+    assert settings["Reconciler"].redrive_after_s > visibility
+
+
+# --- IAM ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_iam_statements_on_the_book_and_queues_name_their_resources(templates, stage):
+    template = templates[stage]
+    roles = resources_of(template, "AWS::IAM::Role")
+    assert roles
+    for role in roles:
+        for statement in statements(template, role):
+            actions = statement["Action"]
+            assert all("*" not in action for action in actions), (role, actions)
+            if not any(a.startswith(("dynamodb:", "sqs:")) for a in actions):
+                continue
+            for resource in statement["Resource"]:
+                assert isinstance(resource, dict), f"{role}: literal resource {resource!r}"
+                text = json.dumps(resource)
+                assert "*" not in text, f"{role}: wildcard in {text}"
+                referenced = re.findall(r'"Fn::GetAtt": \["(\w+)"|\$\{(\w+)\.Arn\}', text)
+                assert referenced, f"{role}: {text} names no resource of the template"
+                for names in referenced:
+                    assert "".join(names) in template["Resources"], text
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_function_has_its_own_role(templates, stage):
+    roles = [
+        templates[stage]["Resources"][f]["Properties"]["Role"]["Fn::GetAtt"][0] for f in FUNCTIONS
+    ]
+    assert len(set(roles)) == len(FUNCTIONS)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_role_allows_exactly_the_calls_its_function_makes(templates, stage):
+    template = templates[stage]
+    book = calls_in("chalicelib/adapters/dynamo.py", r'_call\(\s*"(\w+)"', r"self\._db\.(\w+)\(")
+    health_dynamodb = calls_in("chalicelib/composition.py", r"dynamodb\.(\w+)\(")
+    health_sqs = calls_in("chalicelib/composition.py", r"\bsqs\.(\w+)\(")
+    sends = calls_in("chalicelib/adapters/sqs.py", r"self\._sqs\.(\w+)\(")
+    assert {"GetItem", "PutItem", "Query"} <= book and sends == {"SendMessage"}
+
+    def dynamodb(names: set[str]) -> set[str]:
+        return {f"dynamodb:{n}" for n in names}
+
+    def sqs(names: set[str]) -> set[str]:
+        return {f"sqs:{n}" for n in names}
+
+    assert actions_of(template, "APIHandler", "dynamodb") == dynamodb(book | health_dynamodb)
+    assert actions_of(template, "APIHandler", "sqs") == sqs(sends | health_sqs)
+    assert actions_of(template, "Worker", "dynamodb") == dynamodb(book)
+    assert actions_of(template, "Worker", "sqs") == EVENT_SOURCE_MAPPING_SQS
+    assert actions_of(template, "Reconciler", "dynamodb") == dynamodb(book)
+    assert actions_of(template, "Reconciler", "sqs") == sqs(sends)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_roles_reach_the_book_and_exactly_its_indexes(templates, stage):
+    template = templates[stage]
+    indexes = {
+        i["IndexName"]
+        for i in template["Resources"]["CertificateBook"]["Properties"]["GlobalSecondaryIndexes"]
+    }
+    for function in FUNCTIONS:
+        role = template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        [book] = [s for s in statements(template, role) if "dynamodb:Query" in s["Action"]]
+        assert {"Fn::GetAtt": ["CertificateBook", "Arn"]} in book["Resource"]
+        reached = {
+            r["Fn::Sub"].removeprefix("${CertificateBook.Arn}/index/")
+            for r in book["Resource"]
+            if "Fn::Sub" in r
+        }
+        assert reached == indexes, function
+
+
+# --- logs and alarms ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_function_logs_to_its_own_group_with_a_retention(templates, stage):
+    template = templates[stage]
+    for function in FUNCTIONS:
+        logging_config = template["Resources"][function]["Properties"]["LoggingConfig"]
+        group = logging_config["LogGroup"]["Ref"]
+        assert template["Resources"][group]["Type"] == "AWS::Logs::LogGroup"
+        retention = template["Resources"][group]["Properties"]["RetentionInDays"]
+        assert retention == {
+            "Fn::FindInMap": ["StageSettings", {"Ref": "Stage"}, "LogRetentionDays"]
+        }
+        role = template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        writes = [s for s in statements(template, role) if "logs:PutLogEvents" in s["Action"]]
+        assert writes == [
+            {
+                "Sid": "OwnLogGroup",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [{"Fn::GetAtt": [group, "Arn"]}],
+            }
+        ]
+    for days in template["Mappings"]["StageSettings"].values():
+        assert days["LogRetentionDays"] > 0
+
+
+def alarms_on(template: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    found = []
+    for alarm in resources_of(template, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        names = [props.get("MetricName")] + [
+            m["MetricStat"]["Metric"]["MetricName"]
+            for m in props.get("Metrics", [])
+            if "MetricStat" in m
+        ]
+        if metric in names:
+            found.append(props)
+    return found
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_an_alarm_fires_when_a_message_reaches_the_dead_letter_queue(templates, stage):
+    [alarm] = [
+        a
+        for a in alarms_on(templates[stage], "ApproximateNumberOfMessagesVisible")
+        if a["Dimensions"]
+        == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["CommandDeadLetterQueue", "QueueName"]}}]
+    ]
+    assert alarm["Namespace"] == "AWS/SQS"
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_an_alarm_fires_on_in_doubt_commands_from_the_reconcilers_metrics(templates, stage):
+    reconcile_source = (ROOT / "chalicelib" / "usecases" / "reconcile.py").read_text()
+    [alarm] = alarms_on(templates[stage], "in_doubt_for_operator")
+    watched = [m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m]
+    assert {m["MetricName"] for m in watched} == {"in_doubt_for_operator", "lease_expired_in_doubt"}
+    for metric in watched:
+        # The names are the reconciler's action counts, published by observability.metrics.
+        assert f'"{metric["MetricName"]}"' in reconcile_source
+        assert metric["Namespace"] == observability.NAMESPACE
+        assert metric["Dimensions"] == [{"Name": "Stage", "Value": {"Ref": "Stage"}}]
+    [expression] = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    assert "FILL" in expression["Expression"]  # no data in a period means no in-doubt command
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["Threshold"] == 1
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_alarms_watch_queue_age_reconciler_failures_and_api_5xx(templates, stage):
+    template = templates[stage]
+    [age] = alarms_on(template, "ApproximateAgeOfOldestMessage")
+    assert age["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["CommandQueue", "QueueName"]}
+    [errors] = alarms_on(template, "Errors")
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "Reconciler"}}]
+    [api] = alarms_on(template, "5XXError")
+    title = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["info"]["title"]
+    assert api["Dimensions"] == [{"Name": "ApiName", "Value": title}]  # the API's own name
+    assert resolve(title, stage) == f"certificates-domain-{stage}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_alarm_tells_the_operators_topic(templates, stage):
+    template = templates[stage]
+    for name, alarm in resources_of(template, "AWS::CloudWatch::Alarm").items():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "OperatorAlarms"}], name
+    assert template["Resources"]["OperatorAlarms"]["Type"] == "AWS::SNS::Topic"
+
+
+# --- the book ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_deployed_table_is_the_one_the_embedded_stack_creates(templates, stage):
+    book = templates[stage]["Resources"]["CertificateBook"]
+    assert resources.table_definition(templates[stage]["Resources"]) == (
+        resources.table_definition()
+    )
+    props = book["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["SSESpecification"] == {"SSEEnabled": True}
+    assert props["DeletionProtectionEnabled"] is True
+    assert book["DeletionPolicy"] == "Retain"
+    assert resolve(props["TableName"], stage) == f"certificates-domain-{stage}-book"
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_a_deployable_package_refuses_placeholders(tmp_path, capsys):
+    assert packager.placeholders("dev")  # until someone fills in .chalice/config.json
+    out = tmp_path / "dev"
+    assert packager.main(["--stage", "dev", "--out", str(out), "--deployable"]) == 1
+    assert "CERTS_OIDC_ISSUER" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_every_stage_configures_every_function():
+    for stage, config in CONFIG["stages"].items():
+        assert config["environment_variables"]["CERTS_STAGE"] == stage
+        assert set(config["lambda_functions"]) == set(FUNCTIONS.values()), stage
+        for function in config["lambda_functions"].values():
+            policy = ROOT / ".chalice" / function["iam_policy_file"]
+            assert policy.exists(), policy
+    assert CONFIG["autogen_policy"] is False
+
+
+def test_in_lambda_structured_lines_reach_stdout_as_pure_json(capsys):
+    before = (
+        list(observability.log.handlers),
+        observability.log.level,
+        observability.log.propagate,
+    )
+    try:
+        app.log_structured_lines_to_stdout()
+        observability.metrics({"in_doubt_for_operator": 2})
+    finally:
+        observability.log.handlers[:] = before[0]
+        observability.log.setLevel(before[1])
+        observability.log.propagate = before[2]
+    [line] = capsys.readouterr().out.splitlines()
+    document = json.loads(line)  # CloudWatch extracts metrics only from a pure JSON line
+    assert document["in_doubt_for_operator"] == 2
+    assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == observability.NAMESPACE
+    assert logging.getLogger().level >= logging.NOTSET  # the root logger was left alone
