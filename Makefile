@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test demo lint format clean
+.PHONY: install run test demo lint format clean proto
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ deploy: $(STAMP)
 		--stack-name $(STACK) --s3-bucket $(DEPLOY_BUCKET) --s3-prefix $(STACK) \
 		--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset
 	aws cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
+
+## Regenerate the registry's gRPC/protobuf stubs from chalicelib/registry/proto/**/*.proto (the
+## stubs are committed, so only a change to a .proto needs this; needs grpcio-tools, a dev pin).
+PROTOS := $(shell find chalicelib/registry/proto -name '*.proto' | sort)
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis

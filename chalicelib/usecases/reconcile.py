@@ -31,7 +31,8 @@ from datetime import datetime, timedelta
 from chalicelib import domain, observability
 from chalicelib.domain import Command, CommandStatus, Conflict, Role
 from chalicelib.ports import Book, CommandQueue, DependencyDown, StaleCommand, Transition
-from chalicelib.registry.envelope import Transaction, transaction_id_of
+from chalicelib.registry.codec import PLAIN, TransactionCodec
+from chalicelib.registry.envelope import transaction_id_of
 from chalicelib.registry.port import (
     QueriesNotSupported,
     Registry,
@@ -39,7 +40,6 @@ from chalicelib.registry.port import (
     RegistryUnavailable,
     TransactionStatus,
 )
-from chalicelib.registry.stream import fold
 from chalicelib.usecases import holds
 from chalicelib.usecases.process import Worker
 
@@ -70,6 +70,7 @@ class Reconciler:
     max_commands: int = 500
     lease_s: float = 300.0
     holder: str = field(default_factory=lambda: str(uuid.uuid4()))
+    codec: TransactionCodec = PLAIN  # reads stored transactions: the builder's encoding
 
     def run(self) -> Report:
         now = self.clock()
@@ -140,8 +141,7 @@ class Reconciler:
             # The stream is the truth: a duplicate send can make an applied transaction's
             # status read FAILED, and an old one's read UNKNOWN.
             applied = transaction_id in {
-                transaction_id_of(tx)
-                for tx in self.registry.stream(Transaction.parse(data).header.stream_id)
+                transaction_id_of(tx) for tx in self.registry.stream(self.codec.stream_id(data))
             }
         except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
             return "registry_unreachable"
@@ -206,7 +206,7 @@ class Reconciler:
         if not self.registry.supports_queries:
             return "drift_not_checkable"
         try:
-            truth = fold(certificate_id, self.registry.stream(certificate_id))
+            truth = self.codec.fold(certificate_id, self.registry.stream(certificate_id))
         except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
             return "registry_unreachable"
         if truth is None:
