@@ -222,8 +222,14 @@ class RegistrySimulator:
         self._query_call()
         with self._lock:
             now = self._clock()
-            applied = self._applied.get(certificate_id, [])
-            return [e.data for e in applied if e.settles_at <= now]
+            settled = []
+            # Blocks commit a stream in order: a transaction settled after an earlier one that
+            # is still pending (an injected one settles at once) is not visible before it.
+            for entry in self._applied.get(certificate_id, []):
+                if entry.settles_at > now:
+                    break
+                settled.append(entry.data)
+            return settled
 
     # --- faults at run time ------------------------------------------------------------------
 
