@@ -505,6 +505,26 @@ def apply_claim_side(cert: Certificate, command: Command, ref: SliceRef) -> Cert
     return _applying(cert, command.command_id, slices=slices)
 
 
+def apply_claim_cut(cert: Certificate, command: Command, ref: SliceRef) -> Certificate:
+    """A claim refused after it cut this side's slice (its first steps): the cut stands, as
+    the registry made it, and the owner keeps both parts, named as the transaction named them."""
+    assert command.quantity_wh is not None
+    side = 0 if ref == command.slices[0] else 1
+    part_ids = [slice_id_for(command.command_id, 2 * side + i) for i in range(2)]
+    if part_ids[0] in cert.slices:
+        return cert
+    source = _reserved_slice(cert, ref, command.command_id)
+    slices = dict(cert.slices)
+    slices[source.slice_id] = source.model_copy(
+        update={"state": SliceState.SLICED, "reserved_by": None}
+    )
+    for slice_id, quantity in zip(
+        part_ids, [command.quantity_wh, source.quantity_wh - command.quantity_wh], strict=True
+    ):
+        slices[slice_id] = Slice(slice_id=slice_id, owner=source.owner, quantity_wh=quantity)
+    return cert.model_copy(update={"slices": slices})
+
+
 def apply_withdraw(cert: Certificate, command: Command) -> Certificate:
     if command.command_id in cert.applied:
         return cert

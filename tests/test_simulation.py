@@ -7,7 +7,7 @@ A failing seed prints the one command that replays it, e.g.
 
 from __future__ import annotations
 
-from chalicelib.domain import CommandStatus
+from chalicelib.domain import CertificateType, CommandStatus
 from tests.pipeline import Pipeline
 
 # --- the bugs the simulation found ---------------------------------------------------------
@@ -27,3 +27,23 @@ def test_a_registry_stream_shows_no_transaction_before_an_earlier_one_settled() 
     assert len(p.registry.stream(command.certificate_id)) == 2
     p.settle()
     p.check_settled()
+
+
+def test_a_claim_refused_after_cutting_a_side_keeps_the_cut_in_the_book() -> None:
+    """Seed 35 (no queries): a claim's first step cut the production slice, its second was
+    refused; the book kept the uncut slice, which the registry no longer had, and a registry
+    that answers no queries could never tell the reconciler (I6)."""
+    p = Pipeline(queries=False)
+    production = p.issued(quantity=1000)
+    consumption = p.issued(
+        quantity=800, gsrn="571313000000000002", type_=CertificateType.CONSUMPTION
+    )
+    p.registry.set_owner(consumption[0], consumption[1], "mallory")  # the second cut will fail
+    command = p.claim("alice", production, consumption, 500)
+    p.run()
+    refused = p.command(command.command_id)
+    assert refused.status == CommandStatus.REJECTED and refused.step == 1
+    assert p.aligned(production[0])
+    cert = p.book.get_certificate(production[0])
+    assert sorted(s.quantity_wh for s in cert.slices.values() if s.is_live) == [500, 500]
+    p.check_invariants()

@@ -429,10 +429,28 @@ def apply_outcome(book: Book, command: Command) -> None:
 
 def apply_partial(book: Book, command: Command) -> None:
     """A multi-step command refused after its first steps committed: keep what the registry
-    did. For a partial transfer that is the cut (the owner keeps both parts). A claim's cuts
-    and allocations are left to the reconciler, which aligns the book with the registry."""
+    did. For a partial transfer that is the cut (the owner keeps both parts); for a claim, the
+    cuts it made before allocating (a registry that answers no queries cannot tell the
+    reconciler about them). An allocation left behind is for the reconciler and operators."""
     if command.kind == CommandKind.TRANSFER and command.step >= 1:
         book.update_certificate(command.certificate_id, lambda c: domain.apply_slice(c, command))
+    if command.kind == CommandKind.CLAIM:
+        # The builder cuts each side whose slice holds more than the claim, in side order,
+        # before anything else: the first `step` of those cuts committed.
+        for ref in _claim_cuts(book, command)[: command.step]:
+            book.update_certificate(
+                ref.certificate_id, lambda c, ref=ref: domain.apply_claim_cut(c, command, ref)
+            )
+
+
+def _claim_cuts(book: Book, command: Command) -> list[domain.SliceRef]:
+    cuts = []
+    for ref in command.slices:
+        cert = book.get_certificate(ref.certificate_id)
+        source = cert.slices.get(ref.slice_id) if cert is not None else None
+        if source is not None and source.quantity_wh != command.quantity_wh:
+            cuts.append(ref)
+    return cuts
 
 
 def is_applied(book: Book, command: Command) -> bool:
