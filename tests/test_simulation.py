@@ -7,8 +7,12 @@ A failing seed prints the one command that replays it, e.g.
 
 from __future__ import annotations
 
+import pytest
+
 from chalicelib.domain import CertificateType, CommandStatus
+from chalicelib.usecases.reconcile import Reconciler
 from tests.pipeline import Pipeline
+from tests.test_worker_crashes import Counter, Crash, Crashing
 
 # --- the bugs the simulation found ---------------------------------------------------------
 
@@ -47,3 +51,33 @@ def test_a_claim_refused_after_cutting_a_side_keeps_the_cut_in_the_book() -> Non
     cert = p.book.get_certificate(production[0])
     assert sorted(s.quantity_wh for s in cert.slices.values() if s.is_live) == [500, 500]
     p.check_invariants()
+
+
+def test_a_reconciler_pass_survives_a_command_that_a_worker_moved_meanwhile() -> None:
+    """Seed 296: the reconciler listed a SENDING command whose lease had expired, a worker
+    settled it first, and the reconciler's own conditional write raised StaleCommand out of
+    the pass, which stopped there."""
+    p = Pipeline()
+    command = p.issue()
+    dying = p.make_worker(registry=Crashing(p.registry, Counter(at=1, when="before")))
+    with pytest.raises(Crash):
+        dying.process([m.delivery for m in p.queue.receive()])
+    p.vclock.advance(121)
+
+    class WorkerFirst:
+        """The book, where a worker settles every listed command before the reconciler."""
+
+        def __getattr__(self, name):
+            return getattr(p.book, name)
+
+        def open_commands(self, created_before, limit):
+            found = p.book.open_commands(created_before, limit)
+            for listed in found:
+                p.worker.settle_expired_lease(listed)
+            return found
+
+    reconciler = Reconciler(
+        book=WorkerFirst(), queue=p.queue, registry=p.registry, worker=p.worker, clock=p.now
+    )
+    assert reconciler.run().actions["moved_meanwhile"] == 1
+    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT

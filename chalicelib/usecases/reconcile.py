@@ -101,7 +101,10 @@ class Reconciler:
         if len(commands) >= self.max_commands:
             report.complete = False
         for command in commands:
-            report.count(self._settle_open(command, now))
+            try:
+                report.count(self._settle_open(command, now))
+            except StaleCommand:  # a worker (or an operator) moved it since it was listed
+                report.count("moved_meanwhile")
 
     def _settle_open(self, command: Command, now: datetime) -> str:
         match command.status:
