@@ -81,3 +81,16 @@ def test_a_reconciler_pass_survives_a_command_that_a_worker_moved_meanwhile() ->
     )
     assert reconciler.run().actions["moved_meanwhile"] == 1
     assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
+
+
+def test_drift_is_compared_again_after_a_pass_that_could_not_reach_the_registry() -> None:
+    """Seed 168 (queries): a pass met a registry outage when comparing a settled command's
+    certificate, marked the command done all the same, and the drift was never repaired."""
+    p = Pipeline(queries=True)
+    cert, s0 = p.issued()
+    p.registry.set_owner(cert, s0, "mallory")
+    p.registry.set_available(False)
+    assert p.reconcile()["registry_unreachable"] == 1
+    p.registry.set_available(True)
+    assert p.reconcile()["drift_repaired"] == 1
+    assert p.aligned(cert)

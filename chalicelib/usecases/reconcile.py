@@ -191,6 +191,7 @@ class Reconciler:
             report.complete = False
         checked: set[str] = set()
         for command in commands:
+            compared = True
             for certificate_id in command.certificate_ids():
                 cert = self.book.get_certificate(certificate_id)
                 if cert is None:
@@ -202,8 +203,11 @@ class Reconciler:
                     report.count("stale_reservation_released")
                 if certificate_id not in checked:
                     checked.add(certificate_id)
-                    report.count(self._align(certificate_id))
-            self.book.mark_reconciled(command.command_id)
+                    outcome = self._align(certificate_id)
+                    report.count(outcome)
+                    compared = compared and outcome != "registry_unreachable"
+            if compared:  # else the next pass compares its certificates again
+                self.book.mark_reconciled(command.command_id)
 
     def _align(self, certificate_id: str) -> str:
         if not self.registry.supports_queries:
