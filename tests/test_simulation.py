@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.domain import CertificateType, CommandStatus
+from chalicelib.ports import HoldingQuery
 from chalicelib.usecases.reconcile import Reconciler
 from tests.pipeline import Pipeline
 from tests.test_worker_crashes import Counter, Crash, Crashing
@@ -94,3 +95,28 @@ def test_drift_is_compared_again_after_a_pass_that_could_not_reach_the_registry(
     p.registry.set_available(True)
     assert p.reconcile()["drift_repaired"] == 1
     assert p.aligned(cert)
+
+
+def test_an_owner_finds_a_repaired_slice_in_their_list_after_the_repairing_pass_died() -> None:
+    """Seed 321 (queries): a pass repaired drift, then died before it added the new owner's
+    holding; the next pass found nothing to repair and never added it (I7)."""
+    p = Pipeline(queries=True)
+    cert, s0 = p.issued()
+    p.registry.set_owner(cert, s0, "mallory")
+
+    class DiesAtAudit:
+        def __getattr__(self, name):
+            return getattr(p.book, name)
+
+        def add_audit(self, *args, **kwargs):
+            raise Crash("the pass dies after its repair")
+
+    dying = Reconciler(
+        book=DiesAtAudit(), queue=p.queue, registry=p.registry, worker=p.worker, clock=p.now
+    )
+    with pytest.raises(Crash):
+        dying.run()
+    p.reconcile()
+    assert [c.certificate_id for c in p.book.holdings(HoldingQuery(owner="mallory")).items] == [
+        cert
+    ]

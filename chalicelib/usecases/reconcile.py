@@ -242,14 +242,17 @@ class Reconciler:
             cert = self.book.update_certificate(certificate_id, repair)
         except Conflict:
             return "drift_check_conflict"
+        # Every time, not only after a repair: a pass that died between its repair and these
+        # writes finds nothing left to repair the next time, and would leave an owner without
+        # the certificate in their list.
+        for owner in sorted(cert.owners()):
+            self.book.add_holding(owner, cert)
         if not found:
             return "aligned"
         now = self.clock()
         for entry in found:
             self.book.add_audit(certificate_id, now, entry)
             observability.event("drift.repaired", certificate_id=certificate_id, **entry)
-        for owner in cert.owners():
-            self.book.add_holding(owner, cert)
         return "drift_repaired"
 
     # --- expiry ------------------------------------------------------------------------------
