@@ -8,6 +8,7 @@ fixtures. A rule lives here once, so the in-memory book and the DynamoDB book ca
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -691,8 +692,17 @@ def align(
     repairs: list[dict[str, Any]] = []
 
     def add(view: RegistrySliceView) -> None:
+        # A slice can come back to an owner who had it before (transferred away and back, in
+        # the registry the same slice): its id must not be that of the old one, which a
+        # command spent and whose record stays.
+        name = f"registry/{view.ref}/{view.owner}"
+        slice_id = str(uuid.uuid5(_SLICE_NAMESPACE, name))
+        for again in itertools.count(1):
+            if slice_id not in slices:
+                break
+            slice_id = str(uuid.uuid5(_SLICE_NAMESPACE, f"{name}/{again}"))
         new = Slice(
-            slice_id=str(uuid.uuid5(_SLICE_NAMESPACE, f"registry/{view.ref}/{view.owner}")),
+            slice_id=slice_id,
             owner=view.owner,
             quantity_wh=view.quantity_wh,
             registry_ref=view.ref,

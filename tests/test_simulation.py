@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.domain import CertificateType, CommandStatus
+from chalicelib import domain
+from chalicelib.domain import CertificateType, CommandStatus, RegistrySliceView, SliceState
 from chalicelib.ports import HoldingQuery
 from chalicelib.usecases.reconcile import Reconciler
+from tests import builders
 from tests.pipeline import Pipeline
 from tests.test_worker_crashes import Counter, Crash, Crashing
 
@@ -120,3 +122,37 @@ def test_an_owner_finds_a_repaired_slice_in_their_list_after_the_repairing_pass_
     assert [c.certificate_id for c in p.book.holdings(HoldingQuery(owner="mallory")).items] == [
         cert
     ]
+
+
+def test_a_slice_that_comes_back_to_its_owner_does_not_take_the_id_of_the_spent_one() -> None:
+    """Seed 842 (queries): alice's slice went to bob and back in the registry; the repair gave
+    the returning slice the id of the one alice had spent, erasing its record, and the book
+    showed one slice spent by two committed commands (I4)."""
+    cert = builders.active_certificate()
+    ref = builders.only_slice(cert).ref
+
+    def aligned_to(current: domain.Certificate, owner: str) -> domain.Certificate:
+        view = RegistrySliceView(ref=ref, owner=owner, quantity_wh=cert.quantity_wh)
+        return domain.align(current, [view], registry_withdrawn=False)[0]
+
+    def live(current: domain.Certificate) -> domain.Slice:
+        (found,) = [s for s in current.slices.values() if s.is_live]
+        return found
+
+    with_bob = aligned_to(cert, "bob")
+    first = live(with_bob)
+    spent = with_bob.model_copy(
+        update={
+            "slices": {
+                **with_bob.slices,
+                first.slice_id: first.model_copy(update={"state": SliceState.TRANSFERRED}),
+                "carol-slice": domain.Slice(
+                    slice_id="carol-slice", owner="carol", quantity_wh=1000, registry_ref=ref
+                ),
+            }
+        }
+    )
+    back = aligned_to(spent, "bob")
+    assert back.slices[first.slice_id].state == SliceState.TRANSFERRED
+    assert live(back).owner == "bob" and live(back).slice_id != first.slice_id
+    assert domain.conservation_holds(back)
