@@ -256,6 +256,10 @@ class _StuckQuery(BaseModel):
     limit: int = 100
 
 
+# open_commands takes commands created strictly before a time; "up to now" includes now.
+_INCLUSIVE = timedelta(seconds=1)
+
+
 def _limit(value: int, most: int = 100) -> int:
     if not 1 <= value <= most:
         raise BadRequest(f"limit is from 1 to {most}", field="limit")
@@ -416,7 +420,7 @@ def stuck_commands(services: Services, call: Call) -> HttpResponse:
     cutoff = now - timedelta(seconds=q.older_than_s)
     found = [
         c
-        for c in services.book.open_commands(now, limit=1000)
+        for c in services.book.open_commands(now + _INCLUSIVE, limit=1000)
         if (q.status is None or c.status == q.status) and c.updated_at <= cutoff
     ]
     return json_response(

@@ -97,7 +97,10 @@ class Reconciler:
     # --- commands that are not terminal --------------------------------------------------------
 
     def _open_commands(self, now: datetime, report: Report) -> None:
-        commands = self.book.open_commands(created_before=now, limit=self.max_commands)
+        # Up to and including now: a command created this very moment is listed too.
+        commands = self.book.open_commands(
+            created_before=now + timedelta(seconds=1), limit=self.max_commands
+        )
         if len(commands) >= self.max_commands:
             report.complete = False
         for command in commands:
