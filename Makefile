@@ -30,6 +30,15 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
+## The deterministic simulation (tests/simulation) over SEEDS seeds from START, both registry
+## modes, every core; prints progress, a summary, and the command replaying each failing seed.
+SEEDS ?= 200
+START ?= 0
+STEPS ?= 100
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m tests.simulation --seeds $(SEEDS) --start $(START) --steps $(STEPS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -7,6 +7,8 @@ A failing seed prints the one command that replays it, e.g.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from chalicelib import domain
@@ -15,7 +17,63 @@ from chalicelib.ports import HoldingQuery
 from chalicelib.usecases.reconcile import Reconciler
 from tests import builders
 from tests.pipeline import Pipeline
+from tests.simulation import run
 from tests.test_worker_crashes import Counter, Crash, Crashing
+
+# The CI seeds: SIM_SEEDS=N widens them, SIM_SEED=N runs one (with SIM_QUERIES=1 for queries).
+CI_SEEDS = int(os.environ.get("SIM_SEEDS", "200"))
+CHUNKS = 8
+STEPS = int(os.environ.get("SIM_STEPS", "100"))
+
+
+def _seeds(chunk: int) -> list[int]:
+    if "SIM_SEED" in os.environ:
+        return [int(os.environ["SIM_SEED"])] if chunk == 0 else []
+    return list(range(chunk, CI_SEEDS, CHUNKS))
+
+
+@pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_every_invariant_holds_on_every_ci_seed(chunk: int, queries: bool) -> None:
+    if "SIM_QUERIES" in os.environ and bool(int(os.environ["SIM_QUERIES"])) != queries:
+        pytest.skip("SIM_QUERIES picks the other registry mode")
+    failures = [r for r in (run(seed, queries, STEPS) for seed in _seeds(chunk)) if r.violations]
+    assert not failures, "\n".join(r.report() for r in failures)
+
+
+def test_a_run_is_the_same_every_time_it_is_replayed() -> None:
+    first, again = run(7, True, 60), run(7, True, 60)
+    assert first.stats == again.stats and first.violations == again.violations
+    assert first.stats["commands"] > 20 and first.stats["deliveries"] > 0
+
+
+def test_the_ci_seeds_meet_every_fault_the_harness_can_inject() -> None:
+    """So that a green run means something: crashes of each kind, timeouts, every fault."""
+    totals: dict[str, int] = {}
+    for seed in range(12):
+        for queries in (False, True):
+            for name, n in run(seed, queries, STEPS).stats.items():
+                totals[name] = totals.get(name, 0) + n
+    for name in (
+        "crashes.api",
+        "crashes.worker",
+        "crashes.reconciler",
+        "pauses",
+        "operator.resolutions",
+        "api.retries",
+        "faults.drift",
+        "faults.outage",
+        "faults.latency_spike",
+        "faults.registry_ambiguous",
+        "faults.registry_client_timeout",
+        "faults.duplicate_message",
+        "faults.visibility_expired",
+        "faults.clock_jump",
+        "faults.queue_send_refused",
+    ):
+        assert totals.get(name, 0) > 0, name
+    assert any(k.startswith("timeouts.") for k in totals)
+
 
 # --- the bugs the simulation found ---------------------------------------------------------
 

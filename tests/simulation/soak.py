@@ -1,0 +1,90 @@
+"""Many seeds, in both registry modes, on every core: a progress line and a summary.
+
+`make soak SEEDS=N` runs this. Each run is independent and deterministic, so the figures of a
+soak depend only on the seeds, and every failing run is printed with the command replaying it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from tests.simulation.world import Result, run
+
+SHOWN_FAILURES = 20
+
+
+def _one(job: tuple[int, bool, int]) -> Result:
+    return run(*job)
+
+
+def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
+    totals: Counter = Counter()
+    rules: Counter = Counter()
+    exempt: Counter = Counter()
+    for result in results:
+        totals.update(result.stats)
+        exempt.update(result.exempt)
+        rules.update(v.rule for v in result.violations)
+    faults = sum(n for name, n in totals.items() if name.startswith("faults."))
+    timeouts = sum(n for name, n in totals.items() if name.startswith("timeouts."))
+    failed = [r for r in results if r.violations]
+    seeds = len({r.seed for r in results})
+    lines = [
+        f"seeds: {seeds}  runs: {len(results)}  ({seconds:.0f} s)",
+        f"commands: {totals['commands']}  (requests {totals['api.requests']}, "
+        f"retries after no answer {totals['api.retries']}, reads {totals['reads']})",
+        f"crashes injected: {totals['crashes']}  (api {totals['crashes.api']}, worker "
+        f"{totals['crashes.worker']}, reconciler {totals['crashes.reconciler']}); "
+        f"killed at their timeout: {timeouts}",
+        f"faults injected: {faults}  ("
+        + ", ".join(
+            f"{name.removeprefix('faults.')} {n}"
+            for name, n in sorted(totals.items())
+            if name.startswith("faults.")
+        )
+        + ")",
+        f"pauses (other invocations run inside one): {totals['pauses']}; deliveries: "
+        f"{totals['deliveries']}; reconciler passes: {totals['reconciler.passes']}; "
+        f"operator resolutions: {totals['operator.resolutions']}; dead-lettered: "
+        f"{totals['queue.dead_lettered']}; stale receipt handles: {totals['queue.stale_delete']}",
+        f"violations: {sum(rules.values())} in {len(failed)} run(s)"
+        + (f"  by rule: {dict(sorted(rules.items()))}" if rules else ""),
+    ]
+    for reason, n in sorted(exempt.items()):
+        lines.append(f"not checked: {reason} x{n}")
+    for result in failed[:SHOWN_FAILURES]:
+        lines.append(result.report())
+    return "\n".join(lines), totals
+
+
+def soak(seeds: Iterable[int], modes: Sequence[bool], steps: int, jobs: int | None = None) -> int:
+    jobs_list = [(seed, queries, steps) for seed in seeds for queries in modes]
+    jobs = jobs or os.cpu_count() or 1
+    started = time.monotonic()
+    results: list[Result] = []
+    violations = 0
+    tty = sys.stderr.isatty()
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for done, result in enumerate(pool.map(_one, jobs_list, chunksize=4), start=1):
+            results.append(result)
+            violations += len(result.violations)
+            if result.violations:
+                print(("\n" if tty else "") + result.report(), file=sys.stderr)
+            if tty or done % 50 == 0 or done == len(jobs_list):
+                rate = done / max(time.monotonic() - started, 1e-9)
+                line = (
+                    f"[{done}/{len(jobs_list)}] seed {result.seed} "
+                    f"{'queries' if result.queries else 'no-queries'}  "
+                    f"violations {violations}  {rate:.1f} runs/s"
+                )
+                print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
+    if tty:
+        print(file=sys.stderr)
+    summary, _ = summarize(results, time.monotonic() - started)
+    print(summary)
+    return 1 if violations else 0
