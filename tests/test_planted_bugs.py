@@ -1,0 +1,105 @@
+"""The simulation can fail: each known bug, planted alone, is reported within the CI seeds.
+
+A harness that never fails proves nothing. Each bug here is one the design exists to prevent;
+planted with monkeypatch, the simulation must report it as a violation of the invariant it
+breaks, on one of the seeds that `make test` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+
+from chalicelib.domain import CommandStatus
+from chalicelib.ports import DependencyDown, Transition
+from chalicelib.usecases import holds, process
+from chalicelib.usecases.process import Outcome, Worker
+from chalicelib.usecases.reconcile import Reconciler
+from tests.simulation import run
+from tests.test_simulation import CI_SEEDS, STEPS
+
+
+def skip_the_sending_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redelivered message whose command is SENDING is sent again instead of waiting for
+    the lease (a second worker, or the first one's retry after a crash)."""
+    original = Worker._prepare
+
+    def prepare(self: Worker, delivery):  # type: ignore[no-untyped-def]
+        command = self.book.get_command(delivery.command_id)
+        if command is not None and command.status == CommandStatus.SENDING:
+            return command
+        return original(self, delivery)
+
+    monkeypatch.setattr(Worker, "_prepare", prepare)
+
+
+def resend_after_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ambiguous failure (a timeout after sending, or a worker that died mid-send) is taken
+    for "it did not arrive": the step goes back to ACCEPTED and is sent again."""
+    original = Worker._in_doubt
+
+    def in_doubt(self: Worker, command, reason: str) -> Outcome:  # type: ignore[no-untyped-def]
+        current = self.book.get_command(command.command_id)
+        if current is not None and current.status == CommandStatus.SENDING:
+            self._back_to_accepted(current, reason)
+            return Outcome.RETRY
+        return original(self, command, reason)
+
+    monkeypatch.setattr(Worker, "_in_doubt", in_doubt)
+
+
+def keep_the_reservation_on_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker marks a refused command REJECTED but does not release what it holds (the
+    reconciler's safety net would free it later: the harness must see it before that)."""
+    monkeypatch.setattr(
+        process, "holds", SimpleNamespace(take=holds.take, release=lambda book, command: None)
+    )
+
+
+def resend_in_doubt_work_from_the_reconciler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconciler puts IN_DOUBT commands back on the queue to be sent again."""
+    original = Reconciler._resolve
+
+    def resolve(self: Reconciler, command) -> str:  # type: ignore[no-untyped-def]
+        if command.status != CommandStatus.IN_DOUBT:
+            return original(self, command)
+        again = self.book.transition(
+            command.command_id,
+            Transition(
+                expected=CommandStatus.IN_DOUBT,
+                target=CommandStatus.ACCEPTED,
+                now=self.clock(),
+                step=command.step,
+            ),
+        )
+        with contextlib.suppress(DependencyDown):  # the outbox re-drives it
+            self.queue.send(again)
+        return "resent"
+
+    monkeypatch.setattr(Reconciler, "_resolve", resolve)
+
+
+BUGS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], set[str]]] = {
+    "the SENDING guard skipped": (skip_the_sending_guard, {"I1"}),
+    "a resend after a timeout": (resend_after_a_timeout, {"I1"}),
+    "a reservation not released on rejection": (keep_the_reservation_on_rejection, {"I5"}),
+    "a reconciler that re-sends IN_DOUBT work": (resend_in_doubt_work_from_the_reconciler, {"I1"}),
+}
+
+
+@pytest.mark.parametrize("bug", list(BUGS))
+def test_the_simulation_reports_a_planted_bug_within_the_ci_seeds(
+    bug: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant, rules = BUGS[bug]
+    plant(monkeypatch)
+    for seed in range(CI_SEEDS):
+        for queries in (False, True):
+            result = run(seed, queries, STEPS)
+            if any(v.rule in rules for v in result.violations):
+                print(f"{bug}: found by {result.replay}\n{result.report()}")
+                return
+    pytest.fail(f"{bug}: no seed of {CI_SEEDS} reported a violation of {sorted(rules)}")
