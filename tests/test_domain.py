@@ -4,7 +4,7 @@ ownership, reservations and the effect of every committed command on a certifica
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -700,9 +700,3 @@ def test_iter_reserved_lists_the_held_slices_of_each_certificate():
     assert [(c.certificate_id, s.reserved_by) for c, s in domain.iter_reserved([cert, held])] == [
         (cert.certificate_id, "cmd-1")
     ]
-
-
-def test_now_is_never_read_from_a_clock_by_the_domain():
-    # Two certificates built at different wall-clock moments are equal: time comes from callers.
-    assert issuing_certificate() == issuing_certificate()
-    assert issuing_certificate().created_at == datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
