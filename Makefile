@@ -8,10 +8,13 @@ PYTEST_ARGS ?=
 
 .PHONY: install run test demo lint format clean proto
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The last step installs the `certs` client (certs_cli, editable) as $(BIN)/certs, building it
+# with the venv's own setuptools so that no download is needed.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
