@@ -159,6 +159,9 @@ class Slice(BaseModel):
     # How the registry knows this slice (its commitment's hash with real crypto). A transfer
     # gives the receiver a new slice in our book but the same slice in the registry.
     registry_ref: str | None = None
+    # With real registry crypto: the slice's quantity, blinding and key path, sealed
+    # (chalicelib/registry/secrets.py), so that a read of the book does not reveal them.
+    secret: str | None = None
 
     @property
     def ref(self) -> str:
@@ -322,6 +325,16 @@ class SliceRef(BaseModel):
     slice_id: str
 
 
+class SliceSeal(BaseModel):
+    """A slice a command creates, as its transactions name it in the registry, with its sealed
+    secret: produced when the transactions are built, moved onto the slice when it commits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    registry_ref: str
+    secret: str
+
+
 class IssueSpec(BaseModel):
     """What an issuer asks to issue, already validated."""
 
@@ -359,6 +372,8 @@ class Command(BaseModel):
     # progress through the registry
     step: int = 0  # index of the transaction to send next (or being sent)
     transactions: tuple[str, ...] = ()  # built and signed once, before the first send
+    # slice id -> its seal (proto transactions only); None until built, like `transactions`
+    sealed_slices: dict[str, SliceSeal] | None = None
     lease_until: datetime | None = None
     attempts: int = 0
     error: str | None = None
@@ -524,6 +539,22 @@ def apply_claim_cut(cert: Certificate, command: Command, ref: SliceRef) -> Certi
     ):
         slices[slice_id] = Slice(slice_id=slice_id, owner=source.owner, quantity_wh=quantity)
     return cert.model_copy(update={"slices": slices})
+
+
+def attach_seals(cert: Certificate, command: Command) -> Certificate:
+    """Give the slices a committed command created their registry names and sealed secrets
+    (real registry crypto only; a command built without them changes nothing). Idempotent."""
+    slices = dict(cert.slices)
+    for slice_id, seal in (command.sealed_slices or {}).items():
+        found = slices.get(slice_id)
+        if found is not None and (found.registry_ref, found.secret) != (
+            seal.registry_ref,
+            seal.secret,
+        ):
+            slices[slice_id] = found.model_copy(
+                update={"registry_ref": seal.registry_ref, "secret": seal.secret}
+            )
+    return cert if slices == cert.slices else cert.model_copy(update={"slices": slices})
 
 
 def apply_withdraw(cert: Certificate, command: Command) -> Certificate:

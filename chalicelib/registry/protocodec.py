@@ -267,3 +267,33 @@ def _quantities(
             for ref in unknown[1:]:
                 quantities[ref] = 0
     return quantities
+
+
+class BookSliceDirectory:
+    """The slices the book holds for a certificate, their secrets opened with `box`.
+    `book` needs only get_certificate (chalicelib.ports.Book)."""
+
+    def __init__(self, book, box) -> None:
+        self._book = book
+        self._box = box
+
+    def known_slices(self, certificate_id: str) -> Iterable[KnownSlice]:
+        from chalicelib.registry.secrets import SecretUnreadable, open_slice
+
+        cert = self._book.get_certificate(certificate_id)
+        if cert is None:
+            return []
+        known = []
+        for s in cert.slices.values():
+            if s.secret is None or s.registry_ref is None:
+                continue
+            try:
+                secret = open_slice(self._box, certificate_id, s.slice_id, s.secret)
+            except SecretUnreadable:
+                continue  # reads as a slice we know nothing about: drift, reported as such
+            known.append(
+                KnownSlice(
+                    s.registry_ref, s.owner, secret.quantity, secret.blinding, secret.owner_key
+                )
+            )
+        return known

@@ -200,7 +200,13 @@ class Worker:
             certificates = {
                 c.certificate_id: c for c in self.book.get_certificates(command.certificate_ids())
             }
-            changes["transactions"] = self.builder.build(command, certificates).transactions
+            try:
+                built = self.builder.build(command, certificates)
+            except DomainError as refused:  # e.g. a slice without the secrets to spend it
+                return self._reject(command, refused.detail)
+            changes["transactions"] = built.transactions
+            if built.sealed_slices:
+                changes["sealed_slices"] = dict(built.sealed_slices)
         try:
             return self._move(command, CommandStatus.ACCEPTED, CommandStatus.SENDING, changes)
         except StaleCommand:
@@ -425,6 +431,14 @@ def apply_outcome(book: Book, command: Command) -> None:
             book.update_certificate(
                 command.certificate_id, lambda c: domain.apply_withdraw(c, command)
             )
+    attach_seals(book, command)
+
+
+def attach_seals(book: Book, command: Command) -> None:
+    """The new slices' registry names and sealed secrets, from the command onto the slices."""
+    if command.sealed_slices:
+        for certificate_id in command.certificate_ids():
+            book.update_certificate(certificate_id, lambda c: domain.attach_seals(c, command))
 
 
 def apply_partial(book: Book, command: Command) -> None:
@@ -441,6 +455,7 @@ def apply_partial(book: Book, command: Command) -> None:
             book.update_certificate(
                 ref.certificate_id, lambda c, ref=ref: domain.apply_claim_cut(c, command, ref)
             )
+    attach_seals(book, command)
 
 
 def _claim_cuts(book: Book, command: Command) -> list[domain.SliceRef]:
