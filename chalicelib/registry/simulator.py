@@ -163,6 +163,7 @@ class RegistrySimulator:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         signatures: SignatureCheck | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._config = config or SimulatorConfig()
         if clock is None:
@@ -178,6 +179,10 @@ class RegistrySimulator:
         self._lock = threading.RLock()
         self._available = True
         self._rules = _Rules(signatures or SignerIds())
+        # What the registry verifies and holds: the plain envelope's rules by default, or the
+        # real wire format's verifier (registry/verifier.py). The drift helpers below
+        # (set_owner, split_slice, withdraw) speak the plain envelope only.
+        self._ledger: Ledger = ledger or _PlainLedger(self._rules)
         self._log: list[LogEntry] = []
         self._first: dict[str, LogEntry] = {}  # the first receipt of each id
         self._corrupted: dict[str, float] = {}  # id -> when a duplicate turned it FAILED
@@ -302,8 +307,7 @@ class RegistrySimulator:
         """The certificate's state as the registry holds it now, or None if it does not exist.
         Unlike `stream`, this includes transactions that have not settled yet."""
         with self._lock:
-            cert = self._rules.certificates.get(certificate_id)
-            return None if cert is None else cert.to_plain()
+            return self._ledger.snapshot(certificate_id)
 
     def log(self) -> list[LogEntry]:
         with self._lock:
@@ -347,14 +351,13 @@ class RegistrySimulator:
             return entry
         stream_id = payload_type = None
         try:
-            tx = Transaction.parse(data)
-            stream_id, payload_type = tx.header.stream_id, tx.header.payload_type
-            self._rules.apply(tx)
+            stream_id, payload_type, tx = self._ledger.parse(data)
+            self._ledger.apply(tx)
         except MalformedTransaction as exc:
             verdict, message = TransactionStatus.FAILED, f"malformed: {exc}"
         except _Malformed as exc:
             verdict, message = TransactionStatus.FAILED, f"malformed: {exc}"
-        except _Refused as exc:
+        except TransactionRefused as exc:
             verdict, message = TransactionStatus.FAILED, str(exc)
         else:
             verdict, message = TransactionStatus.COMMITTED, ""
@@ -438,7 +441,40 @@ class RegistrySimulator:
 # --- the rules of the registry, per stream ---------------------------------------------------
 
 
-class _Refused(Exception):
+class TransactionRefused(Exception):
+    """A well-formed transaction that the registry's verifier rejects; the message says why."""
+
+
+class Ledger(Protocol):
+    """The registry's verifier and state: parse a transaction (MalformedTransaction if it is
+    not one), then apply it (TransactionRefused, changing nothing, if the verifier says no)."""
+
+    def parse(self, data: bytes) -> tuple[str, str, Any]:
+        """(stream id, payload type, the parsed transaction for `apply`)."""
+        ...
+
+    def apply(self, parsed: Any) -> None: ...
+
+    def snapshot(self, certificate_id: str) -> dict[str, Any] | None: ...
+
+
+class _PlainLedger:
+    def __init__(self, rules: _Rules) -> None:
+        self._rules = rules
+
+    def parse(self, data: bytes) -> tuple[str, str, Any]:
+        tx = Transaction.parse(data)
+        return tx.header.stream_id, tx.header.payload_type, tx
+
+    def apply(self, parsed: Any) -> None:
+        self._rules.apply(parsed)
+
+    def snapshot(self, certificate_id: str) -> dict[str, Any] | None:
+        cert = self._rules.certificates.get(certificate_id)
+        return None if cert is None else cert.to_plain()
+
+
+class _Refused(TransactionRefused):
     """A well-formed transaction that the registry's verifier rejects."""
 
 
