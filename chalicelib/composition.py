@@ -6,6 +6,7 @@ fakes or with moto-backed clients instead.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,10 +20,14 @@ from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.adapters.sqs import SqsCommandQueue
 from chalicelib.api.auth import OidcVerifier, SharedSecretVerifier, TokenVerifier
 from chalicelib.ports import Book, Clock, CommandQueue
-from chalicelib.registry.builder import PlainTransactionBuilder
+from chalicelib.registry.builder import PlainTransactionBuilder, ProtoTransactionBuilder
+from chalicelib.registry.codec import PLAIN, TransactionCodec
+from chalicelib.registry.keys import IssuerKeys, SandboxOwnerKeys
 from chalicelib.registry.port import Registry
+from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
+from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox
 from chalicelib.settings import Settings
-from chalicelib.usecases.process import Worker
+from chalicelib.usecases.process import TransactionBuilder, Worker
 from chalicelib.usecases.reconcile import Reconciler
 
 
@@ -41,6 +46,8 @@ class Services:
     sleep: Callable[[float], None] = time.sleep
     # name -> a call that raises when that dependency is unhealthy
     health_checks: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    # Seals slice secrets (proto transactions); built once per cold start, from settings if unset.
+    secret_box: SecretBox | None = None
 
 
 def worker(services: Services) -> Worker:
@@ -50,7 +57,7 @@ def worker(services: Services) -> Worker:
     return Worker(
         book=services.book,
         registry=services.registry,
-        builder=PlainTransactionBuilder(settings.registry_name),
+        builder=builder_for(services),
         clock=services.clock,
         sleep=services.sleep,
         lease_s=settings.lease_s,
@@ -71,7 +78,51 @@ def reconciler(services: Services) -> Reconciler:
         redrive_after_s=settings.redrive_after_s,
         expiry_days=settings.certificate_expiry_days,
         lease_s=settings.lambda_timeout_s * 2,
+        codec=codec_for(services),
     )
+
+
+# --- the registry's transactions: plain envelope, or the real wire format -----------------------
+
+
+def uses_proto(settings: Settings) -> bool:
+    return settings.registry == "grpc" or settings.registry_transactions == "proto"
+
+
+def issuer_keys_for(settings: Settings) -> IssuerKeys:
+    if settings.registry_issuer_keys is not None:
+        return IssuerKeys.from_json(settings.registry_issuer_keys.get_secret_value())
+    return IssuerKeys.sandbox(settings.registry_sandbox_secret.get_secret_value().encode())
+
+
+def secret_box_for(services: Services) -> SecretBox:
+    if services.secret_box is None:
+        settings = services.settings
+        if settings.secrets_kms_key_id:
+            kms = boto3.Session().client("kms", config=aws_config(settings))
+            services.secret_box = KmsSecretBox(kms, settings.secrets_kms_key_id)
+        else:
+            key = base64.b64decode(settings.secrets_key.get_secret_value())
+            services.secret_box = LocalSecretBox(key)
+    return services.secret_box
+
+
+def builder_for(services: Services) -> TransactionBuilder:
+    settings = services.settings
+    if not uses_proto(settings):
+        return PlainTransactionBuilder(settings.registry_name)
+    return ProtoTransactionBuilder(
+        settings.registry_name,
+        issuer_keys_for(settings),
+        SandboxOwnerKeys(settings.registry_sandbox_secret.get_secret_value().encode()),
+        secret_box_for(services),
+    )
+
+
+def codec_for(services: Services) -> TransactionCodec:
+    if not uses_proto(services.settings):
+        return PLAIN
+    return ProtoCodec(BookSliceDirectory(services.book, secret_box_for(services)))
 
 
 def aws_config(settings: Settings) -> Config:
@@ -92,6 +143,17 @@ def verifier_for(settings: Settings) -> TokenVerifier:
 
 
 def registry_for(settings: Settings) -> Registry:
+    if settings.registry == "grpc":
+        from chalicelib.registry.grpc_client import GrpcRegistry
+
+        assert settings.registry_grpc_target
+        return GrpcRegistry(
+            settings.registry_grpc_target,
+            tls=settings.registry_grpc_tls,
+            timeout_s=settings.registry_timeout_s,
+            connect_timeout_s=settings.registry_connect_timeout_s,
+            max_batch=settings.registry_batch_size,
+        )
     if settings.registry == "http":
         from chalicelib.registry.http_client import HttpRegistry
 
@@ -101,8 +163,14 @@ def registry_for(settings: Settings) -> Registry:
         )
     from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
 
+    ledger = None
+    if uses_proto(settings):
+        from chalicelib.registry.verifier import ProtoLedger
+
+        ledger = ProtoLedger(issuer_keys_for(settings).public_keys)
     return RegistrySimulator(
-        SimulatorConfig(seed=settings.registry_seed, queries=settings.registry_queries)
+        SimulatorConfig(seed=settings.registry_seed, queries=settings.registry_queries),
+        ledger=ledger,
     )
 
 
@@ -119,6 +187,11 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
         registry=registry_for(settings),
+        secret_box=(
+            KmsSecretBox(session.client("kms", config=config), settings.secrets_kms_key_id)
+            if settings.secrets_kms_key_id
+            else None
+        ),
         health_checks={
             "dynamodb": lambda: dynamodb.describe_table(TableName=settings.table_name),
             "sqs": lambda: sqs.get_queue_attributes(

@@ -13,6 +13,9 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_JWT_SECRET = "certificates-domain-local-development-secret"
+# Local development only: derive sandbox issuer and owner keys, and seal slice secrets.
+DEVELOPMENT_SANDBOX_SECRET = "certificates-domain-local-development-sandbox-keys"
+DEVELOPMENT_SECRETS_KEY = "Y2VydGlmaWNhdGVzLWRvbWFpbi1sb2NhbC1zZWFscyE="  # 32 bytes, base64
 
 
 class Settings(BaseSettings):
@@ -33,8 +36,25 @@ class Settings(BaseSettings):
     oidc_jwks_url: str | None = None  # defaults to {issuer}/.well-known/jwks.json
 
     # the registry
-    registry: Literal["simulator", "http"] = "simulator"
+    # simulator: in-process; http: the simulator served by devstack/registry_server.py; grpc: a
+    # real Project Origin registry (or devstack/registry_grpc.py) at registry_grpc_target.
+    registry: Literal["simulator", "http", "grpc"] = "simulator"
     registry_url: str | None = None
+    # plain: the JSON envelope (simulator and http); proto: the registry's wire format with
+    # real proofs and signatures, which the simulator then verifies. grpc is always proto.
+    registry_transactions: Literal["plain", "proto"] = "plain"
+    registry_grpc_target: str | None = None  # host:port
+    registry_grpc_tls: bool = True
+    registry_connect_timeout_s: float = 2.0
+    # {"DK1": "<base64 Ed25519 private key>", ...}: the issuers' keys per grid area. Unset, the
+    # keys are derived from registry_sandbox_secret (a simulator or a sandbox registry only).
+    registry_issuer_keys: SecretStr | None = None
+    # Root of the sandbox keys: issuers' (when registry_issuer_keys is unset) and owners'.
+    registry_sandbox_secret: SecretStr = SecretStr(DEVELOPMENT_SANDBOX_SECRET)
+    # Slice secrets (quantity, blinding, key path) are sealed with AES-256-GCM: under a KMS key
+    # on AWS (secrets_kms_key_id), else under this base64 32-byte key.
+    secrets_key: SecretStr = SecretStr(DEVELOPMENT_SECRETS_KEY)
+    secrets_kms_key_id: str | None = None
     registry_name: str = "certificates-registry"
     registry_queries: bool = True
     registry_timeout_s: float = 10.0
@@ -58,4 +78,9 @@ class Settings(BaseSettings):
             raise ValueError("auth=oidc needs CERTS_OIDC_ISSUER and CERTS_OIDC_AUDIENCE")
         if self.registry == "http" and not self.registry_url:
             raise ValueError("registry=http needs CERTS_REGISTRY_URL")
+        if self.registry == "grpc" and not self.registry_grpc_target:
+            raise ValueError("registry=grpc needs CERTS_REGISTRY_GRPC_TARGET")
+        if self.registry == "grpc" and self.stage != "local" and not self.registry_issuer_keys:
+            # Outside local, an issuer signs with its grid area's real key, never a derived one.
+            raise ValueError("registry=grpc outside stage local needs CERTS_REGISTRY_ISSUER_KEYS")
         return self
