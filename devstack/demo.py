@@ -32,8 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chalicelib.api.auth import mint_token
-from chalicelib.registry.envelope import Transaction
-from chalicelib.registry.stream import fold
+from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.settings import DEVELOPMENT_JWT_SECRET
 
 DAY = datetime(2026, 6, 1, tzinfo=UTC)
@@ -349,7 +348,9 @@ class Market:
             self.resolutions[f"by an operator, {outcome}"] += 1
 
 
-def check_invariants(market: Market, views: dict[str, dict[str, Any]]) -> dict[str, str]:
+def check_invariants(
+    market: Market, views: dict[str, dict[str, Any]], codec: TransactionCodec = PLAIN
+) -> dict[str, str]:
     issuer = market.token("issuer-dk", "issuer")
     _, log = market.registry.call("GET", "/v1/log")
     results: dict[str, str] = {}
@@ -395,10 +396,10 @@ def check_invariants(market: Market, views: dict[str, dict[str, Any]]) -> dict[s
     for entry in log["entries"]:
         if entry["verdict"] == "COMMITTED":
             data = base64.b64decode(entry["transaction"])
-            streams[Transaction.parse(data).header.stream_id].append(data)
+            streams[codec.stream_id(data)].append(data)
     drift = []
     for certificate_id, cert in book.items():
-        truth = fold(certificate_id, streams.get(certificate_id, []))
+        truth = codec.fold(certificate_id, streams.get(certificate_id, []))
         mine = sorted(
             (s["owner"], s["quantity_wh"], s["state"] == "claimed")
             for s in cert["slices"]
