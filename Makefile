@@ -42,6 +42,13 @@ STEPS ?= 100
 soak: $(STAMP)
 	$(BIN)/python -m tests.simulation --seeds $(SEEDS) --start $(START) --steps $(STEPS)
 
+## Benchmarks and the cost model (bench/README.md): calls and capacity per command, USD per
+## million, the worker at scale in virtual time, the embedded stack's throughput, a profile.
+## Writes bench/results/ and the table in bench/README.md. BENCH_ARGS="--only calls,cost".
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,415 @@
+"""Run every benchmark of issue 8 and write the results table (`make bench`).
+
+    .venv/bin/python -m bench                      # everything; updates bench/README.md
+    .venv/bin/python -m bench --only calls,cost    # some sections
+    .venv/bin/python -m bench --quick --out /tmp/b --no-readme   # tiny sizes (smoke)
+
+Sections: calls (AWS calls and capacity per command), profile (where the time goes), cost
+(USD per million, from calls and profile), scale (the worker in virtual time), throughput
+(the embedded stack over HTTP). Each writes bench/results/<section>.json; the tables go to
+bench/results/RESULTS.md and, between the markers, into bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import calls, cost, profile, scale, throughput
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("calls", "profile", "cost", "scale", "throughput")
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# The issue's targets.
+MAX_CALLS_SINGLE = 6
+MAX_WCU_SINGLE = 8
+MAX_CALLS_PER_BATCHED = 1.5
+MAX_USD_SINGLE = 10.0
+MAX_USD_BATCHED = 2.0
+MIN_COMMANDS_PER_S = 50.0
+MIN_SIZE_RATIO = 0.8
+MIN_BOUND_RATIO = 0.95
+TARGET_SCENARIOS = ("registry-bound", "worker-bound", "balanced", "queries-mode")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "chalicelib", "app.py", "devstack", "infra"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return head + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(target, measured, verdict text, met) rows for what was run."""
+    rows: list[tuple[str, str, str, bool]] = []
+    if "calls" in results:
+        for mode, data in results["calls"]["modes"].items():
+            kinds = data["kinds"]
+            singles = {k: v for k, v in kinds.items() if k != "batch_issue"}
+            if singles:
+                worst_calls = max(singles.items(), key=lambda kv: kv[1]["total"]["aws_calls"])
+                worst_wcu = max(singles.items(), key=lambda kv: kv[1]["total"]["wcu"])
+                best = min(singles.items(), key=lambda kv: kv[1]["total"]["aws_calls"])
+                calls_ok = worst_calls[1]["total"]["aws_calls"] <= MAX_CALLS_SINGLE
+                wcu_ok = worst_wcu[1]["total"]["wcu"] <= MAX_WCU_SINGLE
+                rows.append(
+                    (
+                        f"≤ {MAX_CALLS_SINGLE} AWS calls per single command ({mode})",
+                        f"{best[1]['total']['aws_calls']:.1f} ({best[0]}) to "
+                        f"{worst_calls[1]['total']['aws_calls']:.1f} ({worst_calls[0]})",
+                        _verdict(worst_calls[1]["total"]["aws_calls"], MAX_CALLS_SINGLE, False),
+                        calls_ok,
+                    )
+                )
+                rows.append(
+                    (
+                        f"≤ {MAX_WCU_SINGLE} WCU per single command ({mode})",
+                        f"up to {worst_wcu[1]['total']['wcu']:.0f} ({worst_wcu[0]}); issue "
+                        f"{singles.get('issue', worst_wcu[1])['total']['wcu']:.0f}",
+                        _verdict(worst_wcu[1]["total"]["wcu"], MAX_WCU_SINGLE, False),
+                        wcu_ok,
+                    )
+                )
+            if "batch_issue" in kinds:
+                value = kinds["batch_issue"]["total"]["aws_calls"]
+                rows.append(
+                    (
+                        f"≤ {MAX_CALLS_PER_BATCHED} AWS calls per batch-issued certificate "
+                        f"({mode})",
+                        f"{value:.2f} (+ {kinds['batch_issue']['esm']['aws_calls']:.2f} by the "
+                        "event source mapping)",
+                        _verdict(value, MAX_CALLS_PER_BATCHED, False),
+                        value <= MAX_CALLS_PER_BATCHED,
+                    )
+                )
+    if "cost" in results:
+        for mode, kinds in results["cost"]["modes"].items():
+            singles = {k: v for k, v in kinds.items() if k != "batch_issue"}
+            if singles:
+                worst = max(singles.items(), key=lambda kv: kv[1]["usd_per_million"]["total_rest"])
+                value = worst[1]["usd_per_million"]["total_rest"]
+                issue = singles.get("issue", worst[1])["usd_per_million"]["total_rest"]
+                rows.append(
+                    (
+                        f"< {MAX_USD_SINGLE:g} USD per million single commands ({mode}, REST API)",
+                        f"issue {issue:.2f}; up to {value:.2f} ({worst[0]})",
+                        _verdict(value, MAX_USD_SINGLE, False),
+                        value < MAX_USD_SINGLE,
+                    )
+                )
+            if "batch_issue" in kinds:
+                value = kinds["batch_issue"]["usd_per_million"]["total_rest"]
+                rows.append(
+                    (
+                        f"< {MAX_USD_BATCHED:g} USD per million batch-issued certificates ({mode})",
+                        f"{value:.2f}",
+                        _verdict(value, MAX_USD_BATCHED, False),
+                        value < MAX_USD_BATCHED,
+                    )
+                )
+    if "throughput" in results:
+        tp = results["throughput"]
+        for entry in tp["sizes"]:
+            for run in entry["runs"]:
+                value = run["commands_per_s"]
+                rows.append(
+                    (
+                        f"≥ {MIN_COMMANDS_PER_S:g} commands/s, {run['workload']}, "
+                        f"{entry['certificates']:,} certificates",
+                        f"{value:.1f} measured (load {run['load_average']:.1f}); "
+                        f"CPU allows {run['cpu_bound_cmd_s']:.0f} on an idle machine",
+                        _verdict(value, MIN_COMMANDS_PER_S, True),
+                        value >= MIN_COMMANDS_PER_S,
+                    )
+                )
+        for workload, ratio in tp.get("ratio_last_to_first", {}).items():
+            sizes = tp["sizes"]
+            rows.append(
+                (
+                    f"{sizes[-1]['certificates']:,} / {sizes[0]['certificates']:,} "
+                    f"certificates ≥ {MIN_SIZE_RATIO:g}, {workload}",
+                    f"{ratio:.2f}",
+                    _verdict(ratio, MIN_SIZE_RATIO, True),
+                    ratio >= MIN_SIZE_RATIO,
+                )
+            )
+    if "scale" in results:
+        for r in results["scale"]["scenarios"]:
+            name = r["scenario"]["name"]
+            if name not in TARGET_SCENARIOS:
+                continue
+            ratio = r["ratio_to_bound"]
+            ok = ratio >= MIN_BOUND_RATIO and r["duplicates"] == 0 and r["all_committed"]
+            rows.append(
+                (
+                    f"≥ 95 % of min(C, W/L), none sent twice: {name}",
+                    f"{ratio:.0%} ({r['saturation']['throughput_per_s']:.0f} of "
+                    f"{r['bound_per_s']:.0f}/s), {r['duplicates']} sent twice",
+                    "met" if ok else _verdict(ratio, MIN_BOUND_RATIO, True),
+                    ok,
+                )
+            )
+        if "danish" in results["scale"]:
+            r = next(x for x in results["scale"]["scenarios"] if x["scenario"]["name"] == "danish")
+            offered = r["steady"]["offered_per_s"]
+            got = r["steady"]["throughput_per_s"]
+            ok = got >= MIN_BOUND_RATIO * offered and r["duplicates"] == 0
+            rows.append(
+                (
+                    "Danish case sustained (4,000/s at the simulated scale), none sent twice",
+                    f"{got:.0f} of {offered:.0f}/s offered, p99 {r['steady']['latency_p99_s']:.1f} "
+                    f"s, {r['duplicates']} sent twice",
+                    "met" if ok else _verdict(got, MIN_BOUND_RATIO * offered, True),
+                    ok,
+                )
+            )
+    return rows
+
+
+def _verdict(value: float, target: float, higher_is_better: bool) -> str:
+    if (value >= target) if higher_is_better else (value <= target):
+        return "met"
+    factor = target / value if higher_is_better else value / target
+    return f"NOT met: {factor:.1f}x off"
+
+
+def targets_table(results: dict[str, Any]) -> str:
+    lines = ["| target | measured | verdict |", "|---|---|---|"]
+    for target, measured, verdict, _ok in targets(results):
+        lines.append(
+            f"| {target} | {measured} | {'**' + verdict + '**' if verdict != 'met' else verdict} |"
+        )
+    return "\n".join(lines)
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    parts = [
+        f"Run {meta['finished']} on {meta['machine']}, code at {meta['commit']}, "
+        f"{meta['minutes']:.1f} minutes, load average {meta['load_before']:.1f} at the start "
+        f"(sections: {', '.join(meta['sections'])}{'; quick sizes' if meta['quick'] else ''}).",
+        "",
+        "### Targets",
+        "",
+        targets_table(results),
+    ]
+    if "calls" in results:
+        parts += [
+            "",
+            "### 1. AWS calls and capacity per command, accept to COMMITTED",
+            "",
+            "Our code's calls: accept (API) + worker + the reconciler's share per command. "
+            "ESM: the event source mapping's ReceiveMessage and DeleteMessageBatch per command "
+            "as measured here (one command at a time; under load 0.2). WCU and RCU computed by "
+            "DynamoDB's rules from the requests and the stored items (bench/capacity.py).",
+            "",
+            calls.table(results["calls"]),
+            "",
+            "Where they go (registry with queries, as the real registry behaves):",
+            "",
+            calls.breakdown(results["calls"]),
+        ]
+    if "cost" in results:
+        c = results["cost"]
+        a = c["assumptions"]
+        cpu = ", ".join(f"{k} {v:.1f} ms" for k, v in c["cpu_ms_per_command"].items())
+        parts += [
+            "",
+            f"### 2. USD per million commands ({c['region']} list prices of {c['prices_as_of']})",
+            "",
+            f"Lambda memory {c['memory_mb']} MB (.chalice/config.json, prod); our CPU per "
+            f"command without moto {cpu} (x{a['cpu_scale']} on Lambda); DynamoDB call "
+            f"{a['dynamodb_call_ms']:g} ms, SQS call {a['sqs_call_ms']:g} ms; registry send "
+            f"{a['registry_send_s']:g} s, commit wait {a['commit_wait_s']:g} s (query mode), "
+            f"status {a['registry_query_s']:g} s; {a['batch_fill']} messages per worker "
+            "invocation. The reconciler's fixed cost (lease, listing, expiry sweep) is "
+            f"{c['reconciler_fixed']['usd_per_month']:.2f} USD a month on top.",
+            "",
+            cost.table(c),
+            "",
+            "What would change it:",
+            "",
+            cost.sensitivity_table(c),
+        ]
+    if "throughput" in results:
+        tp = results["throughput"]
+        parts += [
+            "",
+            "### 3. Embedded stack throughput (real HTTP, accept to COMMITTED)",
+            "",
+            f"`devstack.stack.Stack`, {tp['workers']} queue pollers, {tp['clients']} client "
+            f"connections from a separate process, {tp['commands']} commands per workload, "
+            f"{tp['registry']}. Book seeded with {tp['items_per_certificate']} items per "
+            "certificate. CPU ms per command from /proc for this process (API, workers, "
+            "registry) and each moto server; the idle-machine bound is what those allow on "
+            "2 cores (one core per process at most).",
+            "",
+            throughput.table(tp),
+            "",
+            "Book growth and the reconciler (timed apart, after each size's workloads): "
+            + "; ".join(
+                f"{e['certificates']:,}: seeded in {e['seed_seconds']:.0f} s, "
+                f"a reconciler pass {e['reconcile_pass_s']:.1f} s"
+                for e in tp["sizes"]
+            )
+            + f". Transactions sent twice: {tp.get('registry_duplicates', '?')}.",
+        ]
+    if "scale" in results:
+        sc = results["scale"]
+        parts += [
+            "",
+            "### 4. Scale in virtual time (the real worker, registry of capacity C, latency L)",
+            "",
+            "Throughput is measured at saturation (arrivals at 1.25x the batched bound); "
+            "p50/p99 accept to COMMITTED at 70 % of it (the Danish row: at 4,000 x scale). "
+            "DynamoDB calls 5 ms, SQS receives 10 ms, status queries 50 ms.",
+            "",
+            scale.table(sc),
+        ]
+        if "danish" in sc:
+            d = sc["danish"]
+            parts += [
+                "",
+                f"Danish case, simulated at scale {sc['danish_scale']:g} and scaled up: "
+                f"{d['registry_instances']} registry instances; mean worker concurrency "
+                f"{d['mean_concurrency_simulated']:.0f} at {4000 * sc['danish_scale']:.0f}/s, "
+                f"so about {d['worker_concurrency_at_4000']:,} concurrent worker Lambdas at "
+                f"4,000/s; p50/p99 {d['latency_p50_s']:.1f}/{d['latency_p99_s']:.1f} s; "
+                f"{d['mean_transactions_per_send']:.1f} transactions per registry call.",
+            ]
+    if "profile" in results:
+        pr = results["profile"]
+        parts += [
+            "",
+            "### 5. Where the time goes (in-process, pyinstrument)",
+            "",
+            f"{pr['commands']} commands (issues and whole transfers, queries mode). CPU "
+            "without the profiler:",
+            "",
+            profile.cpu_table(pr),
+            "",
+            "With the profiler (its overhead inflates moto, which makes the most calls):",
+            "",
+            profile.table(pr),
+            "",
+            profile.hot_functions(pr),
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def update_readme(text: str, readme: Path = HERE / "README.md") -> None:
+    content = readme.read_text()
+    if START not in content or END not in content:
+        raise SystemExit(f"{readme} lacks the {START} ... {END} markers")
+    head, rest = content.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{text}{END}{tail}")
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    parser.add_argument("--sizes", default=None, help="book sizes for throughput")
+    args = parser.parse_args(argv)
+    sections = [s for s in SECTIONS if s in args.only.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    meta = {
+        "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
+        "commit": _commit(),
+        "load_before": float(Path("/proc/loadavg").read_text().split()[0]),
+        "quick": args.quick,
+        "sections": sections,
+    }
+    results: dict[str, Any] = {}
+    for section in sections:
+        t0 = time.monotonic()
+        log(f"{section} ...")
+        results[section] = _run(section, args, results)
+        data = dict(results[section])
+        if section == "profile":
+            (args.out / "profile.txt").write_text(data.pop("text", ""))
+            results[section] = data
+        (args.out / f"{section}.json").write_text(
+            json.dumps(data, indent=1, sort_keys=True, default=str)
+        )
+        log(f"{section} done in {time.monotonic() - t0:.0f} s")
+    meta["minutes"] = (time.monotonic() - started) / 60
+    meta["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = report(results, meta)
+    (args.out / "RESULTS.md").write_text(text)
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=1))
+    if not args.no_readme:
+        update_readme(text)
+    print(targets_table(results))
+    log(f"all done in {meta['minutes']:.1f} minutes; tables in {args.out / 'RESULTS.md'}")
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def _run(section: str, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    quick = args.quick
+    if section == "calls":
+        return calls.run(reps=1 if quick else 5, batch=3 if quick else 100, log=log)
+    if section == "profile":
+        return profile.run(commands=3 if quick else 60, log=log)
+    if section == "cost":
+        data = results.get("calls")
+        if data is None:
+            data = json.loads((args.out / "calls.json").read_text())
+        prof = results.get("profile")
+        if prof is None and (args.out / "profile.json").exists():
+            prof = json.loads((args.out / "profile.json").read_text())
+        return cost.run(data, prof)
+    if section == "scale":
+        return scale.run(quick=quick, log=log)
+    if section == "throughput":
+        sizes = args.sizes or ("30,60" if quick else "1000,10000,100000")
+        return throughput.run(
+            sizes=tuple(int(s) for s in sizes.split(",")),
+            commands=5 if quick else 300,
+            clients=2 if quick else 8,
+            log=log,
+        )
+    raise ValueError(section)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The benchmarks of bench/ run, at tiny sizes, and what they report holds together.
+
+No timing thresholds: only facts and ratios measured within one run (a batch-issued
+certificate costs no more calls than a single issue; nothing is sent to the registry twice;
+throughput never beats the registry's capacity).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import __main__ as bench_main
+from bench import calls, capacity, cost, profile, scale, throughput
+
+pytestmark = pytest.mark.moto
+
+
+def test_item_sizes_follow_dynamodb_rules() -> None:
+    assert capacity.item_size({"ab": {"S": "xyz"}}) == 5
+    assert capacity.value_size({"N": "12345"}) == 4  # 5 significant digits: 3 + 1
+    assert capacity.value_size({"M": {"k": {"S": "v"}}}) == 3 + 1 + 1 + 1
+    assert capacity.value_size({"L": [{"BOOL": True}, {"NULL": True}]}) == 3 + 2 + 2
+    assert capacity.write_units(1024) == 1 and capacity.write_units(1025) == 2
+    assert capacity.read_units(4097, consistent=False) == 1.0
+    index = capacity.Index("i", ("k",), "KEYS_ONLY")
+    keys = ("pk", "sk")
+    base = {"pk": {"S": "a"}, "sk": {"S": "b"}, "k": {"S": "1"}, "x": {"S": "y"}}
+    assert capacity.index_writes(index, None, base, keys) == [1]
+    assert capacity.index_writes(index, base, {**base, "x": {"S": "z"}}, keys) == []
+    assert capacity.index_writes(index, base, {**base, "k": {"S": "2"}}, keys) == [1, 1]
+    assert capacity.index_writes(index, base, {"pk": base["pk"], "sk": base["sk"]}, keys) == [1]
+
+
+def test_calls_cost_and_report_at_tiny_sizes() -> None:
+    kinds = ("issue", "batch_issue", "transfer_partial")
+    measured = {
+        "reps": 1,
+        "batch": 3,
+        "modes": {"queries": calls.measure_mode(True, reps=1, batch=3, kinds=kinds)},
+    }
+    data = measured["modes"]["queries"]
+    assert data["registry_duplicates"] == 0
+    issue, batch = data["kinds"]["issue"], data["kinds"]["batch_issue"]
+    for kind in data["kinds"].values():
+        assert kind["total"]["aws_calls"] > 0 and kind["total"]["wcu"] > 0
+        assert kind["registry"]["transactions"] >= 1
+    assert batch["total"]["aws_calls"] <= issue["total"]["aws_calls"]
+    assert batch["invocations"]["api"] < issue["invocations"]["api"]
+    assert data["kinds"]["transfer_partial"]["registry"]["transactions"] == 2
+
+    priced = cost.run(measured)
+    per_million = priced["modes"]["queries"]
+    assert all(c["usd_per_million"]["total_rest"] > 0 for c in per_million.values())
+    assert (
+        per_million["batch_issue"]["usd_per_million"]["api_gateway_rest"]
+        < per_million["issue"]["usd_per_million"]["api_gateway_rest"]
+    )
+    text = bench_main.report(
+        {"calls": measured, "cost": priced},
+        {
+            "finished": "now",
+            "machine": "test",
+            "commit": "test",
+            "minutes": 0.0,
+            "load_before": 0.0,
+            "sections": ["calls", "cost"],
+            "quick": True,
+        },
+    )
+    assert "### Targets" in text and "issue" in text
+    readme = (bench_main.HERE / "README.md").read_text()
+    assert bench_main.START in readme and bench_main.END in readme
+
+
+def test_profile_at_tiny_size() -> None:
+    result = profile.run(commands=2, log=lambda _m: None)
+    assert result["commands"] == 4
+    assert "ours" in result["share"] and "moto" in result["share"]
+    assert abs(sum(result["share"].values()) - 1) < 1e-6
+
+
+def test_scale_in_virtual_time() -> None:
+    registry_bound = scale.Scenario("tiny", capacity=50, latency=0.2, workers=5, seconds=2.0)
+    hot = scale.Scenario(
+        "tiny-hot", capacity=500, latency=0.2, workers=5, certificates=2, parts=4, seconds=2.0
+    )
+    for s in (registry_bound, hot):
+        result = scale.run_scenario(s, log=lambda _m: None)
+        assert result["duplicates"] == 0
+        assert result["all_committed"], result["statuses"]
+        # Never faster than the registry can take transactions.
+        assert result["saturation"]["throughput_per_s"] <= 1.05 * s.capacity
+
+
+def test_throughput_on_the_embedded_stack() -> None:
+    result = throughput.run(sizes=(15,), commands=3, clients=2, workers=1, log=lambda _m: None)
+    (entry,) = result["sizes"]
+    assert result["registry_duplicates"] == 0
+    for run in entry["runs"]:
+        assert run["statuses"] == {"COMMITTED": 3}, run
+        assert run["refused"] == 0
+        assert run["commands_per_s"] > 0
