@@ -69,6 +69,9 @@ class Transition:
     now: datetime
     step: int | None = None  # the step the command must be at, when it matters
     changes: dict[str, Any] = field(default_factory=dict)  # other fields of Command to set
+    # Fields of `changes` written only if the command has none yet: the transactions, built
+    # once and never replaced by a rebuild.
+    set_once: frozenset[str] = frozenset()
 
 
 class Book(Protocol):
@@ -131,9 +134,14 @@ class Book(Protocol):
         ...
 
     def update_certificate(
-        self, certificate_id: str, change: Callable[[Certificate], Certificate]
+        self,
+        certificate_id: str,
+        change: Callable[[Certificate], Certificate],
+        snapshot: Certificate | None = None,
     ) -> Certificate:
-        """Read-modify-write under an optimistic lock (retried on a concurrent write)."""
+        """Read-modify-write under an optimistic lock (retried on a concurrent write). With a
+        `snapshot` of the certificate, the book may write only what `change` changes in it, in
+        one conditional write on those parts, and read only if they moved meanwhile."""
         ...
 
     def holdings(self, query: HoldingQuery) -> Page[Certificate]:
@@ -152,9 +160,16 @@ class Book(Protocol):
 
 
 class CommandQueue(Protocol):
-    def send(self, command: Command, holds_taken: bool = True) -> None:
+    def send(
+        self,
+        command: Command,
+        holds_taken: bool = True,
+        certificates: dict[str, Certificate] | None = None,
+    ) -> None:
         """Queue the command on its certificate's FIFO group. DependencyDown on failure.
-        `holds_taken` False tells the worker to take the command's holds first (re-drive)."""
+        `holds_taken` False tells the worker to take the command's holds first (re-drive).
+        `certificates`, as the command's holds left them, let the worker build without
+        reading them again."""
         ...
 
 

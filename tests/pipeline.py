@@ -47,12 +47,24 @@ class FifoQueue:
         self.available = True
         self.sent = 0
 
-    def send(self, command: Command, holds_taken: bool = True) -> None:
+    def send(
+        self, command: Command, holds_taken: bool = True, certificates: dict | None = None
+    ) -> None:
+        """Like SqsCommandQueue: the message carries the command and the certificates as the
+        API left them, which the worker checks against the book in its first write."""
         if not self.available:
             raise DependencyDown("queue down")
         self.sent += 1
         self.pending.append(
-            Message(Delivery(command.command_id, command.certificate_id, holds_taken))
+            Message(
+                Delivery(
+                    command.command_id,
+                    command.certificate_id,
+                    holds_taken,
+                    command if holds_taken else None,
+                    certificates if holds_taken else None,
+                )
+            )
         )
 
     def receive(self, limit: int = 10) -> list[Message]:

@@ -193,6 +193,8 @@ class DynamoBook:
 
     def _command_item(self, command: Command) -> dict[str, Any]:
         values = command.model_dump(mode="json", exclude_none=True)
+        if not values.get("transactions"):
+            values.pop("transactions", None)  # absent until built: see Transition.set_once
         values.update(
             pk=f"CMD#{command.command_id}",
             sk="CMD",
@@ -239,7 +241,10 @@ class DynamoBook:
         sets = {**dumped, "status": change.target.value, "updated_at": change.now.isoformat()}
         names = {f"#f{i}": name for i, name in enumerate(sets)}
         values = {f":v{i}": value for i, value in enumerate(sets.values())}
-        expression = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(sets)))
+        expression = "SET " + ", ".join(
+            f"#f{i} = if_not_exists(#f{i}, :v{i})" if name in change.set_once else f"#f{i} = :v{i}"
+            for i, name in enumerate(sets)
+        )
         statuses = {f":s{i}": s.value for i, s in enumerate(expected)}
         condition = f"#status IN ({', '.join(statuses)})"
         names["#status"] = "status"
@@ -522,8 +527,15 @@ class DynamoBook:
         return _certificate_from(answer["Attributes"])
 
     def update_certificate(
-        self, certificate_id: str, change: Callable[[Certificate], Certificate]
+        self,
+        certificate_id: str,
+        change: Callable[[Certificate], Certificate],
+        snapshot: Certificate | None = None,
     ) -> Certificate:
+        if snapshot is not None:
+            patched = self._patch(snapshot, change(snapshot))
+            if patched is not None:
+                return patched
         for _ in range(_OPTIMISTIC_RETRIES):
             current = self.get_certificate(certificate_id)
             if current is None:
@@ -545,6 +557,94 @@ class DynamoBook:
             except ClientError:
                 continue  # someone wrote in between: read again and redo the change
         raise DependencyDown(f"certificate {certificate_id} is changing too often to update")
+
+    def _patch(self, before: Certificate, after: Certificate) -> Certificate | None:
+        """Write only what changed between `before` and `after`, in one conditional update
+        whose condition is that every part it touches is still as in `before`. Parts it does
+        not touch may have moved on (other slices, other commands): they are not overwritten.
+        None when the parts moved, or the change is too large for one expression: the caller
+        then reads and writes the whole item under the optimistic lock."""
+        if after == before:
+            return before
+        sets, removes, conditions = [], [], []
+        names: dict[str, str] = {"#slices": "slices", "#state": "state", "#owner": "owner"}
+        values: dict[str, Any] = {":one": 1}
+        for i, (slice_id, new) in enumerate(after.slices.items()):
+            old = before.slices.get(slice_id)
+            if old == new:
+                continue
+            names[f"#s{i}"] = slice_id
+            values[f":s{i}"] = new.model_dump(mode="json", exclude_none=True)
+            sets.append(f"#slices.#s{i} = :s{i}")
+            if old is None:
+                conditions.append(f"attribute_not_exists(#slices.#s{i})")
+                continue
+            values[f":ps{i}"] = old.state.value
+            values[f":po{i}"] = old.owner
+            conditions.append(f"#slices.#s{i}.#state = :ps{i} AND #slices.#s{i}.#owner = :po{i}")
+            if old.reserved_by is None:
+                conditions.append(f"attribute_not_exists(#slices.#s{i}.reserved_by)")
+            else:
+                values[f":pr{i}"] = old.reserved_by
+                conditions.append(f"#slices.#s{i}.reserved_by = :pr{i}")
+        if after.status != before.status:
+            names["#status"] = "status"
+            values[":st"], values[":pst"] = after.status.value, before.status.value
+            sets.append("#status = :st")
+            conditions.append("#status = :pst")
+            if after.status not in (CertificateStatus.ISSUING, CertificateStatus.ACTIVE):
+                removes.append("expiry_day")  # leaves the sparse expiry index
+        if after.withdrawal != before.withdrawal:
+            if after.withdrawal is None:
+                removes.append("withdrawal")
+            else:
+                values[":wd"] = after.withdrawal
+                sets.append("withdrawal = :wd")
+            if before.withdrawal is None:
+                conditions.append("attribute_not_exists(withdrawal)")
+            else:
+                values[":pwd"] = before.withdrawal
+                conditions.append("withdrawal = :pwd")
+        added = [c for c in after.applied if c not in before.applied]
+        if added:
+            values[":added"], values[":none"] = added, []
+            sets.append("applied = list_append(if_not_exists(applied, :none), :added)")
+            for j, command_id in enumerate(added):
+                values[f":a{j}"] = command_id
+                conditions.append(f"NOT contains(applied, :a{j})")
+        if (
+            after.model_copy(
+                update={
+                    "slices": before.slices,
+                    "status": before.status,
+                    "withdrawal": before.withdrawal,
+                    "applied": before.applied,
+                    "version": before.version,
+                }
+            )
+            != before
+        ):
+            return None  # a change of another field: not what patches are for
+        sets.append("version = version + :one")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        condition = " AND ".join(["attribute_exists(pk)", *conditions])
+        if len(expression) + len(condition) > 3500:  # DynamoDB caps expressions at 4 KB
+            return None
+        try:
+            answer = self._call(
+                "update_item",
+                Key=_cert_key(after.certificate_id),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames={
+                    k: v for k, v in names.items() if k in expression or k in condition
+                },
+                ExpressionAttributeValues=_to_item(values),
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError:
+            return None  # the parts moved meanwhile: read and decide again
+        return _certificate_from(answer["Attributes"])
 
     def expiring_certificates(self, day: date, limit: int) -> list[str]:
         answer = self._call(

@@ -73,9 +73,12 @@ def apply_transition(current: Command | None, change: Transition) -> Command:
         or (change.step is not None and current.step != change.step)
     ):
         raise StaleCommand(current)
-    return current.model_copy(
-        update={**change.changes, "status": change.target, "updated_at": change.now}
-    )
+    changes = {
+        k: v
+        for k, v in change.changes.items()
+        if k not in change.set_once or not getattr(current, k)
+    }
+    return current.model_copy(update={**changes, "status": change.target, "updated_at": change.now})
 
 
 class InMemoryBook:
@@ -234,8 +237,12 @@ class InMemoryBook:
             return reserved
 
     def update_certificate(
-        self, certificate_id: str, change: Callable[[Certificate], Certificate]
+        self,
+        certificate_id: str,
+        change: Callable[[Certificate], Certificate],
+        snapshot: Certificate | None = None,
     ) -> Certificate:
+        # One lock makes every change atomic here: the snapshot is not needed to save a read.
         with self._lock:
             cert = self.certificates.get(certificate_id)
             if cert is None:
@@ -299,7 +306,12 @@ class InMemoryQueue:
         self.holds_taken: list[bool] = []
         self.available = True
 
-    def send(self, command: Command, holds_taken: bool = True) -> None:
+    def send(
+        self,
+        command: Command,
+        holds_taken: bool = True,
+        certificates: dict[str, Certificate] | None = None,
+    ) -> None:
         if not self.available:
             raise DependencyDown("the command queue is unavailable")
         self.messages.append(command)

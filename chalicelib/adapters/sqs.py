@@ -10,36 +10,68 @@ the book is what stops a second send to the registry.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
-from chalicelib.domain import Command
+from chalicelib.domain import Certificate, Command
 from chalicelib.ports import DependencyDown
 from chalicelib.usecases.process import Delivery, Outcome, PoisonMessage
 
 
-def message_body(command: Command, holds_taken: bool = True) -> str:
-    return json.dumps(
-        {
-            "command_id": command.command_id,
-            "certificate_id": command.certificate_id,
-            "holds": holds_taken,
-        }
+def _trimmed(cert: Certificate, command: Command) -> Certificate:
+    """Only what the worker builds from: the certificate with the slices the command uses."""
+    used = {ref.slice_id for ref in command.slices if ref.certificate_id == cert.certificate_id}
+    return cert.model_copy(
+        update={"slices": {k: v for k, v in cert.slices.items() if k in used}, "applied": ()}
     )
 
 
+def message_body(
+    command: Command, holds_taken: bool = True, certificates: dict[str, Certificate] | None = None
+) -> str:
+    """The command as accepted and, when the API took its holds, the certificates as they
+    left them: the worker's guard checks the snapshot against the book in its first write."""
+    body: dict[str, Any] = {
+        "command_id": command.command_id,
+        "certificate_id": command.certificate_id,
+        "holds": holds_taken,
+    }
+    if holds_taken:
+        body["command"] = command.model_dump(mode="json", exclude_none=True)
+        if certificates:
+            body["certificates"] = {
+                cid: _trimmed(cert, command).model_dump(mode="json", exclude_none=True)
+                for cid, cert in certificates.items()
+            }
+    return json.dumps(body)
+
+
 def delivery_of(record: dict[str, Any]) -> Delivery:
-    """A Lambda SQS event record as the worker needs it; PoisonMessage if it makes no sense."""
+    """A Lambda SQS event record as the worker needs it; PoisonMessage if it makes no sense.
+    A snapshot that does not parse is dropped: the worker then reads the book."""
     try:
         body = json.loads(record["body"])
-        return Delivery(
+        delivery = Delivery(
             command_id=str(body["command_id"]),
             group=record.get("attributes", {}).get("MessageGroupId") or body["certificate_id"],
             holds_taken=bool(body.get("holds", True)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise PoisonMessage(f"unreadable message {record.get('messageId')}: {exc}") from exc
+    try:
+        command = Command.model_validate(body["command"]) if "command" in body else None
+        certificates = {
+            cid: Certificate.model_validate(cert)
+            for cid, cert in body.get("certificates", {}).items()
+        }
+    except (ValidationError, AttributeError, TypeError):
+        return delivery
+    if command is not None and command.command_id != delivery.command_id:
+        return delivery
+    return replace(delivery, command=command, certificates=certificates or None)
 
 
 def batch_response(records: list[dict[str, Any]], outcomes: list[Outcome | None]) -> dict:
@@ -59,11 +91,16 @@ class SqsCommandQueue:
         self._sqs = client
         self._url = queue_url
 
-    def send(self, command: Command, holds_taken: bool = True) -> None:
+    def send(
+        self,
+        command: Command,
+        holds_taken: bool = True,
+        certificates: dict[str, Certificate] | None = None,
+    ) -> None:
         try:
             self._sqs.send_message(
                 QueueUrl=self._url,
-                MessageBody=message_body(command, holds_taken),
+                MessageBody=message_body(command, holds_taken, certificates),
                 MessageGroupId=command.certificate_id,
                 MessageDeduplicationId=command.command_id,
             )

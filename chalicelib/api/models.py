@@ -167,7 +167,10 @@ class CommandView(BaseModel):
             created_at=command.created_at,
             updated_at=command.updated_at,
             error=command.error,
-            step=command.step,
+            # A committed command has completed all its steps.
+            step=len(command.transactions)
+            if command.status == CommandStatus.COMMITTED
+            else command.step,
             steps=len(command.transactions),
             slices=[
                 SliceRefBody(certificate_id=r.certificate_id, slice_id=r.slice_id)

@@ -23,6 +23,7 @@ from datetime import datetime
 from chalicelib import domain
 from chalicelib.domain import (
     Actor,
+    Certificate,
     Command,
     CommandKind,
     CommandStatus,
@@ -83,11 +84,11 @@ def record(book: Book, queue: CommandQueue, command: Command) -> Command:
     except DuplicateCommand as dup:
         return _replay(book, queue, command, dup.existing)
     try:
-        holds.take(book, command)
+        certificates = holds.take(book, command)
     except DomainError:
         book.forget_command(command)
         raise
-    enqueue(queue, command)
+    enqueue(queue, command, certificates)
     return command
 
 
@@ -102,7 +103,7 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
         return first  # the worker has it: the first answer stands
     # The first attempt may have stopped before taking its holds or queueing: finish it.
     try:
-        holds.take(book, first)
+        certificates = holds.take(book, first)
     except DomainError as refused:
         try:
             return book.transition(
@@ -116,13 +117,15 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
             )
         except StaleCommand:  # a worker moved it meanwhile: answer with what is stored
             return book.get_command(first.command_id) or first
-    enqueue(queue, first)
+    enqueue(queue, first, certificates)
     return first
 
 
-def enqueue(queue: CommandQueue, command: Command) -> None:
+def enqueue(
+    queue: CommandQueue, command: Command, certificates: dict[str, Certificate] | None = None
+) -> None:
     try:
-        queue.send(command)
+        queue.send(command, certificates=certificates)
     except DependencyDown:
         # The book is the outbox: the reconciler re-drives ACCEPTED commands that lost their
         # message, so the client's 202 stands.

@@ -38,26 +38,29 @@ def certificate_to_issue(command: Command) -> Certificate:
     )
 
 
-def take(book: Book, command: Command) -> None:
-    """Take every hold the command needs, or release what was taken and raise the reason."""
+def take(book: Book, command: Command) -> dict[str, Certificate]:
+    """Take every hold the command needs, or release what was taken and raise the reason.
+    Returns the command's certificates as its holds left them (what the worker builds from)."""
     try:
-        _take(book, command)
+        return _take(book, command)
     except DomainError:
         release(book, command)
         raise
 
 
-def _take(book: Book, command: Command) -> None:
+def _take(book: Book, command: Command) -> dict[str, Certificate]:
     match command.kind:
         case CommandKind.ISSUE:
             cert = certificate_to_issue(command)
             book.add_certificate(cert)
             book.add_holding(cert.owner, cert)
+            return {cert.certificate_id: cert}
         case CommandKind.WITHDRAW:
-            book.update_certificate(
+            cert = book.update_certificate(
                 command.certificate_id,
                 lambda cert: domain.begin_withdrawal(cert, command.command_id),
             )
+            return {cert.certificate_id: cert}
         case _:  # slice, transfer, claim: reserve the slices the command spends
             # Rehearse on the certificates as read first: a command that cannot hold its
             # slices is refused before anything is written, so that a refusal leaves the book
@@ -65,13 +68,12 @@ def _take(book: Book, command: Command) -> None:
             # lost after this read still reserves, then releases.
             found = {c.certificate_id: c for c in book.get_certificates(command.certificate_ids())}
             _check(command, [_reserved_copy(found, ref, command) for ref in command.slices])
-            _check(
-                command,
-                [
-                    book.reserve(ref, command.command_id, command.caller, _least_wh(command))
-                    for ref in command.slices
-                ],
-            )
+            reserved = [
+                book.reserve(ref, command.command_id, command.caller, _least_wh(command))
+                for ref in command.slices
+            ]
+            _check(command, reserved)
+            return {cert.certificate_id: cert for cert in reserved}
 
 
 def _least_wh(command: Command) -> int:

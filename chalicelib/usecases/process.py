@@ -22,7 +22,7 @@ import base64
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
@@ -69,6 +69,8 @@ class Delivery:
     command_id: str
     group: str
     holds_taken: bool = True  # False when re-driven: the API may have died before its holds
+    command: Command | None = None  # the command as accepted, when the API queued it
+    certificates: dict[str, Certificate] | None = None  # as its holds left them
 
 
 @dataclass
@@ -82,6 +84,9 @@ class Worker:
     commit_poll_s: float = 5.0
     poll_interval_s: float = 0.5
     batch_size: int = 10
+    # The certificates each command's transactions were built from, kept for applying its
+    # outcome without reading them again (only while this worker follows the command).
+    _snapshots: dict[str, dict[str, Certificate]] = field(default_factory=dict, repr=False)
 
     # --- a batch of deliveries ---------------------------------------------------------------
 
@@ -169,10 +174,27 @@ class Worker:
     # --- one command ---------------------------------------------------------------------------
 
     def _prepare(self, delivery: Delivery) -> Command | Outcome:
-        """Take the guard for the command's current step, or say why not."""
-        command = self.book.get_command(delivery.command_id)
+        """Take the guard for the command's current step, or say why not.
+
+        A message from the API carries the command as accepted and the certificates as its
+        holds left them: then the guard itself is the first call to the book, and its
+        condition (ACCEPTED, at step 0) says whether the snapshot is still the truth. A
+        re-driven message carries only the id: then the command is read first."""
+        command = delivery.command if delivery.holds_taken else None
         if command is None:
-            raise PoisonMessage(f"no command {delivery.command_id} in the book")
+            command = self.book.get_command(delivery.command_id)
+            if command is None:
+                raise PoisonMessage(f"no command {delivery.command_id} in the book")
+        for _ in range(3):  # the snapshot may be behind the book: act on what the book says
+            try:
+                return self._take_step(command, delivery)
+            except StaleCommand as moved:
+                if moved.current is None:
+                    raise PoisonMessage(f"no command {delivery.command_id} in the book") from moved
+                command = moved.current
+        return Outcome.RETRY
+
+    def _take_step(self, command: Command, delivery: Delivery) -> Command | Outcome:
         now = self.clock()
         match command.status:
             case CommandStatus.COMMITTED | CommandStatus.REJECTED | CommandStatus.IN_DOUBT:
@@ -197,9 +219,7 @@ class Worker:
             "attempts": command.attempts + 1,
         }
         if not command.transactions:
-            certificates = {
-                c.certificate_id: c for c in self.book.get_certificates(command.certificate_ids())
-            }
+            certificates = self._certificates(command, delivery)
             try:
                 built = self.builder.build(command, certificates)
             except DomainError as refused:  # e.g. a slice without the secrets to spend it
@@ -207,10 +227,26 @@ class Worker:
             changes["transactions"] = built.transactions
             if built.sealed_slices:
                 changes["sealed_slices"] = dict(built.sealed_slices)
-        try:
-            return self._move(command, CommandStatus.ACCEPTED, CommandStatus.SENDING, changes)
-        except StaleCommand:
-            return Outcome.DONE  # another worker took this step; it owns it now
+            self._snapshots[command.command_id] = certificates
+        # Raises StaleCommand when another worker took this step, or the snapshot was behind.
+        # The transactions are stored only if none are yet: a retry sends the first ones.
+        return self._move(
+            command,
+            CommandStatus.ACCEPTED,
+            CommandStatus.SENDING,
+            changes,
+            set_once=frozenset({"transactions", "sealed_slices"}),
+        )
+
+    def _certificates(self, command: Command, delivery: Delivery) -> dict[str, Certificate]:
+        """The certificates to build from: the message's snapshot when it has them all (the
+        slices a command uses are reserved by it, so they cannot have changed), else read."""
+        if command.kind == CommandKind.ISSUE:
+            return {command.certificate_id: holds.certificate_to_issue(command)}
+        wanted = command.certificate_ids()
+        if delivery.certificates and all(c in delivery.certificates for c in wanted):
+            return {c: delivery.certificates[c] for c in wanted}
+        return {c.certificate_id: c for c in self.book.get_certificates(wanted)}
 
     def _drive(self, command: Command) -> Outcome:
         """Send the remaining steps of a multi-step command, one at a time."""
@@ -288,7 +324,7 @@ class Worker:
             )
             current = self.book.get_command(command.command_id)
             return self._drive(current) if drive and current else Outcome.DONE
-        apply_outcome(self.book, command)
+        apply_outcome(self.book, command, self._snapshots.pop(command.command_id, None))
         self._move(
             command,
             _AWAITING_OUTCOME,
@@ -333,6 +369,7 @@ class Worker:
         target: CommandStatus,
         changes: dict[str, object],
         reason: str | None = None,
+        set_once: frozenset[str] = frozenset(),
     ) -> Command:
         moved = self.book.transition(
             command.command_id,
@@ -342,6 +379,7 @@ class Worker:
                 now=self.clock(),
                 step=command.step,
                 changes=changes,
+                set_once=set_once,
             ),
         )
         observability.transition(
@@ -399,17 +437,28 @@ def _transaction_id(command: Command) -> str:
 # --- the command's effect on the book (also used by the reconciler and operators) ------------
 
 
-def apply_outcome(book: Book, command: Command) -> None:
-    """Write a committed command's effect into the book. Idempotent."""
+def apply_outcome(
+    book: Book, command: Command, snapshots: Mapping[str, Certificate] | None = None
+) -> None:
+    """Write a committed command's effect into the book, the new slices' registry names and
+    sealed secrets with it: one change per certificate. Idempotent. With `snapshots` (the
+    certificates as the worker built from them) the book writes only what changes, without
+    reading first."""
+    snapshots = snapshots or {}
+
+    def sealed(cert: Certificate) -> Certificate:
+        return domain.attach_seals(cert, command) if command.sealed_slices else cert
+
+    def change(certificate_id: str, effect: Callable[[Certificate], Certificate]) -> Certificate:
+        return book.update_certificate(
+            certificate_id, lambda c: sealed(effect(c)), snapshots.get(certificate_id)
+        )
+
     match command.kind:
         case CommandKind.ISSUE:
-            book.update_certificate(
-                command.certificate_id, lambda c: domain.apply_issue(c, command)
-            )
+            change(command.certificate_id, lambda c: domain.apply_issue(c, command))
         case CommandKind.SLICE:
-            book.update_certificate(
-                command.certificate_id, lambda c: domain.apply_slice(c, command)
-            )
+            change(command.certificate_id, lambda c: domain.apply_slice(c, command))
         case CommandKind.TRANSFER:
             assert command.receiver is not None
 
@@ -419,19 +468,17 @@ def apply_outcome(book: Book, command: Command) -> None:
                     cert = domain.apply_slice(cert, command)
                 return domain.apply_transfer(cert, command)
 
-            cert = book.update_certificate(command.certificate_id, transferred)
+            cert = change(command.certificate_id, transferred)
             book.add_holding(command.receiver, cert)
-            book.note_receipt(command)
+            # The receiver's copy is written once, as it will stay: committed.
+            book.note_receipt(command.model_copy(update={"status": CommandStatus.COMMITTED}))
         case CommandKind.CLAIM:
             for ref in command.slices:
-                book.update_certificate(
+                change(
                     ref.certificate_id, lambda c, ref=ref: domain.apply_claim_side(c, command, ref)
                 )
         case CommandKind.WITHDRAW:
-            book.update_certificate(
-                command.certificate_id, lambda c: domain.apply_withdraw(c, command)
-            )
-    attach_seals(book, command)
+            change(command.certificate_id, lambda c: domain.apply_withdraw(c, command))
 
 
 def attach_seals(book: Book, command: Command) -> None:
