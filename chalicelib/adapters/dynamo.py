@@ -315,7 +315,15 @@ class DynamoBook:
         if start:
             args["ExclusiveStartKey"] = start
         answer = self._call("query", **args)
-        items = [_command_from(item) for item in answer.get("Items", [])]
+        # The index holds keys only (a projection of whole commands would be written again
+        # at every state change): the commands themselves come in one batch read, in order.
+        keys = [{"pk": i["pk"], "sk": i["sk"]} for i in answer.get("Items", [])]
+        found = {(i["pk"]["S"], i["sk"]["S"]): i for i in self._batch_get(keys)}
+        items = [
+            _command_from(found[(k["pk"]["S"], k["sk"]["S"])])
+            for k in keys
+            if (k["pk"]["S"], k["sk"]["S"]) in found
+        ]
         return Page(items=items, next_cursor=_encode_cursor(answer.get("LastEvaluatedKey")))
 
     def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
@@ -427,7 +435,13 @@ class DynamoBook:
 
     def _certificate_item(self, cert: Certificate) -> dict[str, Any]:
         values = cert.model_dump(mode="json", exclude_none=True)
-        values.update(pk=f"CERT#{cert.certificate_id}", sk="CERT")
+        values.update(
+            pk=f"CERT#{cert.certificate_id}",
+            sk="CERT",
+            # in the owner index for the owner it was issued to: no holding item
+            owner_pk=f"OWNER#{cert.owner}",
+            owner_sk=_holding_sk(cert),
+        )
         if cert.status in (CertificateStatus.ISSUING, CertificateStatus.ACTIVE):
             # Sparse index of the certificates that can still expire, by the day they start.
             values["expiry_day"] = cert.period.start.date().isoformat()
@@ -657,12 +671,16 @@ class DynamoBook:
         return [item["pk"]["S"].removeprefix("CERT#") for item in answer.get("Items", [])]
 
     def add_holding(self, owner: str, certificate: Certificate) -> None:
+        if owner == certificate.owner:
+            return  # the certificate's own item is in the owner index for its first owner
         self._call(
             "put_item",
             Item=_to_item(
                 {
                     "pk": f"OWNER#{owner}",
                     "sk": _holding_sk(certificate),
+                    "owner_pk": f"OWNER#{owner}",
+                    "owner_sk": _holding_sk(certificate),
                     "certificate_id": certificate.certificate_id,
                     "type": certificate.type.value,
                     "grid_area": certificate.grid_area,
@@ -683,20 +701,27 @@ class DynamoBook:
         if query.grid_area is not None:
             filters.append("grid_area = :area")
             values[":area"] = query.grid_area
+        # The owner index: the certificates issued to the owner (their own items) and those
+        # the owner received (holding items), in one key range, newest period first.
         args: dict[str, Any] = {
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "IndexName": "by_owner",
+            "KeyConditionExpression": "owner_pk = :pk AND owner_sk BETWEEN :low AND :high",
             "ExpressionAttributeValues": _to_item(values),
             "ScanIndexForward": False,
         }
         if filters:
             args["FilterExpression"] = " AND ".join(filters)
             args["ExpressionAttributeNames"] = names
-        start = _decode_cursor(query.cursor, {"pk": f"OWNER#{query.owner}", "sk": None})
-        if start and not low <= start["sk"]["S"] <= high:
+        start = _decode_cursor(
+            query.cursor,
+            {"pk": None, "sk": None, "owner_pk": f"OWNER#{query.owner}", "owner_sk": None},
+        )
+        if start and not low <= start["owner_sk"]["S"] <= high:
             raise _bad_cursor()  # DynamoDB refuses a start key outside the key condition
         ids: list[str] = []
         resume: dict[str, Any] | None = None
-        for item, after in self._query_pages(args, start, query.limit):
+        owner_keys = ("pk", "sk", "owner_pk", "owner_sk")
+        for item, after in self._query_pages(args, start, query.limit, owner_keys):
             ids.append(item["certificate_id"]["S"])
             resume = after
         # BETWEEN is inclusive, but "HOLD#<end>#<id>" sorts after "HOLD#<end>", so periods
@@ -705,7 +730,11 @@ class DynamoBook:
         return Page(items=certs, next_cursor=_encode_cursor(resume))
 
     def _query_pages(
-        self, args: dict[str, Any], start: dict[str, Any] | None, limit: int
+        self,
+        args: dict[str, Any],
+        start: dict[str, Any] | None,
+        limit: int,
+        key_names: tuple[str, ...] = ("pk", "sk"),
     ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
         """Items of a filtered query up to `limit`, each with the key to resume after it
         (None after the last item of the last page)."""
@@ -720,7 +749,9 @@ class DynamoBook:
             for i, item in enumerate(items):
                 count += 1
                 last_of_all = i == len(items) - 1 and not more
-                yield item, None if last_of_all else {"pk": item["pk"], "sk": item["sk"]}
+                # the key to resume after this item: the table's key and the index's
+                resume = {k: item[k] for k in key_names}
+                yield item, None if last_of_all else resume
                 if count >= limit:
                     return
             if not more:

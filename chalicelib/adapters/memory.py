@@ -275,11 +275,11 @@ class InMemoryBook:
     def holdings(self, query: HoldingQuery) -> Page[Certificate]:
         after = _decode_cursor(query.cursor)
         with self._lock:
-            certs = [
-                self.certificates[i]
-                for i in self._holdings.get(query.owner, ())
-                if i in self.certificates
-            ]
+            # Issued to the owner, or received: as the DynamoDB book's owner index has them.
+            ids = set(self._holdings.get(query.owner, ())) | {
+                c.certificate_id for c in self.certificates.values() if c.owner == query.owner
+            }
+            certs = [self.certificates[i] for i in ids]
         certs = [
             c
             for c in certs
