@@ -1,0 +1,187 @@
+"""`make run` as a newcomer uses it: the embedded stack started as a process of its own, driven
+through real HTTP and through the `certs` CLI, then stopped with Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chalicelib.api.auth import mint_token
+from chalicelib.settings import DEVELOPMENT_JWT_SECRET
+from devstack.stack import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ISSUER = mint_token(DEVELOPMENT_JWT_SECRET, "issuer-dk", ["issuer"])
+ALICE = mint_token(DEVELOPMENT_JWT_SECRET, "alice")
+
+
+def _moto_servers() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"moto.server" in cmdline:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def running_stack():
+    port = free_port()
+    before = _moto_servers()
+    env = {**os.environ, "PORT": str(port)}
+    env.pop("CERTS_JWT_SECRET", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v1/health", timeout=2) as answer:
+                if json.loads(answer.read())["status"] == "ok":
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() - started > 60:
+            process.kill()
+            pytest.fail(f"the stack did not come up: {process.stdout.read()}")
+        time.sleep(0.2)
+    yield url, process, time.monotonic() - started, _moto_servers() - before
+    if process.poll() is None:
+        process.kill()
+    for pid in _moto_servers() - before:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _http(url: str, method: str, path: str, token: str, body=None, key=None):
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = json.dumps(body).encode()
+    if key:
+        headers["Idempotency-Key"] = key
+    request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status, json.loads(answer.read())
+
+
+def _wait(url: str, command_id: str, token: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, view = _http(url, "GET", f"/v1/commands/{command_id}", token)
+        if view["status"] in ("COMMITTED", "REJECTED", "IN_DOUBT"):
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"command {command_id} did not settle")
+
+
+def _certs(url: str, token: str, *args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "certs_cli", "--url", url, "--token", token, "--json", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _available(url: str, certificate_id: str, token: str) -> dict[int, str]:
+    _, view = _http(url, "GET", f"/v1/certificates/{certificate_id}", token)
+    return {s["quantity_wh"]: s["slice_id"] for s in view["slices"] if s["state"] == "available"}
+
+
+def test_make_run_serves_the_whole_pipeline_over_http_and_the_cli(running_stack) -> None:
+    url, _, startup_s, _ = running_stack
+    assert startup_s < 60
+    issue = {
+        "type": "production",
+        "gsrn": "571313000000000001",
+        "grid_area": "DK1",
+        "start": "2026-06-01T10:00:00Z",
+        "end": "2026-06-01T11:00:00Z",
+        "quantity_wh": 1000,
+        "owner": "alice",
+    }
+    status, production = _http(url, "POST", "/v1/certificates", ISSUER, issue, "issue-p")
+    assert status == 202
+    consumption = _certs(
+        url,
+        ISSUER,
+        "issue",
+        "--type",
+        "consumption",
+        "--gsrn",
+        "571313000000000002",
+        "--grid-area",
+        "DK1",
+        "--start",
+        "2026-06-01T10:00:00Z",
+        "--end",
+        "2026-06-01T11:00:00Z",
+        "--quantity",
+        "300",
+        "--owner",
+        "alice",
+        "--wait",
+    )
+    assert _wait(url, production["command_id"], ISSUER)["status"] == "COMMITTED"
+    assert _wait(url, consumption["command_id"], ISSUER)["status"] == "COMMITTED"
+
+    cert = production["certificate_id"]
+    (whole,) = _available(url, cert, ALICE).values()
+    sliced = _certs(url, ALICE, "slice", cert, whole, "700", "300", "--wait")
+    assert _wait(url, sliced["command_id"], ALICE)["status"] == "COMMITTED"
+    parts = _available(url, cert, ALICE)
+
+    moved = _certs(
+        url, ALICE, "transfer", cert, parts[700], "--to", "bob", "--quantity", "200", "--wait"
+    )
+    assert _wait(url, moved["command_id"], ALICE)["status"] == "COMMITTED"
+
+    (consumed,) = _available(url, consumption["certificate_id"], ALICE).values()
+    status, claimed = _http(
+        url,
+        "POST",
+        "/v1/claims",
+        ALICE,
+        {
+            "production": {"certificate_id": cert, "slice_id": parts[300]},
+            "consumption": {"certificate_id": consumption["certificate_id"], "slice_id": consumed},
+            "quantity_wh": 300,
+        },
+        "claim-1",
+    )
+    assert status == 202
+    assert _wait(url, claimed["command_id"], ALICE)["status"] == "COMMITTED"
+    assert sorted(_available(url, cert, ALICE)) == [500]
+
+
+def test_ctrl_c_stops_the_stack_and_its_moto_servers(running_stack) -> None:
+    _, process, _, servers = running_stack
+    assert len(servers) == 2  # DynamoDB and SQS, one process each
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "stopped." in output
+    time.sleep(0.5)
+    assert not (servers & _moto_servers())
