@@ -60,6 +60,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="START:END",
         help="registry down between these seconds",
     )
+    parser.add_argument(
+        "--registry-protocol",
+        choices=("http", "grpc"),
+        default="http",
+        help="grpc: the verifying simulator over gRPC with real proofs and "
+        "signatures (slower: a range proof takes tens of ms)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every transition")
     return parser.parse_args(argv)
 
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             reconcile_every_s=args.reconcile_every,
             registry=registry,
             jwt_secret=secret,
+            log_requests=args.verbose,
+            registry_protocol=args.registry_protocol,
         )
     )
     try:
@@ -114,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         "operator": mint_token(secret, "ops", ["operator"]),
     }
     mode = "status and stream queries" if registry.queries else "no queries"
+    registry_at = stack.registry_url
+    if args.registry_protocol == "grpc":
+        mode = "verifying, over gRPC at " + stack.registry_target
+        registry_at += " (control)"
     print(f"""
 Certificates Domain is running ({time.monotonic() - started:.1f} s to start)
   API        {stack.api_url}   (OpenAPI: {stack.api_url}/v1/openapi.json)
-  registry   {stack.registry_url}   (simulator, {mode}, seed {registry.seed})
+  registry   {registry_at}   (simulator, {mode}, seed {registry.seed})
   workers    {args.workers}, reconciler every {args.reconcile_every:g} s
 
 Tokens (valid 12 h; secret from CERTS_JWT_SECRET or the development default):""")

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import boto3
@@ -52,6 +52,7 @@ class StackOptions:
     jwt_secret: str | None = None
     visibility_timeout_s: int = 15  # short locally, so a failed message comes back soon
     log_requests: bool = False
+    registry_protocol: str = "http"  # or "grpc": real transactions, verified, over gRPC
 
 
 class Stack:
@@ -74,17 +75,25 @@ class Stack:
         endpoints = {service: self._moto_server() for service in ("dynamodb", "sqs")}
         for service, url in endpoints.items():
             os.environ[f"AWS_ENDPOINT_URL_{service.upper()}"] = url
-        self._registry = registry_server.serve(
-            self.options.registry, HOST, self.options.registry_port
-        )[0]
+        # Short timeouts locally, still ordered as on AWS: registry call < worker run < lease <
+        # visibility timeout, so a message cannot reach the dead-letter queue (10 receives)
+        # while a worker still holds its command's lease.
+        common = {"stage": "local", "registry_timeout_s": 5, "lambda_timeout_s": 10, "lease_s": 20}
+        if self.options.jwt_secret:
+            common["jwt_secret"] = self.options.jwt_secret
+        if self.options.registry_protocol == "grpc":
+            settings = self._serve_grpc_registry(common)
+        else:
+            self._registry = registry_server.serve(
+                self.options.registry, HOST, self.options.registry_port
+            )[0]
+            settings = Settings(
+                registry="http",
+                registry_url=self._registry.url,
+                registry_queries=self.options.registry.queries,
+                **common,
+            )
         self.registry_url = self._registry.url
-        settings = Settings(
-            stage="local",
-            registry="http",
-            registry_url=self.registry_url,
-            registry_queries=self.options.registry.queries,
-            **({"jwt_secret": self.options.jwt_secret} if self.options.jwt_secret else {}),
-        )
         session = boto3.Session(region_name=settings.region)
         sqs = session.client("sqs")
         urls = resources.create(session.client("dynamodb"), sqs, settings)
@@ -110,6 +119,31 @@ class Stack:
             self._thread(poller.run, f"worker-{i}")
         self._thread(self._tick, "reconciler")
         return self
+
+    def _serve_grpc_registry(self, common: dict) -> Settings:
+        """The verifying simulator over gRPC, as a real registry is reached, with real proofs
+        and signatures; the same simulator also answers the HTTP control plane (faults, log)
+        that the demo and tests use. A gRPC registry answers queries: sends are PENDING."""
+        from chalicelib.registry.keys import IssuerKeys
+        from chalicelib.registry.simulator import RegistrySimulator
+        from chalicelib.registry.verifier import ProtoLedger
+        from chalicelib.settings import DEVELOPMENT_SANDBOX_SECRET
+        from devstack import registry_grpc
+
+        issuers = IssuerKeys.sandbox(DEVELOPMENT_SANDBOX_SECRET.encode())
+        simulator = RegistrySimulator(
+            replace(self.options.registry, queries=True), ledger=ProtoLedger(issuers.public_keys)
+        )
+        self._grpc = registry_grpc.serve(simulator, HOST, 0)
+        self._registry = registry_server.serve(simulator, HOST, self.options.registry_port)[0]
+        self.registry_target = self._grpc.target
+        return Settings(
+            registry="grpc",
+            registry_grpc_target=self._grpc.target,
+            registry_grpc_tls=False,
+            registry_queries=True,
+            **common,
+        )
 
     def _moto_server(self) -> str:
         port = free_port()
@@ -185,6 +219,8 @@ class Stack:
         if hasattr(self, "_registry"):
             self._registry.shutdown()
             self._registry.server_close()
+        if hasattr(self, "_grpc"):
+            self._grpc.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         for process in self._processes:

@@ -36,14 +36,16 @@ def _moto_servers() -> set[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def running_stack():
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def running_stack(request):
+    """The stack with the registry simulator over HTTP (plain transactions), and over gRPC
+    (the real wire format: proofs and signatures, checked by the verifying simulator)."""
     port = free_port()
     before = _moto_servers()
     env = {**os.environ, "PORT": str(port)}
     env.pop("CERTS_JWT_SECRET", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "devstack"],
+        [sys.executable, "-m", "devstack", "--registry-protocol", request.param],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
