@@ -429,9 +429,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ambiguous-rate", type=float, default=0.03)
     parser.add_argument("--outage-s", type=float, default=5)
     parser.add_argument("--no-queries", action="store_true")
+    parser.add_argument(
+        "--registry-protocol",
+        choices=("http", "grpc"),
+        default="http",
+        help="grpc: real transactions over gRPC to the verifying simulator (own stack only)",
+    )
     args = parser.parse_args(argv)
     if bool(args.url) != bool(args.registry_url):
         parser.error("--url and --registry-url go together")
+    if args.url and args.registry_protocol == "grpc":
+        parser.error("--registry-protocol grpc needs the demo's own stack (no --url)")
     stack = None
     if args.url is None:
         from chalicelib.registry.simulator import SimulatorConfig
@@ -446,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 registry=SimulatorConfig(
                     seed=args.seed, queries=not args.no_queries, commit_delay_s=0.0
                 ),
+                registry_protocol=args.registry_protocol,
             )
         ).start()
         api_url, registry_url = stack.api_url, stack.registry_url
@@ -474,7 +483,12 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - started
         market.registry.call("POST", "/v1/faults", {"ambiguous_rate": 0.0, "latency_s": 0.0})
         views = market.statuses()
-        invariants = check_invariants(market, views)
+        codec = PLAIN
+        if args.registry_protocol == "grpc" and stack is not None:
+            from chalicelib.composition import codec_for
+
+            codec = codec_for(stack.services)  # reads owners and quantities from the book
+        invariants = check_invariants(market, views, codec)
     finally:
         if stack is not None:
             stack.stop()
