@@ -421,3 +421,37 @@ def test_refusals_leave_the_dynamodb_table_exactly_as_it_was(aws):
             refuse()
         assert table_snapshot(client, table) == before
     assert queue.messages == []
+
+
+def test_a_batch_key_reused_with_another_batch_is_refused_whole_and_records_nothing() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from chalicelib.adapters.memory import InMemoryBook, InMemoryQueue
+    from chalicelib.domain import Actor, CertificateType, Conflict, IssueSpec, Period, Role
+    from chalicelib.usecases import accept as use
+
+    book, queue = InMemoryBook(), InMemoryQueue()
+    issuer = Actor(owner="issuer", roles=frozenset({Role.ISSUER}))
+    start = datetime(2026, 6, 1, 10, tzinfo=UTC)
+
+    def spec(gsrn: str) -> IssueSpec:
+        return IssueSpec(
+            type=CertificateType.PRODUCTION,
+            gsrn=gsrn,
+            grid_area="DK1",
+            period=Period.of(start, start + timedelta(hours=1)),
+            quantity_wh=5,
+            owner="alice",
+        )
+
+    def batch(body: str, specs: list[IssueSpec]) -> list:
+        return use.issue_batch(book, queue, use.Request(issuer, "batch-key", body, start), specs)
+
+    first = batch("body-1", [spec("571313000000000001")])
+    assert first[0].command is not None
+    recorded = dict(book.commands)
+    with pytest.raises(Conflict):
+        batch("body-2", [spec("571313000000000002"), spec("571313000000000003")])
+    assert book.commands == recorded
+    again = batch("body-1", [spec("571313000000000001")])
+    assert again[0].command.command_id == first[0].command.command_id

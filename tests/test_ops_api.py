@@ -103,3 +103,28 @@ def test_an_operator_runs_a_reconciliation_pass_and_reads_its_report(stack) -> N
     report = json.loads(answer.body)
     assert report["actions"]["in_doubt_for_operator"] == 1
     assert report["complete"] is True
+
+
+def test_an_operator_sends_again_a_step_that_never_reached_the_registry(moto_services, aws) -> None:
+    moto_services.registry = RegistrySimulator(SimulatorConfig(queries=False, lost_rate=1.0))
+    app_module.use_services(moto_services)
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=moto_services.settings.queue_name)["QueueUrl"]
+    from devstack.poller import QueuePoller
+
+    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
+    try:
+        with Client(app_module.app) as client:
+            command_id = _in_doubt_command(client, poller)
+            assert moto_services.registry.log() == []
+            assert _resolve(client, command_id, ALICE, outcome="not_sent").status_code == 403
+            moto_services.registry.configure(lost_rate=0.0)
+            answer = _resolve(client, command_id, OPERATOR, outcome="not_sent")
+            assert answer.status_code == 200, answer.body
+            assert json.loads(answer.body)["status"] == "ACCEPTED"
+            poller.drain()
+            view = json.loads(client.http.get(f"/v1/commands/{command_id}", headers=ISSUER).body)
+            assert view["status"] == "COMMITTED"
+            assert len(moto_services.registry.received_ids()) == 1
+    finally:
+        app_module.use_services(None)

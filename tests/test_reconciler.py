@@ -13,7 +13,7 @@ import pytest
 from chalicelib import domain
 from chalicelib.domain import Actor, CommandStatus, Role, SliceState
 from chalicelib.ports import Transition
-from chalicelib.usecases.reconcile import resolve_by_operator
+from chalicelib.usecases.reconcile import resend_by_operator, resolve_by_operator
 from tests.pipeline import Pipeline
 from tests.test_worker_crashes import Counter, Crash, Crashing
 
@@ -308,3 +308,28 @@ def test_stale_reservations_of_settled_commands_are_released(queries) -> None:
     assert p.reconcile()["stale_reservation_released"] == 1
     assert p.book.get_certificate(cert).slices[s0].reserved_by is None
     p.check_invariants()
+
+
+@BOTH_MODES
+def test_an_operator_who_finds_a_step_never_reached_the_registry_has_it_sent_once(
+    queries,
+) -> None:
+    p = Pipeline(queries=queries, lost_rate=1.0)  # every call is lost before the registry
+    command = p.issue()
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
+    assert p.registry.log() == []
+    p.registry.configure(lost_rate=0.0)
+    with pytest.raises(domain.Forbidden):
+        resend_by_operator(p.book, p.queue, Actor(owner="alice"), command.command_id, "x", p.now())
+    after = resend_by_operator(
+        p.book, p.queue, OPERATOR, command.command_id, "its id is not in the registry", p.now()
+    )
+    assert after.status == CommandStatus.ACCEPTED
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    assert len(p.registry.received_ids()) == 1
+    with pytest.raises(domain.Conflict):
+        resend_by_operator(p.book, p.queue, OPERATOR, command.command_id, "again", p.now())
+    p.settle()
+    p.check_settled()

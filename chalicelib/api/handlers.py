@@ -440,15 +440,21 @@ def stuck_commands(services: Services, call: Call) -> HttpResponse:
 )
 def resolve_command(services: Services, call: Call) -> HttpResponse:
     body: m.ResolveRequest = call.body
-    command = reconcile.resolve_by_operator(
-        services.book,
-        services.queue,
-        composition.worker(services),
-        call.actor,
-        call.request.path_params["command_id"],
-        body.outcome == "committed",
-        body.reason,
-    )
+    command_id = call.request.path_params["command_id"]
+    if body.outcome == "not_sent":
+        command = reconcile.resend_by_operator(
+            services.book, services.queue, call.actor, command_id, body.reason, services.clock()
+        )
+    else:
+        command = reconcile.resolve_by_operator(
+            services.book,
+            services.queue,
+            composition.worker(services),
+            call.actor,
+            command_id,
+            body.outcome == "committed",
+            body.reason,
+        )
     return json_response(m.CommandView.of(command))
 
 

@@ -99,7 +99,10 @@ class ClaimRequest(_Request):
 
 
 class ResolveRequest(_Request):
-    outcome: Literal["committed", "rejected"]
+    # committed: the registry applied the in-doubt transaction; rejected: it refused it, or
+    # the command is to be abandoned; not_sent: it never reached the registry (its id is not
+    # there), so its stored bytes may be sent now.
+    outcome: Literal["committed", "rejected", "not_sent"]
     reason: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 
 

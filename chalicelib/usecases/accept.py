@@ -156,6 +156,7 @@ def issue_batch(
 ) -> list[BatchItem]:
     """One command per certificate; an item refused (or invalid) does not stop the others."""
     request.actor.require(Role.ISSUER)
+    _refuse_a_reused_key(book, request, specs)
     results = []
     for index, spec in enumerate(specs):
         if isinstance(spec, DomainError):
@@ -175,6 +176,27 @@ def issue_batch(
         except DomainError as refused:
             results.append(BatchItem(index=index, error=refused))
     return results
+
+
+def _refuse_a_reused_key(
+    book: Book, request: Request, specs: Sequence[IssueSpec | DomainError]
+) -> None:
+    """The same key with another batch is refused whole (409), like any other request, before
+    any item is recorded: the first item that is valid is looked up under the key."""
+    first = next((i for i, spec in enumerate(specs) if not isinstance(spec, DomainError)), None)
+    if first is None:
+        return
+    recorded = book.get_command(
+        domain.command_id_for(request.actor.owner, request.idempotency_key, first)
+    )
+    if recorded is not None and recorded.request_hash != domain.request_hash(
+        [request.body_hash, first]
+    ):
+        raise Conflict(
+            "this Idempotency-Key was used with another request body",
+            field="Idempotency-Key",
+            subject=recorded.command_id,
+        )
 
 
 def slice_certificate(

@@ -316,3 +316,50 @@ def resolve_by_operator(
         raise Conflict(
             f"command {command_id} changed meanwhile; look again", subject=command_id
         ) from exc
+
+
+def resend_by_operator(
+    book: Book,
+    queue: CommandQueue,
+    actor: domain.Actor,
+    command_id: str,
+    reason: str,
+    now: datetime,
+) -> Command:
+    """An operator's finding that an IN_DOUBT step never reached the registry (its transaction
+    id is not there): the step goes back to ACCEPTED and its stored bytes are sent. This is
+    the one way a step in doubt is sent again, and it rests on the operator's look at the
+    registry: a wrong finding would send a transaction twice (I1)."""
+    actor.require(Role.OPERATOR)
+    command = book.get_command(command_id)
+    if command is None:
+        raise domain.NotFound(f"command {command_id} not found", subject=command_id)
+    if command.status != CommandStatus.IN_DOUBT:
+        raise Conflict(
+            f"command {command_id} is {command.status.value}, not IN_DOUBT", subject=command_id
+        )
+    observability.event(
+        "operator.resend",
+        command_id=command_id,
+        operator=actor.owner,
+        step=command.step,
+        reason=reason,
+    )
+    try:
+        after = book.transition(
+            command_id,
+            Transition(
+                expected=CommandStatus.IN_DOUBT,
+                target=CommandStatus.ACCEPTED,
+                now=now,
+                step=command.step,
+                changes={"error": None, "lease_until": None},
+            ),
+        )
+    except StaleCommand as exc:
+        raise Conflict(
+            f"command {command_id} changed meanwhile; look again", subject=command_id
+        ) from exc
+    with contextlib.suppress(DependencyDown):  # else the reconciler re-drives it
+        queue.send(after)
+    return after
