@@ -279,6 +279,19 @@ class Reconciler:
 # --- operators ---------------------------------------------------------------------------------
 
 
+def _in_doubt_for(book: Book, actor: domain.Actor, command_id: str) -> Command:
+    """The IN_DOUBT command an operator means to act on, or the reason they cannot."""
+    actor.require(Role.OPERATOR)
+    command = book.get_command(command_id)
+    if command is None:
+        raise domain.NotFound(f"command {command_id} not found", subject=command_id)
+    if command.status != CommandStatus.IN_DOUBT:
+        raise Conflict(
+            f"command {command_id} is {command.status.value}, not IN_DOUBT", subject=command_id
+        )
+    return command
+
+
 def resolve_by_operator(
     book: Book,
     queue: CommandQueue,
@@ -289,14 +302,7 @@ def resolve_by_operator(
     reason: str,
 ) -> Command:
     """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have."""
-    actor.require(Role.OPERATOR)
-    command = book.get_command(command_id)
-    if command is None:
-        raise domain.NotFound(f"command {command_id} not found", subject=command_id)
-    if command.status != CommandStatus.IN_DOUBT:
-        raise Conflict(
-            f"command {command_id} is {command.status.value}, not IN_DOUBT", subject=command_id
-        )
+    command = _in_doubt_for(book, actor, command_id)
     observability.event(
         "operator.resolve",
         command_id=command_id,
@@ -330,14 +336,7 @@ def resend_by_operator(
     id is not there): the step goes back to ACCEPTED and its stored bytes are sent. This is
     the one way a step in doubt is sent again, and it rests on the operator's look at the
     registry: a wrong finding would send a transaction twice (I1)."""
-    actor.require(Role.OPERATOR)
-    command = book.get_command(command_id)
-    if command is None:
-        raise domain.NotFound(f"command {command_id} not found", subject=command_id)
-    if command.status != CommandStatus.IN_DOUBT:
-        raise Conflict(
-            f"command {command_id} is {command.status.value}, not IN_DOUBT", subject=command_id
-        )
+    command = _in_doubt_for(book, actor, command_id)
     observability.event(
         "operator.resend",
         command_id=command_id,
