@@ -151,7 +151,10 @@ Ctrl-C stops everything.""",
         flush=True,
     )
     done = threading.Event()
+    # Both set explicitly: a process started with SIGINT ignored (as by some test runners and
+    # shells) inherits that, and Ctrl-C would then do nothing.
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
         while not done.wait(0.5):
             pass
