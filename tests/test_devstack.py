@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,15 +24,18 @@ ISSUER = mint_token(DEVELOPMENT_JWT_SECRET, "issuer-dk", ["issuer"])
 ALICE = mint_token(DEVELOPMENT_JWT_SECRET, "alice")
 
 
-def _moto_servers() -> set[int]:
+def _moto_servers(parent: int | None = None) -> set[int]:
+    """Moto server processes (of one parent, when given: tests may run stacks side by side)."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                status = (entry / "status").read_text()
             except OSError:
                 continue
-            if b"moto.server" in cmdline:
+            ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+            if b"moto.server" in cmdline and parent in (None, ppid):
                 found.add(int(entry.name))
     return found
 
@@ -65,7 +69,7 @@ def running_stack(request):
             process.kill()
             pytest.fail(f"the stack did not come up: {process.stdout.read()}")
         time.sleep(0.2)
-    yield url, process, time.monotonic() - started, _moto_servers() - before
+    yield url, process, time.monotonic() - started, _moto_servers(process.pid)
     if process.poll() is None:
         process.kill()
     for pid in _moto_servers() - before:
@@ -81,8 +85,17 @@ def _http(url: str, method: str, path: str, token: str, body=None, key=None):
     if key:
         headers["Idempotency-Key"] = key
     request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return answer.status, json.loads(answer.read())
+    for _ in range(10):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            # 503 + Retry-After: a dependency was busy (a loaded machine); as API.md says, a
+            # client retries, with the same Idempotency-Key for writes.
+            if error.code != 503:
+                raise
+            time.sleep(float(error.headers.get("Retry-After", "1")) / 5)
+    raise AssertionError(f"{method} {path} answered 503 ten times")
 
 
 def _wait(url: str, command_id: str, token: str) -> dict:
