@@ -299,7 +299,9 @@ def breakdown(result: dict[str, Any], mode: str = "queries") -> str:
         for phase in ("accept", "worker", "reconcile"):
             p = k["phases"][phase]
             ops = ", ".join(
-                f"{op.split('.')[1]} {n:.1f}" for op, n in p["calls"].items() if abs(n) > 1e-9
+                f"{op.split('.')[1]} {n:.1f}" if n >= 0.1 else f"{op.split('.')[1]} {n:.2f}"
+                for op, n in p["calls"].items()
+                if abs(n) > 1e-9
             )
             idx = ", ".join(f"{i} {n:.1f}" for i, n in p["wcu_index"].items() if abs(n) > 1e-9)
             lines.append(

