@@ -45,8 +45,9 @@ def test_calls_cost_and_report_at_tiny_sizes() -> None:
         assert kind["total"]["aws_calls"] > 0 and kind["total"]["wcu"] > 0
         assert kind["registry"]["transactions"] >= 1
     # Per certificate a batch costs no more than a single issue, but for what it does once
-    # per request (shared by only 3 certificates here).
-    assert batch["total"]["aws_calls"] <= issue["total"]["aws_calls"] + 2 / 3
+    # per request (at most 3 calls, among them the look-up that refuses a reused key; shared
+    # by only 3 certificates here).
+    assert batch["total"]["aws_calls"] <= issue["total"]["aws_calls"] + 3 / 3
     assert batch["invocations"]["api"] < issue["invocations"]["api"]
     assert data["kinds"]["transfer_partial"]["registry"]["transactions"] == 2
 
