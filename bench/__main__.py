@@ -229,8 +229,9 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             "Our code's calls: accept (API) + worker + the reconciler's share per command. "
             "ESM: the event source mapping's ReceiveMessage and DeleteMessageBatch per command "
-            "as measured here (one command at a time; under load 0.2). WCU and RCU computed by "
-            "DynamoDB's rules from the requests and the stored items (bench/capacity.py).",
+            "as measured here (5 commands drained together; 0.2 with full batches of 10, "
+            "which the cost model assumes). WCU and RCU computed by DynamoDB's rules from the "
+            "requests and the stored items (bench/capacity.py).",
             "",
             calls.table(results["calls"]),
             "",
@@ -246,7 +247,11 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             f"### 2. USD per million commands ({c['region']} list prices of {c['prices_as_of']})",
             "",
-            f"Lambda memory {c['memory_mb']} MB (.chalice/config.json, prod); our CPU per "
+            f"Prices: bench/prices.json, {c.get('prices_caveat', '')}.",
+            "",
+            "Lambda memory "
+            + ", ".join(f"{k} {v} MB" for k, v in c["memory_mb"].items())
+            + " (.chalice/config.json, prod); our CPU per "
             f"command without moto {cpu} (x{a['cpu_scale']} on Lambda); DynamoDB call "
             f"{a['dynamodb_call_ms']:g} ms, SQS call {a['sqs_call_ms']:g} ms; registry send "
             f"{a['registry_send_s']:g} s, commit wait {a['commit_wait_s']:g} s (query mode), "
@@ -348,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
     parser.add_argument("--sizes", default=None, help="book sizes for throughput")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild the tables from --out's JSON files"
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        return report_only(args)
     sections = [s for s in SECTIONS if s in args.only.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -381,6 +391,21 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(text)
     print(targets_table(results))
     log(f"all done in {meta['minutes']:.1f} minutes; tables in {args.out / 'RESULTS.md'}")
+    return 0
+
+
+def report_only(args: argparse.Namespace) -> int:
+    meta = json.loads((args.out / "meta.json").read_text())
+    results = {
+        section: json.loads((args.out / f"{section}.json").read_text())
+        for section in meta["sections"]
+        if (args.out / f"{section}.json").exists()
+    }
+    text = report(results, meta)
+    (args.out / "RESULTS.md").write_text(text)
+    if not args.no_readme:
+        update_readme(text)
+    print(targets_table(results))
     return 0
 
 

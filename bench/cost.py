@@ -177,6 +177,7 @@ def run(
         "memory_mb": memory,
         "cpu_ms_per_command": cpu_ms,
         "prices_as_of": prices["meta"]["as_of"],
+        "prices_caveat": prices["meta"].get("caveat", ""),
         "region": prices["meta"]["region"],
         "modes": {},
         "reconciler_fixed": reconciler_fixed(calls, prices, a, memory),
