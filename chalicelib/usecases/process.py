@@ -286,7 +286,9 @@ class Worker:
             case TransactionStatus.FAILED:
                 return self._reject(command, receipt.message or "refused by the registry")
             case TransactionStatus.PENDING:
-                command = self._move(command, CommandStatus.SENDING, CommandStatus.SENT, {})
+                # Polled while still SENDING (the lease covers it): SENT is written only if
+                # the registry has not decided by the deadline, which saves a write per
+                # command whenever it decides in time.
                 return self._poll(command, drive)
         return self._in_doubt(command, f"the registry answered {receipt.status.value}")
 
@@ -302,7 +304,8 @@ class Worker:
                     command, "the registry took the transaction but answers no status queries"
                 )
             except (RegistryUnavailable, RegistryAmbiguous):
-                return Outcome.DONE  # still SENT; the reconciler asks again later
+                self._leave_sent(command)  # the reconciler asks again later
+                return Outcome.DONE
             if receipt.status != TransactionStatus.PENDING:
                 if receipt.status == TransactionStatus.UNKNOWN:
                     return self._in_doubt(command, "the registry does not know the transaction")
@@ -311,8 +314,15 @@ class Worker:
                 observability.event(
                     "command.pending", command_id=command.command_id, step=command.step
                 )
+                self._leave_sent(command)
                 return Outcome.DONE
             self.sleep(self.poll_interval_s)
+
+    def _leave_sent(self, command: Command) -> None:
+        """The registry took the transaction and has not said how it ended: SENT, for the
+        reconciler to settle from its status."""
+        if command.status == CommandStatus.SENDING:
+            self._move(command, CommandStatus.SENDING, CommandStatus.SENT, {})
 
     def _step_committed(self, command: Command, drive: bool = True) -> Outcome:
         if command.step + 1 < len(command.transactions):
