@@ -66,6 +66,11 @@ class Stack:
         self.registry_url = ""
         self.services: composition.Services | None = None
 
+    @property
+    def simulator(self):
+        """The registry simulator behind the stack (its log, faults, drift injection)."""
+        return self._registry.simulator
+
     # --- start ---------------------------------------------------------------------------
 
     def start(self) -> Stack:
