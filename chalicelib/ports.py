@@ -72,6 +72,9 @@ class Transition:
     # Fields of `changes` written only if the command has none yet: the transactions, built
     # once and never replaced by a rebuild.
     set_once: frozenset[str] = frozenset()
+    # A terminal change that also takes the command off the reconciler's list at once: for a
+    # registry that answers no queries, the reconciler has nothing to compare it with.
+    reconciled: bool = False
 
 
 class Book(Protocol):

@@ -245,6 +245,8 @@ class DynamoBook:
             f"#f{i} = if_not_exists(#f{i}, :v{i})" if name in change.set_once else f"#f{i} = :v{i}"
             for i, name in enumerate(sets)
         )
+        if change.reconciled and change.target in domain.TERMINAL_STATUSES:
+            expression += " REMOVE open_pk, open_sk"  # leaves the open-commands index now
         statuses = {f":s{i}": s.value for i, s in enumerate(expected)}
         condition = f"#status IN ({', '.join(statuses)})"
         names["#status"] = "status"

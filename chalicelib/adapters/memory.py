@@ -107,6 +107,8 @@ class InMemoryBook:
         with self._lock:
             updated = apply_transition(self.commands.get(command_id), change)
             self.commands[command_id] = updated
+            if change.reconciled and updated.is_terminal:
+                self._reconciled.add(command_id)
             return updated
 
     def forget_command(self, command: Command) -> None:

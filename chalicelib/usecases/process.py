@@ -390,6 +390,9 @@ class Worker:
                 step=command.step,
                 changes=changes,
                 set_once=set_once,
+                # Without registry queries the reconciler cannot compare a settled command's
+                # certificates with the registry: the terminal write takes it off its list.
+                reconciled=not self.registry.supports_queries,
             ),
         )
         observability.transition(
