@@ -95,7 +95,10 @@ class Book(Protocol):
 
     def commands_of(
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None
-    ) -> Page[Command]: ...
+    ) -> Page[Command]:
+        """The caller's commands of a listed kind (transfers, claims; received transfers
+        too), newest first. Other kinds are not listed per caller."""
+        ...
 
     def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
         """Commands that are not terminal, created before the given time, oldest first."""

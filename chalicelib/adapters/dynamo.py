@@ -63,6 +63,7 @@ _THROTTLED = frozenset(
     }
 )
 _OPTIMISTIC_RETRIES = 8
+_LISTED_KINDS = frozenset({CommandKind.TRANSFER, CommandKind.CLAIM})  # GET /v1/transfers, /claims
 
 
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:
@@ -195,12 +196,14 @@ class DynamoBook:
         values = command.model_dump(mode="json", exclude_none=True)
         if not values.get("transactions"):
             values.pop("transactions", None)  # absent until built: see Transition.set_once
-        values.update(
-            pk=f"CMD#{command.command_id}",
-            sk="CMD",
-            by_caller_pk=f"{command.caller}#{command.kind.value}",
-            by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
-        )
+        values.update(pk=f"CMD#{command.command_id}", sk="CMD")
+        if command.kind in _LISTED_KINDS:
+            # Only transfers and claims are listed per caller: the other kinds stay out of the
+            # index (a write unit each, and an issuer's issues would all land on one key).
+            values.update(
+                by_caller_pk=f"{command.caller}#{command.kind.value}",
+                by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
+            )
         if not command.is_terminal:
             values.update(self._open_keys(command))
         return _to_item(values)

@@ -125,6 +125,8 @@ class InMemoryBook:
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None
     ) -> Page[Command]:
         after = _decode_cursor(cursor)
+        if kind not in (CommandKind.TRANSFER, CommandKind.CLAIM):
+            return Page(items=[])  # as the DynamoDB book: only these kinds are listed
         with self._lock:
             mine = sorted(
                 (
