@@ -307,7 +307,6 @@ class InMemoryQueue:
 
     def __init__(self) -> None:
         self.messages: list[Command] = []
-        self.holds_taken: list[bool] = []
         self.available = True
 
     def send(
@@ -319,4 +318,3 @@ class InMemoryQueue:
         if not self.available:
             raise DependencyDown("the command queue is unavailable")
         self.messages.append(command)
-        self.holds_taken.append(holds_taken)
