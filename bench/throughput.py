@@ -123,7 +123,7 @@ def _moto_pids() -> dict[str, int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid != os.getpid() or b"moto.server" not in cmdline:
+        if ppid != os.getpid() or b"devstack.motoserver" not in cmdline:
             continue
         for service, port in ports.items():
             if port.encode() in cmdline:
@@ -427,8 +427,8 @@ def _pct(values: list[float], q: float) -> float:
 def run(
     sizes=(1000, 10_000, 100_000),
     commands: int = 200,
-    clients: int = 8,
-    workers: int = 2,
+    clients: int = 12,
+    workers: int = 4,
     workloads=("issue", "transfer"),
     log: Callable = print,
 ) -> dict[str, Any]:
@@ -542,8 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--commands", type=int, default=200, help="commands per workload")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP connections")
-    parser.add_argument("--workers", type=int, default=2, help="queue pollers (Lambda workers)")
+    parser.add_argument("--clients", type=int, default=12, help="concurrent HTTP connections")
+    parser.add_argument("--workers", type=int, default=4, help="queue pollers (Lambda workers)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))

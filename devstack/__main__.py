@@ -1,6 +1,6 @@
 """`make run`: the whole service on 127.0.0.1. Ctrl-C stops everything.
 
-python -m devstack [--port 8000] [--workers 2] [--reconcile-every 60]
+python -m devstack [--port 8000] [--workers 4] [--reconcile-every 60]
                    [--no-queries] [--latency-ms 0] [--ambiguous-rate 0] [--outage 60:120]
 """
 
@@ -36,7 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="API port (env PORT, default 8000)",
     )
     parser.add_argument("--registry-port", type=int, default=0, help="default: any free port")
-    parser.add_argument("--workers", type=int, default=2, help="queue pollers (default 2)")
+    parser.add_argument("--workers", type=int, default=4, help="queue pollers (default 4)")
     parser.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS")
     parser.add_argument(
         "--no-queries", action="store_true", help="the registry answers no status or stream queries"

@@ -1,7 +1,8 @@
 """The whole service on one machine: no cloud account, no Docker.
 
-- DynamoDB and SQS: two moto servers, each its own process (one moto server is one Python
-  process on one core; two spread the load), on 127.0.0.1, with the table and queues created
+- DynamoDB and SQS: two moto servers (devstack/motoserver.py: moto with its per-request
+  overheads taken out), each its own process (one moto server is one Python process on one
+  core; two spread the load), on 127.0.0.1, with the table and queues created
   from infra/resources.json, the template that deploys them.
 - The HTTP API: app.app served by Chalice's threaded local server.
 - The worker: pollers that feed queue messages to app.worker as Lambda's event source mapping
@@ -46,7 +47,7 @@ def free_port() -> int:
 class StackOptions:
     port: int = 8000
     registry_port: int = 0
-    workers: int = 2
+    workers: int = 4
     reconcile_every_s: float = 60.0
     registry: SimulatorConfig = field(default_factory=lambda: SimulatorConfig(queries=True))
     jwt_secret: str | None = None
@@ -153,7 +154,7 @@ class Stack:
     def _moto_server(self) -> str:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+            [sys.executable, "-m", "devstack.motoserver", "-H", HOST, "-p", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

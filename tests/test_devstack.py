@@ -35,7 +35,7 @@ def _moto_servers(parent: int | None = None) -> set[int]:
             except OSError:
                 continue
             ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
-            if b"moto.server" in cmdline and parent in (None, ppid):
+            if b"devstack.motoserver" in cmdline and parent in (None, ppid):
                 found.add(int(entry.name))
     return found
 

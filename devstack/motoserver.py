@@ -1,0 +1,123 @@
+"""moto's DynamoDB and SQS servers for the embedded stack: moto, with four costs taken off the
+hot path and a server that keeps connections open. What moto answers is unchanged.
+
+Profiled under `make run` load (bench/README.md, section 3), moto spent its time on work that
+does not depend on the request:
+
+- Answers. moto 5 writes every answer through a generic serializer that walks the botocore
+  output shape member by member. A DynamoDB item is a tree of AttributeValue unions (ten
+  members each, each looked up under several aliases), so echoing an item back cost more
+  than the update itself: ~40 % of the DynamoDB server's CPU. moto keeps items in their wire
+  form already (`{"S": "..."}`, `{"N": "12"}`, `{"M": {...}}`), which the serializer would
+  reproduce value for value; this copies that form through. Binary values (`B`, `BS`) still
+  take the serializer's path, which encodes them.
+- Retention checks. moto's SQS checks each message it sends or receives against the queue's
+  retention period by computing every queue attribute, three of which count the messages in
+  the queue: with a backlog of a few hundred messages each SendMessage cost ~15 ms. This
+  reads the one attribute it needs.
+- The clock. Every visibility check asks for the time through datetime arithmetic (three
+  datetime objects per message per scan); a server has no frozen clock, so `time.time()`
+  gives the same number.
+- Routing. For every request moto lists its own package directory (a `listdir` and ~60
+  `stat`s, under the lock all requests take); the list cannot change while it runs.
+- Connections. moto's werkzeug server closes the connection after every answer (and starts a
+  thread per connection); waitress keeps them open, with a fixed pool of threads.
+
+Only the embedded stack's servers run this; the tests' in-process moto does not.
+`tests/test_motoserver.py` checks that the answers are the ones moto gives without it.
+
+    python -m devstack.motoserver -H 127.0.0.1 -p 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from moto import backends
+from moto.core import serialize
+from moto.core.utils import unix_time, unix_time_millis
+from moto.sqs import models as sqs_models
+
+_BINARY = frozenset({"B", "BS"})
+
+
+def _wire_form(value: Any) -> bool:
+    """An AttributeValue already as DynamoDB's JSON protocol writes it, with no binary."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return False
+    ((kind, inner),) = value.items()
+    if kind in _BINARY:
+        return False
+    if kind == "M":
+        return isinstance(inner, dict) and all(_wire_form(v) for v in inner.values())
+    if kind == "L":
+        return isinstance(inner, list) and all(_wire_form(v) for v in inner)
+    return True
+
+
+def _install_fast_attribute_values() -> None:
+    """Copy wire-form AttributeValues through the JSON serializer."""
+    cls = serialize.BaseJSONSerializer
+    if getattr(cls, "_certs_fast_attribute_values", False):
+        return
+    generic = cls._serialize_type_structure
+
+    def _serialize_type_structure(self, serialized, value, shape, key):
+        if key and shape.name == "AttributeValue" and _wire_form(value):
+            self._default_serialize(serialized, value, shape, key)
+            return
+        generic(self, serialized, value, shape, key)
+
+    cls._serialize_type_structure = _serialize_type_structure
+    cls._certs_fast_attribute_values = True
+
+
+def _now_s(dt: Any = None) -> float:
+    return time.time() if dt is None else unix_time(dt)
+
+
+def _now_ms(dt: Any = None) -> float:
+    return time.time() * 1000.0 if dt is None else unix_time_millis(dt)
+
+
+def _retained(self: Any, queue_name: str, message: Any) -> bool:
+    period = self.get_queue(queue_name).message_retention_period
+    return period + message.sent_timestamp / 1000 > _now_s()
+
+
+def install() -> None:
+    """The four changes to moto itself (idempotent)."""
+    _install_fast_attribute_values()
+    if not isinstance(backends.list_of_moto_modules, functools.partial):
+        modules = tuple(backends.list_of_moto_modules())
+        backends.list_of_moto_modules = functools.partial(iter, modules)
+    sqs_models.SQSBackend.is_message_valid_based_on_retention_period = _retained
+    sqs_models.unix_time = _now_s
+    sqs_models.unix_time_millis = _now_ms
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    install()
+    import waitress
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = DomainDispatcherApplication(create_backend_app)
+    # Long polls hold a thread each for up to 20 s: enough threads for the stack's pollers,
+    # its API and worker clients, and a developer's own.
+    waitress.serve(app, host=args.host, port=args.port, threads=24)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
