@@ -252,7 +252,8 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "Lambda memory "
             + ", ".join(f"{k} {v} MB" for k, v in c["memory_mb"].items())
             + " (.chalice/config.json, prod); our CPU per "
-            f"command without moto {cpu} (x{a['cpu_scale']} on Lambda); DynamoDB call "
+            f"command without moto {cpu} (on Lambda x {a['full_vcpu_mb']} / memory MB, a "
+            "function's share of a vCPU); DynamoDB call "
             f"{a['dynamodb_call_ms']:g} ms, SQS call {a['sqs_call_ms']:g} ms; registry send "
             f"{a['registry_send_s']:g} s, commit wait {a['commit_wait_s']:g} s (query mode), "
             f"status {a['registry_query_s']:g} s; {a['batch_fill']} messages per worker "
@@ -435,8 +436,8 @@ def _run(section: str, args: argparse.Namespace, results: dict[str, Any]) -> dic
         sizes = args.sizes or ("30,60" if quick else "1000,10000,100000")
         return throughput.run(
             sizes=tuple(int(s) for s in sizes.split(",")),
-            commands=5 if quick else 200,
-            clients=2 if quick else 8,
+            commands=5 if quick else 300,
+            clients=2 if quick else 12,
             log=log,
         )
     raise ValueError(section)

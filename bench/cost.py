@@ -8,8 +8,9 @@ latency) and how the deployment is sized (memory from .chalice/config.json's pro
 Per command:
 - API Gateway: one request per HTTP command (a batch issue: one per batch).
 - Lambda: requests (API: one per HTTP request; worker: one per batch of `batch_fill`
-  messages) and GB-seconds = memory x duration, where duration = our CPU (scaled by
-  `cpu_scale`) + each AWS call's latency + the time the worker waits for the registry:
+  messages) and GB-seconds = memory x duration, where duration = our CPU (scaled by the share
+  of a vCPU the function's memory buys: a full one at `full_vcpu_mb`, proportionally less
+  below) + each AWS call's latency + the time the worker waits for the registry:
   a batch's first transactions go in one call, so (send + commit wait) / batch, then every
   further step of a multi-step command alone, plus each status query; the reconciler's share
   likewise (its DynamoDB calls, and in query mode its stream queries).
@@ -38,7 +39,9 @@ ASSUMPTIONS: dict[str, Any] = {
     "architecture": "x86",
     "dynamodb_call_ms": 6.0,  # in-region DynamoDB latency per call, p50-ish
     "sqs_call_ms": 12.0,
-    "cpu_scale": 1.7,  # a 1 GB Lambda has ~0.58 of the vCPU this machine's core gives
+    # Lambda gives a function CPU in proportion to its memory, a whole vCPU at 1,769 MB (taken
+    # as one core of this machine): our CPU time stretches by 1769 / MB below that.
+    "full_vcpu_mb": 1769,
     "default_cpu_ms": {"accept": 5.0, "worker": 10.0},  # when no profile was measured
     "registry_send_s": 0.5,  # one SendTransactions round trip
     "registry_query_s": 0.05,  # one status or stream query
@@ -47,6 +50,18 @@ ASSUMPTIONS: dict[str, Any] = {
     "platform_log_bytes": 330,  # START + END + REPORT lines per invocation
     "log_event_overhead_bytes": 26,
     "rate_per_s": 1000,  # for the reconciler's fixed cost per pass, spread over commands
+    # CPU ms to build and self-check the real registry's transactions (Bulletproofs range
+    # proofs, signatures), per command kind, on this machine: bench/README.md, "Registry
+    # crypto" (python -m bench.crypto_bench). Only the sensitivity table adds them.
+    "proto_build_ms": {
+        "issue": 109,
+        "batch_issue": 109,
+        "slice": 240,
+        "transfer_whole": 1,
+        "transfer_partial": 243,
+        "claim": 20,
+        "withdraw": 0,
+    },
 }
 
 
@@ -76,8 +91,11 @@ def per_command(
     cpu_ms: dict[str, float],
     a: dict[str, Any],
     memory: dict[str, int],
+    build_ms: float = 0.0,
 ) -> dict[str, Any]:
-    """USD per command, by service, for one kind in one registry mode."""
+    """USD per command, by service, for one kind in one registry mode. `build_ms`: CPU the
+    worker spends building the command's transactions beyond what the profile measured (the
+    real registry's proofs and signatures; the measured runs build plain JSON ones)."""
     p = kind["phases"]
     gb_s = prices[f"lambda_gb_second_{a['architecture']}"]
     ddb_s, sqs_s = a["dynamodb_call_ms"] / 1000, a["sqs_call_ms"] / 1000
@@ -91,9 +109,12 @@ def per_command(
     def aws_wait(phase: dict[str, Any]) -> float:
         return _calls(phase, "dynamodb.") * ddb_s + _calls(phase, "sqs.") * sqs_s
 
+    def cpu_s(function: str, ms: float) -> float:
+        return ms * max(1.0, a["full_vcpu_mb"] / memory[function]) / 1000
+
     durations = {
-        "api": cpu_ms["accept"] * a["cpu_scale"] / 1000 + aws_wait(p["accept"]),
-        "worker": cpu_ms["worker"] * a["cpu_scale"] / 1000
+        "api": cpu_s("api", cpu_ms["accept"]) + aws_wait(p["accept"]),
+        "worker": cpu_s("worker", cpu_ms["worker"] + build_ms)
         + aws_wait(p["worker"])
         + (send + commit) / batch
         + max(steps - 1, 0) * (send + commit)
@@ -195,14 +216,21 @@ def sensitivity(calls, prices, cpu_ms, a, memory) -> list[dict[str, Any]]:
     """What would change the figure for a single issue (query mode) and a batch-issued
     certificate."""
     variants = [
-        ("as assumed", {}, {}),
-        ("worker and API at 256 MB", {}, {"api": 256, "worker": 256}),
-        ("arm64 Lambdas", {"architecture": "arm64"}, {}),
-        ("registry send 2 s, commit 3 s", {"registry_send_s": 2.0, "commit_wait_s": 3.0}, {}),
-        ("low load: 1 message per worker invocation", {"batch_fill": 1}, {}),
+        ("as assumed", {}, {}, False),
+        ("real registry transactions (proofs built in the worker)", {}, {}, True),
+        ("worker and API at 1,024 MB", {}, {"api": 1024, "worker": 1024}, False),
+        ("worker and API at 256 MB", {}, {"api": 256, "worker": 256}, False),
+        ("arm64 Lambdas", {"architecture": "arm64"}, {}, False),
+        (
+            "registry send 2 s, commit 3 s",
+            {"registry_send_s": 2.0, "commit_wait_s": 3.0},
+            {},
+            False,
+        ),
+        ("low load: 1 message per worker invocation", {"batch_fill": 1}, {}, False),
     ]
     rows = []
-    for name, change, mem in variants:
+    for name, change, mem, proto in variants:
         aa = {**a, **change}
         mm = {**memory, **mem}
         row = {"variant": name}
@@ -210,7 +238,8 @@ def sensitivity(calls, prices, cpu_ms, a, memory) -> list[dict[str, Any]]:
         for kind in ("issue", "batch_issue", "transfer_partial", "claim"):
             k = calls["modes"][mode]["kinds"].get(kind)
             if k:
-                cost = per_command(k, mode == "queries", prices, cpu_ms, aa, mm)
+                build = aa["proto_build_ms"].get(kind, 0.0) if proto else 0.0
+                cost = per_command(k, mode == "queries", prices, cpu_ms, aa, mm, build)
                 cost = cost["usd_per_million"]
                 row[kind] = cost["total_http" if kind == "batch_issue" else "total_rest"]
         rows.append(row)
