@@ -35,14 +35,14 @@ import argparse
 import functools
 import os
 import signal
+import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any
 
-from moto import backends
-from moto.core import serialize
-from moto.core.utils import unix_time, unix_time_millis
-from moto.sqs import models as sqs_models
+# moto is imported in the functions that change it: the stack's own process only starts
+# servers (`start`) and does not need moto loaded.
 
 _BINARY = frozenset({"B", "BS"})
 
@@ -63,6 +63,8 @@ def _wire_form(value: Any) -> bool:
 
 def _install_fast_attribute_values() -> None:
     """Copy wire-form AttributeValues through the JSON serializer."""
+    from moto.core import serialize
+
     cls = serialize.BaseJSONSerializer
     if getattr(cls, "_certs_fast_attribute_values", False):
         return
@@ -79,10 +81,14 @@ def _install_fast_attribute_values() -> None:
 
 
 def _now_s(dt: Any = None) -> float:
+    from moto.core.utils import unix_time
+
     return time.time() if dt is None else unix_time(dt)
 
 
 def _now_ms(dt: Any = None) -> float:
+    from moto.core.utils import unix_time_millis
+
     return time.time() * 1000.0 if dt is None else unix_time_millis(dt)
 
 
@@ -93,6 +99,9 @@ def _retained(self: Any, queue_name: str, message: Any) -> bool:
 
 def install() -> None:
     """The four changes to moto itself (idempotent)."""
+    from moto import backends
+    from moto.sqs import models as sqs_models
+
     _install_fast_attribute_values()
     if not isinstance(backends.list_of_moto_modules, functools.partial):
         modules = tuple(backends.list_of_moto_modules())
@@ -100,6 +109,28 @@ def install() -> None:
     sqs_models.SQSBackend.is_message_valid_based_on_retention_period = _retained
     sqs_models.unix_time = _now_s
     sqs_models.unix_time_millis = _now_ms
+
+
+def start(host: str, port: int, timeout_s: float = 30) -> tuple[subprocess.Popen, str]:
+    """A server process on host:port, once it answers; its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack.motoserver", "-H", host, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+            return process, url
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"moto server did not start within {timeout_s:g} s")
 
 
 def main(argv: list[str] | None = None) -> None:

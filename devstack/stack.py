@@ -18,10 +18,7 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -30,7 +27,7 @@ import boto3
 from chalicelib import composition
 from chalicelib.registry.simulator import SimulatorConfig
 from chalicelib.settings import Settings
-from devstack import registry_server, resources
+from devstack import motoserver, registry_server, resources
 from devstack.poller import QueuePoller
 
 HOST = "127.0.0.1"  # the stack binds nothing but the loopback address
@@ -152,24 +149,9 @@ class Stack:
         )
 
     def _moto_server(self) -> str:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.motoserver", "-H", HOST, "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process, url = motoserver.start(HOST, free_port())
         self._processes.append(process)
-        url = f"http://{HOST}:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto server exited with {process.returncode}")
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                return url
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("moto server did not start within 30 s")
+        return url
 
     def _serve_api(self) -> None:
         from chalice.config import Config

@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import boto3
 import pytest
@@ -101,23 +96,8 @@ def test_binary_values_still_take_the_generic_path():
 
 @pytest.fixture(scope="module")
 def server_url():
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devstack.motoserver", "-H", HOST, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://{HOST}:{port}"
+    process, url = motoserver.start(HOST, free_port())
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, "the moto server exited"
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the moto server did not start"
-                time.sleep(0.1)
         yield url
     finally:
         process.terminate()
@@ -283,20 +263,6 @@ def test_the_server_answers_what_moto_answers(server_url, monkeypatch):
 
 
 def test_the_server_stops_cleanly_on_sigterm():
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devstack.motoserver", "-H", HOST, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ},
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{HOST}:{port}/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    process, _ = motoserver.start(HOST, free_port())
     process.terminate()
     assert process.wait(timeout=10) == 0
