@@ -45,7 +45,6 @@ def running_stack(request):
     """The stack with the registry simulator over HTTP (plain transactions), and over gRPC
     (the real wire format: proofs and signatures, checked by the verifying simulator)."""
     port = free_port()
-    before = _moto_servers()
     env = {**os.environ, "PORT": str(port)}
     env.pop("CERTS_JWT_SECRET", None)
     process = subprocess.Popen(
@@ -69,10 +68,13 @@ def running_stack(request):
             process.kill()
             pytest.fail(f"the stack did not come up: {process.stdout.read()}")
         time.sleep(0.2)
-    yield url, process, time.monotonic() - started, _moto_servers(process.pid)
+    servers = _moto_servers(process.pid)
+    yield url, process, time.monotonic() - started, servers
     if process.poll() is None:
         process.kill()
-    for pid in _moto_servers() - before:
+    # Only this stack's servers (orphaned if it was killed): tests running beside this one
+    # start moto servers of their own.
+    for pid in servers & _moto_servers():
         os.kill(pid, signal.SIGKILL)
 
 
