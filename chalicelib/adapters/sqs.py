@@ -1,10 +1,11 @@
 """The command queue on SQS FIFO: one message group per certificate.
 
 MessageGroupId = the certificate, so commands on one certificate run one at a time and in
-order while different certificates run in parallel. MessageDeduplicationId = the command, which
-saves a duplicate send inside SQS's five-minute window; it is a saving, never the guard (moto
-forgets dedup ids once a message is deleted, and the window is short): the command record in
-the book is what stops a second send to the registry.
+order while different certificates run in parallel. MessageDeduplicationId = the command in
+the state it is sent in (see `deduplication_id`), which saves a duplicate send inside SQS's
+five-minute window; it is a saving, never the guard (moto forgets dedup ids once a message
+is deleted, and the window is short): the command record in the book is what stops a second
+send to the registry.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ def batch_response(records: list[dict[str, Any]], outcomes: list[Outcome | None]
     }
 
 
+def deduplication_id(command: Command) -> str:
+    """The same command in the same state: a retried send of it is dropped. A command is sent
+    again on purpose in a new state: its next step after the reconciler or an operator
+    resolved the one in doubt, or a step going out again after an operator found it never
+    left (a guard since: one more attempt). Keyed on the command alone, SQS would drop those
+    inside its five-minute window, and the command would wait for the reconciler's re-drive."""
+    return f"{command.command_id}:{command.step}:{command.attempts}"
+
+
 class SqsCommandQueue:
     def __init__(self, client: Any, queue_url: str) -> None:
         self._sqs = client
@@ -102,7 +112,7 @@ class SqsCommandQueue:
                 QueueUrl=self._url,
                 MessageBody=message_body(command, holds_taken, certificates),
                 MessageGroupId=command.certificate_id,
-                MessageDeduplicationId=command.command_id,
+                MessageDeduplicationId=deduplication_id(command),
             )
         except (ClientError, BotoCoreError) as exc:
             raise DependencyDown(f"the command queue is unavailable: {exc}") from exc

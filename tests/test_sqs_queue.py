@@ -1,0 +1,64 @@
+"""The SQS command queue over moto: what its deduplication keeps and what it lets through.
+
+SQS drops a FIFO message whose deduplication id it saw in the last five minutes, without an
+error. A retried send of the same command in the same state must be dropped; a command sent
+again on purpose in a new state (its next step after a resolution, a step going out again
+after an operator's finding) must not be, or it waits for the reconciler's re-drive.
+"""
+
+from __future__ import annotations
+
+from chalicelib.adapters.sqs import SqsCommandQueue, deduplication_id
+from tests.builders import claim_command, gsrn
+from tests.conftest import settings
+
+
+def _queue(aws) -> tuple[object, str]:
+    sqs = aws.client("sqs")
+    return sqs, sqs.get_queue_url(QueueName=settings().queue_name)["QueueUrl"]
+
+
+def _counts(sqs, url: str) -> tuple[int, int]:
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def _claim():
+    from chalicelib.domain import SliceRef
+
+    production = SliceRef(certificate_id="p-" + gsrn(1), slice_id="s1")
+    consumption = SliceRef(certificate_id="c-" + gsrn(2), slice_id="s2")
+    return claim_command(production, consumption, 500)
+
+
+def test_a_retried_send_of_the_same_state_is_dropped(aws) -> None:
+    sqs, url = _queue(aws)
+    queue = SqsCommandQueue(sqs, url)
+    command = _claim()
+    queue.send(command)
+    queue.send(command)  # the API's send retried, or a replay of the same request
+    assert _counts(sqs, url) == (1, 0)
+
+
+def test_the_next_step_and_an_operators_resend_are_not_dropped(aws) -> None:
+    sqs, url = _queue(aws)
+    queue = SqsCommandQueue(sqs, url)
+    accepted = _claim()
+    queue.send(accepted)
+    # A worker takes step 1 (its message in flight, not yet deleted); the registry call is
+    # ambiguous, and minutes later the reconciler finds step 1 committed and sends step 2.
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert len(received) == 1
+    next_step = accepted.model_copy(update={"step": 1, "attempts": 1})
+    queue.send(next_step)
+    # That step goes in doubt too, and an operator finds it never reached the registry: the
+    # same step goes out again after one more guard.
+    queue.send(next_step.model_copy(update={"attempts": 2}))
+    assert _counts(sqs, url) == (2, 1)
+    assert len({deduplication_id(accepted), deduplication_id(next_step)}) == 2
