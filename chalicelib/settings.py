@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     lambda_timeout_s: float = 60.0
     lease_s: float = 120.0  # how long a SENDING command belongs to the worker that took it
     commit_poll_s: float = 5.0  # how long a worker waits for a PENDING transaction to commit
-    redrive_after_s: float = 300.0  # an ACCEPTED command older than this lost its message
+    # An ACCEPTED command older than this lost its message. Past SQS's five-minute
+    # deduplication window, or the re-drive of a message that did go out (and was dead-
+    # lettered since) would be dropped as its duplicate.
+    redrive_after_s: float = 360.0
     certificate_expiry_days: int = 365
     max_body_bytes: int = 256 * 1024
     open_command_shards: int = 8  # spreads the open-commands index over partitions

@@ -39,6 +39,7 @@ EVENT_SOURCE_MAPPING_SQS = {
     "sqs:GetQueueAttributes",
 }
 API_GATEWAY_INTEGRATION_LIMIT_S = 29
+SQS_DEDUPLICATION_WINDOW_S = 300
 
 
 def _load_packager():
@@ -243,6 +244,8 @@ def test_timeouts_are_ordered_registry_call_lambda_lease_and_visibility(
     # A message handed back stays invisible this long; only after that is its command's message
     # lost, so the reconciler must not re-drive it sooner (a second copy in the same group).
     assert settings["Reconciler"].redrive_after_s > visibility
+    # and past SQS's deduplication window, or the re-drive is dropped as a duplicate
+    assert settings["Reconciler"].redrive_after_s > SQS_DEDUPLICATION_WINDOW_S
 
 
 # --- IAM ---------------------------------------------------------------------------------------
