@@ -434,12 +434,8 @@ def _run(section: str, args: argparse.Namespace, results: dict[str, Any]) -> dic
         return scale.run(quick=quick, log=log)
     if section == "throughput":
         sizes = args.sizes or ("30,60" if quick else "1000,10000,100000")
-        return throughput.run(
-            sizes=tuple(int(s) for s in sizes.split(",")),
-            commands=5 if quick else 300,
-            clients=2 if quick else 12,
-            log=log,
-        )
+        small = {"commands": 5, "clients": 2} if quick else {}  # else run()'s defaults
+        return throughput.run(sizes=tuple(int(s) for s in sizes.split(",")), log=log, **small)
     raise ValueError(section)
 
 

@@ -107,33 +107,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def _moto_pids() -> dict[str, int]:
-    """The moto server processes this process started, by service (from their ports)."""
-    ports = {
-        service: os.environ[f"AWS_ENDPOINT_URL_{service.upper()}"].rsplit(":", 1)[1]
-        for service in ("dynamodb", "sqs")
-    }
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid != os.getpid() or b"devstack.motoserver" not in cmdline:
-            continue
-        for service, port in ports.items():
-            if port.encode() in cmdline:
-                found[service] = int(entry)
-    return found
-
-
 class CpuMeter:
-    def __init__(self) -> None:
-        self.pids = {"stack": os.getpid(), **{f"moto_{k}": v for k, v in _moto_pids().items()}}
+    def __init__(self, moto_pids: dict[str, int]) -> None:
+        self.pids = {"stack": os.getpid(), **{f"moto_{k}": v for k, v in moto_pids.items()}}
 
     def read(self) -> dict[str, float]:
         return {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
@@ -334,7 +310,7 @@ class Runner:
             1, mp_context=multiprocessing.get_context("spawn")
         )
         self.pool.submit(time.time).result()  # start the client process before any timing
-        self.cpu = CpuMeter()
+        self.cpu = CpuMeter(stack.moto_pids)
         import boto3
 
         self.sqs = boto3.Session(region_name=stack.settings.region).client("sqs")
@@ -426,7 +402,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def run(
     sizes=(1000, 10_000, 100_000),
-    commands: int = 200,
+    commands: int = 300,
     clients: int = 12,
     workers: int = 4,
     workloads=("issue", "transfer"),
@@ -545,7 +521,7 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--commands", type=int, default=200, help="commands per workload")
+    parser.add_argument("--commands", type=int, default=300, help="commands per workload")
     parser.add_argument("--clients", type=int, default=12, help="concurrent HTTP connections")
     parser.add_argument("--workers", type=int, default=4, help="queue pollers (Lambda workers)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))

@@ -57,6 +57,7 @@ class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self._processes: list[subprocess.Popen] = []
+        self.moto_pids: dict[str, int] = {}  # by service: the moto server processes
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self.pollers: list[QueuePoller] = []
@@ -75,7 +76,7 @@ class Stack:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
         os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
-        endpoints = {service: self._moto_server() for service in ("dynamodb", "sqs")}
+        endpoints = {service: self._moto_server(service) for service in ("dynamodb", "sqs")}
         for service, url in endpoints.items():
             os.environ[f"AWS_ENDPOINT_URL_{service.upper()}"] = url
         # Short timeouts locally, still ordered as on AWS: registry call < worker run < lease <
@@ -148,9 +149,10 @@ class Stack:
             **common,
         )
 
-    def _moto_server(self) -> str:
+    def _moto_server(self, service: str) -> str:
         process, url = motoserver.start(HOST, free_port())
         self._processes.append(process)
+        self.moto_pids[service] = process.pid
         return url
 
     def _serve_api(self) -> None:
