@@ -197,11 +197,17 @@ def table_snapshot(dynamodb: Any, table_name: str) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: (item["pk"]["S"], item["sk"]["S"]))
 
 
-def queue_depth(sqs: Any, queue_url: str) -> int:
+def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
+    """Messages waiting, and messages received but not yet deleted (in flight)."""
     answer = sqs.get_queue_attributes(
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
-    return int(answer["ApproximateNumberOfMessages"]) + int(
-        answer["ApproximateNumberOfMessagesNotVisible"]
+    return (
+        int(answer["ApproximateNumberOfMessages"]),
+        int(answer["ApproximateNumberOfMessagesNotVisible"]),
     )
+
+
+def queue_depth(sqs: Any, queue_url: str) -> int:
+    return sum(queue_counts(sqs, queue_url))

@@ -9,7 +9,8 @@ after an operator's finding) must not be, or it waits for the reconciler's re-dr
 from __future__ import annotations
 
 from chalicelib.adapters.sqs import SqsCommandQueue, deduplication_id
-from tests.builders import claim_command, gsrn
+from chalicelib.domain import SliceRef
+from tests.builders import claim_command, gsrn, queue_counts
 from tests.conftest import settings
 
 
@@ -18,20 +19,7 @@ def _queue(aws) -> tuple[object, str]:
     return sqs, sqs.get_queue_url(QueueName=settings().queue_name)["QueueUrl"]
 
 
-def _counts(sqs, url: str) -> tuple[int, int]:
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]),
-        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-    )
-
-
 def _claim():
-    from chalicelib.domain import SliceRef
-
     production = SliceRef(certificate_id="p-" + gsrn(1), slice_id="s1")
     consumption = SliceRef(certificate_id="c-" + gsrn(2), slice_id="s2")
     return claim_command(production, consumption, 500)
@@ -43,7 +31,7 @@ def test_a_retried_send_of_the_same_state_is_dropped(aws) -> None:
     command = _claim()
     queue.send(command)
     queue.send(command)  # the API's send retried, or a replay of the same request
-    assert _counts(sqs, url) == (1, 0)
+    assert queue_counts(sqs, url) == (1, 0)
 
 
 def test_the_next_step_and_an_operators_resend_are_not_dropped(aws) -> None:
@@ -60,5 +48,5 @@ def test_the_next_step_and_an_operators_resend_are_not_dropped(aws) -> None:
     # That step goes in doubt too, and an operator finds it never reached the registry: the
     # same step goes out again after one more guard.
     queue.send(next_step.model_copy(update={"attempts": 2}))
-    assert _counts(sqs, url) == (2, 1)
+    assert queue_counts(sqs, url) == (2, 1)
     assert len({deduplication_id(accepted), deduplication_id(next_step)}) == 2
