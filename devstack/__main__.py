@@ -17,14 +17,7 @@ import time
 from chalicelib.api.auth import mint_token
 from chalicelib.registry.simulator import SimulatorConfig
 from chalicelib.settings import DEVELOPMENT_JWT_SECRET
-
-
-def _outage(text: str) -> tuple[float, float]:
-    start, _, end = text.partition(":")
-    try:
-        return float(start), float(end)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("an outage is START:END in seconds") from exc
+from devstack.registry_server import outage_window
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +47,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--commit-delay-s", type=float, default=0.0)
     parser.add_argument(
         "--outage",
-        type=_outage,
+        type=outage_window,
         action="append",
         default=[],
         metavar="START:END",

@@ -240,7 +240,8 @@ def _change_faults(simulator: RegistrySimulator, body: dict[str, Any]) -> dict[s
     return {"available": simulator.is_available(), "config": asdict(simulator.config)}
 
 
-def _outage(text: str) -> tuple[float, float]:
+def outage_window(text: str) -> tuple[float, float]:
+    """An argparse type: START:END in seconds."""
     start, _, end = text.partition(":")
     try:
         return float(start), float(end)
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--status-ttl-s", type=float, default=SimulatorConfig.status_ttl_s)
     parser.add_argument(
         "--outage",
-        type=_outage,
+        type=outage_window,
         action="append",
         default=[],
         metavar="START:END",
