@@ -81,15 +81,19 @@ def _install_fast_attribute_values() -> None:
 
 
 def _now_s(dt: Any = None) -> float:
+    if dt is None:  # the hot path: every message of every scan
+        return time.time()
     from moto.core.utils import unix_time
 
-    return time.time() if dt is None else unix_time(dt)
+    return unix_time(dt)
 
 
 def _now_ms(dt: Any = None) -> float:
+    if dt is None:
+        return time.time() * 1000.0
     from moto.core.utils import unix_time_millis
 
-    return time.time() * 1000.0 if dt is None else unix_time_millis(dt)
+    return unix_time_millis(dt)
 
 
 def _retained(self: Any, queue_name: str, message: Any) -> bool:
