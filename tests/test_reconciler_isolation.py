@@ -150,3 +150,46 @@ def test_a_step_pending_for_too_long_goes_in_doubt_and_is_counted_for_the_alarm(
     # Still waiting in the registry: counted on every pass while it is there, never re-sent.
     assert p.reconcile()["in_doubt_for_operator"] == 1
     assert len(p.registry.received_ids()) == 1
+
+
+class CommitAfterStreamRead:
+    """The registry, whose stream query is answered and then, before the reconciler writes
+    its repair, a worker commits another command: the stream it holds is now stale."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self._p = p
+        self.raced = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._p.registry, name)
+
+    def stream(self, stream_id: str) -> Any:
+        answer = self._p.registry.stream(stream_id)
+        if not self.raced:
+            self.raced = True
+            self._p.run()  # the queued transfer commits, in the registry and in the book
+        return answer
+
+
+def test_alignment_never_repairs_a_commit_that_landed_after_its_stream_was_read() -> None:
+    p = Pipeline(queries=True)
+    cert, s0 = p.issued()
+    p.settle()
+    first = p.transfer("alice", cert, s0, "bob", 1000)
+    p.run()
+    assert p.command(first.command_id).status == CommandStatus.COMMITTED
+    bobs = [s for s in p.book.get_certificate(cert).slices.values() if s.owner == "bob"]
+    second = p.transfer("bob", cert, bobs[0].slice_id, "carol", 1000)
+    racing = CommitAfterStreamRead(p)
+    report = reconciler(p, registry=racing).run()
+    assert racing.raced
+    assert p.command(second.command_id).status == CommandStatus.COMMITTED
+    owners = {
+        s.owner for s in p.book.get_certificate(cert).slices.values() if s.state == "available"
+    }
+    assert owners == {"carol"}  # not "repaired" back to bob by the stale stream
+    assert p.book.audits(cert) == []  # and no false wrong_owner entry
+    assert report.actions["drift_check_moved_meanwhile"] == 1
+    assert report.actions["drift_repaired"] == 0
+    p.settle()
+    p.check_settled()
