@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from chalicelib.domain import CommandStatus
-from chalicelib.ports import DependencyDown, Transition
+from chalicelib.ports import DependencyDown, Outcome, Transition
 from chalicelib.usecases import holds, process
-from chalicelib.usecases.process import Outcome, Worker
+from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler
 from tests.simulation import run
 from tests.test_simulation import CI_SEEDS, STEPS

@@ -24,12 +24,18 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Protocol
 
 from chalicelib import domain, observability
 from chalicelib.domain import Certificate, Command, CommandKind, CommandStatus, DomainError
-from chalicelib.ports import Book, StaleCommand, Transition
+from chalicelib.ports import (
+    Book,
+    Delivery,
+    Outcome,
+    PoisonMessage,
+    StaleCommand,
+    Transition,
+)
 from chalicelib.registry.envelope import transaction_id_of
 from chalicelib.registry.port import (
     QueriesNotSupported,
@@ -50,27 +56,6 @@ _AWAITING_OUTCOME = (CommandStatus.SENDING, CommandStatus.SENT, CommandStatus.IN
 
 class TransactionBuilder(Protocol):
     def build(self, command: Command, certificates: Mapping[str, Certificate]): ...
-
-
-class Outcome(StrEnum):
-    DONE = "done"  # the message has served its purpose: delete it
-    RETRY = "retry"  # it must come back later (and its FIFO group wait): registry down, busy
-    FAILED = "failed"  # it must come back, because processing it failed (poison, a fault)
-
-
-class PoisonMessage(Exception):
-    """A message that no retry can make sense of (unparsable, or names no command)."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One queue message, as the worker needs it."""
-
-    command_id: str
-    group: str
-    holds_taken: bool = True  # False when re-driven: the API may have died before its holds
-    command: Command | None = None  # the command as accepted, when the API queued it
-    certificates: dict[str, Certificate] | None = None  # as its holds left them
 
 
 @dataclass
