@@ -582,12 +582,29 @@ class DynamoBook:
         whose condition is that every part it touches is still as in `before`. Parts it does
         not touch may have moved on (other slices, other commands): they are not overwritten.
         None when the parts moved, or the change is too large for one expression: the caller
-        then reads and writes the whole item under the optimistic lock."""
+        then reads and writes the whole item under the optimistic lock.
+
+        `before` may hold only some of the certificate's slices (the queue message carries the
+        slices its command names). A change of the certificate's status or withdrawal is a
+        change of the whole certificate (a withdrawal spends every live slice), computed from
+        every slice `before` has: so it holds only if the item has exactly those slices, as
+        they were, and otherwise the whole item is read and changed."""
         if after == before:
             return before
+        whole = after.status != before.status or after.withdrawal != before.withdrawal
         sets, removes, conditions = [], [], []
         names: dict[str, str] = {"#slices": "slices", "#state": "state", "#owner": "owner"}
         values: dict[str, Any] = {":one": 1}
+        if whole:
+            values[":nslices"] = len(before.slices)
+            conditions.append("size(#slices) = :nslices")
+        for i, (slice_id, old) in enumerate(before.slices.items()):
+            if slice_id not in after.slices:
+                return None  # a slice removed: not what patches are for
+            if whole and after.slices[slice_id] == old:
+                names[f"#u{i}"] = slice_id
+                values[f":us{i}"] = old.state.value
+                conditions.append(f"#slices.#u{i}.#state = :us{i}")
         for i, (slice_id, new) in enumerate(after.slices.items()):
             old = before.slices.get(slice_id)
             if old == new:
