@@ -55,7 +55,14 @@ def keep_the_reservation_on_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker marks a refused command REJECTED but does not release what it holds (the
     reconciler's safety net would free it later: the harness must see it before that)."""
     monkeypatch.setattr(
-        process, "holds", SimpleNamespace(take=holds.take, release=lambda book, command: None)
+        process,
+        "holds",
+        SimpleNamespace(
+            take=holds.take,
+            take_while_open=holds.take_while_open,
+            release=lambda book, command: None,
+            release_after_end=lambda book, command: None,
+        ),
     )
 
 

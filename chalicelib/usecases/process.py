@@ -196,7 +196,8 @@ class Worker:
         # ACCEPTED: its current step has certainly not been sent
         if not delivery.holds_taken and not command.transactions:
             try:
-                holds.take(self.book, command)
+                if holds.take_while_open(self.book, command) is None:
+                    return Outcome.DONE  # another worker ended it meanwhile
             except DomainError as refused:
                 return self._reject(command, refused.detail)
         changes: dict[str, object] = {
@@ -421,6 +422,9 @@ class Worker:
             {"error": reason, "lease_until": None},
             reason,
         )
+        # A retried request (or a re-driven message) that read the command while it was open
+        # may have reserved again between the release and the terminal write.
+        holds.release_after_end(self.book, command)
         return Outcome.DONE
 
 
