@@ -591,20 +591,12 @@ class DynamoBook:
         they were, and otherwise the whole item is read and changed."""
         if after == before:
             return before
-        whole = after.status != before.status or after.withdrawal != before.withdrawal
-        sets, removes, conditions = [], [], []
+        if any(slice_id not in after.slices for slice_id in before.slices):
+            return None  # a slice removed: not what patches are for
+        sets, removes = [], []
         names: dict[str, str] = {"#slices": "slices", "#state": "state", "#owner": "owner"}
         values: dict[str, Any] = {":one": 1}
-        if whole:
-            values[":nslices"] = len(before.slices)
-            conditions.append("size(#slices) = :nslices")
-        for i, (slice_id, old) in enumerate(before.slices.items()):
-            if slice_id not in after.slices:
-                return None  # a slice removed: not what patches are for
-            if whole and after.slices[slice_id] == old:
-                names[f"#u{i}"] = slice_id
-                values[f":us{i}"] = old.state.value
-                conditions.append(f"#slices.#u{i}.#state = :us{i}")
+        conditions = self._whole_as_in(before, after, names, values)
         for i, (slice_id, new) in enumerate(after.slices.items()):
             old = before.slices.get(slice_id)
             if old == new:
@@ -681,6 +673,24 @@ class DynamoBook:
         except ClientError:
             return None  # the parts moved meanwhile: read and decide again
         return _certificate_from(answer["Attributes"])
+
+    @staticmethod
+    def _whole_as_in(
+        before: Certificate, after: Certificate, names: dict[str, str], values: dict[str, Any]
+    ) -> list[str]:
+        """The conditions of a patch that changes the whole certificate (its status or
+        withdrawal): the item has exactly the slices of `before`, each in the state `before`
+        has it (the changed ones are conditioned on more, by the caller)."""
+        if after.status == before.status and after.withdrawal == before.withdrawal:
+            return []
+        values[":nslices"] = len(before.slices)
+        conditions = ["size(#slices) = :nslices"]
+        for i, (slice_id, old) in enumerate(before.slices.items()):
+            if after.slices[slice_id] == old:
+                names[f"#u{i}"] = slice_id
+                values[f":us{i}"] = old.state.value
+                conditions.append(f"#slices.#u{i}.#state = :us{i}")
+        return conditions
 
     def expiring_certificates(self, day: date, limit: int) -> list[str]:
         answer = self._call(
