@@ -35,12 +35,14 @@ test: $(STAMP)
 
 ## The deterministic simulation (tests/simulation) over SEEDS seeds from START, both registry
 ## modes, every core; prints progress, a summary, and the command replaying each failing seed.
+## BOOK=memory (the in-memory book), dynamo (the DynamoDB book on moto) or both.
 SEEDS ?= 200
 START ?= 0
 STEPS ?= 100
+BOOK ?= memory
 .PHONY: soak
 soak: $(STAMP)
-	$(BIN)/python -m tests.simulation --seeds $(SEEDS) --start $(START) --steps $(STEPS)
+	$(BIN)/python -m tests.simulation --seeds $(SEEDS) --start $(START) --steps $(STEPS) --book $(BOOK)
 
 ## Benchmarks and the cost model (bench/README.md): calls and capacity per command, USD per
 ## million, the worker at scale in virtual time, the embedded stack's throughput, a profile.

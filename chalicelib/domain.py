@@ -795,13 +795,18 @@ def align(
     status = cert.status
     if registry_withdrawn and cert.status != CertificateStatus.WITHDRAWN:
         status = CertificateStatus.WITHDRAWN
+        repairs.append({"action": "withdrawn"})
+    # Nothing of a withdrawn or expired certificate can be used, a slice the repairs added
+    # neither (the registry's owner of a slice of a withdrawn certificate cannot spend it).
+    ended = {
+        CertificateStatus.WITHDRAWN: SliceState.WITHDRAWN,
+        CertificateStatus.EXPIRED: SliceState.EXPIRED,
+    }.get(status)
+    if ended is not None:
         slices = {
-            k: v.model_copy(update={"state": SliceState.WITHDRAWN})
-            if v.state == SliceState.AVAILABLE
-            else v
+            k: v.model_copy(update={"state": ended}) if v.state == SliceState.AVAILABLE else v
             for k, v in slices.items()
         }
-        repairs.append({"action": "withdrawn"})
     if not repairs:
         return cert, []
     return cert.model_copy(update={"slices": slices, "status": status}), repairs

@@ -7,7 +7,8 @@ from typing import Any
 
 from chalicelib import observability
 from chalicelib.adapters.sqs import batch_response, delivery_of
-from chalicelib.usecases.process import Delivery, Outcome, PoisonMessage, Worker
+from chalicelib.ports import Delivery, Outcome, PoisonMessage
+from chalicelib.usecases.process import Worker
 
 
 def handle_queue_event(event: dict[str, Any], worker: Worker, max_receives: int) -> dict:

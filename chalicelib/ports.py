@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 from chalicelib.domain import (
@@ -185,6 +186,30 @@ class CommandQueue(Protocol):
         `certificates`, as the command's holds left them, let the worker build without
         reading them again."""
         ...
+
+
+# --- the worker's side of the queue -----------------------------------------------------------
+
+
+class Outcome(StrEnum):
+    DONE = "done"  # the message has served its purpose: delete it
+    RETRY = "retry"  # it must come back later (and its FIFO group wait): registry down, busy
+    FAILED = "failed"  # it must come back, because processing it failed (poison, a fault)
+
+
+class PoisonMessage(Exception):
+    """A message that no retry can make sense of (unparsable, or names no command)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One queue message, as the worker needs it."""
+
+    command_id: str
+    group: str
+    holds_taken: bool = True  # False when re-driven: the API may have died before its holds
+    command: Command | None = None  # the command as accepted, when the API queued it
+    certificates: dict[str, Certificate] | None = None  # as its holds left them
 
 
 Clock = Callable[[], datetime]

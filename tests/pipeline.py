@@ -21,11 +21,11 @@ from chalicelib.domain import (
     Role,
     SliceRef,
 )
-from chalicelib.ports import DependencyDown
+from chalicelib.ports import Delivery, DependencyDown, Outcome
 from chalicelib.registry.builder import PlainTransactionBuilder
 from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from chalicelib.usecases import accept
-from chalicelib.usecases.process import Delivery, Outcome, Worker
+from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler, resolve_by_operator
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -25,7 +25,7 @@ from chalicelib.domain import (
     SliceRef,
     SliceState,
 )
-from chalicelib.ports import HoldingQuery, Transition
+from chalicelib.ports import DuplicateCommand, HoldingQuery, Transition
 from chalicelib.usecases import accept
 from tests.builders import (
     ISSUER,
@@ -455,3 +455,87 @@ def test_a_batch_key_reused_with_another_batch_is_refused_whole_and_records_noth
     assert book.commands == recorded
     again = batch("body-1", [spec("571313000000000001")])
     assert again[0].command.command_id == first[0].command.command_id
+
+
+# --- a retried request and a command that ended meanwhile (issue 13, item 9) ----------------
+
+
+class _Meanwhile:
+    """The book as one invocation sees it: other work runs just before its first call that
+    `when` picks (a pause at that point of the invocation)."""
+
+    def __init__(self, book: Any, when: Any, other: Any) -> None:
+        self._book, self._when, self._other, self.ran = book, when, other, False
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._book, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.ran and self._when(name, args):
+                self.ran = True
+                self._other()
+            return target(*args, **kwargs)
+
+        return call
+
+
+def _alice_transfers_a_slice_the_registry_will_refuse():
+    from tests.pipeline import Pipeline
+
+    p = Pipeline()
+    cert, slice_id = p.issued()
+    retry = p.request(Actor(owner="alice"), key="transfer-1", body="transfer")
+    first = accept.transfer(
+        p.book, p.queue, retry, SliceRef(certificate_id=cert, slice_id=slice_id), "bob", 1000
+    )
+    p.registry.withdraw(cert)  # behind the book's back: the registry will refuse the transfer
+    return p, first, retry, SliceRef(certificate_id=cert, slice_id=slice_id)
+
+
+def _holds(book: Any, command_id: str) -> list[str]:
+    return [
+        s.slice_id
+        for cert in book.certificates.values()
+        for s in cert.slices.values()
+        if s.reserved_by == command_id
+    ]
+
+
+def test_a_retry_paused_before_its_reservation_takes_nothing_for_a_command_that_ended():
+    """Seed 18022 (no queries): alice's retry (same Idempotency-Key) read her command ACCEPTED,
+    paused before its reservation; the worker meanwhile had the transfer refused and released
+    the slice; the retry then reserved it again for the REJECTED command, for ever (I5)."""
+    p, first, retry, ref = _alice_transfers_a_slice_the_registry_will_refuse()
+    book = _Meanwhile(p.book, lambda name, args: name == "reserve", p.run)
+    answer = accept.transfer(book, p.queue, retry, ref, "bob", 1000)
+    assert book.ran
+    assert p.command(first.command_id).status == CommandStatus.REJECTED
+    assert answer.status == CommandStatus.REJECTED
+    assert _holds(p.book, first.command_id) == []
+    p.run()
+    assert _holds(p.book, first.command_id) == []
+
+
+def test_a_retry_between_a_rejections_release_and_its_terminal_write_leaves_no_hold():
+    """The other order: the retry read the command ACCEPTED and paused; the worker released
+    the slice; the retry went on and reserved it (the command still SENDING: a hold of an open
+    command); then the worker wrote REJECTED."""
+    p, first, retry, ref = _alice_transfers_a_slice_the_registry_will_refuse()
+
+    class ReadBeforeTheWorker:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(p.book, name)
+
+        def add_command(self, command: Any) -> None:
+            raise DuplicateCommand(first)  # as the retry found it, before the worker took it
+
+    def retried() -> None:
+        accept.transfer(ReadBeforeTheWorker(), p.queue, retry, ref, "bob", 1000)
+        assert _holds(p.book, first.command_id) == [ref.slice_id]  # taken again meanwhile
+
+    def rejecting(name: str, args: tuple) -> bool:
+        return name == "transition" and args[1].target == CommandStatus.REJECTED
+
+    p.run(worker=p.make_worker(book=_Meanwhile(p.book, rejecting, retried)))
+    assert p.command(first.command_id).status == CommandStatus.REJECTED
+    assert _holds(p.book, first.command_id) == []

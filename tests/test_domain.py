@@ -461,6 +461,24 @@ def test_a_withdrawn_certificate_keeps_its_quantity_in_withdrawn_slices():
     assert domain.apply_withdraw(done, withdraw) == done
 
 
+def test_a_repair_on_a_withdrawn_certificate_gives_the_registrys_owner_nothing_to_spend():
+    """Seed 24 (queries, found by the check that a withdrawn certificate has no usable slice):
+    the reconciler repaired a slice's owner on a withdrawn certificate and the new owner's
+    slice was `available`, spendable in the book while the registry takes nothing from it."""
+    cert = active_certificate()
+    withdraw = withdraw_command(cert.certificate_id)
+    done = domain.apply_withdraw(domain.begin_withdrawal(cert, withdraw.command_id), withdraw)
+    view = domain.RegistrySliceView(
+        ref=only_slice(done).ref, owner="carol", quantity_wh=cert.quantity_wh
+    )
+    aligned, repairs = domain.align(done, [view], registry_withdrawn=True)
+    assert [r["action"] for r in repairs] == ["wrong_owner"]
+    assert aligned.status == CertificateStatus.WITHDRAWN
+    (live,) = [s for s in aligned.slices.values() if s.owner == "carol"]
+    assert live.state == SliceState.WITHDRAWN
+    assert domain.conservation_holds(aligned)
+
+
 def test_a_withdrawal_leaves_claimed_slices_claimed():
     production, consumption = claimable_pair()
     claim = claim_command(ref_of(production), ref_of(consumption), 1000)

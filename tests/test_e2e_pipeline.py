@@ -148,3 +148,30 @@ def test_issue_slice_transfer_claim_and_withdraw_go_from_202_to_committed(stack)
     ]
     assert [(b["quantity_wh"], b["certificates"]) for b in totals] == [(350, 1)]
     assert services.registry.duplicates() == []
+
+
+def test_a_withdrawal_leaves_no_slice_of_the_certificate_usable(stack) -> None:
+    """Issue 13, item 1: the queue message carries the certificate trimmed to the slices the
+    command names (none, for a withdrawal), and the DynamoDB book applied the outcome to that
+    snapshot only: the certificate was `withdrawn` and its slices still `available`, counted
+    in the owner's totals."""
+    client, poller, _ = stack
+    production = _issue(client, poller, "alice", "production", "571313000000000001", 1000)
+    (whole,) = _slices(client, production, ALICE).values()
+    sliced = _post(
+        client,
+        f"/v1/certificates/{production}/slices",
+        {"slice_id": whole, "quantities_wh": [600, 400]},
+        ALICE,
+        "slice-1",
+    )
+    _committed(client, poller, sliced, ALICE)
+
+    withdrawn = _post(client, f"/v1/certificates/{production}/withdraw", {}, ISSUER, "withdraw-1")
+    _committed(client, poller, withdrawn, ISSUER)
+
+    view = _get(client, f"/v1/certificates/{production}", ALICE)
+    assert view["status"] == "withdrawn"
+    assert sorted(s["state"] for s in view["slices"]) == ["withdrawn", "withdrawn"]
+    totals = _get(client, "/v1/certificates/aggregate?granularity=day&type=production", ALICE)
+    assert totals["buckets"] == []

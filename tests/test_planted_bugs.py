@@ -2,7 +2,8 @@
 
 A harness that never fails proves nothing. Each bug here is one the design exists to prevent;
 planted with monkeypatch, the simulation must report it as a violation of the invariant it
-breaks, on one of the seeds that `make test` runs.
+breaks, on one of the seeds that `make test` runs: over the in-memory book, and over the
+DynamoDB book on moto (what would be deployed), where the bugs of that book are planted too.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.domain import CommandStatus
-from chalicelib.ports import DependencyDown, Transition
+from chalicelib.ports import DependencyDown, Outcome, Transition
 from chalicelib.usecases import holds, process
-from chalicelib.usecases.process import Outcome, Worker
+from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler
 from tests.simulation import run
-from tests.test_simulation import CI_SEEDS, STEPS
+from tests.test_simulation import CI_SEEDS, DYNAMO_CI_SEEDS, STEPS
 
 
 def skip_the_sending_guard(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +57,14 @@ def keep_the_reservation_on_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker marks a refused command REJECTED but does not release what it holds (the
     reconciler's safety net would free it later: the harness must see it before that)."""
     monkeypatch.setattr(
-        process, "holds", SimpleNamespace(take=holds.take, release=lambda book, command: None)
+        process,
+        "holds",
+        SimpleNamespace(
+            take=holds.take,
+            take_while_open=holds.take_while_open,
+            release=lambda book, command: None,
+            release_after_end=lambda book, command: None,
+        ),
     )
 
 
@@ -82,6 +91,13 @@ def resend_in_doubt_work_from_the_reconciler(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(Reconciler, "_resolve", resolve)
 
 
+def apply_an_outcome_to_the_snapshots_slices_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DynamoDB book writes an outcome computed from the queue message's snapshot, which
+    holds only the slices the command names, without asking that the item has no others: a
+    withdrawal leaves them available (issue 13, item 1)."""
+    monkeypatch.setattr(DynamoBook, "_whole_as_in", staticmethod(lambda *args: []))
+
+
 BUGS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], set[str]]] = {
     "the SENDING guard skipped": (skip_the_sending_guard, {"I1"}),
     "a resend after a timeout": (resend_after_a_timeout, {"I1"}),
@@ -103,3 +119,28 @@ def test_the_simulation_reports_a_planted_bug_within_the_ci_seeds(
                 print(f"{bug}: found by {result.replay}\n{result.report()}")
                 return
     pytest.fail(f"{bug}: no seed of {CI_SEEDS} reported a violation of {sorted(rules)}")
+
+
+DYNAMO_BUGS = {
+    **BUGS,
+    "an outcome applied to the snapshot's slices only": (
+        apply_an_outcome_to_the_snapshots_slices_only,
+        {"I6"},
+    ),
+}
+
+
+@pytest.mark.moto
+@pytest.mark.parametrize("bug", list(DYNAMO_BUGS))
+def test_the_simulation_over_the_dynamodb_book_reports_a_planted_bug(
+    bug: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant, rules = DYNAMO_BUGS[bug]
+    plant(monkeypatch)
+    for seed in range(DYNAMO_CI_SEEDS):
+        for queries in (False, True):
+            result = run(seed, queries, STEPS, book="dynamo")
+            if any(v.rule in rules for v in result.violations):
+                print(f"{bug}: found by {result.replay}\n{result.report()}")
+                return
+    pytest.fail(f"{bug}: no seed of {DYNAMO_CI_SEEDS} reported a violation of {sorted(rules)}")

@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib.domain import CertificateType, CommandStatus, SliceState
 from chalicelib.entrypoints import handle_queue_event
-from chalicelib.usecases.process import Delivery, Outcome
+from chalicelib.ports import Delivery, Outcome
 from tests.pipeline import Pipeline
 
 BOTH_MODES = pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])

@@ -609,12 +609,21 @@ class DynamoBook:
         whose condition is that every part it touches is still as in `before`. Parts it does
         not touch may have moved on (other slices, other commands): they are not overwritten.
         None when the parts moved, or the change is too large for one expression: the caller
-        then reads and writes the whole item under the optimistic lock."""
+        then reads and writes the whole item under the optimistic lock.
+
+        `before` may hold only some of the certificate's slices (the queue message carries the
+        slices its command names). A change of the certificate's status or withdrawal is a
+        change of the whole certificate (a withdrawal spends every live slice), computed from
+        every slice `before` has: so it holds only if the item has exactly those slices, as
+        they were, and otherwise the whole item is read and changed."""
         if after == before:
             return before
-        sets, removes, conditions = [], [], []
+        if any(slice_id not in after.slices for slice_id in before.slices):
+            return None  # a slice removed: not what patches are for
+        sets, removes = [], []
         names: dict[str, str] = {"#slices": "slices", "#state": "state", "#owner": "owner"}
         values: dict[str, Any] = {":one": 1}
+        conditions = self._whole_as_in(before, after, names, values)
         for i, (slice_id, new) in enumerate(after.slices.items()):
             old = before.slices.get(slice_id)
             if old == new:
@@ -691,6 +700,24 @@ class DynamoBook:
         except ClientError:
             return None  # the parts moved meanwhile: read and decide again
         return _certificate_from(answer["Attributes"])
+
+    @staticmethod
+    def _whole_as_in(
+        before: Certificate, after: Certificate, names: dict[str, str], values: dict[str, Any]
+    ) -> list[str]:
+        """The conditions of a patch that changes the whole certificate (its status or
+        withdrawal): the item has exactly the slices of `before`, each in the state `before`
+        has it (the changed ones are conditioned on more, by the caller)."""
+        if after.status == before.status and after.withdrawal == before.withdrawal:
+            return []
+        values[":nslices"] = len(before.slices)
+        conditions = ["size(#slices) = :nslices"]
+        for i, (slice_id, old) in enumerate(before.slices.items()):
+            if after.slices[slice_id] == old:
+                names[f"#u{i}"] = slice_id
+                values[f":us{i}"] = old.state.value
+                conditions.append(f"#slices.#u{i}.#state = :us{i}")
+        return conditions
 
     def expiring_certificates(self, day: date, limit: int) -> list[str]:
         answer = self._call(

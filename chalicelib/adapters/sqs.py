@@ -18,8 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from chalicelib.domain import Certificate, Command
-from chalicelib.ports import DependencyDown
-from chalicelib.usecases.process import Delivery, Outcome, PoisonMessage
+from chalicelib.ports import Delivery, DependencyDown, Outcome, PoisonMessage
 
 
 def _trimmed(cert: Certificate, command: Command) -> Certificate:

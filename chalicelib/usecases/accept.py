@@ -101,12 +101,14 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
         )
     if first.status != CommandStatus.ACCEPTED or first.attempts:
         return first  # the worker has it: the first answer stands
-    # The first attempt may have stopped before taking its holds or queueing: finish it.
+    # The first attempt may have stopped before taking its holds or queueing: finish it. The
+    # command was read before, and a worker may have ended it since: holds are taken only for
+    # a command still open (I5).
     try:
-        certificates = holds.take(book, first)
+        certificates = holds.take_while_open(book, first)
     except DomainError as refused:
         try:
-            return book.transition(
+            rejected = book.transition(
                 first.command_id,
                 Transition(
                     expected=CommandStatus.ACCEPTED,
@@ -117,6 +119,10 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
             )
         except StaleCommand:  # a worker moved it meanwhile: answer with what is stored
             return book.get_command(first.command_id) or first
+        holds.release_after_end(book, rejected)
+        return rejected
+    if certificates is None:  # it ended meanwhile: answer with what is stored
+        return book.get_command(first.command_id) or first
     enqueue(queue, first, certificates)
     return first
 

@@ -48,6 +48,20 @@ def take(book: Book, command: Command) -> dict[str, Certificate]:
         raise
 
 
+def take_while_open(book: Book, command: Command) -> dict[str, Certificate] | None:
+    """`take` for a command read a while ago, which another process may have ended since (a
+    retried request, a re-driven message): once its holds are taken, the command is read
+    again, and if it has ended they are let go again and None is returned. The process that
+    ends a command releases its holds again after its terminal write (`release_after_end`),
+    so whichever of the two comes second lets go: no hold outlives its command (I5)."""
+    certificates = take(book, command)
+    current = book.get_command(command.command_id)
+    if current is None or current.is_terminal:
+        release(book, command)
+        return None
+    return certificates
+
+
 def _take(book: Book, command: Command) -> dict[str, Certificate]:
     match command.kind:
         case CommandKind.ISSUE:
@@ -122,6 +136,15 @@ def release(book: Book, command: Command) -> None:
             book.update_certificate(
                 certificate_id, lambda cert: domain.release(cert, command.command_id)
             )
+
+
+def release_after_end(book: Book, command: Command) -> None:
+    """After a command's terminal write: release once more what a process that read the
+    command while it was open may have taken between the first release and that write (see
+    `take_while_open`). Only a withdrawal mark or reservations: an issuance taken again for
+    an ended command is abandoned by that process itself."""
+    if command.kind != CommandKind.ISSUE:
+        release(book, command)
 
 
 def _abandon_issue(book: Book, command: Command) -> None:

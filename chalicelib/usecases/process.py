@@ -24,12 +24,18 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Protocol
 
 from chalicelib import domain, observability
 from chalicelib.domain import Certificate, Command, CommandKind, CommandStatus, DomainError
-from chalicelib.ports import Book, StaleCommand, Transition
+from chalicelib.ports import (
+    Book,
+    Delivery,
+    Outcome,
+    PoisonMessage,
+    StaleCommand,
+    Transition,
+)
 from chalicelib.registry.envelope import transaction_id_of
 from chalicelib.registry.port import (
     QueriesNotSupported,
@@ -50,27 +56,6 @@ _AWAITING_OUTCOME = (CommandStatus.SENDING, CommandStatus.SENT, CommandStatus.IN
 
 class TransactionBuilder(Protocol):
     def build(self, command: Command, certificates: Mapping[str, Certificate]): ...
-
-
-class Outcome(StrEnum):
-    DONE = "done"  # the message has served its purpose: delete it
-    RETRY = "retry"  # it must come back later (and its FIFO group wait): registry down, busy
-    FAILED = "failed"  # it must come back, because processing it failed (poison, a fault)
-
-
-class PoisonMessage(Exception):
-    """A message that no retry can make sense of (unparsable, or names no command)."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One queue message, as the worker needs it."""
-
-    command_id: str
-    group: str
-    holds_taken: bool = True  # False when re-driven: the API may have died before its holds
-    command: Command | None = None  # the command as accepted, when the API queued it
-    certificates: dict[str, Certificate] | None = None  # as its holds left them
 
 
 @dataclass
@@ -211,7 +196,8 @@ class Worker:
         # ACCEPTED: its current step has certainly not been sent
         if not delivery.holds_taken and not command.transactions:
             try:
-                holds.take(self.book, command)
+                if holds.take_while_open(self.book, command) is None:
+                    return Outcome.DONE  # another worker ended it meanwhile
             except DomainError as refused:
                 return self._reject(command, refused.detail)
         changes: dict[str, object] = {
@@ -436,6 +422,9 @@ class Worker:
             {"error": reason, "lease_until": None},
             reason,
         )
+        # A retried request (or a re-driven message) that read the command while it was open
+        # may have reserved again between the release and the terminal write.
+        holds.release_after_end(self.book, command)
         return Outcome.DONE
 
 

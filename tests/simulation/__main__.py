@@ -2,6 +2,7 @@
 
 .venv/bin/python -m tests.simulation --seed 1234 --queries      # one run, its violations
 .venv/bin/python -m tests.simulation --seeds 500                # a soak: both registry modes
+.venv/bin/python -m tests.simulation --seeds 500 --book dynamo  # over the DynamoDB book (moto)
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 
 from tests.simulation.soak import soak
-from tests.simulation.world import DEFAULT_STEPS, run, trace
+from tests.simulation.world import BOOKS, DEFAULT_STEPS, run, trace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,24 +26,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per run")
     parser.add_argument("--seeds", type=int, default=100, help="a soak: how many seeds")
     parser.add_argument("--start", type=int, default=0, help="a soak: the first seed")
+    parser.add_argument(
+        "--book",
+        choices=[*BOOKS, "both"],
+        default="memory",
+        help="the book the use cases run over: in memory, DynamoDB on moto, or both",
+    )
     parser.add_argument("--verbose", action="store_true", help="print the run's figures")
     parser.add_argument("--trace", action="store_true", help="print all that happened in it")
     args = parser.parse_args(argv)
+    books = list(BOOKS) if args.book == "both" else [args.book]
     if args.seed is not None:
-        if args.trace:
-            result, lines = trace(args.seed, bool(args.queries), args.steps)
-            print("\n".join(lines))
-        else:
-            result = run(args.seed, bool(args.queries), args.steps)
-        print(result.report())
-        if args.verbose:
-            for name, value in sorted(result.stats.items()):
-                print(f"  {name} = {value}")
-            for reason, n in sorted(result.exempt.items()):
-                print(f"  exempt: {reason} x{n}")
-        return 1 if result.violations else 0
+        failed = False
+        for book in books:
+            if args.trace:
+                result, lines = trace(args.seed, bool(args.queries), args.steps, book)
+                print("\n".join(lines))
+            else:
+                result = run(args.seed, bool(args.queries), args.steps, book)
+            print(result.report())
+            if args.verbose:
+                for name, value in sorted(result.stats.items()):
+                    print(f"  {name} = {value}")
+                for reason, n in sorted(result.exempt.items()):
+                    print(f"  exempt: {reason} x{n}")
+            failed = failed or bool(result.violations)
+        return 1 if failed else 0
     modes = [False, True] if args.queries is None else [args.queries]
-    return soak(range(args.start, args.start + args.seeds), modes, args.steps)
+    return soak(range(args.start, args.start + args.seeds), modes, args.steps, books=books)
 
 
 if __name__ == "__main__":

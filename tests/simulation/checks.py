@@ -179,6 +179,22 @@ def read_isolated(world: World, call: ApiCall, answer: Answer) -> None:
 # --- during the run ------------------------------------------------------------------------
 
 
+_ENDED = (CertificateStatus.WITHDRAWN, CertificateStatus.EXPIRED)
+_SPENDABLE = (SliceState.AVAILABLE, SliceState.RESERVED)
+
+
+def spendable_when_ended(cert: domain.Certificate) -> list[str]:
+    """Slices the book would still let an owner use on a withdrawn or expired certificate
+    (the registry takes nothing from it): the book differs from the registry (I6)."""
+    if cert.status not in _ENDED:
+        return []
+    return [
+        f"{cert.certificate_id} is {cert.status} but its slice {s.slice_id} is {s.state}"
+        for s in cert.slices.values()
+        if s.state in _SPENDABLE
+    ]
+
+
 def during_run(world: World) -> None:
     for cert in world.book.certificates.values():
         if not domain.conservation_holds(cert):
@@ -187,6 +203,8 @@ def during_run(world: World) -> None:
                 f"{cert.certificate_id}: live slices sum to "
                 f"{cert.live_quantity()} Wh of {cert.quantity_wh} ({cert.status})",
             )
+        for problem in spendable_when_ended(cert):
+            world.violate_once("I6", problem)
     for command in world.in_doubt():
         if not command.error:
             world.violate_once("I2", f"{command.command_id} is IN_DOUBT and says nothing to do")
@@ -326,7 +344,7 @@ def differences(world: World, certificate_id: str) -> list[str]:
         return [] if snapshot is None else [f"the registry has it, the book has {_cert(cert)}"]
     if snapshot is None:
         return [f"the book has it {cert.status}, the registry does not"]
-    found = []
+    found = spendable_when_ended(cert)
     if snapshot["withdrawn"] != (cert.status == CertificateStatus.WITHDRAWN):
         found.append(f"withdrawn in the registry: {snapshot['withdrawn']}, book: {cert.status}")
     book_slices = sorted(

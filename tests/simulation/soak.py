@@ -1,6 +1,7 @@
 """Many seeds, in both registry modes, on every core: a progress line and a summary.
 
-`make soak SEEDS=N` runs this. Each run is independent and deterministic, so the figures of a
+`make soak SEEDS=N` runs this (`BOOK=dynamo` over the DynamoDB book on moto, `BOOK=both` each
+seed over both books). Each run is independent and deterministic, so the figures of a
 soak depend only on the seeds, and every failing run is printed with the command replaying it.
 """
 
@@ -18,7 +19,7 @@ from tests.simulation.world import Result, run
 SHOWN_FAILURES = 20
 
 
-def _one(job: tuple[int, bool, int]) -> Result:
+def _one(job: tuple[int, bool, int, str]) -> Result:
     return run(*job)
 
 
@@ -34,8 +35,9 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
     timeouts = sum(n for name, n in totals.items() if name.startswith("timeouts."))
     failed = [r for r in results if r.violations]
     seeds = len({r.seed for r in results})
+    books = ", ".join(sorted({r.book for r in results}))
     lines = [
-        f"seeds: {seeds}  runs: {len(results)}  ({seconds:.0f} s)",
+        f"book: {books}  seeds: {seeds}  runs: {len(results)}  ({seconds:.0f} s)",
         f"commands: {totals['commands']}  (requests {totals['api.requests']}, "
         f"retries after no answer {totals['api.retries']}, reads {totals['reads']})",
         f"crashes injected: {totals['crashes']}  (api {totals['crashes.api']}, worker "
@@ -62,8 +64,16 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
     return "\n".join(lines), totals
 
 
-def soak(seeds: Iterable[int], modes: Sequence[bool], steps: int, jobs: int | None = None) -> int:
-    jobs_list = [(seed, queries, steps) for seed in seeds for queries in modes]
+def soak(
+    seeds: Iterable[int],
+    modes: Sequence[bool],
+    steps: int,
+    jobs: int | None = None,
+    books: Sequence[str] = ("memory",),
+) -> int:
+    jobs_list = [
+        (seed, queries, steps, book) for seed in seeds for queries in modes for book in books
+    ]
     jobs = jobs or os.cpu_count() or 1
     started = time.monotonic()
     results: list[Result] = []
@@ -79,7 +89,7 @@ def soak(seeds: Iterable[int], modes: Sequence[bool], steps: int, jobs: int | No
                 rate = done / max(time.monotonic() - started, 1e-9)
                 line = (
                     f"[{done}/{len(jobs_list)}] seed {result.seed} "
-                    f"{'queries' if result.queries else 'no-queries'}  "
+                    f"{'queries' if result.queries else 'no-queries'} {result.book}  "
                     f"violations {violations}  {rate:.1f} runs/s"
                 )
                 print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)

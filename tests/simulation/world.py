@@ -76,10 +76,17 @@ class Violation:
         return f"{self.rule}: {self.detail}"
 
 
-def replay_command(seed: int, queries: bool, steps: int = DEFAULT_STEPS) -> str:
+BOOKS = ("memory", "dynamo")  # the in-memory book, or the DynamoDB book on moto
+
+
+def replay_command(
+    seed: int, queries: bool, steps: int = DEFAULT_STEPS, book: str = "memory"
+) -> str:
     args = ["--seed", str(seed), "--queries" if queries else "--no-queries"]
     if steps != DEFAULT_STEPS:
         args += ["--steps", str(steps)]
+    if book != "memory":
+        args += ["--book", book]
     return ".venv/bin/python -m tests.simulation " + shlex.join(args)
 
 
@@ -91,14 +98,15 @@ class Result:
     stats: Counter
     violations: list[Violation]
     exempt: Counter  # checks not applied, by reason
+    book: str = "memory"
 
     @property
     def replay(self) -> str:
-        return replay_command(self.seed, self.queries, self.steps)
+        return replay_command(self.seed, self.queries, self.steps, self.book)
 
     def report(self) -> str:
         lines = [
-            f"seed {self.seed} ({'queries' if self.queries else 'no queries'}): "
+            f"seed {self.seed} ({'queries' if self.queries else 'no queries'}, {self.book} book): "
             f"{len(self.violations)} violation(s)",
             *(f"  {v}" for v in self.violations[:20]),
             f"replay: {self.replay}",
@@ -370,7 +378,12 @@ OWNERS = ("alice", "bob", "carol")
 
 class World:
     def __init__(
-        self, seed: int, queries: bool, steps: int = DEFAULT_STEPS, trace: bool = False
+        self,
+        seed: int,
+        queries: bool,
+        steps: int = DEFAULT_STEPS,
+        trace: bool = False,
+        book: str = "memory",
     ) -> None:
         from tests.simulation import checks
         from tests.simulation.client import Clients
@@ -385,7 +398,14 @@ class World:
         self.exempt: Counter = Counter()
         self.violations: list[Violation] = []
         self.clock = VirtualClock()
-        self.book = InMemoryBook()
+        self.book_kind = book
+        self._resources = contextlib.ExitStack()
+        if book == "dynamo":
+            from tests.simulation.dynamo import DynamoView, moto_table
+
+            self.book: Any = DynamoView(self._resources.enter_context(moto_table()))
+        else:
+            self.book = InMemoryBook()
         self.queue = SqsFifo(self)
         # The shape of this run: each seed draws its own faults and timings.
         self.visibility_s = rng.choice([30.0, 90.0, 180.0])
@@ -880,7 +900,7 @@ class World:
             self.violate(rule, detail)
 
     def run(self) -> Result:
-        with deterministic(self):
+        with self._resources, deterministic(self):
             try:
                 for _ in range(self.steps):
                     self.step()
@@ -889,16 +909,26 @@ class World:
                 self.checks.at_quiet(self)
             except Exception as exc:  # a bug of the harness, or one it did not expect
                 self.violate("harness", "".join(traceback.format_exception(exc))[-2000:])
-        return Result(self.seed, self.queries, self.steps, self.stats, self.violations, self.exempt)
+        return Result(
+            self.seed,
+            self.queries,
+            self.steps,
+            self.stats,
+            self.violations,
+            self.exempt,
+            self.book_kind,
+        )
 
 
-def run(seed: int, queries: bool, steps: int = DEFAULT_STEPS) -> Result:
-    return World(seed, queries, steps).run()
+def run(seed: int, queries: bool, steps: int = DEFAULT_STEPS, book: str = "memory") -> Result:
+    return World(seed, queries, steps, book=book).run()
 
 
-def trace(seed: int, queries: bool, steps: int = DEFAULT_STEPS) -> tuple[Result, list[str]]:
+def trace(
+    seed: int, queries: bool, steps: int = DEFAULT_STEPS, book: str = "memory"
+) -> tuple[Result, list[str]]:
     """A run with everything that happened in it, for reading a failure."""
-    world = World(seed, queries, steps, trace=True)
+    world = World(seed, queries, steps, trace=True, book=book)
     result = world.run()
     assert world.trace is not None
     return result, world.trace
