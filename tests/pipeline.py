@@ -144,7 +144,6 @@ class Pipeline:
                 command.command_id,
                 applied,
                 "checked the registry by hand",
-                registry=self.registry,
             )
         self.run()
         self.reconcile()

@@ -84,7 +84,6 @@ def test_a_worker_that_dies_mid_send_leaves_in_doubt_work_that_gets_resolved(que
             command.command_id,
             when == "after",
             "checked the registry",
-            registry=p.registry,
         )
         assert p.command(command.command_id).status == (
             CommandStatus.COMMITTED if when == "after" else CommandStatus.REJECTED
@@ -257,34 +256,16 @@ def test_only_operators_resolve_and_only_in_doubt_commands(queries) -> None:
     p.run()
     with pytest.raises(domain.Forbidden):
         resolve_by_operator(
-            p.book,
-            p.queue,
-            p.worker,
-            Actor(owner="alice"),
-            command.command_id,
-            True,
-            "trust me",
-            registry=p.registry,
+            p.book, p.queue, p.worker, Actor(owner="alice"), command.command_id, True, "trust me"
         )
     committed = resolve_by_operator(
-        p.book,
-        p.queue,
-        p.worker,
-        OPERATOR,
-        command.command_id,
-        True,
-        "seen in the registry",
-        registry=p.registry,
+        p.book, p.queue, p.worker, OPERATOR, command.command_id, True, "seen in the registry"
     )
     assert committed.status == CommandStatus.COMMITTED
     with pytest.raises(domain.Conflict):
-        resolve_by_operator(
-            p.book, p.queue, p.worker, OPERATOR, command.command_id, False, "x", registry=p.registry
-        )
+        resolve_by_operator(p.book, p.queue, p.worker, OPERATOR, command.command_id, False, "x")
     with pytest.raises(domain.NotFound):
-        resolve_by_operator(
-            p.book, p.queue, p.worker, OPERATOR, "nope", False, "x", registry=p.registry
-        )
+        resolve_by_operator(p.book, p.queue, p.worker, OPERATOR, "nope", False, "x")
 
 
 @BOTH_MODES
@@ -307,7 +288,6 @@ def test_an_operator_resolving_a_multi_step_command_sends_the_next_step_to_the_w
         command.command_id,
         True,
         "the slice is in the registry",
-        registry=p.registry,
     )
     assert after.status == CommandStatus.ACCEPTED and after.step == 1
     p.run()
@@ -349,31 +329,15 @@ def test_an_operator_who_finds_a_step_never_reached_the_registry_has_it_sent_onc
     assert p.registry.log() == []
     p.registry.configure(lost_rate=0.0)
     with pytest.raises(domain.Forbidden):
-        resend_by_operator(
-            p.book,
-            p.queue,
-            Actor(owner="alice"),
-            command.command_id,
-            "x",
-            p.now(),
-            registry=p.registry,
-        )
+        resend_by_operator(p.book, p.queue, Actor(owner="alice"), command.command_id, "x", p.now())
     after = resend_by_operator(
-        p.book,
-        p.queue,
-        OPERATOR,
-        command.command_id,
-        "its id is not in the registry",
-        p.now(),
-        registry=p.registry,
+        p.book, p.queue, OPERATOR, command.command_id, "its id is not in the registry", p.now()
     )
     assert after.status == CommandStatus.ACCEPTED
     p.run()
     assert p.command(command.command_id).status == CommandStatus.COMMITTED
     assert len(p.registry.received_ids()) == 1
     with pytest.raises(domain.Conflict):
-        resend_by_operator(
-            p.book, p.queue, OPERATOR, command.command_id, "again", p.now(), registry=p.registry
-        )
+        resend_by_operator(p.book, p.queue, OPERATOR, command.command_id, "again", p.now())
     p.settle()
     p.check_settled()

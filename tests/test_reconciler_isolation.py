@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from chalicelib.domain import Actor, Command, CommandStatus, Conflict, Role
-from chalicelib.usecases.reconcile import Reconciler, resend_by_operator, resolve_by_operator
+from chalicelib.domain import Command, CommandStatus
+from chalicelib.usecases.reconcile import Reconciler
 from tests.pipeline import Pipeline
 
 
@@ -195,93 +193,3 @@ def test_alignment_never_repairs_a_commit_that_landed_after_its_stream_was_read(
     assert report.actions["drift_repaired"] == 0
     p.settle()
     p.check_settled()
-
-
-# --- operators' findings are checked against the registry where it can answer (item 3) -------
-
-OPERATOR = Actor(owner="ops", roles=frozenset({Role.OPERATOR}))
-
-
-def applied_in_doubt(p: Pipeline) -> Command:
-    """An issue the registry applied, whose answer was lost: IN_DOUBT."""
-    p.registry.configure(ambiguous_rate=1.0)
-    command = p.issue()
-    p.run()
-    p.registry.configure(ambiguous_rate=0.0)
-    p.vclock.advance(5)  # past the registry's commit delay
-    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
-    return p.command(command.command_id)
-
-
-def test_not_sent_is_refused_when_the_registry_has_the_transaction() -> None:
-    p = Pipeline(queries=True)
-    command = applied_in_doubt(p)
-    with pytest.raises(Conflict, match="in its stream, status COMMITTED"):
-        resend_by_operator(
-            p.book, p.queue, OPERATOR, command.command_id, "not there", p.now(), p.registry
-        )
-    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT  # unchanged
-    p.run()
-    assert len(p.registry.received_ids()) == 1  # never sent a second time (I1)
-
-
-def test_not_sent_is_refused_when_the_registry_refused_the_transaction() -> None:
-    # It reached the registry (a FAILED status): sending it again would be a second send.
-    p = Pipeline(queries=True)
-    cert, s0 = p.issued()
-    p.registry.set_owner(cert, s0, "mallory")
-    p.registry.configure(ambiguous_rate=1.0)
-    command = p.transfer("alice", cert, s0, "bob", 1000)
-    p.run()
-    p.registry.configure(ambiguous_rate=0.0)
-    p.vclock.advance(5)
-    with pytest.raises(Conflict, match="not in its stream, status FAILED"):
-        resend_by_operator(p.book, p.queue, OPERATOR, command.command_id, "x", p.now(), p.registry)
-
-
-def test_rejected_is_refused_when_the_registry_shows_the_transaction_committed() -> None:
-    p = Pipeline(queries=True)
-    command = applied_in_doubt(p)
-    with pytest.raises(Conflict, match="cannot be resolved as rejected"):
-        resolve_by_operator(
-            p.book, p.queue, p.worker, OPERATOR, command.command_id, False, "x", p.registry
-        )
-    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
-
-
-def test_committed_is_refused_when_the_registry_never_had_the_transaction() -> None:
-    p = Pipeline(queries=True, lost_rate=1.0)  # lost on the way: the registry never saw it
-    command = p.issue()
-    p.run()
-    p.registry.configure(lost_rate=0.0)
-    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
-    with pytest.raises(Conflict, match="not in its stream, status UNKNOWN"):
-        resolve_by_operator(
-            p.book, p.queue, p.worker, OPERATOR, command.command_id, True, "x", p.registry
-        )
-    # What the registry allows: it never arrived, so it is sent, once.
-    resend_by_operator(p.book, p.queue, OPERATOR, command.command_id, "absent", p.now(), p.registry)
-    p.run()
-    assert p.command(command.command_id).status == CommandStatus.COMMITTED
-    assert len(p.registry.received_ids()) == 1
-
-
-def test_where_the_registry_cannot_answer_the_operators_word_stands_and_alignment_heals_it() -> (
-    None
-):
-    p = Pipeline(queries=True)
-    command = applied_in_doubt(p)
-    p.registry.set_available(False)  # down: the finding cannot be checked
-    resolve_by_operator(
-        p.book, p.queue, p.worker, OPERATOR, command.command_id, False, "looked wrong", p.registry
-    )
-    assert p.command(command.command_id).status == CommandStatus.REJECTED
-    assert p.book.get_certificate(command.certificate_id).status == "rejected"
-    p.registry.set_available(True)
-    p.reconcile()
-    # The registry has it: the book follows the registry, the repair on the audit trail.
-    cert = p.book.get_certificate(command.certificate_id)
-    assert cert.status == "active"
-    assert [s.owner for s in cert.slices.values()] == ["alice"]
-    assert p.book.audits(command.certificate_id)[0]["action"] == "issued_in_registry"
-    p.check_invariants()

@@ -213,10 +213,17 @@ class Reconciler:
                 "the registry answers no queries: an "
                 "operator must check the registry and resolve it",
             )
-        word = registry_word(self.registry, self.codec, command)
-        if word is None:
+        data = base64.b64decode(command.transactions[command.step])
+        transaction_id = transaction_id_of(data)
+        try:
+            status = self.registry.status(transaction_id).status
+            # The stream is the truth: a duplicate send can make an applied transaction's
+            # status read FAILED, and an old one's read UNKNOWN.
+            applied = transaction_id in {
+                transaction_id_of(tx) for tx in self.registry.stream(self.codec.stream_id(data))
+            }
+        except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
             return "registry_unreachable"
-        status, applied = word.status, word.applied
         try:
             if applied or status in (TransactionStatus.COMMITTED, TransactionStatus.FINALIZED):
                 after = self.worker.step_committed(command)
@@ -320,14 +327,7 @@ class Reconciler:
             for s in truth.slices.values()
         ]
         found: list[dict] = []
-        unissued = (domain.CertificateStatus.ISSUING, domain.CertificateStatus.REJECTED)
-        # The book holds it as not (or never) issued, while the registry has it: a duplicate
-        # send's FAILED receipt, say, or an operator's wrong finding. Once its issue command
-        # is over, the registry's word is the truth; while that command runs, it is in flight.
-        issue_over = False
-        if seen.status in unissued:
-            issue = self.book.get_command(seen.issue_command)
-            issue_over = issue is None or issue.is_terminal
+
         moved = False
 
         def repair(cert: domain.Certificate) -> domain.Certificate:
@@ -337,14 +337,11 @@ class Reconciler:
                 moved = True
                 return cert  # changed since the stream was read: left for the next look
             if (
-                (cert.status in unissued and not issue_over)
+                cert.status in (domain.CertificateStatus.ISSUING, domain.CertificateStatus.REJECTED)
                 or any(s.reserved_by for s in cert.slices.values())
                 or cert.withdrawal
             ):
                 return cert  # work in flight: its effect is on its way, not drift
-            if cert.status in unissued:
-                found.append({"action": "issued_in_registry", "book_status": cert.status.value})
-                cert = cert.model_copy(update={"status": domain.CertificateStatus.ACTIVE})
             aligned, repairs = domain.align(cert, views, truth.withdrawn)
             found.extend(repairs)
             return aligned
@@ -388,65 +385,7 @@ class Reconciler:
         return "expired" if after.status == domain.CertificateStatus.EXPIRED else "expiry_deferred"
 
 
-# --- the registry's word on a step ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RegistryWord:
-    """What the registry says of a command's current step: its status, and whether the
-    transaction is in its stream (the truth: a duplicate send can make an applied
-    transaction's status read FAILED, and an old one's read UNKNOWN)."""
-
-    transaction_id: str
-    status: TransactionStatus
-    applied: bool
-
-    def __str__(self) -> str:
-        where = "in its stream" if self.applied else "not in its stream"
-        return f"the registry has transaction {self.transaction_id} {where}, status {self.status}"
-
-
-def registry_word(
-    registry: Registry, codec: TransactionCodec, command: Command
-) -> RegistryWord | None:
-    """The registry's word on the command's current step; None where it cannot answer."""
-    if not registry.supports_queries or command.step >= len(command.transactions):
-        return None
-    data = base64.b64decode(command.transactions[command.step])
-    transaction_id = transaction_id_of(data)
-    try:
-        status = registry.status(transaction_id).status
-        applied = transaction_id in {
-            transaction_id_of(tx) for tx in registry.stream(codec.stream_id(data))
-        }
-    except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
-        return None
-    return RegistryWord(transaction_id, status, applied)
-
-
 # --- operators ---------------------------------------------------------------------------------
-
-
-def _refuse_against_registry(
-    registry: Registry, codec: TransactionCodec, command: Command, outcome: str
-) -> None:
-    """An operator's finding that the registry contradicts is refused (409, with what the
-    registry said); where the registry cannot answer, the operator's word stands."""
-    word = registry_word(registry, codec, command)
-    if word is None:
-        return
-    contradicted = {
-        # Sent again, it would be a second send (I1): the registry saw it.
-        "not_sent": word.applied or word.status != TransactionStatus.UNKNOWN,
-        "rejected": word.applied,
-        "committed": not word.applied
-        and word.status in (TransactionStatus.FAILED, TransactionStatus.UNKNOWN),
-    }[outcome]
-    if contradicted:
-        raise Conflict(
-            f"command {command.command_id} cannot be resolved as {outcome}: {word}",
-            subject=command.command_id,
-        )
 
 
 def _in_doubt_for(book: Book, actor: domain.Actor, command_id: str) -> Command:
@@ -470,13 +409,9 @@ def resolve_by_operator(
     command_id: str,
     committed: bool,
     reason: str,
-    registry: Registry,
-    codec: TransactionCodec = PLAIN,
 ) -> Command:
-    """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have,
-    unless the registry can tell it is wrong."""
+    """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have."""
     command = _in_doubt_for(book, actor, command_id)
-    _refuse_against_registry(registry, codec, command, "committed" if committed else "rejected")
     observability.event(
         "operator.resolve",
         command_id=command_id,
@@ -505,16 +440,12 @@ def resend_by_operator(
     command_id: str,
     reason: str,
     now: datetime,
-    registry: Registry,
-    codec: TransactionCodec = PLAIN,
 ) -> Command:
     """An operator's finding that an IN_DOUBT step never reached the registry (its transaction
     id is not there): the step goes back to ACCEPTED and its stored bytes are sent. This is
     the one way a step in doubt is sent again, and it rests on the operator's look at the
-    registry: a wrong finding would send a transaction twice (I1). Where the registry answers
-    queries, it is asked first, and a transaction it has seen is never sent again."""
+    registry: a wrong finding would send a transaction twice (I1)."""
     command = _in_doubt_for(book, actor, command_id)
-    _refuse_against_registry(registry, codec, command, "not_sent")
     observability.event(
         "operator.resend",
         command_id=command_id,
