@@ -297,23 +297,13 @@ class Reconciler:
                 checked.add(certificate_id)
                 outcome = self._align(certificate_id)
                 report.count(outcome)
-                # Unreachable, or moved while it was compared: the next pass looks again.
-                compared = compared and outcome not in (
-                    "registry_unreachable",
-                    "drift_check_moved_meanwhile",
-                )
+                compared = compared and outcome != "registry_unreachable"
         if compared:  # else the next pass compares its certificates again
             self.book.mark_reconciled(command.command_id)
 
     def _align(self, certificate_id: str) -> str:
         if not self.registry.supports_queries:
             return "drift_not_checkable"
-        # Read before the stream: a commit landing between the stream query and the repair
-        # must not be "repaired" back by the older stream. The repair applies only to the
-        # version read here (the book's optimistic lock makes that its write's condition).
-        seen = self.book.get_certificate(certificate_id)
-        if seen is None:
-            return "drift_unknown_to_book"
         try:
             truth = self.codec.fold(certificate_id, self.registry.stream(certificate_id))
         except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
@@ -328,14 +318,8 @@ class Reconciler:
         ]
         found: list[dict] = []
 
-        moved = False
-
         def repair(cert: domain.Certificate) -> domain.Certificate:
-            nonlocal moved
             found.clear()
-            if cert.version != seen.version:
-                moved = True
-                return cert  # changed since the stream was read: left for the next look
             if (
                 cert.status in (domain.CertificateStatus.ISSUING, domain.CertificateStatus.REJECTED)
                 or any(s.reserved_by for s in cert.slices.values())
@@ -350,8 +334,6 @@ class Reconciler:
             cert = self.book.update_certificate(certificate_id, repair)
         except Conflict:
             return "drift_check_conflict"
-        if moved:
-            return "drift_check_moved_meanwhile"
         # Every time, not only after a repair: a pass that died between its repair and these
         # writes finds nothing left to repair the next time, and would leave an owner without
         # the certificate in their list.
