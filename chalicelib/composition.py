@@ -77,7 +77,6 @@ def reconciler(services: Services) -> Reconciler:
         clock=services.clock,
         redrive_after_s=settings.redrive_after_s,
         expiry_days=settings.certificate_expiry_days,
-        pending_timeout_s=settings.pending_timeout_s,
         lease_s=settings.lambda_timeout_s * 2,
         codec=codec_for(services),
     )

@@ -69,8 +69,6 @@ class Settings(BaseSettings):
     # deduplication window, or the re-drive of a message that did go out (and was dead-
     # lettered since) would be dropped as its duplicate.
     redrive_after_s: float = 360.0
-    # A step the registry holds PENDING longer than this is IN_DOUBT, for an operator.
-    pending_timeout_s: float = Field(default=900.0, gt=0)
     certificate_expiry_days: int = 365
     max_body_bytes: int = 256 * 1024
     open_command_shards: int = 8  # spreads the open-commands index over partitions

@@ -407,19 +407,6 @@ def test_alarms_watch_queue_age_reconciler_failures_and_api_5xx(templates, stage
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_an_alarm_fires_when_the_reconciler_cannot_settle_a_command_or_a_phase(templates, stage):
-    # The reconciler catches these per command, so its function no longer fails on them.
-    [alarm] = alarms_on(templates[stage], "command_failed")
-    watched = {
-        m["MetricStat"]["Metric"]["MetricName"] for m in alarm["Metrics"] if "MetricStat" in m
-    }
-    assert watched == {"command_failed", "phase_failed"}
-    [expression] = [m for m in alarm["Metrics"] if m.get("ReturnData")]
-    assert expression["Expression"] == "FILL(command_failed, 0) + FILL(phase_failed, 0)"
-    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanOrEqualToThreshold", 1)
-
-
-@pytest.mark.parametrize("stage", STAGES)
 def test_every_alarm_tells_the_operators_topic(templates, stage):
     template = templates[stage]
     for name, alarm in resources_of(template, "AWS::CloudWatch::Alarm").items():

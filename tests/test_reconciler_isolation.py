@@ -132,21 +132,3 @@ def test_a_phase_that_fails_does_not_stop_the_phases_after_it() -> None:
     assert report.unsettled[0].phase == "open" and report.unsettled[0].command_id is None
     assert report.actions["expired"] == 1
     assert p.book.get_certificate(cert).status == "expired"
-
-
-def test_a_step_pending_for_too_long_goes_in_doubt_and_is_counted_for_the_alarm() -> None:
-    # The real verifier can throw on malformed input: the transaction stays PENDING for ever.
-    p = Pipeline(queries=True, commit_delay_s=10**9)
-    command = p.issue()
-    p.run()
-    assert p.command(command.command_id).status == CommandStatus.SENT
-    p.vclock.advance(14 * 60)
-    assert p.reconcile()["pending"] == 1  # not yet
-    p.vclock.advance(2 * 60)
-    assert p.reconcile()["in_doubt_for_operator"] == 1
-    in_doubt = p.command(command.command_id)
-    assert in_doubt.status == CommandStatus.IN_DOUBT
-    assert "PENDING for over 15 minutes" in in_doubt.error
-    # Still waiting in the registry: counted on every pass while it is there, never re-sent.
-    assert p.reconcile()["in_doubt_for_operator"] == 1
-    assert len(p.registry.received_ids()) == 1

@@ -102,7 +102,6 @@ class Reconciler:
     holder: str = field(default_factory=lambda: str(uuid.uuid4()))
     codec: TransactionCodec = PLAIN  # reads stored transactions: the builder's encoding
     operator_after: int = 3  # failed passes on one command before it is marked for an operator
-    pending_timeout_s: float = 900.0  # a step PENDING longer than this is IN_DOUBT
 
     def run(self) -> Report:
         now = self.clock()
@@ -237,16 +236,6 @@ class Reconciler:
         except StaleCommand:
             return "moved_meanwhile"
         if status == TransactionStatus.PENDING:
-            if command.status == CommandStatus.IN_DOUBT:
-                return "in_doubt_for_operator"  # still counted while it waits: the alarm
-            if self.clock() - command.updated_at > timedelta(seconds=self.pending_timeout_s):
-                # The real verifier can throw on malformed input and leave a transaction
-                # PENDING for ever: past the timeout, that is for an operator to look at.
-                return self._still_in_doubt(
-                    command,
-                    f"the registry has held the transaction PENDING for over "
-                    f"{self.pending_timeout_s / 60:g} minutes: an operator must check it",
-                )
             return "pending"
         return self._still_in_doubt(
             command,
