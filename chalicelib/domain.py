@@ -377,9 +377,6 @@ class Command(BaseModel):
     lease_until: datetime | None = None
     attempts: int = 0
     error: str | None = None
-    # Passes in which the reconciler failed to settle it (an error of its own, not the
-    # registry's word): past a few, the command is marked for an operator with the reason.
-    reconcile_failures: int = 0
 
     @property
     def is_terminal(self) -> bool:

@@ -90,14 +90,6 @@ class Book(Protocol):
         """Apply `change` if the command is as expected, else StaleCommand(current)."""
         ...
 
-    def note_trouble(
-        self, command_id: str, status: CommandStatus, now: datetime, error: str | None
-    ) -> Command:
-        """Count one failed attempt of the reconciler to settle the command, if it is still in
-        `status` (else StaleCommand(current)); with an `error`, record it for an operator.
-        The status and step are left as they are: only the count (and the error) change."""
-        ...
-
     def forget_command(self, command: Command) -> None:
         """Remove a command that was refused before anything else happened to it."""
         ...

@@ -274,33 +274,6 @@ class DynamoBook:
             raise StaleCommand(_command_from(old) if old else None) from exc
         return _command_from(answer["Attributes"])
 
-    def note_trouble(
-        self, command_id: str, status: CommandStatus, now: datetime, error: str | None
-    ) -> Command:
-        expression = "ADD reconcile_failures :one"
-        values: dict[str, Any] = {":one": {"N": "1"}, ":status": {"S": status.value}}
-        if error is not None:
-            expression += " SET #error = :error, updated_at = :now"
-            values |= {":error": {"S": error}, ":now": {"S": now.isoformat()}}
-        try:
-            answer = self._call(
-                "update_item",
-                Key=_command_key(command_id),
-                UpdateExpression=expression,
-                ConditionExpression="#status = :status",
-                ExpressionAttributeNames={
-                    "#status": "status",
-                    **({"#error": "error"} if error is not None else {}),
-                },
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            old = exc.response.get("Item")
-            raise StaleCommand(_command_from(old) if old else None) from exc
-        return _command_from(answer["Attributes"])
-
     def forget_command(self, command: Command) -> None:
         # If a worker took it meanwhile, the condition fails and the worker, finding the holds
         # missing, rejects it.

@@ -111,20 +111,6 @@ class InMemoryBook:
                 self._reconciled.add(command_id)
             return updated
 
-    def note_trouble(
-        self, command_id: str, status: domain.CommandStatus, now: datetime, error: str | None
-    ) -> Command:
-        with self._lock:
-            current = self.commands.get(command_id)
-            if current is None or current.status != status:
-                raise StaleCommand(current)
-            update: dict = {"reconcile_failures": current.reconcile_failures + 1}
-            if error is not None:
-                update |= {"error": error, "updated_at": now}
-            updated = current.model_copy(update=update)
-            self.commands[command_id] = updated
-            return updated
-
     def forget_command(self, command: Command) -> None:
         with self._lock:
             stored = self.commands.get(command.command_id)

@@ -16,19 +16,12 @@ break anything). Bounded work per pass; what is left is found again by the next 
   registry can return streams, are compared with the registry and repaired (registry wins),
   each repair written to the audit trail.
 - Expiry: certificates older than the configured number of days become unusable.
-
-Each command (and each phase) is settled in isolation: an error of the reconciler's own on one
-command is logged with its id and reason, counted, and the pass goes on with the others, so
-one command it cannot settle never stops re-drive, leases, in-doubt, holds, drift or expiry
-for the rest. A command that fails `operator_after` passes in a row is marked for an operator
-with the reason (it shows in the stuck list, and a SENT one becomes IN_DOUBT).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -54,38 +47,15 @@ LEASE = "reconciler"
 EXPIRY_LOOKBACK_DAYS = 7  # days before the cutoff swept every pass, in case a pass was missed
 
 
-@dataclass(frozen=True)
-class Unsettled:
-    """A command (or a phase, with no command id) the pass could not settle, and why."""
-
-    command_id: str | None
-    phase: str
-    reason: str
-
-
 @dataclass
 class Report:
     started_at: datetime
     finished_at: datetime | None = None
     actions: Counter = field(default_factory=Counter)
     complete: bool = True
-    unsettled: list[Unsettled] = field(default_factory=list)
 
     def count(self, action: str, n: int = 1) -> None:
         self.actions[action] += n
-
-    def failed(self, phase: str, command_id: str | None, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {exc}"
-        self.unsettled.append(Unsettled(command_id=command_id, phase=phase, reason=reason))
-        self.count("command_failed" if command_id else "phase_failed")
-        self.complete = False
-        observability.event(
-            "reconciler.failed",
-            level=logging.ERROR,
-            phase=phase,
-            command_id=command_id,
-            reason=reason,
-        )
 
 
 @dataclass
@@ -101,7 +71,6 @@ class Reconciler:
     lease_s: float = 300.0
     holder: str = field(default_factory=lambda: str(uuid.uuid4()))
     codec: TransactionCodec = PLAIN  # reads stored transactions: the builder's encoding
-    operator_after: int = 3  # failed passes on one command before it is marked for an operator
 
     def run(self) -> Report:
         now = self.clock()
@@ -113,25 +82,14 @@ class Reconciler:
             report.finished_at = self.clock()
             return report
         try:
-            for phase, work in (
-                ("open", lambda: self._open_commands(now, report)),
-                ("settled", lambda: self._settled_commands(report)),
-                ("expiry", lambda: self._expire(now, report)),
-            ):
-                # The isolation boundary of a phase: whatever one phase meets (a listing the
-                # book refused, say), the others still run.
-                try:
-                    work()
-                except Exception as exc:
-                    report.failed(phase, None, exc)
+            self._open_commands(now, report)
+            self._settled_commands(report)
+            self._expire(now, report)
         finally:
             self.book.release_lease(LEASE, self.holder)
         report.finished_at = self.clock()
         observability.event(
-            "reconciler.pass",
-            actions=dict(report.actions),
-            complete=report.complete,
-            unsettled=[vars(u) for u in report.unsettled],
+            "reconciler.pass", actions=dict(report.actions), complete=report.complete
         )
         observability.metrics({k: v for k, v in report.actions.items()})
         return report
@@ -150,36 +108,6 @@ class Reconciler:
                 report.count(self._settle_open(command, now))
             except StaleCommand:  # a worker (or an operator) moved it since it was listed
                 report.count("moved_meanwhile")
-            except Exception as exc:  # the isolation boundary of one command: see the docstring
-                report.failed("open", command.command_id, exc)
-                self._note_trouble(command, report)
-
-    def _note_trouble(self, command: Command, report: Report) -> None:
-        """Count a failed pass on the command; past `operator_after`, mark it for an operator
-        with the reason (a SENT one becomes IN_DOUBT, which the in-doubt alarm counts)."""
-        reason = report.unsettled[-1].reason
-        failures = command.reconcile_failures + 1
-        marked = failures >= self.operator_after
-        error = (
-            f"the reconciler failed to settle it in {failures} passes ({reason}): "
-            "an operator must look at it"
-            if marked
-            else None
-        )
-        try:
-            self.book.note_trouble(command.command_id, command.status, self.clock(), error)
-            if marked and command.status == CommandStatus.SENT:
-                self._still_in_doubt(command, error)
-        except Exception as exc:  # the book itself is failing: the next pass counts again
-            observability.event(
-                "reconciler.note_failed",
-                level=logging.ERROR,
-                command_id=command.command_id,
-                reason=f"{type(exc).__name__}: {exc}",
-            )
-            return
-        if marked:
-            report.count("marked_for_operator")
 
     def _settle_open(self, command: Command, now: datetime) -> str:
         match command.status:
@@ -266,29 +194,23 @@ class Reconciler:
             report.complete = False
         checked: set[str] = set()
         for command in commands:
-            try:
-                self._settle_settled(command, checked, report)
-            except Exception as exc:  # the isolation boundary of one command
-                report.failed("settled", command.command_id, exc)
-
-    def _settle_settled(self, command: Command, checked: set[str], report: Report) -> None:
-        compared = True
-        for certificate_id in command.certificate_ids():
-            cert = self.book.get_certificate(certificate_id)
-            if cert is None:
-                continue
-            if any(s.reserved_by == command.command_id for s in cert.slices.values()) or (
-                cert.withdrawal == command.command_id
-            ):
-                holds.release(self.book, command)
-                report.count("stale_reservation_released")
-            if certificate_id not in checked:
-                checked.add(certificate_id)
-                outcome = self._align(certificate_id)
-                report.count(outcome)
-                compared = compared and outcome != "registry_unreachable"
-        if compared:  # else the next pass compares its certificates again
-            self.book.mark_reconciled(command.command_id)
+            compared = True
+            for certificate_id in command.certificate_ids():
+                cert = self.book.get_certificate(certificate_id)
+                if cert is None:
+                    continue
+                if any(s.reserved_by == command.command_id for s in cert.slices.values()) or (
+                    cert.withdrawal == command.command_id
+                ):
+                    holds.release(self.book, command)
+                    report.count("stale_reservation_released")
+                if certificate_id not in checked:
+                    checked.add(certificate_id)
+                    outcome = self._align(certificate_id)
+                    report.count(outcome)
+                    compared = compared and outcome != "registry_unreachable"
+            if compared:  # else the next pass compares its certificates again
+                self.book.mark_reconciled(command.command_id)
 
     def _align(self, certificate_id: str) -> str:
         if not self.registry.supports_queries:
@@ -343,17 +265,15 @@ class Reconciler:
         for back in range(EXPIRY_LOOKBACK_DAYS, -1, -1):
             day = (cutoff - timedelta(days=back)).date()
             for certificate_id in self.book.expiring_certificates(day, self.max_commands):
-                try:
-                    report.count(self._expire_one(certificate_id, cutoff))
-                except Exception as exc:  # the isolation boundary of one certificate
-                    report.failed("expiry", None, exc)
-
-    def _expire_one(self, certificate_id: str, cutoff: datetime) -> str:
-        cert = self.book.get_certificate(certificate_id)
-        if cert is None or cert.period.start >= cutoff:
-            return "expiry_not_due"
-        after = self.book.update_certificate(certificate_id, domain.expire)
-        return "expired" if after.status == domain.CertificateStatus.EXPIRED else "expiry_deferred"
+                cert = self.book.get_certificate(certificate_id)
+                if cert is None or cert.period.start >= cutoff:
+                    continue
+                after = self.book.update_certificate(certificate_id, domain.expire)
+                report.count(
+                    "expired"
+                    if after.status == domain.CertificateStatus.EXPIRED
+                    else "expiry_deferred"
+                )
 
 
 # --- operators ---------------------------------------------------------------------------------

@@ -156,31 +156,6 @@ def test_a_transition_from_another_status_raises_stale_with_the_current_command(
     assert book.get_command(cmd.command_id) == cmd
 
 
-def test_noting_trouble_counts_it_and_changes_nothing_else_until_an_error_is_given(book):
-    cmd = a_command()
-    book.add_command(cmd)
-    once = book.note_trouble(cmd.command_id, ACCEPTED, at(1), None)
-    assert once == cmd.model_copy(update={"reconcile_failures": 1})
-    assert book.get_command(cmd.command_id) == once
-    marked = book.note_trouble(cmd.command_id, ACCEPTED, at(2), "an operator must look")
-    assert marked == cmd.model_copy(
-        update={"reconcile_failures": 2, "error": "an operator must look", "updated_at": at(2)}
-    )
-    assert book.get_command(cmd.command_id) == marked
-
-
-def test_noting_trouble_on_a_command_that_moved_raises_stale_and_changes_nothing(book):
-    cmd = a_command()
-    book.add_command(cmd)
-    with pytest.raises(StaleCommand) as stale:
-        book.note_trouble(cmd.command_id, SENT, at(1), "too late")
-    assert stale.value.current == cmd
-    assert book.get_command(cmd.command_id) == cmd
-    with pytest.raises(StaleCommand) as missing:
-        book.note_trouble("no-such-command", ACCEPTED, at(1), None)
-    assert missing.value.current is None
-
-
 def test_a_transition_at_another_step_raises_stale_with_the_current_command(book):
     cmd = a_command()
     book.add_command(cmd)
