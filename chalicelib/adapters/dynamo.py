@@ -399,7 +399,9 @@ class DynamoBook:
                 "update_item",
                 Key=_command_key(command_id),
                 UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="attribute_exists(pk) AND NOT #status IN (:committed, :rejected)",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND NOT #status IN (:committed, :rejected)"
+                ),
                 ExpressionAttributeNames={
                     "#status": "status",
                     **({"#error": "error"} if for_operator is not None else {}),

@@ -714,7 +714,9 @@ def test_an_unsettled_pass_is_counted_and_a_reason_marks_the_command_for_an_oper
 def test_an_unsettled_pass_leaves_a_terminal_or_unknown_command_alone(book):
     cmd = a_command()
     book.add_command(cmd)
-    done = book.transition(cmd.command_id, Transition(expected=ACCEPTED, target=REJECTED, now=at(1)))
+    done = book.transition(
+        cmd.command_id, Transition(expected=ACCEPTED, target=REJECTED, now=at(1))
+    )
     book.note_unsettled(cmd.command_id, for_operator="late")
     book.note_unsettled("cmd-none", for_operator="late")
     assert book.get_command(cmd.command_id) == done
