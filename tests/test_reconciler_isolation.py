@@ -5,6 +5,7 @@ operator."""
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from typing import Any
 
@@ -38,13 +39,12 @@ def in_doubt_issue(p: Pipeline) -> domain.Command:
     command = p.issue(gsrn="571313000000000009")
     p.run()
     p.registry.configure(ambiguous_rate=0.0)
-    assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
-    return command
+    in_doubt = p.command(command.command_id)
+    assert in_doubt.status == CommandStatus.IN_DOUBT
+    return in_doubt
 
 
 def tx_id(command: domain.Command) -> str:
-    import base64
-
     return transaction_id_of(base64.b64decode(command.transactions[command.step]))
 
 
