@@ -322,15 +322,24 @@ class Reconciler:
             for s in truth.slices.values()
         ]
         found: list[dict] = []
+        unissued = (domain.CertificateStatus.ISSUING, domain.CertificateStatus.REJECTED)
+        issuing = self.book.get_command(seen.issue_command) if seen.status in unissued else None
+        # An issuance still on its way is in flight, not drift. One that ended (refused, or
+        # resolved as not applied) while the registry has the certificate is drift like any
+        # other: the registry issued it, so the book does too.
+        issue_in_flight = issuing is not None and not issuing.is_terminal
 
         def repair(cert: domain.Certificate) -> domain.Certificate:
             found.clear()
             if (
-                cert.status in (domain.CertificateStatus.ISSUING, domain.CertificateStatus.REJECTED)
+                (cert.status in unissued and issue_in_flight)
                 or any(s.reserved_by for s in cert.slices.values())
                 or cert.withdrawal
             ):
                 return cert  # work in flight: its effect is on its way, not drift
+            if cert.status in unissued:
+                found.append({"action": "issued_in_registry", "book": cert.status.value})
+                cert = cert.model_copy(update={"status": domain.CertificateStatus.ACTIVE})
             aligned, repairs = domain.align(cert, views, truth.withdrawn)
             found.extend(repairs)
             return aligned
@@ -398,6 +407,55 @@ def _in_doubt_for(book: Book, actor: domain.Actor, command_id: str) -> Command:
     return command
 
 
+@dataclass(frozen=True)
+class RegistryWord:
+    """What the registry says of a step's transaction, when it can say anything."""
+
+    transaction_id: str
+    status: TransactionStatus
+    applied: bool  # in the certificate's stream: the truth, whatever the status says
+
+    def __str__(self) -> str:
+        return (
+            f"the registry reports transaction {self.transaction_id} "
+            f"{self.status.value}, and it is {'' if self.applied else 'not '}in the stream"
+        )
+
+
+def registry_word(
+    registry: Registry | None, codec: TransactionCodec, command: Command
+) -> RegistryWord | None:
+    """The registry's word on the command's current step; None where it cannot answer."""
+    if registry is None or not registry.supports_queries or not command.transactions:
+        return None
+    data = base64.b64decode(command.transactions[command.step])
+    transaction_id = transaction_id_of(data)
+    try:
+        status = registry.status(transaction_id).status
+        stream = registry.stream(codec.stream_id(data))
+    except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
+        return None
+    applied = transaction_id in {transaction_id_of(tx) for tx in stream}
+    return RegistryWord(transaction_id, status, applied)
+
+
+def _check_finding(word: RegistryWord | None, finding: str, command_id: str) -> None:
+    """Refuse an operator's finding the registry contradicts: acting on it would send a
+    transaction twice (I1) or leave the book against the registry."""
+    if word is None:
+        return  # the registry cannot answer: the operator's word stands
+    contradicted = {
+        # Known to the registry at all: it arrived, so sending it again is a second send.
+        "not_sent": word.applied or word.status != TransactionStatus.UNKNOWN,
+        "rejected": word.applied,
+        "committed": not word.applied and word.status != TransactionStatus.PENDING,
+    }[finding]
+    if contradicted:
+        raise Conflict(
+            f"command {command_id} cannot be resolved as {finding}: {word}", subject=command_id
+        )
+
+
 def resolve_by_operator(
     book: Book,
     queue: CommandQueue,
@@ -406,9 +464,17 @@ def resolve_by_operator(
     command_id: str,
     committed: bool,
     reason: str,
+    registry: Registry | None = None,
+    codec: TransactionCodec = PLAIN,
 ) -> Command:
-    """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have."""
+    """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have,
+    unless the registry, asked again, contradicts it."""
     command = _in_doubt_for(book, actor, command_id)
+    _check_finding(
+        registry_word(registry, codec, command),
+        "committed" if committed else "rejected",
+        command_id,
+    )
     observability.event(
         "operator.resolve",
         command_id=command_id,
@@ -437,12 +503,16 @@ def resend_by_operator(
     command_id: str,
     reason: str,
     now: datetime,
+    registry: Registry | None = None,
+    codec: TransactionCodec = PLAIN,
 ) -> Command:
     """An operator's finding that an IN_DOUBT step never reached the registry (its transaction
     id is not there): the step goes back to ACCEPTED and its stored bytes are sent. This is
     the one way a step in doubt is sent again, and it rests on the operator's look at the
-    registry: a wrong finding would send a transaction twice (I1)."""
+    registry: a wrong finding would send a transaction twice (I1). Where the registry answers
+    queries, it is asked first, and a transaction it knows is never sent again."""
     command = _in_doubt_for(book, actor, command_id)
+    _check_finding(registry_word(registry, codec, command), "not_sent", command_id)
     observability.event(
         "operator.resend",
         command_id=command_id,
