@@ -485,5 +485,7 @@ def reconcile_now(services: Services, call: Call) -> HttpResponse:
             finished_at=report.finished_at or report.started_at,
             actions=dict(report.actions),
             complete=report.complete,
+            unsettled=report.unsettled,
+            failed_phases=report.failed_phases,
         )
     )
