@@ -79,6 +79,8 @@ def reconciler(services: Services) -> Reconciler:
         expiry_days=settings.certificate_expiry_days,
         lease_s=settings.lambda_timeout_s * 2,
         codec=codec_for(services),
+        unsettled_passes_for_operator=settings.reconciler_unsettled_passes,
+        pending_in_doubt_after_s=settings.pending_in_doubt_after_s,
     )
 
 

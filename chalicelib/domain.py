@@ -377,6 +377,7 @@ class Command(BaseModel):
     lease_until: datetime | None = None
     attempts: int = 0
     error: str | None = None
+    unsettled_passes: int = 0  # reconciler passes that failed to settle it (an error, not a wait)
 
     @property
     def is_terminal(self) -> bool:

@@ -40,6 +40,10 @@ class DuplicateCommand(Exception):
         self.existing = existing
 
 
+class CertificateMoved(Exception):
+    """A change conditional on a certificate's version found it at another version."""
+
+
 class DependencyDown(Exception):
     """AWS (or another dependency) is unreachable or throttling: the client may retry."""
 
@@ -113,6 +117,12 @@ class Book(Protocol):
         """The reconciler is done with this terminal command: drop it from its work list."""
         ...
 
+    def note_unsettled(self, command_id: str, for_operator: str | None = None) -> None:
+        """One more reconciler pass could not settle this open command. With `for_operator`,
+        the command is marked for an operator with that reason (its `error`). Its status and
+        age are left as they are; a terminal or unknown command is left alone."""
+        ...
+
     # the reconciler's own records
     def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
         """Take the named lease if free or expired; True when `holder` has it."""
@@ -149,6 +159,13 @@ class Book(Protocol):
         """Read-modify-write under an optimistic lock (retried on a concurrent write). With a
         `snapshot` of the certificate, the book may write only what `change` changes in it, in
         one conditional write on those parts, and read only if they moved meanwhile."""
+        ...
+
+    def update_certificate_at(
+        self, certificate_id: str, version: int, change: Callable[[Certificate], Certificate]
+    ) -> Certificate:
+        """Apply `change` only if the certificate is still at `version`, in one conditional
+        write, never retried: CertificateMoved when it moved, NotFound when it is not there."""
         ...
 
     def holdings(self, query: HoldingQuery) -> Page[Certificate]:

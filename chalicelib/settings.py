@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # lettered since) would be dropped as its duplicate.
     redrive_after_s: float = 360.0
     certificate_expiry_days: int = 365
+    # Reconciler passes that fail to settle a command before it is marked for an operator.
+    reconciler_unsettled_passes: int = Field(default=3, ge=1)
+    # A step the registry holds PENDING longer than this is IN_DOUBT, for an operator.
+    pending_in_doubt_after_s: float = Field(default=900.0, gt=0)
     max_body_bytes: int = 256 * 1024
     open_command_shards: int = 8  # spreads the open-commands index over partitions
 

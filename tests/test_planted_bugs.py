@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -98,11 +99,52 @@ def apply_an_outcome_to_the_snapshots_slices_only(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(DynamoBook, "_whole_as_in", staticmethod(lambda *args: []))
 
 
+def end_the_pass_on_one_commands_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error settling one command (not a lost race) ends the reconciler's pass over the
+    open commands, and the same oldest command ends every later one."""
+
+    def unsettled(self: Reconciler, command, exc: Exception, report) -> None:  # type: ignore[no-untyped-def]
+        raise exc
+
+    monkeypatch.setattr(Reconciler, "_unsettled", unsettled)
+
+
+class _Unconditional:
+    """A book whose version-conditional change ignores the version."""
+
+    def __init__(self, book: Any) -> None:
+        self._book = book
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._book, name)
+
+    def update_certificate_at(self, certificate_id: str, version: int, change: Any) -> Any:
+        return self._book.update_certificate(certificate_id, change)
+
+
+def align_without_the_version_condition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alignment writes the registry's stream over the certificate whatever happened to it
+    since it was read: a commit landing between the stream query and the repair is undone."""
+    original = Reconciler._align
+
+    def align(self: Reconciler, certificate_id: str) -> str:
+        book = self.book
+        self.book = _Unconditional(book)
+        try:
+            return original(self, certificate_id)
+        finally:
+            self.book = book
+
+    monkeypatch.setattr(Reconciler, "_align", align)
+
+
 BUGS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], set[str]]] = {
     "the SENDING guard skipped": (skip_the_sending_guard, {"I1"}),
     "a resend after a timeout": (resend_after_a_timeout, {"I1"}),
     "a reservation not released on rejection": (keep_the_reservation_on_rejection, {"I5"}),
     "a reconciler that re-sends IN_DOUBT work": (resend_in_doubt_work_from_the_reconciler, {"I1"}),
+    "one command's error ends the reconciler's pass": (end_the_pass_on_one_commands_error, {"I2"}),
+    "alignment without its version condition": (align_without_the_version_condition, {"I6"}),
 }
 
 

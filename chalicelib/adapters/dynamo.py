@@ -43,6 +43,7 @@ from chalicelib.domain import (
     SliceState,
 )
 from chalicelib.ports import (
+    CertificateMoved,
     DependencyDown,
     DuplicateCommand,
     HoldingQuery,
@@ -381,6 +382,33 @@ class DynamoBook:
                 },
             )
 
+    def note_unsettled(self, command_id: str, for_operator: str | None = None) -> None:
+        sets = ["unsettled_passes = if_not_exists(unsettled_passes, :zero) + :one"]
+        values: dict[str, Any] = {
+            ":zero": 0,
+            ":one": 1,
+            ":committed": "COMMITTED",
+            ":rejected": "REJECTED",
+        }
+        if for_operator is not None:
+            sets.append("#error = :error")
+            values[":error"] = for_operator
+        # Only an open command: a worker may have ended it since the pass listed it.
+        with contextlib.suppress(ClientError):
+            self._call(
+                "update_item",
+                Key=_command_key(command_id),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=(
+                    "attribute_exists(pk) AND NOT #status IN (:committed, :rejected)"
+                ),
+                ExpressionAttributeNames={
+                    "#status": "status",
+                    **({"#error": "error"} if for_operator is not None else {}),
+                },
+                ExpressionAttributeValues=_to_item(values),
+            )
+
     # --- the reconciler's own records --------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
@@ -576,6 +604,29 @@ class DynamoBook:
             except ClientError:
                 continue  # someone wrote in between: read again and redo the change
         raise DependencyDown(f"certificate {certificate_id} is changing too often to update")
+
+    def update_certificate_at(
+        self, certificate_id: str, version: int, change: Callable[[Certificate], Certificate]
+    ) -> Certificate:
+        current = self.get_certificate(certificate_id)
+        if current is None:
+            raise domain.NotFound(f"certificate {certificate_id} not found", subject=certificate_id)
+        if current.version != version:
+            raise CertificateMoved(f"certificate {certificate_id} moved past {version}")
+        changed = change(current)
+        if changed == current:
+            return current
+        changed = changed.model_copy(update={"version": version + 1})
+        try:
+            self._call(
+                "put_item",
+                Item=self._certificate_item(changed),
+                ConditionExpression="version = :seen",
+                ExpressionAttributeValues={":seen": {"N": str(version)}},
+            )
+        except ClientError as exc:  # written since it was read: the caller looks again later
+            raise CertificateMoved(f"certificate {certificate_id} moved past {version}") from exc
+        return changed
 
     def _patch(self, before: Certificate, after: Certificate) -> Certificate | None:
         """Write only what changed between `before` and `after`, in one conditional update

@@ -23,6 +23,7 @@ from chalicelib.domain import (
     SliceRef,
 )
 from chalicelib.ports import (
+    CertificateMoved,
     DependencyDown,
     DuplicateCommand,
     HoldingQuery,
@@ -176,6 +177,16 @@ class InMemoryBook:
             )
         return found[:limit]
 
+    def note_unsettled(self, command_id: str, for_operator: str | None = None) -> None:
+        with self._lock:
+            current = self.commands.get(command_id)
+            if current is None or current.is_terminal:
+                return
+            changes: dict[str, Any] = {"unsettled_passes": current.unsettled_passes + 1}
+            if for_operator is not None:
+                changes["error"] = for_operator
+            self.commands[command_id] = current.model_copy(update=changes)
+
     def mark_reconciled(self, command_id: str) -> None:
         with self._lock:
             self._reconciled.add(command_id)
@@ -253,6 +264,23 @@ class InMemoryBook:
                 raise domain.NotFound(
                     f"certificate {certificate_id} not found", subject=certificate_id
                 )
+            changed = change(cert)
+            if changed != cert:
+                changed = changed.model_copy(update={"version": cert.version + 1})
+                self.certificates[certificate_id] = changed
+            return changed
+
+    def update_certificate_at(
+        self, certificate_id: str, version: int, change: Callable[[Certificate], Certificate]
+    ) -> Certificate:
+        with self._lock:
+            cert = self.certificates.get(certificate_id)
+            if cert is None:
+                raise domain.NotFound(
+                    f"certificate {certificate_id} not found", subject=certificate_id
+                )
+            if cert.version != version:
+                raise CertificateMoved(f"certificate {certificate_id} moved past {version}")
             changed = change(cert)
             if changed != cert:
                 changed = changed.model_copy(update={"version": cert.version + 1})

@@ -443,7 +443,14 @@ def resolve_command(services: Services, call: Call) -> HttpResponse:
     command_id = call.request.path_params["command_id"]
     if body.outcome == "not_sent":
         command = reconcile.resend_by_operator(
-            services.book, services.queue, call.actor, command_id, body.reason, services.clock()
+            services.book,
+            services.queue,
+            call.actor,
+            command_id,
+            body.reason,
+            services.clock(),
+            registry=services.registry,
+            codec=composition.codec_for(services),
         )
     else:
         command = reconcile.resolve_by_operator(
@@ -454,6 +461,8 @@ def resolve_command(services: Services, call: Call) -> HttpResponse:
             command_id,
             body.outcome == "committed",
             body.reason,
+            registry=services.registry,
+            codec=composition.codec_for(services),
         )
     return json_response(m.CommandView.of(command))
 
@@ -476,5 +485,7 @@ def reconcile_now(services: Services, call: Call) -> HttpResponse:
             finished_at=report.finished_at or report.started_at,
             actions=dict(report.actions),
             complete=report.complete,
+            unsettled=report.unsettled,
+            failed_phases=report.failed_phases,
         )
     )

@@ -277,7 +277,17 @@ class ReconcileReport(BaseModel):
     started_at: datetime
     finished_at: datetime
     actions: dict[str, int]
-    complete: bool = Field(description="False when the pass stopped at its work bound.")
+    complete: bool = Field(
+        description="False when the pass stopped at its work bound, or a phase of it failed."
+    )
+    unsettled: dict[str, str] = Field(
+        default_factory=dict,
+        description="The commands the pass could not settle (id: why); the next pass tries "
+        "again, and after a few passes the command is marked for an operator with the reason.",
+    )
+    failed_phases: dict[str, str] = Field(
+        default_factory=dict, description="Phases of the pass that failed (phase: why)."
+    )
 
 
 BatchItemAnswer.model_rebuild()

@@ -16,12 +16,18 @@ break anything). Bounded work per pass; what is left is found again by the next 
   registry can return streams, are compared with the registry and repaired (registry wins),
   each repair written to the audit trail.
 - Expiry: certificates older than the configured number of days become unusable.
+
+Each command is settled in isolation, and each of those phases runs whatever the others did:
+an error settling one command is logged with its id and reason, counted ("unsettled"), listed
+in the report, and after a few such passes written on the command for an operator; the pass
+goes on. Otherwise the oldest command the pass cannot settle would end every later pass.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +36,14 @@ from datetime import datetime, timedelta
 
 from chalicelib import domain, observability
 from chalicelib.domain import Command, CommandStatus, Conflict, Role
-from chalicelib.ports import Book, CommandQueue, DependencyDown, StaleCommand, Transition
+from chalicelib.ports import (
+    Book,
+    CertificateMoved,
+    CommandQueue,
+    DependencyDown,
+    StaleCommand,
+    Transition,
+)
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.envelope import transaction_id_of
 from chalicelib.registry.port import (
@@ -53,6 +66,8 @@ class Report:
     finished_at: datetime | None = None
     actions: Counter = field(default_factory=Counter)
     complete: bool = True
+    unsettled: dict[str, str] = field(default_factory=dict)  # command id -> why not settled
+    failed_phases: dict[str, str] = field(default_factory=dict)  # phase -> why it stopped
 
     def count(self, action: str, n: int = 1) -> None:
         self.actions[action] += n
@@ -71,6 +86,11 @@ class Reconciler:
     lease_s: float = 300.0
     holder: str = field(default_factory=lambda: str(uuid.uuid4()))
     codec: TransactionCodec = PLAIN  # reads stored transactions: the builder's encoding
+    # Passes that fail to settle a command before it is marked for an operator.
+    unsettled_passes_for_operator: int = 3
+    # How long the registry may hold a step PENDING before it is IN_DOUBT, for an operator:
+    # the real verifier leaves some malformed transactions PENDING for ever.
+    pending_in_doubt_after_s: float = 900.0
 
     def run(self) -> Report:
         now = self.clock()
@@ -81,15 +101,34 @@ class Reconciler:
             report.count("skipped_lease_held")
             report.finished_at = self.clock()
             return report
+        phases: list[tuple[str, Callable[[], None]]] = [
+            ("open_commands", lambda: self._open_commands(now, report)),
+            ("settled_commands", lambda: self._settled_commands(report)),
+            ("expiry", lambda: self._expire(now, report)),
+        ]
         try:
-            self._open_commands(now, report)
-            self._settled_commands(report)
-            self._expire(now, report)
+            for phase, work in phases:
+                try:
+                    work()
+                except Exception as exc:  # isolation boundary: one phase failing skips no other
+                    report.complete = False
+                    report.failed_phases[phase] = _reason(exc)
+                    report.count("phase_failed")
+                    observability.event(
+                        "reconciler.phase_failed",
+                        logging.ERROR,
+                        phase=phase,
+                        reason=_reason(exc),
+                    )
         finally:
             self.book.release_lease(LEASE, self.holder)
         report.finished_at = self.clock()
         observability.event(
-            "reconciler.pass", actions=dict(report.actions), complete=report.complete
+            "reconciler.pass",
+            actions=dict(report.actions),
+            complete=report.complete,
+            unsettled=report.unsettled,
+            failed_phases=report.failed_phases,
         )
         observability.metrics({k: v for k, v in report.actions.items()})
         return report
@@ -108,6 +147,35 @@ class Reconciler:
                 report.count(self._settle_open(command, now))
             except StaleCommand:  # a worker (or an operator) moved it since it was listed
                 report.count("moved_meanwhile")
+            except Exception as exc:  # isolation boundary: one command never ends the pass
+                self._unsettled(command, exc, report)
+
+    def _unsettled(self, command: Command, exc: Exception, report: Report) -> None:
+        reason = _reason(exc)
+        passes = command.unsettled_passes + 1
+        report.unsettled[command.command_id] = reason
+        report.count("unsettled")
+        for_operator = None
+        if passes >= self.unsettled_passes_for_operator:
+            for_operator = f"the reconciler could not settle it in {passes} passes: {reason}"
+            report.count("unsettled_for_operator")
+        observability.event(
+            "reconciler.unsettled",
+            logging.WARNING,
+            command_id=command.command_id,
+            status=command.status.value,
+            passes=passes,
+            reason=reason,
+        )
+        try:
+            self.book.note_unsettled(command.command_id, for_operator)
+        except Exception as again:  # the same boundary: the next pass counts it instead
+            observability.event(
+                "reconciler.unsettled_not_noted",
+                logging.ERROR,
+                command_id=command.command_id,
+                reason=_reason(again),
+            )
 
     def _settle_open(self, command: Command, now: datetime) -> str:
         match command.status:
@@ -164,7 +232,13 @@ class Reconciler:
         except StaleCommand:
             return "moved_meanwhile"
         if status == TransactionStatus.PENDING:
-            return "pending"
+            if command.updated_at > self.clock() - timedelta(seconds=self.pending_in_doubt_after_s):
+                return "pending"
+            return self._still_in_doubt(
+                command,
+                f"the registry has held the transaction PENDING for more than "
+                f"{self.pending_in_doubt_after_s:.0f} s: an operator must look at it",
+            )
         return self._still_in_doubt(
             command,
             "the registry no longer knows the transaction "
@@ -194,27 +268,47 @@ class Reconciler:
             report.complete = False
         checked: set[str] = set()
         for command in commands:
-            compared = True
-            for certificate_id in command.certificate_ids():
-                cert = self.book.get_certificate(certificate_id)
-                if cert is None:
-                    continue
-                if any(s.reserved_by == command.command_id for s in cert.slices.values()) or (
-                    cert.withdrawal == command.command_id
-                ):
-                    holds.release(self.book, command)
-                    report.count("stale_reservation_released")
-                if certificate_id not in checked:
-                    checked.add(certificate_id)
-                    outcome = self._align(certificate_id)
-                    report.count(outcome)
-                    compared = compared and outcome != "registry_unreachable"
-            if compared:  # else the next pass compares its certificates again
-                self.book.mark_reconciled(command.command_id)
+            try:
+                self._settled_command(command, checked, report)
+            except Exception as exc:  # isolation boundary: the next pass looks at it again
+                report.unsettled[command.command_id] = _reason(exc)
+                report.count("unsettled")
+                observability.event(
+                    "reconciler.unsettled",
+                    logging.WARNING,
+                    command_id=command.command_id,
+                    status=command.status.value,
+                    reason=_reason(exc),
+                )
+
+    def _settled_command(self, command: Command, checked: set[str], report: Report) -> None:
+        compared = True
+        for certificate_id in command.certificate_ids():
+            cert = self.book.get_certificate(certificate_id)
+            if cert is None:
+                continue
+            if any(s.reserved_by == command.command_id for s in cert.slices.values()) or (
+                cert.withdrawal == command.command_id
+            ):
+                holds.release(self.book, command)
+                report.count("stale_reservation_released")
+            if certificate_id not in checked:
+                checked.add(certificate_id)
+                outcome = self._align(certificate_id)
+                report.count(outcome)
+                compared = compared and outcome not in ("registry_unreachable", "drift_moved")
+        if compared:  # else the next pass compares its certificates again
+            self.book.mark_reconciled(command.command_id)
 
     def _align(self, certificate_id: str) -> str:
         if not self.registry.supports_queries:
             return "drift_not_checkable"
+        # The book first, then the registry: the repair is written only if the certificate is
+        # still at the version read here. Read after the stream, a commit landing in between
+        # would be "repaired" back to the stale stream (and audited as drift).
+        seen = self.book.get_certificate(certificate_id)
+        if seen is None:
+            return "aligned"
         try:
             truth = self.codec.fold(certificate_id, self.registry.stream(certificate_id))
         except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
@@ -228,23 +322,32 @@ class Reconciler:
             for s in truth.slices.values()
         ]
         found: list[dict] = []
+        unissued = (domain.CertificateStatus.ISSUING, domain.CertificateStatus.REJECTED)
+        issuing = self.book.get_command(seen.issue_command) if seen.status in unissued else None
+        # An issuance still on its way is in flight, not drift. One that ended (refused, or
+        # resolved as not applied) while the registry has the certificate is drift like any
+        # other: the registry issued it, so the book does too.
+        issue_in_flight = issuing is not None and not issuing.is_terminal
 
         def repair(cert: domain.Certificate) -> domain.Certificate:
             found.clear()
             if (
-                cert.status in (domain.CertificateStatus.ISSUING, domain.CertificateStatus.REJECTED)
+                (cert.status in unissued and issue_in_flight)
                 or any(s.reserved_by for s in cert.slices.values())
                 or cert.withdrawal
             ):
                 return cert  # work in flight: its effect is on its way, not drift
+            if cert.status in unissued:
+                found.append({"action": "issued_in_registry", "book": cert.status.value})
+                cert = cert.model_copy(update={"status": domain.CertificateStatus.ACTIVE})
             aligned, repairs = domain.align(cert, views, truth.withdrawn)
             found.extend(repairs)
             return aligned
 
         try:
-            cert = self.book.update_certificate(certificate_id, repair)
-        except Conflict:
-            return "drift_check_conflict"
+            cert = self.book.update_certificate_at(certificate_id, seen.version, repair)
+        except CertificateMoved:  # written since it was read: the next look compares it again
+            return "drift_moved"
         # Every time, not only after a repair: a pass that died between its repair and these
         # writes finds nothing left to repair the next time, and would leave an owner without
         # the certificate in their list.
@@ -265,15 +368,27 @@ class Reconciler:
         for back in range(EXPIRY_LOOKBACK_DAYS, -1, -1):
             day = (cutoff - timedelta(days=back)).date()
             for certificate_id in self.book.expiring_certificates(day, self.max_commands):
-                cert = self.book.get_certificate(certificate_id)
-                if cert is None or cert.period.start >= cutoff:
-                    continue
-                after = self.book.update_certificate(certificate_id, domain.expire)
-                report.count(
-                    "expired"
-                    if after.status == domain.CertificateStatus.EXPIRED
-                    else "expiry_deferred"
-                )
+                try:
+                    report.count(self._expire_one(certificate_id, cutoff))
+                except Exception as exc:  # isolation boundary: the next pass tries it again
+                    report.count("expiry_failed")
+                    observability.event(
+                        "reconciler.expiry_failed",
+                        logging.WARNING,
+                        certificate_id=certificate_id,
+                        reason=_reason(exc),
+                    )
+
+    def _expire_one(self, certificate_id: str, cutoff: datetime) -> str:
+        cert = self.book.get_certificate(certificate_id)
+        if cert is None or cert.period.start >= cutoff:
+            return "expiry_not_due"
+        after = self.book.update_certificate(certificate_id, domain.expire)
+        return "expired" if after.status == domain.CertificateStatus.EXPIRED else "expiry_deferred"
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 # --- operators ---------------------------------------------------------------------------------
@@ -292,6 +407,55 @@ def _in_doubt_for(book: Book, actor: domain.Actor, command_id: str) -> Command:
     return command
 
 
+@dataclass(frozen=True)
+class RegistryWord:
+    """What the registry says of a step's transaction, when it can say anything."""
+
+    transaction_id: str
+    status: TransactionStatus
+    applied: bool  # in the certificate's stream: the truth, whatever the status says
+
+    def __str__(self) -> str:
+        return (
+            f"the registry reports transaction {self.transaction_id} "
+            f"{self.status.value}, and it is {'' if self.applied else 'not '}in the stream"
+        )
+
+
+def registry_word(
+    registry: Registry | None, codec: TransactionCodec, command: Command
+) -> RegistryWord | None:
+    """The registry's word on the command's current step; None where it cannot answer."""
+    if registry is None or not registry.supports_queries or not command.transactions:
+        return None
+    data = base64.b64decode(command.transactions[command.step])
+    transaction_id = transaction_id_of(data)
+    try:
+        status = registry.status(transaction_id).status
+        stream = registry.stream(codec.stream_id(data))
+    except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
+        return None
+    applied = transaction_id in {transaction_id_of(tx) for tx in stream}
+    return RegistryWord(transaction_id, status, applied)
+
+
+def _check_finding(word: RegistryWord | None, finding: str, command_id: str) -> None:
+    """Refuse an operator's finding the registry contradicts: acting on it would send a
+    transaction twice (I1) or leave the book against the registry."""
+    if word is None:
+        return  # the registry cannot answer: the operator's word stands
+    contradicted = {
+        # Known to the registry at all: it arrived, so sending it again is a second send.
+        "not_sent": word.applied or word.status != TransactionStatus.UNKNOWN,
+        "rejected": word.applied,
+        "committed": not word.applied and word.status != TransactionStatus.PENDING,
+    }[finding]
+    if contradicted:
+        raise Conflict(
+            f"command {command_id} cannot be resolved as {finding}: {word}", subject=command_id
+        )
+
+
 def resolve_by_operator(
     book: Book,
     queue: CommandQueue,
@@ -300,9 +464,17 @@ def resolve_by_operator(
     command_id: str,
     committed: bool,
     reason: str,
+    registry: Registry | None = None,
+    codec: TransactionCodec = PLAIN,
 ) -> Command:
-    """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have."""
+    """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have,
+    unless the registry, asked again, contradicts it."""
     command = _in_doubt_for(book, actor, command_id)
+    _check_finding(
+        registry_word(registry, codec, command),
+        "committed" if committed else "rejected",
+        command_id,
+    )
     observability.event(
         "operator.resolve",
         command_id=command_id,
@@ -331,12 +503,16 @@ def resend_by_operator(
     command_id: str,
     reason: str,
     now: datetime,
+    registry: Registry | None = None,
+    codec: TransactionCodec = PLAIN,
 ) -> Command:
     """An operator's finding that an IN_DOUBT step never reached the registry (its transaction
     id is not there): the step goes back to ACCEPTED and its stored bytes are sent. This is
     the one way a step in doubt is sent again, and it rests on the operator's look at the
-    registry: a wrong finding would send a transaction twice (I1)."""
+    registry: a wrong finding would send a transaction twice (I1). Where the registry answers
+    queries, it is asked first, and a transaction it knows is never sent again."""
     command = _in_doubt_for(book, actor, command_id)
+    _check_finding(registry_word(registry, codec, command), "not_sent", command_id)
     observability.event(
         "operator.resend",
         command_id=command_id,

@@ -23,7 +23,13 @@ from chalicelib.domain import (
     SliceRef,
     SliceState,
 )
-from chalicelib.ports import DuplicateCommand, HoldingQuery, StaleCommand, Transition
+from chalicelib.ports import (
+    CertificateMoved,
+    DuplicateCommand,
+    HoldingQuery,
+    StaleCommand,
+    Transition,
+)
 from tests.builders import (
     HOUR_START,
     T0,
@@ -659,3 +665,59 @@ def test_holdings_show_the_certificate_as_it_is_now(book):
     held = book.reserve(ref_of(cert), "cmd-1", "alice", 1)
     (listed,) = book.holdings(HoldingQuery(owner="alice")).items
     assert listed == held
+
+
+# --- changes conditional on a certificate's version (the reconciler's alignment) ----------------
+
+
+def test_a_change_at_the_version_read_is_written_and_moves_the_version_on(book):
+    cert = put_active(book)
+    withdrawn = book.update_certificate_at(
+        cert.certificate_id, cert.version, lambda c: c.model_copy(update={"withdrawal": "cmd-9"})
+    )
+    assert withdrawn.version == cert.version + 1
+    assert book.get_certificate(cert.certificate_id) == withdrawn
+
+
+def test_a_change_at_a_version_the_certificate_moved_past_writes_nothing(book):
+    cert = put_active(book)
+    moved = book.update_certificate(
+        cert.certificate_id, lambda c: domain.reserve(c, ref_of(c), "cmd-1", "alice", 1)
+    )
+    with pytest.raises(CertificateMoved):
+        book.update_certificate_at(
+            cert.certificate_id, cert.version, lambda c: domain.release(c, "cmd-1")
+        )
+    assert book.get_certificate(cert.certificate_id) == moved
+
+
+def test_a_change_at_a_version_of_a_certificate_not_in_the_book_is_not_found(book):
+    with pytest.raises(NotFound):
+        book.update_certificate_at("cert-none", 1, lambda c: c)
+
+
+# --- commands the reconciler could not settle --------------------------------------------------
+
+
+def test_an_unsettled_pass_is_counted_and_a_reason_marks_the_command_for_an_operator(book):
+    cmd = a_command()
+    book.add_command(cmd)
+    book.note_unsettled(cmd.command_id)
+    assert book.get_command(cmd.command_id).unsettled_passes == 1
+    book.note_unsettled(cmd.command_id, for_operator="the registry refused the query")
+    marked = book.get_command(cmd.command_id)
+    assert (marked.unsettled_passes, marked.error) == (2, "the registry refused the query")
+    assert (marked.status, marked.updated_at) == (cmd.status, cmd.updated_at)
+    assert [c.command_id for c in book.open_commands(at(60), 10)] == [cmd.command_id]
+
+
+def test_an_unsettled_pass_leaves_a_terminal_or_unknown_command_alone(book):
+    cmd = a_command()
+    book.add_command(cmd)
+    done = book.transition(
+        cmd.command_id, Transition(expected=ACCEPTED, target=REJECTED, now=at(1))
+    )
+    book.note_unsettled(cmd.command_id, for_operator="late")
+    book.note_unsettled("cmd-none", for_operator="late")
+    assert book.get_command(cmd.command_id) == done
+    assert book.get_command("cmd-none") is None

@@ -67,6 +67,11 @@ class Crash(BaseException):
     """The process dies here."""
 
 
+class ItemRefused(Exception):
+    """An error the reconciler cannot expect, on one command's item (a DynamoDB validation
+    error, a query the registry refuses): injected for one command, until the world heals."""
+
+
 @dataclass(frozen=True)
 class Violation:
     rule: str  # I1..I7, or API-* for the answers of the API
@@ -150,6 +155,7 @@ class Wired:
         def call(*args: Any, **kwargs: Any) -> Any:
             where = f"{self._name}.{name}"
             self._world.before_call(self._invocation, where)
+            self._world.refuse(self._invocation, where, args)
             result = attribute(*args, **kwargs)
             self._world.after_call(self._invocation, where)
             return result
@@ -452,6 +458,12 @@ class World:
         self.clients = Clients(self)
         self.checks = checks
         self.last_invocation: Invocation | None = None
+        # Faults aimed at the reconciler draw from their own generator, so that a seed that
+        # never meets one runs exactly as it did before they existed.
+        self.fault_rng = random.Random(f"reconciler-faults/{seed}")
+        self.refusal_p = self.fault_rng.choice([0.0, 0.02, 0.05])
+        self.race_alignment_p = self.fault_rng.choice([0.0, 0.3, 0.7])
+        self.refused: set[str] = set()  # commands whose items the reconciler meets with errors
         self._reported: set[tuple[str, str]] = set()
 
     # --- time -------------------------------------------------------------------------------
@@ -488,6 +500,39 @@ class World:
     def after_call(self, inv: Invocation, where: str) -> None:
         if inv.crash_at == inv.calls and not inv.crash_before:
             self._die(inv, f"after {where}")
+        if (
+            where == "registry.stream"
+            and inv.kind == "reconciler"
+            and self.faults_on
+            and inv.depth < MAX_DEPTH
+            and self.fault_rng.random() < self.race_alignment_p
+        ):
+            # A commit racing alignment: workers run between the stream's answer and the
+            # reconciler's next look at the book.
+            inv.preempted = True
+            self.stats["faults.commit_racing_alignment"] += 1
+            self.note(f"  pause {inv.kind} after {where}: workers run (depth {inv.depth + 1})")
+            self.deliver(inv.depth + 1)
+
+    def refuse(self, inv: Invocation, where: str, args: tuple[Any, ...]) -> None:
+        if inv.kind != "reconciler" or not self.refused:
+            return
+        for arg in args:
+            command_id = arg.command_id if isinstance(arg, Command) else arg
+            if isinstance(command_id, str) and command_id in self.refused:
+                self.stats["faults.item_refused"] += 1
+                self.note(f"  REFUSED {where} on {command_id[:8]}")
+                raise ItemRefused(f"ValidationException on {command_id} at {where}")
+
+    def refuse_one_command(self) -> None:
+        """From now until the world heals, the reconciler meets an error on one open
+        command's item."""
+        open_ = self.book.open_commands(self.now() + timedelta(days=1), 1000)
+        if open_:
+            command = self.fault_rng.choice(open_)
+            self.refused.add(command.command_id)
+            self.stats["faults.command_refused"] += 1
+            self.note(f"REFUSE {command.command_id[:8]} ({command.status}) to the reconciler")
 
     def _check_deadline(self, inv: Invocation, where: str) -> None:
         if self.clock() > inv.deadline:
@@ -605,10 +650,20 @@ class World:
             report = reconciler.run()
         except Crash:
             return
-        except Exception as exc:
-            self.unhandled("reconciler", exc)
+        except Exception as exc:  # the pass ended: everything after the error was skipped
+            where = traceback.extract_tb(exc.__traceback__)[-3:]
+            self.violate_once(
+                "I2",
+                f"a reconciler pass ended on {type(exc).__name__}: {exc} at "
+                + " <- ".join(f"{f.name}:{f.lineno}" for f in reversed(where))
+                + "; re-drive, leases, in-doubt, holds, drift and expiry after it were skipped",
+            )
             return
-        self.note(f"reconciled {dict(report.actions)}")
+        self.note(f"reconciled {dict(report.actions)} unsettled {report.unsettled}")
+        for phase, reason in report.failed_phases.items():
+            # Errors here are aimed at single commands: a phase they stop skipped every
+            # command after that one.
+            self.violate_once("I2", f"the reconciler's {phase} phase ended on {reason}")
         for action, n in report.actions.items():
             self.stats[f"reconciler.{action}"] += n
         self._settled_by(inv, before)
@@ -772,6 +827,9 @@ class World:
         """One thing happens. Top level: anything; nested inside a paused invocation: the
         things that run concurrently with it."""
         rng = self.rng
+        if depth == 0 and self.faults_on and self.fault_rng.random() < self.refusal_p:
+            self.refuse_one_command()
+            return
         actions: list[tuple[int, Callable[[], Any]]] = [
             (34, lambda: self.clients.act(depth)),
             (30, lambda: self.deliver(depth)),
@@ -842,6 +900,7 @@ class World:
         )
         self.registry.set_available(True)
         self.queue.available = True
+        self.refused.clear()
 
     def drain(self) -> None:
         for _ in range(10_000):
