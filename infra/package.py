@@ -8,6 +8,10 @@ so the package for a stage accepts that stage only, and needs no parameter to de
 
     python infra/package.py --stage dev --out build/dev [--deployable]
 
+Every packaging first checks each function's settings as the stage sets them, with the check
+the service runs when it starts (settings.development_defaults): a stage outside local and the
+tests that still runs on a development default (HS256 secret, sandbox keys, local secrets key,
+issuer keys that are not from a secret store) is refused, each variable named.
 `--deployable` (what `make deploy` uses) also refuses a stage whose configuration still holds
 a REPLACE-ME placeholder.
 """
@@ -24,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the service's settings live in chalicelib
+    sys.path.insert(0, str(ROOT))
+
+from pydantic import ValidationError  # noqa: E402
+
+from chalicelib.settings import Settings, development_defaults  # noqa: E402
+
 MERGE_TEMPLATE = ROOT / "infra" / "resources.json"
 CONFIG = ROOT / ".chalice" / "config.json"
 PLACEHOLDER = "REPLACE-ME"
@@ -54,6 +65,38 @@ def placeholders(stage: str) -> list[str]:
             for name, value in settings.get("environment_variables", {}).items()
             if PLACEHOLDER in str(value)
         ]
+    return found
+
+
+class StageSettings(Settings):
+    """The settings a stage's configuration gives, and nothing from this shell's environment."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+        return (init_settings,)
+
+
+def unsafe_settings(stage: str) -> list[str]:
+    """What the service's start-up check would refuse in each function of the stage."""
+    config = stage_config(stage)
+    found: list[str] = []
+    for function, overrides in config.get("lambda_functions", {}).items():
+        variables = {
+            **config.get("environment_variables", {}),
+            **overrides.get("environment_variables", {}),
+        }
+        values = {
+            name.removeprefix("CERTS_").lower(): value
+            for name, value in variables.items()
+            if name.startswith("CERTS_")
+        }
+        try:
+            settings = StageSettings(**values)
+        except ValidationError as exc:
+            errors = "; ".join(e["msg"] for e in exc.errors())
+            found.append(f"{function}: invalid settings: {errors}")
+            continue
+        found += [f"{function}: {finding}" for finding in development_defaults(settings)]
     return found
 
 
@@ -107,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or ROOT / "build" / args.stage
     try:
+        if found := unsafe_settings(args.stage):
+            raise PackagingError(
+                f"stage {args.stage!r} refuses to build: development defaults are in effect in "
+                ".chalice/config.json; set instead (docs/DEPLOY.md):\n  " + "\n  ".join(found)
+            )
         if args.deployable and (found := placeholders(args.stage)):
             raise PackagingError(
                 f"stage {args.stage!r} still has placeholders in .chalice/config.json; "
