@@ -100,6 +100,67 @@ def unsafe_settings(stage: str) -> list[str]:
     return found
 
 
+# Chalice's function names in the template, and what each does with keys in custody: the worker
+# signs (owners' seeds under KMS, new slice secrets sealed, the issuers' keys read); the
+# reconciler and the API (an operator's reconcile) only open sealed slice secrets.
+SIGNING_FUNCTIONS = {"worker": "Worker"}
+OPENING_FUNCTIONS = {"reconciler": "Reconciler", "api_handler": "APIHandler"}
+
+
+def function_variables(stage: str, function: str) -> dict[str, str]:
+    config = stage_config(stage)
+    return {
+        **config.get("environment_variables", {}),
+        **config["lambda_functions"].get(function, {}).get("environment_variables", {}),
+    }
+
+
+def custody_statements(variables: dict[str, str], signs: bool) -> list[dict[str, Any]]:
+    """The grants for the keys a function's configuration names: none when nothing is named."""
+    found: list[dict[str, Any]] = []
+    key = variables.get("CERTS_SECRETS_KMS_KEY_ID")
+    if key:
+        found.append(
+            {
+                "Sid": "KeysInCustody",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"] if signs else ["kms:Decrypt"],
+                "Resource": [key],
+            }
+        )
+        if not signs:
+            # Slice secrets carry no encryption context, owners' seeds always do: this
+            # function can open the first and never an owner's seed.
+            found[-1]["Condition"] = {"Null": {"kms:EncryptionContextKeys": "true"}}
+    secret = variables.get("CERTS_REGISTRY_ISSUER_KEYS_SECRET")
+    if secret and signs:
+        action = (
+            "secretsmanager:GetSecretValue"
+            if ":secretsmanager:" in secret
+            else ("ssm:GetParameter")
+        )
+        found.append(
+            {"Sid": "IssuerKeys", "Effect": "Allow", "Action": [action], "Resource": [secret]}
+        )
+    return found
+
+
+def grant_custody(stage: str, template: dict[str, Any]) -> None:
+    """Add to each function's role exactly the custody grants its configuration needs."""
+    for functions, signs in ((SIGNING_FUNCTIONS, True), (OPENING_FUNCTIONS, False)):
+        for function, logical_id in functions.items():
+            granted = custody_statements(function_variables(stage, function), signs)
+            if not granted:
+                continue
+            role = template["Resources"][logical_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+            template["Resources"][role]["Properties"]["Policies"].append(
+                {
+                    "PolicyName": "KeysInCustody",
+                    "PolicyDocument": {"Version": "2012-10-17", "Statement": granted},
+                }
+            )
+
+
 def package(stage: str, out: Path) -> Path:
     """Write out/sam.json, deployment.zip and layer-deployment.zip; returns the template's path."""
     stage_config(stage)
@@ -136,6 +197,7 @@ def package(stage: str, out: Path) -> Path:
     parameter = template["Parameters"]["Stage"]
     parameter["AllowedValues"] = [stage]
     parameter["Default"] = stage
+    grant_custody(stage, template)
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     return template_path
 
