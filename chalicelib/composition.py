@@ -157,7 +157,14 @@ def aws_config(settings: Settings) -> Config:
 def verifier_for(settings: Settings) -> TokenVerifier:
     if settings.auth == "oidc":
         assert settings.oidc_issuer and settings.oidc_audience
-        return OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url)
+        return OidcVerifier(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            settings.oidc_jwks_url,
+            timeout_s=settings.oidc_jwks_timeout_s,
+            leeway_s=settings.token_leeway_s,
+            roles_claim=settings.oidc_roles_claim,
+        )
     return SharedSecretVerifier(settings.jwt_secret.get_secret_value())
 
 

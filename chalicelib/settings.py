@@ -40,8 +40,6 @@ class Settings(BaseSettings):
     # Below the API function's timeout: an unreachable JWKS answers 503 well before Lambda stops.
     oidc_jwks_timeout_s: float = 3.0
     oidc_roles_claim: str = "roles"  # e.g. cognito:groups
-    # The claim listing the grid areas an issuer may issue and withdraw in.
-    oidc_grid_areas_claim: str = "grid_areas"
     token_leeway_s: int = Field(default=45, ge=30, le=60)  # clock skew allowed on exp/nbf/iat
 
     # the registry
@@ -95,6 +93,8 @@ class Settings(BaseSettings):
     def check_order(self) -> Settings:
         if not self.registry_timeout_s < self.lambda_timeout_s < self.lease_s:
             raise ValueError("timeouts must be ordered: registry call < Lambda timeout < lease")
+        if not self.oidc_jwks_timeout_s < self.lambda_timeout_s:
+            raise ValueError("the JWKS fetch must time out before the function does")
         if self.auth == "oidc" and not (self.oidc_issuer and self.oidc_audience):
             raise ValueError("auth=oidc needs CERTS_OIDC_ISSUER and CERTS_OIDC_AUDIENCE")
         if self.registry == "http" and not self.registry_url:

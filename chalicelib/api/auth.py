@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import jwt
 
 from chalicelib.domain import Actor, Role
+from chalicelib.ports import DependencyDown
 
 
 class Unauthorized(Exception):
@@ -35,25 +36,48 @@ class SharedSecretVerifier:
 
 
 class OidcVerifier:
-    """Verifies tokens of an OIDC issuer by its published keys (cached by PyJWKClient)."""
+    """Verifies tokens of an OIDC issuer by its published keys (cached by PyJWKClient).
 
-    def __init__(self, issuer: str, audience: str, jwks_url: str | None = None) -> None:
+    A JWKS endpoint that cannot be reached is the service's outage (503, retry), not every
+    caller's bad token (401); its fetch gives up well inside the API's own timeout. The claim
+    that carries roles is configurable (Cognito puts groups in `cognito:groups`)."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_url: str | None = None,
+        *,
+        timeout_s: float = 3.0,
+        leeway_s: int = 45,
+        roles_claim: str = "roles",
+    ) -> None:
         self._issuer = issuer
         self._audience = audience
+        self._leeway_s = leeway_s
+        self._roles_claim = roles_claim
         self._keys = jwt.PyJWKClient(
-            jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json", cache_keys=True
+            jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json",
+            cache_keys=True,
+            timeout=timeout_s,
         )
 
     def verify(self, token: str) -> dict[str, Any]:
-        key = self._keys.get_signing_key_from_jwt(token)
-        return jwt.decode(
+        try:
+            key = self._keys.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise DependencyDown("the token issuer's keys (JWKS) cannot be fetched") from exc
+        claims = jwt.decode(
             token,
             key.key,
             algorithms=["RS256", "ES256"],
             audience=self._audience,
             issuer=self._issuer,
+            leeway=self._leeway_s,
             options={"require": ["sub", "exp", "iss"]},
         )
+        claims["roles"] = claims.get(self._roles_claim) or []
+        return claims
 
 
 def actor_from(authorization: str | None, verifier: TokenVerifier) -> Actor:
