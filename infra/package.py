@@ -79,8 +79,9 @@ class StageSettings(Settings):
 def unsafe_settings(stage: str) -> list[str]:
     """What the service's start-up check would refuse in each function of the stage."""
     config = stage_config(stage)
-    found: list[str] = []
+    per_function: dict[str, list[str]] = {}
     for function, overrides in config.get("lambda_functions", {}).items():
+        found = per_function.setdefault(function, [])
         variables = {
             **config.get("environment_variables", {}),
             **overrides.get("environment_variables", {}),
@@ -94,10 +95,21 @@ def unsafe_settings(stage: str) -> list[str]:
             settings = StageSettings(**values)
         except ValidationError as exc:
             errors = "; ".join(e["msg"] for e in exc.errors())
-            found.append(f"{function}: invalid settings: {errors}")
+            found.append(f"invalid settings: {errors}")
             continue
-        found += [f"{function}: {finding}" for finding in development_defaults(settings)]
-    return found
+        found += development_defaults(settings)
+    # What every function has is said once; what only some have names them.
+    everywhere = [
+        f
+        for f in next(iter(per_function.values()), [])
+        if all(f in others for others in per_function.values())
+    ]
+    return everywhere + [
+        f"{function}: {finding}"
+        for function, found in per_function.items()
+        for finding in found
+        if finding not in everywhere
+    ]
 
 
 # Chalice's function names in the template, and what each does with keys in custody: the worker

@@ -161,9 +161,8 @@ def test_packaging_a_stage_with_a_development_default_is_refused(tmp_path, monke
     assert packager.main(["--stage", "prod", "--out", str(out)]) == 1
     error = capsys.readouterr().err
     assert error.startswith("stage 'prod' refuses to build: development defaults are in effect")
-    for function in ("api_handler", "worker", "reconciler"):
-        for variable in ("CERTS_JWT_SECRET", "CERTS_REGISTRY_SANDBOX_SECRET"):
-            assert f"\n  {function}: {variable}: " in error
+    for variable in ("CERTS_JWT_SECRET", "CERTS_REGISTRY_SANDBOX_SECRET"):  # said once
+        assert error.count(f"\n  {variable}: ") == 1
     assert not out.exists()
 
 
