@@ -164,6 +164,7 @@ def verifier_for(settings: Settings) -> TokenVerifier:
             timeout_s=settings.oidc_jwks_timeout_s,
             leeway_s=settings.token_leeway_s,
             roles_claim=settings.oidc_roles_claim,
+            grid_areas_claim=settings.oidc_grid_areas_claim,
         )
     return SharedSecretVerifier(settings.jwt_secret.get_secret_value())
 

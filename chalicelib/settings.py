@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     # Below the API function's timeout: an unreachable JWKS answers 503 well before Lambda stops.
     oidc_jwks_timeout_s: float = 3.0
     oidc_roles_claim: str = "roles"  # e.g. cognito:groups
+    oidc_grid_areas_claim: str = "grid_areas"  # where an issuer may issue and withdraw
     token_leeway_s: int = Field(default=45, ge=30, le=60)  # clock skew allowed on exp/nbf/iat
 
     # the registry

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chalicelib.api.auth import OidcVerifier, Unauthorized, actor_from
 from chalicelib.api.http import problem_of
-from chalicelib.domain import Role
+from chalicelib.domain import Actor, Forbidden, Role
 from chalicelib.ports import DependencyDown
+from chalicelib.usecases import accept
 from devstack.stack import free_port
 
 ISSUER = "https://id.example.invalid"
@@ -73,3 +74,34 @@ def test_roles_come_from_the_configured_claim(jwks_url) -> None:
     assert actor_from(token, OidcVerifier(ISSUER, "certs", jwks_url)).roles == frozenset(
         {Role.ISSUER}
     )
+
+
+def test_an_issuers_token_names_its_grid_areas_and_may_not_issue_elsewhere(jwks_url) -> None:
+    verifier = OidcVerifier(ISSUER, "certs", jwks_url)
+    dk1 = actor_from("Bearer " + _token(roles=["issuer"], grid_areas=["DK1"]), verifier)
+    assert dk1.grid_areas == frozenset({"DK1"})
+    nowhere = actor_from("Bearer " + _token(roles=["issuer"]), verifier)
+    assert nowhere.grid_areas == frozenset()  # an OIDC token without the claim: no area
+
+
+def test_issue_and_withdraw_outside_the_tokens_grid_areas_are_403_and_change_nothing() -> None:
+    from tests.pipeline import Pipeline
+
+    p = Pipeline()
+    cert, _ = p.issued(grid_area="DK1")
+    dk2 = Actor(owner="issuer-dk2", roles=frozenset({Role.ISSUER}), grid_areas=frozenset({"DK2"}))
+    before = (len(p.book.commands), p.queue.sent)
+    spec = p.book.get_command(next(iter(p.book.commands))).issue
+    with pytest.raises(Forbidden) as refused:
+        accept.issue(
+            p.book,
+            p.queue,
+            p.request(dk2),
+            spec.model_copy(update={"gsrn": "5713130" + "0" * 10 + "9"}),
+        )
+    assert problem_of(refused.value).status == 403
+    with pytest.raises(Forbidden):
+        accept.withdraw(p.book, p.queue, p.request(dk2), cert)
+    assert (len(p.book.commands), p.queue.sent) == before
+    dk1 = dk2.model_copy(update={"grid_areas": frozenset({"DK1"})})
+    assert accept.withdraw(p.book, p.queue, p.request(dk1), cert).kind.value == "withdraw"

@@ -51,11 +51,13 @@ class OidcVerifier:
         timeout_s: float = 3.0,
         leeway_s: int = 45,
         roles_claim: str = "roles",
+        grid_areas_claim: str = "grid_areas",
     ) -> None:
         self._issuer = issuer
         self._audience = audience
         self._leeway_s = leeway_s
         self._roles_claim = roles_claim
+        self._grid_areas_claim = grid_areas_claim
         self._keys = jwt.PyJWKClient(
             jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json",
             cache_keys=True,
@@ -77,6 +79,8 @@ class OidcVerifier:
             options={"require": ["sub", "exp", "iss"]},
         )
         claims["roles"] = claims.get(self._roles_claim) or []
+        # An issuer's token names its grid areas; a token without them may issue in none.
+        claims["grid_areas"] = claims.get(self._grid_areas_claim) or []
         return claims
 
 
@@ -97,16 +101,28 @@ def actor_from(authorization: str | None, verifier: TokenVerifier) -> Actor:
     if not isinstance(roles, list):
         raise Unauthorized("the token's roles must be a list")
     known = {r.value for r in Role}
-    return Actor(owner=subject, roles=frozenset(Role(r) for r in roles if r in known))
+    areas = claims.get("grid_areas")
+    if areas is not None and not (
+        isinstance(areas, list) and all(isinstance(a, str) for a in areas)
+    ):
+        raise Unauthorized("the token's grid_areas must be a list of grid areas")
+    return Actor(
+        owner=subject,
+        roles=frozenset(Role(r) for r in roles if r in known),
+        grid_areas=None if areas is None else frozenset(areas),
+    )
 
 
 def mint_token(
-    secret: str, owner: str, roles: Iterable[str] = (), lifetime_s: int = 12 * 3600
+    secret: str,
+    owner: str,
+    roles: Iterable[str] = (),
+    lifetime_s: int = 12 * 3600,
+    grid_areas: Iterable[str] | None = None,
 ) -> str:
     """An HS256 token for local use and tests (the embedded stack prints some at start)."""
     now = int(time.time())
-    return jwt.encode(
-        {"sub": owner, "roles": list(roles), "iat": now, "exp": now + lifetime_s},
-        secret,
-        algorithm="HS256",
-    )
+    claims = {"sub": owner, "roles": list(roles), "iat": now, "exp": now + lifetime_s}
+    if grid_areas is not None:
+        claims["grid_areas"] = list(grid_areas)
+    return jwt.encode(claims, secret, algorithm="HS256")
