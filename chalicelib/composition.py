@@ -22,11 +22,12 @@ from chalicelib.api.auth import OidcVerifier, SharedSecretVerifier, TokenVerifie
 from chalicelib.ports import Book, Clock, CommandQueue
 from chalicelib.registry.builder import PlainTransactionBuilder, ProtoTransactionBuilder
 from chalicelib.registry.codec import PLAIN, TransactionCodec
-from chalicelib.registry.keys import IssuerKeys, SandboxOwnerKeys
+from chalicelib.registry.custody import KmsOwnerKeys, StoredIssuerKeys
+from chalicelib.registry.keys import IssuerKeys, OwnerKeys, SandboxOwnerKeys
 from chalicelib.registry.port import Registry
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
 from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, check_deployable
 from chalicelib.usecases.process import TransactionBuilder, Worker
 from chalicelib.usecases.reconcile import Reconciler
 
@@ -48,6 +49,10 @@ class Services:
     health_checks: dict[str, Callable[[], Any]] = field(default_factory=dict)
     # Seals slice secrets (proto transactions); built once per cold start, from settings if unset.
     secret_box: SecretBox | None = None
+    # The keys that sign (proto transactions). Unset: derived from the sandbox secret, as in
+    # stage local and the tests; build() puts the ones in custody here on AWS.
+    owner_keys: OwnerKeys | None = None
+    issuer_keys: IssuerKeys | None = None
 
 
 def worker(services: Services) -> Worker:
@@ -91,7 +96,15 @@ def uses_proto(settings: Settings) -> bool:
     return settings.registry == "grpc" or settings.registry_transactions == "proto"
 
 
-def issuer_keys_for(settings: Settings) -> IssuerKeys:
+def issuer_keys_for(
+    settings: Settings, client_for: Callable[[str], Any] | None = None
+) -> IssuerKeys:
+    """The issuers' keys: from the secret store, from settings, or derived (sandbox)."""
+    if settings.registry_issuer_keys_secret:
+        factory = client_for or (
+            lambda service: boto3.Session().client(service, config=aws_config(settings))
+        )
+        return StoredIssuerKeys(settings.registry_issuer_keys_secret, factory)
     if settings.registry_issuer_keys is not None:
         return IssuerKeys.from_json(settings.registry_issuer_keys.get_secret_value())
     return IssuerKeys.sandbox(settings.registry_sandbox_secret.get_secret_value().encode())
@@ -113,10 +126,16 @@ def builder_for(services: Services) -> TransactionBuilder:
     settings = services.settings
     if not uses_proto(settings):
         return PlainTransactionBuilder(settings.registry_name)
+    if services.issuer_keys is None:
+        services.issuer_keys = issuer_keys_for(settings)
+    if services.owner_keys is None:
+        services.owner_keys = SandboxOwnerKeys(
+            settings.registry_sandbox_secret.get_secret_value().encode()
+        )
     return ProtoTransactionBuilder(
         settings.registry_name,
-        issuer_keys_for(settings),
-        SandboxOwnerKeys(settings.registry_sandbox_secret.get_secret_value().encode()),
+        services.issuer_keys,
+        services.owner_keys,
         secret_box_for(services),
     )
 
@@ -140,11 +159,19 @@ def aws_config(settings: Settings) -> Config:
 def verifier_for(settings: Settings) -> TokenVerifier:
     if settings.auth == "oidc":
         assert settings.oidc_issuer and settings.oidc_audience
-        return OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url)
+        return OidcVerifier(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            settings.oidc_jwks_url,
+            timeout_s=settings.oidc_jwks_timeout_s,
+            leeway_s=settings.token_leeway_s,
+            roles_claim=settings.oidc_roles_claim,
+            grid_areas_claim=settings.oidc_grid_areas_claim,
+        )
     return SharedSecretVerifier(settings.jwt_secret.get_secret_value())
 
 
-def registry_for(settings: Settings) -> Registry:
+def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> Registry:
     if settings.registry == "grpc":
         from chalicelib.registry.grpc_client import GrpcRegistry
 
@@ -169,7 +196,7 @@ def registry_for(settings: Settings) -> Registry:
     if uses_proto(settings):
         from chalicelib.registry.verifier import ProtoLedger
 
-        ledger = ProtoLedger(issuer_keys_for(settings).public_keys)
+        ledger = ProtoLedger((issuer_keys or issuer_keys_for(settings)).public_keys)
     return RegistrySimulator(
         SimulatorConfig(seed=settings.registry_seed, queries=settings.registry_queries),
         ledger=ledger,
@@ -177,23 +204,37 @@ def registry_for(settings: Settings) -> Registry:
 
 
 def build(settings: Settings | None = None, session: boto3.Session | None = None) -> Services:
-    settings = settings or Settings()
+    # Outside stage local and the tests, no development default may be in effect (fail closed).
+    settings = check_deployable(settings or Settings())
     session = session or boto3.Session()
     config = aws_config(settings)
     dynamodb = session.client("dynamodb", config=config)
     sqs = session.client("sqs", config=config)
     queue_url = settings.queue_url or sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
+    issuer_keys = issuer_keys_for(settings, lambda service: session.client(service, config=config))
+    owner_keys = None
+    if settings.secrets_kms_key_id:  # owners' keys in custody, sealed under the same KMS key
+        owner_keys = KmsOwnerKeys(
+            dynamodb,
+            settings.table_name,
+            session.client("kms", config=config),
+            settings.secrets_kms_key_id,
+            version=settings.owner_key_version,
+            cache_s=settings.owner_key_cache_s,
+        )
     return Services(
         settings=settings,
         book=DynamoBook(dynamodb, settings.table_name, settings.open_command_shards),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
-        registry=registry_for(settings),
+        registry=registry_for(settings, issuer_keys),
         secret_box=(
             KmsSecretBox(session.client("kms", config=config), settings.secrets_kms_key_id)
             if settings.secrets_kms_key_id
             else None
         ),
+        owner_keys=owner_keys,
+        issuer_keys=issuer_keys,
         health_checks={
             "dynamodb": lambda: dynamodb.describe_table(TableName=settings.table_name),
             "sqs": lambda: sqs.get_queue_attributes(

@@ -75,10 +75,17 @@ class Actor(BaseModel):
 
     owner: str
     roles: frozenset[Role] = frozenset()
+    # The grid areas an issuer may issue and withdraw in, as its token names them; None (a
+    # local HS256 token without the claim) is any.
+    grid_areas: frozenset[str] | None = None
 
     def require(self, role: Role) -> None:
         if role not in self.roles:
             raise Forbidden(f"this needs the {role.value} role")
+
+    def require_grid_area(self, grid_area: str) -> None:
+        if self.grid_areas is not None and grid_area not in self.grid_areas:
+            raise Forbidden(f"this token may not issue or withdraw in grid area {grid_area}")
 
 
 class IllegalTransition(Exception):

@@ -16,6 +16,9 @@ DEVELOPMENT_JWT_SECRET = "certificates-domain-local-development-secret"
 # Local development only: derive sandbox issuer and owner keys, and seal slice secrets.
 DEVELOPMENT_SANDBOX_SECRET = "certificates-domain-local-development-sandbox-keys"
 DEVELOPMENT_SECRETS_KEY = "Y2VydGlmaWNhdGVzLWRvbWFpbi1sb2NhbC1zZWFscyE="  # 32 bytes, base64
+# The stages on which the development defaults above may be in effect; any other stage refuses
+# to build while one is (`development_defaults`).
+DEVELOPMENT_STAGES = frozenset({"local", "test"})
 
 
 class Settings(BaseSettings):
@@ -34,6 +37,11 @@ class Settings(BaseSettings):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None  # defaults to {issuer}/.well-known/jwks.json
+    # Below the API function's timeout: an unreachable JWKS answers 503 well before Lambda stops.
+    oidc_jwks_timeout_s: float = 3.0
+    oidc_roles_claim: str = "roles"  # e.g. cognito:groups
+    oidc_grid_areas_claim: str = "grid_areas"  # where an issuer may issue and withdraw
+    token_leeway_s: int = Field(default=45, ge=30, le=60)  # clock skew allowed on exp/nbf/iat
 
     # the registry
     # simulator: in-process; http: the simulator served by devstack/registry_server.py; grpc: a
@@ -49,12 +57,21 @@ class Settings(BaseSettings):
     # {"DK1": "<base64 Ed25519 private key>", ...}: the issuers' keys per grid area. Unset, the
     # keys are derived from registry_sandbox_secret (a simulator or a sandbox registry only).
     registry_issuer_keys: SecretStr | None = None
+    # The same JSON held in a secret store, named by its ARN: a Secrets Manager secret or an
+    # SSM SecureString parameter. Read when a transaction is first signed, never logged.
+    registry_issuer_keys_secret: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:(secretsmanager:.+:secret:.+|ssm:.+:parameter/.+)$"
+    )
     # Root of the sandbox keys: issuers' (when registry_issuer_keys is unset) and owners'.
     registry_sandbox_secret: SecretStr = SecretStr(DEVELOPMENT_SANDBOX_SECRET)
     # Slice secrets (quantity, blinding, key path) are sealed with AES-256-GCM: under a KMS key
     # on AWS (secrets_kms_key_id), else under this base64 32-byte key.
     secrets_key: SecretStr = SecretStr(DEVELOPMENT_SECRETS_KEY)
+    # On AWS also the key of the owners' keys in custody (registry/custody.py): each owner's
+    # BIP32 seed is sealed under it; owner_key_version is the seed version new slices get.
     secrets_kms_key_id: str | None = None
+    owner_key_version: int = Field(default=1, ge=1, lt=2**31)
+    owner_key_cache_s: float = Field(default=300.0, gt=0)
     registry_name: str = "certificates-registry"
     registry_queries: bool = True
     registry_timeout_s: float = 10.0
@@ -81,13 +98,94 @@ class Settings(BaseSettings):
     def check_order(self) -> Settings:
         if not self.registry_timeout_s < self.lambda_timeout_s < self.lease_s:
             raise ValueError("timeouts must be ordered: registry call < Lambda timeout < lease")
+        if not self.oidc_jwks_timeout_s < self.lambda_timeout_s:
+            raise ValueError("the JWKS fetch must time out before the function does")
         if self.auth == "oidc" and not (self.oidc_issuer and self.oidc_audience):
             raise ValueError("auth=oidc needs CERTS_OIDC_ISSUER and CERTS_OIDC_AUDIENCE")
         if self.registry == "http" and not self.registry_url:
             raise ValueError("registry=http needs CERTS_REGISTRY_URL")
         if self.registry == "grpc" and not self.registry_grpc_target:
             raise ValueError("registry=grpc needs CERTS_REGISTRY_GRPC_TARGET")
-        if self.registry == "grpc" and self.stage != "local" and not self.registry_issuer_keys:
-            # Outside local, an issuer signs with its grid area's real key, never a derived one.
-            raise ValueError("registry=grpc outside stage local needs CERTS_REGISTRY_ISSUER_KEYS")
+        if self.registry_issuer_keys and self.registry_issuer_keys_secret:
+            raise ValueError(
+                "set CERTS_REGISTRY_ISSUER_KEYS or CERTS_REGISTRY_ISSUER_KEYS_SECRET, not both"
+            )
         return self
+
+    @property
+    def signs_transactions(self) -> bool:
+        """Whether the service signs registry transactions (the proto wire format)."""
+        return self.registry == "grpc" or self.registry_transactions == "proto"
+
+
+class DevelopmentDefaultsInEffect(ValueError):
+    """A stage outside DEVELOPMENT_STAGES still runs on a development default."""
+
+    def __init__(self, stage: str, findings: list[str]) -> None:
+        self.findings = findings
+        super().__init__(
+            f"stage {stage!r} refuses to start: development defaults are in effect "
+            "(docs/DEPLOY.md says what to create):\n  " + "\n  ".join(findings)
+        )
+
+
+def development_defaults(settings: Settings) -> list[str]:
+    """Every development default in effect, as "VARIABLE: why; what to set instead".
+
+    The defaults are in the repository, so whatever they protect anyone can forge: tokens
+    (HS256 secret), owners' and issuers' signing keys (sandbox secret), slice secrets (local
+    key). None of them may reach a stage outside DEVELOPMENT_STAGES, whatever else is set."""
+    if settings.stage in DEVELOPMENT_STAGES:
+        return []
+    found = []
+    if settings.auth == "hs256" and (
+        settings.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET
+    ):
+        found.append(
+            "CERTS_JWT_SECRET: the development default, anyone can mint tokens with it; set "
+            "CERTS_AUTH=oidc with CERTS_OIDC_ISSUER and CERTS_OIDC_AUDIENCE"
+        )
+    if not settings.signs_transactions:
+        return found
+    custody = bool(settings.secrets_kms_key_id)
+    issuer_keys = bool(settings.registry_issuer_keys or settings.registry_issuer_keys_secret)
+    if not custody and settings.secrets_key.get_secret_value() == DEVELOPMENT_SECRETS_KEY:
+        found.append(
+            "CERTS_SECRETS_KEY: the development default, slice secrets would be sealed under a "
+            "key in the repository; set CERTS_SECRETS_KMS_KEY_ID to the ARN of a KMS key"
+        )
+    if settings.registry == "simulator":
+        return found  # the in-process simulator: sandbox keys sign for a sandbox only
+    sandbox = settings.registry_sandbox_secret.get_secret_value() == DEVELOPMENT_SANDBOX_SECRET
+    if not custody:
+        found.append(
+            (
+                "CERTS_REGISTRY_SANDBOX_SECRET: the development default, owners' keys would be "
+                "derived from it"
+                if sandbox
+                else "CERTS_SECRETS_KMS_KEY_ID: unset, owners' keys would be derived from "
+                "CERTS_REGISTRY_SANDBOX_SECRET"
+            )
+            + "; set CERTS_SECRETS_KMS_KEY_ID to the ARN of a KMS key (owners' keys in custody)"
+        )
+    if settings.registry_issuer_keys:
+        found.append(
+            "CERTS_REGISTRY_ISSUER_KEYS: raw private keys in the environment (and in "
+            ".chalice/config.json); put them in a secret store and set "
+            "CERTS_REGISTRY_ISSUER_KEYS_SECRET to its ARN instead"
+        )
+    elif not issuer_keys:
+        found.append(
+            "CERTS_REGISTRY_ISSUER_KEYS: unset, issuers' keys would be derived from "
+            + ("the development default " if sandbox else "")
+            + "CERTS_REGISTRY_SANDBOX_SECRET; set CERTS_REGISTRY_ISSUER_KEYS_SECRET to the ARN "
+            "of a Secrets Manager secret or SSM SecureString holding them"
+        )
+    return found
+
+
+def check_deployable(settings: Settings) -> Settings:
+    """Raise DevelopmentDefaultsInEffect naming every development default in effect."""
+    if found := development_defaults(settings):
+        raise DevelopmentDefaultsInEffect(settings.stage, found)
+    return settings

@@ -128,13 +128,13 @@ class Stack:
         """The verifying simulator over gRPC, as a real registry is reached, with real proofs
         and signatures; the same simulator also answers the HTTP control plane (faults, log)
         that the demo and tests use. A gRPC registry answers queries: sends are PENDING."""
-        from chalicelib.registry.keys import IssuerKeys
         from chalicelib.registry.simulator import RegistrySimulator
         from chalicelib.registry.verifier import ProtoLedger
-        from chalicelib.settings import DEVELOPMENT_SANDBOX_SECRET
         from devstack import registry_grpc
 
-        issuers = IssuerKeys.sandbox(DEVELOPMENT_SANDBOX_SECRET.encode())
+        # The issuers' keys of the very settings the service signs with (CERTS_REGISTRY_ISSUER_KEYS,
+        # its secret, or CERTS_REGISTRY_SANDBOX_SECRET): one set on both sides of the stack.
+        issuers = composition.issuer_keys_for(Settings(**common))
         simulator = RegistrySimulator(
             replace(self.options.registry, queries=True), ledger=ProtoLedger(issuers.public_keys)
         )

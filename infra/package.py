@@ -8,6 +8,10 @@ so the package for a stage accepts that stage only, and needs no parameter to de
 
     python infra/package.py --stage dev --out build/dev [--deployable]
 
+Every packaging first checks each function's settings as the stage sets them, with the check
+the service runs when it starts (settings.development_defaults): a stage outside local and the
+tests that still runs on a development default (HS256 secret, sandbox keys, local secrets key,
+issuer keys that are not from a secret store) is refused, each variable named.
 `--deployable` (what `make deploy` uses) also refuses a stage whose configuration still holds
 a REPLACE-ME placeholder.
 """
@@ -24,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the service's settings live in chalicelib
+    sys.path.insert(0, str(ROOT))
+
+from pydantic import ValidationError  # noqa: E402
+
+from chalicelib.settings import Settings, development_defaults  # noqa: E402
+
 MERGE_TEMPLATE = ROOT / "infra" / "resources.json"
 CONFIG = ROOT / ".chalice" / "config.json"
 PLACEHOLDER = "REPLACE-ME"
@@ -55,6 +66,111 @@ def placeholders(stage: str) -> list[str]:
             if PLACEHOLDER in str(value)
         ]
     return found
+
+
+class StageSettings(Settings):
+    """The settings a stage's configuration gives, and nothing from this shell's environment."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+        return (init_settings,)
+
+
+def unsafe_settings(stage: str) -> list[str]:
+    """What the service's start-up check would refuse in each function of the stage."""
+    config = stage_config(stage)
+    per_function: dict[str, list[str]] = {}
+    for function, overrides in config.get("lambda_functions", {}).items():
+        found = per_function.setdefault(function, [])
+        variables = {
+            **config.get("environment_variables", {}),
+            **overrides.get("environment_variables", {}),
+        }
+        values = {
+            name.removeprefix("CERTS_").lower(): value
+            for name, value in variables.items()
+            if name.startswith("CERTS_")
+        }
+        try:
+            settings = StageSettings(**values)
+        except ValidationError as exc:
+            errors = "; ".join(e["msg"] for e in exc.errors())
+            found.append(f"invalid settings: {errors}")
+            continue
+        found += development_defaults(settings)
+    # What every function has is said once; what only some have names them.
+    everywhere = [
+        f
+        for f in next(iter(per_function.values()), [])
+        if all(f in others for others in per_function.values())
+    ]
+    return everywhere + [
+        f"{function}: {finding}"
+        for function, found in per_function.items()
+        for finding in found
+        if finding not in everywhere
+    ]
+
+
+# Chalice's function names in the template, and what each does with keys in custody: the worker
+# signs (owners' seeds under KMS, new slice secrets sealed, the issuers' keys read); the
+# reconciler and the API (an operator's reconcile) only open sealed slice secrets.
+SIGNING_FUNCTIONS = {"worker": "Worker"}
+OPENING_FUNCTIONS = {"reconciler": "Reconciler", "api_handler": "APIHandler"}
+
+
+def function_variables(stage: str, function: str) -> dict[str, str]:
+    config = stage_config(stage)
+    return {
+        **config.get("environment_variables", {}),
+        **config["lambda_functions"].get(function, {}).get("environment_variables", {}),
+    }
+
+
+def custody_statements(variables: dict[str, str], signs: bool) -> list[dict[str, Any]]:
+    """The grants for the keys a function's configuration names: none when nothing is named."""
+    found: list[dict[str, Any]] = []
+    key = variables.get("CERTS_SECRETS_KMS_KEY_ID")
+    if key:
+        found.append(
+            {
+                "Sid": "KeysInCustody",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"] if signs else ["kms:Decrypt"],
+                "Resource": [key],
+            }
+        )
+        if not signs:
+            # Slice secrets carry no encryption context, owners' seeds always do: this
+            # function can open the first and never an owner's seed.
+            found[-1]["Condition"] = {"Null": {"kms:EncryptionContextKeys": "true"}}
+    secret = variables.get("CERTS_REGISTRY_ISSUER_KEYS_SECRET")
+    if secret and signs:
+        action = (
+            "secretsmanager:GetSecretValue"
+            if ":secretsmanager:" in secret
+            else ("ssm:GetParameter")
+        )
+        found.append(
+            {"Sid": "IssuerKeys", "Effect": "Allow", "Action": [action], "Resource": [secret]}
+        )
+    return found
+
+
+def grant_custody(stage: str, template: dict[str, Any]) -> None:
+    """Add to each function's role exactly the custody grants its configuration needs."""
+    for functions, signs in ((SIGNING_FUNCTIONS, True), (OPENING_FUNCTIONS, False)):
+        for function, logical_id in functions.items():
+            granted = custody_statements(function_variables(stage, function), signs)
+            if not granted:
+                continue
+            role = template["Resources"][logical_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+            template["Resources"][role]["Properties"]["Policies"].append(
+                {
+                    "PolicyName": "KeysInCustody",
+                    "PolicyDocument": {"Version": "2012-10-17", "Statement": granted},
+                }
+            )
 
 
 def package(stage: str, out: Path) -> Path:
@@ -93,6 +209,7 @@ def package(stage: str, out: Path) -> Path:
     parameter = template["Parameters"]["Stage"]
     parameter["AllowedValues"] = [stage]
     parameter["Default"] = stage
+    grant_custody(stage, template)
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     return template_path
 
@@ -107,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or ROOT / "build" / args.stage
     try:
+        if found := unsafe_settings(args.stage):
+            raise PackagingError(
+                f"stage {args.stage!r} refuses to build: development defaults are in effect in "
+                ".chalice/config.json; set instead (docs/DEPLOY.md):\n  " + "\n  ".join(found)
+            )
         if args.deployable and (found := placeholders(args.stage)):
             raise PackagingError(
                 f"stage {args.stage!r} still has placeholders in .chalice/config.json; "

@@ -3,6 +3,7 @@ through real HTTP and through the `certs` CLI, then stopped with Ctrl-C (SIGINT)
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -47,6 +48,12 @@ def running_stack(request):
     port = free_port()
     env = {**os.environ, "PORT": str(port)}
     env.pop("CERTS_JWT_SECRET", None)
+    if request.param == "grpc":
+        # Issuer keys of our own, as the README documents: the verifying simulator of the stack
+        # must take the same ones (it once derived its own, and refused every issue).
+        env["CERTS_REGISTRY_ISSUER_KEYS"] = json.dumps(
+            {area: base64.b64encode(os.urandom(32)).decode() for area in ("DK1", "DK2")}
+        )
     process = subprocess.Popen(
         [sys.executable, "-m", "devstack", "--registry-protocol", request.param],
         cwd=ROOT,

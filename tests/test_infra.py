@@ -475,3 +475,77 @@ def test_in_lambda_structured_lines_reach_stdout_as_pure_json(capsys):
     assert document["in_doubt_for_operator"] == 2
     assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == observability.NAMESPACE
     assert logging.getLogger().level >= logging.NOTSET  # the root logger was left alone
+
+
+# --- keys in custody ---------------------------------------------------------------------------
+
+
+def custody_grants(template: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    role = template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+    return [
+        s
+        for s in statements(template, role)
+        if any(a.startswith(("kms:", "secretsmanager:", "ssm:")) for a in s["Action"])
+    ]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_only_configured_keys_are_granted_and_only_the_worker_signs(templates, stage):
+    template = templates[stage]
+    variables = CONFIG["stages"][stage]["environment_variables"]
+    key = variables.get("CERTS_SECRETS_KMS_KEY_ID")
+    secret = variables.get("CERTS_REGISTRY_ISSUER_KEYS_SECRET")
+    if not key:
+        assert secret is None
+        for function in FUNCTIONS:
+            assert custody_grants(template, function) == [], function
+        return
+    assert custody_grants(template, "Worker") == [
+        {
+            "Sid": "KeysInCustody",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": [key],
+        },
+        {
+            "Sid": "IssuerKeys",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": [secret],
+        },
+    ]
+    # The reconciler and the API open sealed slice secrets (no encryption context), never an
+    # owner's seed (always one) nor the issuers' keys.
+    for function in ("Reconciler", "APIHandler"):
+        assert custody_grants(template, function) == [
+            {
+                "Sid": "KeysInCustody",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt"],
+                "Resource": [key],
+                "Condition": {"Null": {"kms:EncryptionContextKeys": "true"}},
+            }
+        ], function
+
+
+def test_an_ssm_parameter_is_granted_as_such_and_nothing_is_granted_unconfigured():
+    variables = {
+        "CERTS_SECRETS_KMS_KEY_ID": "arn:aws:kms:eu-west-1:1:key/k",
+        "CERTS_REGISTRY_ISSUER_KEYS_SECRET": "arn:aws:ssm:eu-west-1:1:parameter/certs/issuers",
+    }
+    [_, issuers] = packager.custody_statements(variables, signs=True)
+    assert issuers["Action"] == ["ssm:GetParameter"]
+    assert issuers["Resource"] == [variables["CERTS_REGISTRY_ISSUER_KEYS_SECRET"]]
+    assert packager.custody_statements({}, signs=True) == []
+
+
+def test_the_prod_stage_signs_for_a_real_registry_with_keys_in_custody():
+    settings = packager.StageSettings(
+        **{
+            k.removeprefix("CERTS_").lower(): v
+            for k, v in packager.function_variables("prod", "worker").items()
+        }
+    )
+    assert settings.registry == "grpc" and settings.signs_transactions
+    assert settings.secrets_kms_key_id and settings.registry_issuer_keys_secret
+    assert not settings.registry_issuer_keys

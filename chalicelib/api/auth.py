@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import jwt
 
 from chalicelib.domain import Actor, Role
+from chalicelib.ports import DependencyDown
 
 
 class Unauthorized(Exception):
@@ -35,25 +36,52 @@ class SharedSecretVerifier:
 
 
 class OidcVerifier:
-    """Verifies tokens of an OIDC issuer by its published keys (cached by PyJWKClient)."""
+    """Verifies tokens of an OIDC issuer by its published keys (cached by PyJWKClient).
 
-    def __init__(self, issuer: str, audience: str, jwks_url: str | None = None) -> None:
+    A JWKS endpoint that cannot be reached is the service's outage (503, retry), not every
+    caller's bad token (401); its fetch gives up well inside the API's own timeout. The claim
+    that carries roles is configurable (Cognito puts groups in `cognito:groups`)."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks_url: str | None = None,
+        *,
+        timeout_s: float = 3.0,
+        leeway_s: int = 45,
+        roles_claim: str = "roles",
+        grid_areas_claim: str = "grid_areas",
+    ) -> None:
         self._issuer = issuer
         self._audience = audience
+        self._leeway_s = leeway_s
+        self._roles_claim = roles_claim
+        self._grid_areas_claim = grid_areas_claim
         self._keys = jwt.PyJWKClient(
-            jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json", cache_keys=True
+            jwks_url or issuer.rstrip("/") + "/.well-known/jwks.json",
+            cache_keys=True,
+            timeout=timeout_s,
         )
 
     def verify(self, token: str) -> dict[str, Any]:
-        key = self._keys.get_signing_key_from_jwt(token)
-        return jwt.decode(
+        try:
+            key = self._keys.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise DependencyDown("the token issuer's keys (JWKS) cannot be fetched") from exc
+        claims = jwt.decode(
             token,
             key.key,
             algorithms=["RS256", "ES256"],
             audience=self._audience,
             issuer=self._issuer,
+            leeway=self._leeway_s,
             options={"require": ["sub", "exp", "iss"]},
         )
+        claims["roles"] = claims.get(self._roles_claim) or []
+        # An issuer's token names its grid areas; a token without them may issue in none.
+        claims["grid_areas"] = claims.get(self._grid_areas_claim) or []
+        return claims
 
 
 def actor_from(authorization: str | None, verifier: TokenVerifier) -> Actor:
@@ -73,16 +101,28 @@ def actor_from(authorization: str | None, verifier: TokenVerifier) -> Actor:
     if not isinstance(roles, list):
         raise Unauthorized("the token's roles must be a list")
     known = {r.value for r in Role}
-    return Actor(owner=subject, roles=frozenset(Role(r) for r in roles if r in known))
+    areas = claims.get("grid_areas")
+    if areas is not None and not (
+        isinstance(areas, list) and all(isinstance(a, str) for a in areas)
+    ):
+        raise Unauthorized("the token's grid_areas must be a list of grid areas")
+    return Actor(
+        owner=subject,
+        roles=frozenset(Role(r) for r in roles if r in known),
+        grid_areas=None if areas is None else frozenset(areas),
+    )
 
 
 def mint_token(
-    secret: str, owner: str, roles: Iterable[str] = (), lifetime_s: int = 12 * 3600
+    secret: str,
+    owner: str,
+    roles: Iterable[str] = (),
+    lifetime_s: int = 12 * 3600,
+    grid_areas: Iterable[str] | None = None,
 ) -> str:
     """An HS256 token for local use and tests (the embedded stack prints some at start)."""
     now = int(time.time())
-    return jwt.encode(
-        {"sub": owner, "roles": list(roles), "iat": now, "exp": now + lifetime_s},
-        secret,
-        algorithm="HS256",
-    )
+    claims = {"sub": owner, "roles": list(roles), "iat": now, "exp": now + lifetime_s}
+    if grid_areas is not None:
+        claims["grid_areas"] = list(grid_areas)
+    return jwt.encode(claims, secret, algorithm="HS256")

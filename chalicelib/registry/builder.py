@@ -368,8 +368,8 @@ class ProtoTransactionBuilder:
             txs.append(tx)
             source = self._spendable_new(source.cert, news[0], source.slice.owner)
         received_id = domain.slice_id_for(command.command_id, "received")
-        path = keys.slice_key_path(received_id)
-        receiver_key = self._owners.master(command.receiver).public.derive(path).key
+        path = self._owners.slice_path(command.receiver, received_id)
+        receiver_key = self._owners.master(command.receiver, path).public.derive(path).key
         self._seal(
             source.cert.certificate_id,
             received_id,
@@ -470,8 +470,8 @@ class ProtoTransactionBuilder:
         commitment = pedersen.commit(quantity, blinding)
         proof = self._prover.prove_range(quantity, blinding, certificate_id)
         _check(self._prover.verify_range(commitment, proof, certificate_id), "range proof")
-        path = keys.slice_key_path(slice_id)
-        owner_key = self._owners.master(owner).public.derive(path).key
+        path = self._owners.slice_path(owner, slice_id)
+        owner_key = self._owners.master(owner, path).public.derive(path).key
         secret = SliceSecret(quantity, blinding, owner_key, path)
         self._seal(certificate_id, slice_id, secret)
         return _NewSlice(slice_id, commitment, proof, secret)
@@ -502,7 +502,7 @@ class ProtoTransactionBuilder:
         return self._with_key(cert, part, new.secret)
 
     def _with_key(self, cert: Certificate, found: Slice, secret: SliceSecret) -> _Spendable:
-        private = self._owners.master(found.owner).derive(secret.path)
+        private = self._owners.master(found.owner, secret.path).derive(secret.path)
         if private.public_key != secret.owner_key:
             raise domain.RuleViolation(
                 f"slice {found.slice_id} is not owned by a key of {found.owner}",

@@ -15,8 +15,9 @@ How an owner id maps to keys (our decision, REGISTRY.md leaves it open):
 
 - every owner has one BIP32 master key. In the sandbox its seed is HMAC-SHA512 of a root secret
   from settings and the owner id (`SandboxOwnerKeys`): nothing per owner has to be stored, and
-  the root secret is the one thing to protect. A real deployment in which owners keep their own
-  wallets replaces the `OwnerKeys` port (custodial seeds under KMS, or the owners' wallets).
+  the root secret is the one thing to protect. Deployed stages hold each owner's random seed in
+  custody under KMS instead (`custody.KmsOwnerKeys`); owners' own wallets would be a third
+  implementation of the `OwnerKeys` port.
 - every slice gets its own key, at the non-hardened path m/a/b under its owner's master, where
   a and b are the first two 31-bit words of SHA-256("slice-key/" + slice id). The path is
   stored (sealed) with the slice, so it never has to be recomputed by this rule; two words make
@@ -120,9 +121,17 @@ def slice_key_path(slice_id: str) -> tuple[int, int]:
 
 
 class OwnerKeys:
-    """The port: an owner's BIP32 master key. Sandbox implementation below."""
+    """The port: an owner's BIP32 master keys. Sandbox implementation below; custody on AWS in
+    custody.py, whose paths start with the seed version (m/<version>/a/b)."""
 
-    def master(self, owner: str) -> ExtendedPrivateKey:  # pragma: no cover - a port
+    def slice_path(self, owner: str, slice_id: str) -> tuple[int, ...]:
+        """The path of the key a new slice of this owner gets (stored sealed with the slice)."""
+        return slice_key_path(slice_id)
+
+    def master(
+        self, owner: str, path: tuple[int, ...] = ()
+    ) -> ExtendedPrivateKey:  # pragma: no cover - a port
+        """The master key under which `path` (a stored slice path; () for a new one) lies."""
         raise NotImplementedError
 
 
@@ -138,7 +147,7 @@ class SandboxOwnerKeys(OwnerKeys):
     def __repr__(self) -> str:
         return "SandboxOwnerKeys(<secret>)"
 
-    def master(self, owner: str) -> ExtendedPrivateKey:
+    def master(self, owner: str, path: tuple[int, ...] = ()) -> ExtendedPrivateKey:
         found = self._cache.get(owner)
         if found is None:
             seed = hmac.new(self._root, b"owner/" + owner.encode(), hashlib.sha512).digest()

@@ -146,6 +146,7 @@ def enqueue(
 
 def issue(book: Book, queue: CommandQueue, request: Request, spec: IssueSpec) -> Command:
     request.actor.require(Role.ISSUER)
+    request.actor.require_grid_area(spec.grid_area)
     certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
     return record(book, queue, _new_command(request, CommandKind.ISSUE, certificate_id, issue=spec))
 
@@ -167,6 +168,11 @@ def issue_batch(
     for index, spec in enumerate(specs):
         if isinstance(spec, DomainError):
             results.append(BatchItem(index=index, error=spec))
+            continue
+        try:
+            request.actor.require_grid_area(spec.grid_area)
+        except DomainError as refused:
+            results.append(BatchItem(index=index, error=refused))
             continue
         certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
         command = _new_command(
@@ -283,4 +289,5 @@ def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: 
             field="certificate_id",
             subject=certificate_id,
         )
+    request.actor.require_grid_area(cert.grid_area)
     return record(book, queue, _new_command(request, CommandKind.WITHDRAW, certificate_id))

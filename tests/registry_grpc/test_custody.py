@@ -1,0 +1,295 @@
+"""Owners' keys in custody (KMS envelope encryption, seeds in the book's table) and issuers'
+keys from a secret store, on moto's KMS, DynamoDB, Secrets Manager and SSM."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from moto import mock_aws
+
+from chalicelib.domain import CertificateType, CommandStatus, SliceState
+from chalicelib.registry.builder import ProtoTransactionBuilder
+from chalicelib.registry.custody import (
+    CustodyBroken,
+    CustodyUnavailable,
+    KmsOwnerKeys,
+    StoredIssuerKeys,
+    ssm_parameter_name,
+)
+from chalicelib.registry.keys import IssuerKeys
+from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
+from chalicelib.registry.secrets import KmsSecretBox, open_slice
+from chalicelib.usecases.process import Outcome
+from tests.conftest import settings
+from tests.registry_grpc.pipeline import REGISTRY, ProtoPipeline
+
+TABLE = "certificates-book"
+
+
+@pytest.fixture
+def aws() -> Iterator[boto3.Session]:
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS"):
+        os.environ.pop(key, None)
+    with mock_aws():
+        session = boto3.Session(
+            region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
+        from devstack import resources
+
+        resources.create(session.client("dynamodb"), session.client("sqs"), settings())
+        yield session
+
+
+@pytest.fixture
+def key(aws) -> str:
+    return aws.client("kms").create_key()["KeyMetadata"]["Arn"]
+
+
+def custody(aws: boto3.Session, key: str, **kwargs: Any) -> KmsOwnerKeys:
+    """Owner keys as one Lambda container builds them: its own clients, its own cache."""
+    return KmsOwnerKeys(aws.client("dynamodb"), TABLE, aws.client("kms"), key, **kwargs)
+
+
+def seed_items(aws: boto3.Session) -> list[dict[str, Any]]:
+    items = aws.client("dynamodb").scan(TableName=TABLE)["Items"]
+    return [i for i in items if i["pk"]["S"].startswith("SEED#")]
+
+
+# --- the adapter ---------------------------------------------------------------------------------
+
+
+def test_two_owners_get_different_keys_made_on_first_use(aws, key) -> None:
+    owners = custody(aws, key)
+    assert seed_items(aws) == []
+    alice, bob = owners.master("alice"), owners.master("bob")
+    assert alice.secret != bob.secret and alice.chain_code != bob.chain_code
+    assert sorted((i["pk"]["S"], i["sk"]["S"]) for i in seed_items(aws)) == [
+        ("SEED#alice", "V#1"),
+        ("SEED#bob", "V#1"),
+    ]
+
+
+def test_one_owner_gets_the_same_key_from_two_containers(aws, key) -> None:
+    first, second = custody(aws, key), custody(aws, key)
+    assert first.master("alice") == second.master("alice")
+    path = first.slice_path("alice", "some-slice")
+    assert first.master("alice", path).derive(path) == second.master("alice", path).derive(path)
+    assert len(seed_items(aws)) == 1
+
+
+def test_two_first_uses_at_once_agree_on_one_seed(aws, key) -> None:
+    """Both containers find no seed and both make one; the conditional put lets the first
+    win, and the second reads and uses the winner's. (Interleaved by hand: moto's DynamoDB
+    does not make a conditional put atomic across threads, as DynamoDB does.)"""
+    first, second = custody(aws, key), custody(aws, key)
+    read, masters = first._read, {}
+
+    def read_then_lose_the_race(owner, version):
+        found = read(owner, version)  # nothing yet...
+        first._read = read
+        masters["second"] = second.master(owner)  # ...and meanwhile the other one puts its seed
+        return found
+
+    first._read = read_then_lose_the_race
+    masters["first"] = first.master("alice")
+    assert masters["first"] == masters["second"]
+    assert len(seed_items(aws)) == 1
+
+
+def test_the_table_item_alone_reveals_nothing_of_the_seed(aws, key) -> None:
+    owners = custody(aws, key)
+    master = owners.master("alice")
+    [item] = seed_items(aws)
+    stored = json.dumps(
+        {k: base64.b64encode(bytes(v["B"])).decode() if "B" in v else v for k, v in item.items()}
+    )
+    for secret in (master.secret, master.chain_code):
+        assert base64.b64encode(secret).decode() not in stored
+        assert secret.hex() not in stored
+    # Without that KMS key the seed does not open (here: KMS of another region, which does not
+    # hold it), and a container that cannot open it does not replace it either.
+    elsewhere = KmsOwnerKeys(
+        aws.client("dynamodb"), TABLE, aws.client("kms", region_name="us-east-1"), key
+    )
+    with pytest.raises((CustodyUnavailable, CustodyBroken)):
+        elsewhere.master("alice")
+    assert seed_items(aws) == [item]
+
+
+def test_a_seed_copied_onto_another_owner_does_not_open(aws, key) -> None:
+    custody(aws, key).master("alice")
+    [item] = seed_items(aws)
+    aws.client("dynamodb").put_item(TableName=TABLE, Item={**item, "pk": {"S": "SEED#mallory"}})
+    with pytest.raises(CustodyBroken):
+        custody(aws, key).master("mallory")
+
+
+def test_opened_keys_are_cached_for_a_bounded_time(aws, key) -> None:
+    now = [0.0]
+    owners = custody(aws, key, cache_s=300, monotonic=lambda: now[0])
+    calls = []
+    kms = owners._kms
+    owners._kms = type(
+        "CountingKms",
+        (),
+        {
+            "decrypt": lambda self, **kw: (calls.append("decrypt"), kms.decrypt(**kw))[1],
+            "generate_data_key": lambda self, **kw: kms.generate_data_key(**kw),
+        },
+    )()
+    owners.master("alice")
+    owners.master("alice")
+    now[0] = 299
+    owners.master("alice")
+    assert calls == ["decrypt"]
+    now[0] = 301
+    owners.master("alice")
+    assert calls == ["decrypt", "decrypt"]
+
+
+def test_no_key_material_in_a_repr(aws, key) -> None:
+    owners = custody(aws, key)
+    master = owners.master("alice")
+    for shown in (repr(owners), repr(master), str(owners)):
+        assert master.secret.hex() not in shown and "alice" not in shown
+
+
+def test_a_new_seed_version_applies_to_new_slice_paths_only(aws, key) -> None:
+    v1, v2 = custody(aws, key, version=1), custody(aws, key, version=2)
+    old_path, new_path = v1.slice_path("alice", "s"), v2.slice_path("alice", "s")
+    assert old_path[0] == 1 and new_path[0] == 2 and old_path[1:] == new_path[1:]
+    # the path names its version: the new container still opens the old slice's key
+    assert v2.master("alice", old_path) == v1.master("alice", old_path)
+    assert v2.master("alice", new_path) != v1.master("alice", old_path)
+    assert sorted(i["sk"]["S"] for i in seed_items(aws)) == ["V#1", "V#2"]
+
+
+# --- the whole flow, signed with keys in custody, verified by the simulator ----------------------
+
+
+def custody_pipeline(aws: boto3.Session, key: str, version: int = 1) -> ProtoPipeline:
+    p = ProtoPipeline()
+    p.owner_keys = custody(aws, key, version=version)
+    p.box = KmsSecretBox(aws.client("kms"), key)
+    p.builder = ProtoTransactionBuilder(REGISTRY, p.issuers, p.owner_keys, p.box)
+    p.codec = ProtoCodec(BookSliceDirectory(p.book, p.box))
+    p.worker = p.make_worker()
+    return p
+
+
+def _available(p: ProtoPipeline, cert: str, owner: str = "alice") -> dict[int, str]:
+    return {
+        s.quantity_wh: s.slice_id
+        for s in p.book.get_certificate(cert).slices.values()
+        if s.state == SliceState.AVAILABLE and s.owner == owner
+    }
+
+
+def test_every_command_kind_signed_with_custody_keys_is_accepted_by_the_verifier(aws, key):
+    p = custody_pipeline(aws, key)
+    production, whole = p.issued(quantity=1000)
+    consumption, used = p.issued(
+        quantity=300, gsrn="571313000000000002", type_=CertificateType.CONSUMPTION
+    )
+    sliced = p.slice("alice", production, whole, [600, 400])
+    p.run()
+    parts = _available(p, production)
+    transfer = p.transfer("alice", production, parts[400], "bob", 150)
+    p.run()
+    claim = p.claim("alice", (production, parts[600]), (consumption, used), 300)
+    p.run()
+    withdraw = p.withdraw(consumption)
+    p.run()
+    commands = [sliced, transfer, claim, withdraw]
+    assert [p.command(c.command_id).status for c in commands] == [CommandStatus.COMMITTED] * 4
+    assert {e.verdict.value for e in p.simulator.log()} == {"COMMITTED"}
+    p.check_invariants()
+    p.check_never_twice()
+    assert p.reconcile()["drift_repaired"] == 0
+    for s in p.book.get_certificate(production).slices.values():
+        if s.is_live:  # every slice's key path names the seed version it came from
+            assert open_slice(p.box, production, s.slice_id, s.secret).path[0] == 1
+    assert {i["pk"]["S"] for i in seed_items(aws)} == {"SEED#alice", "SEED#bob"}
+
+
+def test_after_a_rotation_old_slices_stay_spendable_and_new_ones_use_the_new_seed(aws, key):
+    p = custody_pipeline(aws, key, version=1)
+    cert, whole = p.issued(quantity=1000)
+    rotated = custody_pipeline(aws, key, version=2)
+    p.owner_keys, p.builder = rotated.owner_keys, rotated.builder
+    p.worker = p.make_worker()
+    p.slice("alice", cert, whole, [700, 300])  # spends a v1 slice, makes v2 slices
+    p.run()
+    live = [s for s in p.book.get_certificate(cert).slices.values() if s.is_live]
+    assert sorted(s.quantity_wh for s in live) == [300, 700]
+    assert {open_slice(p.box, cert, s.slice_id, s.secret).path[0] for s in live} == {2}
+    assert {e.verdict.value for e in p.simulator.log()} == {"COMMITTED"}
+
+
+@pytest.mark.parametrize("fault", ["kms_down", "kms_unreachable"])
+def test_a_kms_outage_is_retried_before_anything_is_sent(aws, key, fault) -> None:
+    p = custody_pipeline(aws, key)
+    kms = p.owner_keys._kms
+
+    class Down:
+        def __getattr__(self, name):
+            def fail(**_kwargs):
+                if fault == "kms_unreachable":
+                    raise EndpointConnectionError(endpoint_url="https://kms.invalid")
+                raise ClientError(
+                    {"Error": {"Code": "KMSInternalException", "Message": "down"}}, name
+                )
+
+            return fail
+
+    p.owner_keys._kms = Down()
+    command = p.issue()
+    batch = p.queue.receive()
+    assert p.worker.process([m.delivery for m in batch]) == [Outcome.FAILED]
+    p.queue.give_back(batch)
+    held = p.command(command.command_id)
+    assert held.status == CommandStatus.ACCEPTED and not held.transactions  # nothing half-built
+    assert p.simulator.log() == []
+    assert seed_items(aws) == []
+    p.owner_keys._kms = kms
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    assert len(p.simulator.log()) == 1
+
+
+# --- issuers' keys from a secret store -----------------------------------------------------------
+
+
+ISSUER_JSON = json.dumps({"DK1": base64.b64encode(bytes(range(32))).decode()})
+EXPECTED = IssuerKeys.from_json(ISSUER_JSON).public_keys("DK1")
+
+
+def test_issuer_keys_come_from_a_secrets_manager_secret(aws) -> None:
+    arn = aws.client("secretsmanager").create_secret(Name="issuers", SecretString=ISSUER_JSON)[
+        "ARN"
+    ]
+    keys = StoredIssuerKeys(arn, aws.client)
+    assert keys.public_keys("DK1") == EXPECTED
+    assert keys.public_keys("DK2") == []
+    assert "AAEC" not in repr(keys)
+
+
+@pytest.mark.parametrize("name", ["/certs/issuer-keys", "issuer-keys"])
+def test_issuer_keys_come_from_an_ssm_secure_string(aws, name) -> None:
+    aws.client("ssm").put_parameter(Name=name, Value=ISSUER_JSON, Type="SecureString")
+    arn = f"arn:aws:ssm:eu-west-1:123456789012:parameter{'' if name[0] == '/' else '/'}{name}"
+    assert ssm_parameter_name(arn) == name
+    assert StoredIssuerKeys(arn, aws.client).public_keys("DK1") == EXPECTED
+
+
+def test_an_unreadable_issuer_secret_is_a_retryable_outage(aws) -> None:
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:missing-AbCdEf"
+    with pytest.raises(CustodyUnavailable, match="ResourceNotFoundException"):
+        StoredIssuerKeys(arn, aws.client).key_for("DK1")
