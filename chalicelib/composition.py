@@ -183,7 +183,12 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
     queue_url = settings.queue_url or sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
     return Services(
         settings=settings,
-        book=DynamoBook(dynamodb, settings.table_name, settings.open_command_shards),
+        book=DynamoBook(
+            dynamodb,
+            settings.table_name,
+            settings.open_command_shards,
+            feed_lag_s=settings.feed_lag_s,
+        ),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
         registry=registry_for(settings),

@@ -815,3 +815,24 @@ def expire(cert: Certificate) -> Certificate:
         for k, v in cert.slices.items()
     }
     return cert.model_copy(update={"status": CertificateStatus.EXPIRED, "slices": slices})
+
+
+def viewers(cert: Certificate) -> set[str]:
+    """Owners who see the certificate: those holding or having held slices of it, and the
+    owner it is being issued to."""
+    return cert.owners() | {cert.owner}
+
+
+def viewers_of_change(before: Certificate | None, after: Certificate) -> set[str]:
+    """Owners whose view of the certificate a change from `before` to `after` changes: their
+    change feeds (GET /v1/certificates?updated_since=) show it again. A change of the
+    certificate itself (status, withdrawal) is seen by everyone who sees it; a change of
+    slices only by the owners of those slices, before and after."""
+    if before is None or (before.status, before.withdrawal) != (after.status, after.withdrawal):
+        return viewers(after) | (viewers(before) if before else set())
+    changed: set[str] = set()
+    for slice_id in before.slices.keys() | after.slices.keys():
+        old, new = before.slices.get(slice_id), after.slices.get(slice_id)
+        if old != new:
+            changed |= {s.owner for s in (old, new) if s is not None}
+    return changed

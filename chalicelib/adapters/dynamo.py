@@ -12,6 +12,10 @@ Items (pk / sk):
 - CMD#<command id> / RECEIVED: a committed transfer as its receiver sees it (by_caller index).
 - OWNER#<owner> / HOLD#<period start>#<certificate id>: the owner holds or held slices of that
   certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
+- FEED#<owner> / CERT#<certificate id>: the owner's view of that certificate changed; index
+  `by_change` (FEED#<owner>#certificates, <time of the change>#<id>) is the owner's change
+  feed. Commands of the listed kinds are in that index too (FEED#<caller>#<kind>), and so are
+  RECEIVED items. See `certificate_changes` for why the feed holds back its newest seconds.
 
 No TransactWriteItems on the hot path: it costs twice the write units on AWS, and in moto its
 cost grows with the table. Multi-item changes are ordered so that a crash between two writes
@@ -26,13 +30,14 @@ import json
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib import domain
+from chalicelib.adapters import changes
 from chalicelib.domain import (
     Certificate,
     CertificateStatus,
@@ -157,10 +162,19 @@ def _command_from(item: dict[str, Any]) -> Command:
 
 
 class DynamoBook:
-    def __init__(self, client: Any, table_name: str, open_shards: int = 8) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        open_shards: int = 8,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        feed_lag_s: float = 5.0,
+    ) -> None:
         self._db = client
         self._table = table_name
         self._shards = open_shards
+        self._clock = clock  # stamps the change feeds at the moment of each write
+        self._feed_lag = timedelta(seconds=feed_lag_s)
 
     # --- low-level calls, with AWS errors translated in one place ----------------------------
 
@@ -177,10 +191,14 @@ class DynamoBook:
     def _get(self, key: dict[str, Any]) -> dict[str, Any] | None:
         return self._call("get_item", Key=key, ConsistentRead=True).get("Item")
 
-    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _batch_get(
+        self, keys: list[dict[str, Any]], consistent: bool = False
+    ) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):  # BatchGetItem takes at most 100 keys
-            pending: dict[str, Any] = {self._table: {"Keys": keys[start : start + 100]}}
+            pending: dict[str, Any] = {
+                self._table: {"Keys": keys[start : start + 100], "ConsistentRead": consistent}
+            }
             while pending:
                 try:
                     answer = self._db.batch_get_item(RequestItems=pending)
@@ -203,6 +221,8 @@ class DynamoBook:
             values.update(
                 by_caller_pk=f"{command.caller}#{command.kind.value}",
                 by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
+                feed_pk=f"FEED#{command.caller}#{command.kind.value}",
+                feed_sk=self._feed_position(command.command_id),
             )
         if not command.is_terminal:
             values.update(self._open_keys(command))
@@ -241,7 +261,13 @@ class DynamoBook:
         # Serialize the changed fields through the model so types match what is stored.
         probe = Command.model_construct(**change.changes)
         dumped = probe.model_dump(mode="json", include=set(change.changes))
-        sets = {**dumped, "status": change.target.value, "updated_at": change.now.isoformat()}
+        sets = {
+            **dumped,
+            "status": change.target.value,
+            "updated_at": change.now.isoformat(),
+            # Its place in the caller's change feed (indexed for the listed kinds only).
+            "feed_sk": self._feed_position(command_id),
+        }
         names = {f"#f{i}": name for i, name in enumerate(sets)}
         values = {f":v{i}": value for i, value in enumerate(sets.values())}
         expression = "SET " + ", ".join(
@@ -295,6 +321,8 @@ class DynamoBook:
             sk="RECEIVED",
             by_caller_pk=f"{command.receiver}#{command.kind.value}",
             by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
+            feed_pk=f"FEED#{command.receiver}#{command.kind.value}",
+            feed_sk=self._feed_position(command.command_id),
         )
         self._call("put_item", Item=_to_item(values))
 
@@ -469,10 +497,12 @@ class DynamoBook:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     **condition,
                 )
+                self._mark_changed(certificate.model_copy(update={"version": version}), None)
                 return
             except ClientError as exc:
                 existing = _certificate_from(exc.response["Item"])
             if existing.issue_command == certificate.issue_command:
+                self._mark_changed(existing, None)  # finishes a write cut short after the put
                 return  # a replay of the same issuance, even of a rejected one: it stays so
             if existing.status != CertificateStatus.REJECTED:
                 raise domain.Conflict(
@@ -542,8 +572,12 @@ class DynamoBook:
                     subject=ref.certificate_id,
                 ) from exc
             # Raises the precise reason, or returns when the slice is already ours (a replay).
-            return domain.reserve(_certificate_from(old), ref, command_id, caller, at_least_wh)
-        return _certificate_from(answer["Attributes"])
+            replayed = domain.reserve(_certificate_from(old), ref, command_id, caller, at_least_wh)
+            self._mark_changed(replayed, None, {caller})
+            return replayed
+        reserved = _certificate_from(answer["Attributes"])
+        self._mark_changed(reserved, None, {caller})
+        return reserved
 
     def update_certificate(
         self,
@@ -552,8 +586,10 @@ class DynamoBook:
         snapshot: Certificate | None = None,
     ) -> Certificate:
         if snapshot is not None:
-            patched = self._patch(snapshot, change(snapshot))
+            after = change(snapshot)
+            patched = self._patch(snapshot, after)
             if patched is not None:
+                self._mark_changed(patched, snapshot if after != snapshot else None, after=after)
                 return patched
         for _ in range(_OPTIMISTIC_RETRIES):
             current = self.get_certificate(certificate_id)
@@ -563,6 +599,7 @@ class DynamoBook:
                 )
             changed = change(current)
             if changed == current:
+                self._mark_changed(current, None)  # finishes a write cut short after the put
                 return current
             changed = changed.model_copy(update={"version": current.version + 1})
             try:
@@ -572,6 +609,7 @@ class DynamoBook:
                     ConditionExpression="version = :seen",
                     ExpressionAttributeValues={":seen": {"N": str(current.version)}},
                 )
+                self._mark_changed(changed, current)
                 return changed
             except ClientError:
                 continue  # someone wrote in between: read again and redo the change
@@ -762,3 +800,110 @@ class DynamoBook:
             if not more:
                 return
             start = more
+
+    # --- change feeds --------------------------------------------------------------------------
+
+    def _feed_position(self, item_id: str) -> str:
+        return f"{changes.stamp(self._clock())}#{item_id}"
+
+    def _mark_changed(
+        self,
+        stored: Certificate,
+        before: Certificate | None,
+        owners: set[str] | None = None,
+        after: Certificate | None = None,
+    ) -> None:
+        """Move the certificate to the end of the change feed of each owner whose view the
+        write changed (of every viewer when `before` is None: a replay, which repairs marks a
+        crash cut short between the certificate's write and these). A mark only moves forward
+        in versions, so a late or repeated one never hides a newer state."""
+        if owners is None:
+            owners = (
+                domain.viewers(stored)
+                if before is None
+                else domain.viewers_of_change(before, after or stored)
+            )
+        for owner in sorted(owners):
+            with contextlib.suppress(ClientError):  # a newer version is marked already
+                self._call(
+                    "put_item",
+                    Item=_to_item(
+                        {
+                            "pk": f"FEED#{owner}",
+                            "sk": f"CERT#{stored.certificate_id}",
+                            "feed_pk": f"FEED#{owner}#certificates",
+                            "feed_sk": self._feed_position(stored.certificate_id),
+                            "certificate_id": stored.certificate_id,
+                            "feed_version": stored.version,
+                        }
+                    ),
+                    ConditionExpression="attribute_not_exists(pk) OR feed_version < :v",
+                    ExpressionAttributeValues={":v": {"N": str(stored.version)}},
+                )
+
+    def _changes(
+        self, feed: str, since: datetime | None, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Index entries of one feed after the start, up to `limit`, and the position after
+        them. The feed stops `feed_lag` short of now: a change is stamped just before its write
+        reaches DynamoDB, and the index is eventually consistent, so the newest positions may
+        still be filled in below ones already visible. Within the lag (which must exceed a
+        write's time in flight, clock skew between writers and the index's delay) every
+        position is final, so a client that moved past it has missed nothing."""
+        after = changes.start_after(since, cursor)
+        horizon = changes.stamp(self._clock() - self._feed_lag)
+        args: dict[str, Any] = {
+            "IndexName": "by_change",
+            "KeyConditionExpression": "feed_pk = :pk AND feed_sk > :after",
+            "ExpressionAttributeValues": _to_item({":pk": feed, ":after": after or "0"}),
+        }
+        entries: list[dict[str, Any]] = []
+        start = None
+        while len(entries) < limit:
+            page_args = dict(args, Limit=limit - len(entries))
+            if start:
+                page_args["ExclusiveStartKey"] = start
+            answer = self._call("query", **page_args)
+            for item in answer.get("Items", []):
+                if item["feed_sk"]["S"][: changes.STAMP_LENGTH] > horizon:
+                    return entries, entries[-1]["feed_sk"]["S"] if entries else after
+                entries.append(item)
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                break
+        return entries, entries[-1]["feed_sk"]["S"] if entries else after
+
+    def certificate_changes(
+        self, owner: str, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Certificate]:
+        entries, position = self._changes(f"FEED#{owner}#certificates", since, cursor, limit)
+        found = {
+            c.certificate_id: c
+            for c in map(
+                _certificate_from,
+                self._batch_get([_cert_key(e["certificate_id"]["S"]) for e in entries], True),
+            )
+        }
+        # A certificate already past the version its entry names has a later entry, where it
+        # will be given: giving it here too would give the same state twice.
+        items = [
+            found[e["certificate_id"]["S"]]
+            for e in entries
+            if e["certificate_id"]["S"] in found
+            and found[e["certificate_id"]["S"]].version == int(e["feed_version"]["N"])
+        ]
+        return Page(items=items, next_cursor=changes.encode(position))
+
+    def command_changes(
+        self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Command]:
+        entries, position = self._changes(f"FEED#{owner}#{kind.value}", since, cursor, limit)
+        keys = [{"pk": e["pk"], "sk": e["sk"]} for e in entries]
+        found = {(i["pk"]["S"], i["sk"]["S"]): i for i in self._batch_get(keys, True)}
+        items = []
+        for entry in entries:
+            item = found.get((entry["pk"]["S"], entry["sk"]["S"]))
+            # moved on since the index was read: it is given at its later position
+            if item is not None and item["feed_sk"]["S"] == entry["feed_sk"]["S"]:
+                items.append(_command_from(item))
+        return Page(items=items, next_cursor=changes.encode(position))

@@ -10,10 +10,11 @@ import base64
 import json
 import threading
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from chalicelib import domain
+from chalicelib.adapters import changes
 from chalicelib.domain import (
     Certificate,
     CertificateStatus,
@@ -82,8 +83,15 @@ def apply_transition(current: Command | None, change: Transition) -> Command:
 
 
 class InMemoryBook:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._lock = threading.RLock()
+        # The change feeds: (owner, feed, item) -> the position of the item's last change.
+        # Positions are given under the lock and never go back, so a reader sees them in the
+        # order they were written and needs no safety lag (unlike the DynamoDB book).
+        self._clock = clock
+        self._changes: dict[tuple[str, str, tuple[str, str]], str] = {}
+        self._last_stamp = ""
+        self._change_count = 0
         self.commands: dict[str, Command] = {}
         self.certificates: dict[str, Certificate] = {}
         self._holdings: dict[str, set[str]] = {}
@@ -99,6 +107,7 @@ class InMemoryBook:
             if command.command_id in self.commands:
                 raise DuplicateCommand(self.commands[command.command_id])
             self.commands[command.command_id] = command
+            self._command_changed(command)
 
     def get_command(self, command_id: str) -> Command | None:
         return self.commands.get(command_id)
@@ -107,6 +116,7 @@ class InMemoryBook:
         with self._lock:
             updated = apply_transition(self.commands.get(command_id), change)
             self.commands[command_id] = updated
+            self._command_changed(updated)
             if change.reconciled and updated.is_terminal:
                 self._reconciled.add(command_id)
             return updated
@@ -214,9 +224,9 @@ class InMemoryBook:
                     subject=certificate.certificate_id,
                 )
             version = existing.version + 1 if existing else 1
-            self.certificates[certificate.certificate_id] = certificate.model_copy(
-                update={"version": version}
-            )
+            stored = certificate.model_copy(update={"version": version})
+            self.certificates[certificate.certificate_id] = stored
+            self._certificate_changed(existing, stored)
 
     def get_certificate(self, certificate_id: str) -> Certificate | None:
         return self.certificates.get(certificate_id)
@@ -238,6 +248,7 @@ class InMemoryBook:
             if reserved is not cert:
                 reserved = reserved.model_copy(update={"version": cert.version + 1})
                 self.certificates[ref.certificate_id] = reserved
+                self._certificate_changed(cert, reserved)
             return reserved
 
     def update_certificate(
@@ -257,6 +268,7 @@ class InMemoryBook:
             if changed != cert:
                 changed = changed.model_copy(update={"version": cert.version + 1})
                 self.certificates[certificate_id] = changed
+                self._certificate_changed(cert, changed)
             return changed
 
     def expiring_certificates(self, day: date, limit: int) -> list[str]:
@@ -271,6 +283,8 @@ class InMemoryBook:
     def note_receipt(self, command: Command) -> None:
         with self._lock:
             self._receipts.add(command.command_id)
+            assert command.receiver is not None
+            self._changed(command.receiver, command.kind.value, ("RECEIVED", command.command_id))
 
     def add_holding(self, owner: str, certificate: Certificate) -> None:
         with self._lock:
@@ -300,6 +314,53 @@ class InMemoryBook:
         if len(certs) > query.limit and page:
             nxt = _encode_cursor([page[-1].period.start.isoformat(), page[-1].certificate_id])
         return Page(items=page, next_cursor=nxt)
+
+    # change feeds (under the lock)
+
+    def _changed(self, owner: str, feed: str, item: tuple[str, str]) -> None:
+        self._last_stamp = max(self._last_stamp, changes.stamp(self._clock()))
+        self._change_count += 1
+        self._changes[(owner, feed, item)] = f"{self._last_stamp}#{self._change_count:016d}"
+
+    def _certificate_changed(self, before: Certificate | None, after: Certificate) -> None:
+        for owner in domain.viewers_of_change(before, after):
+            self._changed(owner, "certificates", ("CERT", after.certificate_id))
+
+    def _command_changed(self, command: Command) -> None:
+        if command.kind in (CommandKind.TRANSFER, CommandKind.CLAIM):
+            self._changed(command.caller, command.kind.value, ("CMD", command.command_id))
+
+    def _feed(
+        self,
+        owner: str,
+        feed: str,
+        since: datetime | None,
+        cursor: str | None,
+        limit: int,
+        read: Callable[[str], Any],
+    ) -> Page[Any]:
+        after = changes.start_after(since, cursor)
+        with self._lock:  # items are read under the lock too: in the state of their position
+            found = sorted(
+                (position, item)
+                for (who, name, item), position in self._changes.items()
+                if who == owner and name == feed and position > after
+            )[:limit]
+            items = [read(item_id) for _, (_, item_id) in found]
+        return Page(
+            items=[i for i in items if i is not None],  # a forgotten command leaves the feed
+            next_cursor=changes.encode(found[-1][0] if found else after),
+        )
+
+    def certificate_changes(
+        self, owner: str, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Certificate]:
+        return self._feed(owner, "certificates", since, cursor, limit, self.certificates.get)
+
+    def command_changes(
+        self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Command]:
+        return self._feed(owner, kind.value, since, cursor, limit, self.commands.get)
 
 
 class InMemoryQueue:
