@@ -12,9 +12,9 @@ Items (pk / sk):
 - CMD#<command id> / RECEIVED: a committed transfer as its receiver sees it (by_caller index).
 - OWNER#<owner> / HOLD#<period start>#<certificate id>: the owner holds or held slices of that
   certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
-- FEED#<owner> / CERT#<certificate id>: the owner's view of that certificate changed; index
-  `by_change` (FEED#<owner>#certificates, <time of the change>#<id>) is the owner's change
-  feed. Commands of the listed kinds are in that index too (FEED#<caller>#<kind>), and so are
+- FEED#<owner> / CERT#<certificate id>: the owner's view of that certificate as it last
+  changed (`_mark_changed`); index `by_change` (FEED#<owner>#certificates, <time of the
+  change>#<id>), projecting whole items, is the owner's change feed. Commands of the listed kinds are in that index too (FEED#<caller>#<kind>), and so are
   RECEIVED items. See `certificate_changes` for why the feed holds back its newest seconds.
 
 No TransactWriteItems on the hot path: it costs twice the write units on AWS, and in moto its
@@ -191,14 +191,10 @@ class DynamoBook:
     def _get(self, key: dict[str, Any]) -> dict[str, Any] | None:
         return self._call("get_item", Key=key, ConsistentRead=True).get("Item")
 
-    def _batch_get(
-        self, keys: list[dict[str, Any]], consistent: bool = False
-    ) -> list[dict[str, Any]]:
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):  # BatchGetItem takes at most 100 keys
-            pending: dict[str, Any] = {
-                self._table: {"Keys": keys[start : start + 100], "ConsistentRead": consistent}
-            }
+            pending: dict[str, Any] = {self._table: {"Keys": keys[start : start + 100]}}
             while pending:
                 try:
                     answer = self._db.batch_get_item(RequestItems=pending)
@@ -497,12 +493,12 @@ class DynamoBook:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     **condition,
                 )
-                self._mark_changed(certificate.model_copy(update={"version": version}), None)
+                self._mark_changed(certificate.model_copy(update={"version": version}))
                 return
             except ClientError as exc:
                 existing = _certificate_from(exc.response["Item"])
             if existing.issue_command == certificate.issue_command:
-                self._mark_changed(existing, None)  # finishes a write cut short after the put
+                self._mark_changed(existing)  # finishes a write cut short after the put
                 return  # a replay of the same issuance, even of a rejected one: it stays so
             if existing.status != CertificateStatus.REJECTED:
                 raise domain.Conflict(
@@ -573,10 +569,10 @@ class DynamoBook:
                 ) from exc
             # Raises the precise reason, or returns when the slice is already ours (a replay).
             replayed = domain.reserve(_certificate_from(old), ref, command_id, caller, at_least_wh)
-            self._mark_changed(replayed, None, {caller})
+            self._mark_changed(replayed)
             return replayed
         reserved = _certificate_from(answer["Attributes"])
-        self._mark_changed(reserved, None, {caller})
+        self._mark_changed(reserved)
         return reserved
 
     def update_certificate(
@@ -586,10 +582,9 @@ class DynamoBook:
         snapshot: Certificate | None = None,
     ) -> Certificate:
         if snapshot is not None:
-            after = change(snapshot)
-            patched = self._patch(snapshot, after)
+            patched = self._patch(snapshot, change(snapshot))
             if patched is not None:
-                self._mark_changed(patched, snapshot if after != snapshot else None, after=after)
+                self._mark_changed(patched)
                 return patched
         for _ in range(_OPTIMISTIC_RETRIES):
             current = self.get_certificate(certificate_id)
@@ -599,7 +594,7 @@ class DynamoBook:
                 )
             changed = change(current)
             if changed == current:
-                self._mark_changed(current, None)  # finishes a write cut short after the put
+                self._mark_changed(current)  # finishes a write cut short after the put
                 return current
             changed = changed.model_copy(update={"version": current.version + 1})
             try:
@@ -609,7 +604,7 @@ class DynamoBook:
                     ConditionExpression="version = :seen",
                     ExpressionAttributeValues={":seen": {"N": str(current.version)}},
                 )
-                self._mark_changed(changed, current)
+                self._mark_changed(changed)
                 return changed
             except ClientError:
                 continue  # someone wrote in between: read again and redo the change
@@ -806,25 +801,36 @@ class DynamoBook:
     def _feed_position(self, item_id: str) -> str:
         return f"{changes.stamp(self._clock())}#{item_id}"
 
-    def _mark_changed(
-        self,
-        stored: Certificate,
-        before: Certificate | None,
-        owners: set[str] | None = None,
-        after: Certificate | None = None,
-    ) -> None:
-        """Move the certificate to the end of the change feed of each owner whose view the
-        write changed (of every viewer when `before` is None: a replay, which repairs marks a
-        crash cut short between the certificate's write and these). A mark only moves forward
-        in versions, so a late or repeated one never hides a newer state."""
-        if owners is None:
-            owners = (
-                domain.viewers(stored)
-                if before is None
-                else domain.viewers_of_change(before, after or stored)
-            )
-        for owner in sorted(owners):
-            with contextlib.suppress(ClientError):  # a newer version is marked already
+    def _mark_changed(self, stored: Certificate) -> None:
+        """Bring each viewer's feed up to the certificate as stored: after every write of a
+        certificate, and again on a replay, which repairs what a crash cut short between the
+        write and these. Each viewer has one mark: their view of the certificate, the version
+        it is of, and its position in their feed. A mark never goes back to an older version.
+        When the viewer's view did not change, the mark takes the new version where it is; when
+        it did, it moves to the end of the feed. So a mark read from the feed index is one
+        state, given at one position, once."""
+        for owner in sorted(domain.viewers(stored)):
+            view = domain.view_of(stored, owner)
+            digest = domain.view_digest(stored, owner)
+            snapshot = view.model_dump_json(exclude_none=True)
+            key = {"pk": {"S": f"FEED#{owner}"}, "sk": {"S": f"CERT#{stored.certificate_id}"}}
+            try:
+                self._call(
+                    "update_item",
+                    Key=key,
+                    UpdateExpression="SET feed_version = :v, certificate = :c",
+                    ConditionExpression="feed_version < :v AND view_digest = :d",
+                    ExpressionAttributeValues=_to_item(
+                        {":v": stored.version, ":c": snapshot, ":d": digest}
+                    ),
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                continue
+            except ClientError as exc:
+                old = exc.response.get("Item")
+            if old is not None and int(old["feed_version"]["N"]) >= stored.version:
+                continue  # a newer state is marked already
+            with contextlib.suppress(ClientError):  # unless one was marked meanwhile
                 self._call(
                     "put_item",
                     Item=_to_item(
@@ -833,8 +839,9 @@ class DynamoBook:
                             "sk": f"CERT#{stored.certificate_id}",
                             "feed_pk": f"FEED#{owner}#certificates",
                             "feed_sk": self._feed_position(stored.certificate_id),
-                            "certificate_id": stored.certificate_id,
                             "feed_version": stored.version,
+                            "view_digest": digest,
+                            "certificate": snapshot,
                         }
                     ),
                     ConditionExpression="attribute_not_exists(pk) OR feed_version < :v",
@@ -877,33 +884,12 @@ class DynamoBook:
         self, owner: str, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Certificate]:
         entries, position = self._changes(f"FEED#{owner}#certificates", since, cursor, limit)
-        found = {
-            c.certificate_id: c
-            for c in map(
-                _certificate_from,
-                self._batch_get([_cert_key(e["certificate_id"]["S"]) for e in entries], True),
-            )
-        }
-        # A certificate already past the version its entry names has a later entry, where it
-        # will be given: giving it here too would give the same state twice.
-        items = [
-            found[e["certificate_id"]["S"]]
-            for e in entries
-            if e["certificate_id"]["S"] in found
-            and found[e["certificate_id"]["S"]].version == int(e["feed_version"]["N"])
-        ]
+        # The index holds whole marks: each entry is the state given at its position.
+        items = [Certificate.model_validate_json(e["certificate"]["S"]) for e in entries]
         return Page(items=items, next_cursor=changes.encode(position))
 
     def command_changes(
         self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Command]:
         entries, position = self._changes(f"FEED#{owner}#{kind.value}", since, cursor, limit)
-        keys = [{"pk": e["pk"], "sk": e["sk"]} for e in entries]
-        found = {(i["pk"]["S"], i["sk"]["S"]): i for i in self._batch_get(keys, True)}
-        items = []
-        for entry in entries:
-            item = found.get((entry["pk"]["S"], entry["sk"]["S"]))
-            # moved on since the index was read: it is given at its later position
-            if item is not None and item["feed_sk"]["S"] == entry["feed_sk"]["S"]:
-                items.append(_command_from(item))
-        return Page(items=items, next_cursor=changes.encode(position))
+        return Page(items=[_command_from(e) for e in entries], next_cursor=changes.encode(position))

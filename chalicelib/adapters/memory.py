@@ -355,7 +355,11 @@ class InMemoryBook:
     def certificate_changes(
         self, owner: str, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Certificate]:
-        return self._feed(owner, "certificates", since, cursor, limit, self.certificates.get)
+        def view(certificate_id: str) -> Certificate | None:
+            found = self.certificates.get(certificate_id)
+            return domain.view_of(found, owner) if found else None
+
+        return self._feed(owner, "certificates", since, cursor, limit, view)
 
     def command_changes(
         self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int

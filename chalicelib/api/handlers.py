@@ -235,11 +235,13 @@ class _CertificateQuery(BaseModel):
     end: datetime | None = None
     limit: int = 50
     cursor: str | None = None
+    updated_since: datetime | None = None  # makes it the change feed (queries.changes)
 
 
 class _PageQuery(BaseModel):
     limit: int = 50
     cursor: str | None = None
+    updated_since: datetime | None = None
 
 
 class _AggregateQuery(BaseModel):
@@ -301,13 +303,30 @@ def get_certificate(services: Services, call: Call) -> HttpResponse:
     Endpoint(
         "GET",
         "/v1/certificates",
-        "Your certificates, newest period first",
+        "Your certificates, newest period first; with updated_since, what changed for you "
+        "since then, oldest change first (follow next_cursor)",
         m.CertificatePage,
-        query=("type", "grid_area", "start", "end", "limit", "cursor"),
+        query=("type", "grid_area", "start", "end", "limit", "cursor", "updated_since"),
     )
 )
 def list_certificates(services: Services, call: Call) -> HttpResponse:
     q: _CertificateQuery = _query(call, _CertificateQuery)
+    if q.updated_since is not None:
+        if filtered := [f for f in ("type", "grid_area", "start", "end") if getattr(q, f)]:
+            raise BadRequest(f"{filtered[0]} does not apply to the change feed", field=filtered[0])
+        page = queries.certificate_changes(
+            services.book,
+            call.actor,
+            _aware(q.updated_since, "updated_since"),
+            q.cursor,
+            _limit(q.limit),
+        )
+        return json_response(
+            m.CertificatePage(
+                items=[m.CertificateView.of(c, call.actor.owner) for c in page.items],
+                next_cursor=page.next_cursor,
+            )
+        )
     page = queries.certificates(
         services.book,
         HoldingQuery(
@@ -358,7 +377,17 @@ def aggregate(services: Services, call: Call) -> HttpResponse:
 
 def _command_page(services: Services, call: Call, kind: CommandKind) -> HttpResponse:
     q: _PageQuery = _query(call, _PageQuery)
-    page = queries.commands(services.book, call.actor, kind, _limit(q.limit), q.cursor)
+    if q.updated_since is not None:
+        page = queries.command_changes(
+            services.book,
+            call.actor,
+            kind,
+            _aware(q.updated_since, "updated_since"),
+            q.cursor,
+            _limit(q.limit),
+        )
+    else:
+        page = queries.commands(services.book, call.actor, kind, _limit(q.limit), q.cursor)
     return json_response(
         m.CommandPage(items=[m.CommandView.of(c) for c in page.items], next_cursor=page.next_cursor)
     )
@@ -368,16 +397,25 @@ def _command_page(services: Services, call: Call, kind: CommandKind) -> HttpResp
     Endpoint(
         "GET",
         "/v1/transfers",
-        "Your transfers, sent and received",
+        "Your transfers, sent and received; with updated_since, those that changed since, "
+        "oldest change first (follow next_cursor)",
         m.CommandPage,
-        query=("limit", "cursor"),
+        query=("limit", "cursor", "updated_since"),
     )
 )
 def list_transfers(services: Services, call: Call) -> HttpResponse:
     return _command_page(services, call, CommandKind.TRANSFER)
 
 
-@operation(Endpoint("GET", "/v1/claims", "Your claims", m.CommandPage, query=("limit", "cursor")))
+@operation(
+    Endpoint(
+        "GET",
+        "/v1/claims",
+        "Your claims; with updated_since, those that changed since, oldest change first",
+        m.CommandPage,
+        query=("limit", "cursor", "updated_since"),
+    )
+)
 def list_claims(services: Services, call: Call) -> HttpResponse:
     return _command_page(services, call, CommandKind.CLAIM)
 

@@ -205,6 +205,11 @@ class CertificateView(BaseModel):
     status: domain.CertificateStatus
     attributes: dict[str, str]
     slices: list[SliceView]
+    version: int = Field(
+        default=0,
+        description="Grows with every change to the certificate: what a client following "
+        "the change feed keeps, to tell a newer state from one it has.",
+    )
 
     @classmethod
     def of(cls, cert: Certificate, viewer: str | None) -> CertificateView:
@@ -226,6 +231,7 @@ class CertificateView(BaseModel):
             status=cert.status,
             attributes=cert.attributes,
             slices=slices,
+            version=cert.version,
         )
 
 
