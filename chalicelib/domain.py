@@ -817,7 +817,6 @@ def expire(cert: Certificate) -> Certificate:
     return cert.model_copy(update={"status": CertificateStatus.EXPIRED, "slices": slices})
 
 
-
 def viewers(cert: Certificate) -> set[str]:
     """Owners who see the certificate: those holding or having held slices of it, and the
     owner it is being issued to. A certificate never loses a viewer."""

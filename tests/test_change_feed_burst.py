@@ -94,9 +94,7 @@ class Follower:
 
 def view_of(cert, owner: str) -> dict:
     return {
-        s.slice_id: (s.quantity_wh, s.state.value)
-        for s in cert.slices.values()
-        if s.owner == owner
+        s.slice_id: (s.quantity_wh, s.state.value) for s in cert.slices.values() if s.owner == owner
     }
 
 
@@ -173,7 +171,8 @@ def test_a_follower_sees_every_change_once_during_a_burst_of_transfers(books):
         expected = {
             c.command_id: c.status.value
             for c in transfers
-            if c.caller == f.owner or (c.receiver == f.owner and c.status == CommandStatus.COMMITTED)
+            if c.caller == f.owner
+            or (c.receiver == f.owner and c.status == CommandStatus.COMMITTED)
         }
         assert latest == expected
 

@@ -14,8 +14,9 @@ Items (pk / sk):
   certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
 - FEED#<owner> / CERT#<certificate id>: the owner's view of that certificate as it last
   changed (`_mark_changed`); index `by_change` (FEED#<owner>#certificates, <time of the
-  change>#<id>), projecting whole items, is the owner's change feed. Commands of the listed kinds are in that index too (FEED#<caller>#<kind>), and so are
-  RECEIVED items. See `certificate_changes` for why the feed holds back its newest seconds.
+  change>#<id>), projecting whole items, is the owner's change feed. Commands of the listed
+  kinds are in that index too (FEED#<caller>#<kind>), and so are RECEIVED items. See
+  `_changes` for why a feed holds back its newest seconds.
 
 No TransactWriteItems on the hot path: it costs twice the write units on AWS, and in moto its
 cost grows with the table. Multi-item changes are ordered so that a crash between two writes

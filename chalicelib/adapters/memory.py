@@ -10,7 +10,7 @@ import base64
 import json
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from chalicelib import domain
@@ -88,10 +88,7 @@ class InMemoryBook:
         # The change feeds: (owner, feed, item) -> the position of the item's last change.
         # Positions are given under the lock and never go back, so a reader sees them in the
         # order they were written and needs no safety lag (unlike the DynamoDB book).
-        self._clock = clock
-        self._changes: dict[tuple[str, str, tuple[str, str]], str] = {}
-        self._last_stamp = ""
-        self._change_count = 0
+        self._changes = _ChangeLog(clock)
         self.commands: dict[str, Command] = {}
         self.certificates: dict[str, Certificate] = {}
         self._holdings: dict[str, set[str]] = {}
@@ -130,6 +127,9 @@ class InMemoryBook:
                 and (stored.attempts == 0)
             ):
                 del self.commands[command.command_id]
+                self._changes.positions.pop(
+                    (stored.caller, stored.kind.value, ("CMD", stored.command_id)), None
+                )
 
     def commands_of(
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None
@@ -318,9 +318,7 @@ class InMemoryBook:
     # change feeds (under the lock)
 
     def _changed(self, owner: str, feed: str, item: tuple[str, str]) -> None:
-        self._last_stamp = max(self._last_stamp, changes.stamp(self._clock()))
-        self._change_count += 1
-        self._changes[(owner, feed, item)] = f"{self._last_stamp}#{self._change_count:016d}"
+        self._changes.record((owner, feed, item))
 
     def _certificate_changed(self, before: Certificate | None, after: Certificate) -> None:
         for owner in domain.viewers_of_change(before, after):
@@ -343,7 +341,7 @@ class InMemoryBook:
         with self._lock:  # items are read under the lock too: in the state of their position
             found = sorted(
                 (position, item)
-                for (who, name, item), position in self._changes.items()
+                for (who, name, item), position in self._changes.positions.items()
                 if who == owner and name == feed and position > after
             )[:limit]
             items = [read(item_id) for _, (_, item_id) in found]
@@ -365,6 +363,25 @@ class InMemoryBook:
         self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Command]:
         return self._feed(owner, kind.value, since, cursor, limit, self.commands.get)
+
+
+class _ChangeLog:
+    """Positions of the last change of each (owner, feed, item). Each position is later than
+    every one before it (the clock's time, pushed past the last position's if need be), so a
+    reader who has seen a position has seen everything before it. Two logs are equal when
+    their positions are: the clock is not part of what the book holds."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self._last = datetime.min.replace(tzinfo=UTC)
+        self.positions: dict[tuple[str, str, tuple[str, str]], str] = {}
+
+    def record(self, key: tuple[str, str, tuple[str, str]]) -> None:
+        self._last = max(self._clock(), self._last + timedelta(microseconds=1))
+        self.positions[key] = f"{changes.stamp(self._last)}#{key[2][1]}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ChangeLog) and self.positions == other.positions
 
 
 class InMemoryQueue:
