@@ -142,6 +142,11 @@ def list_claims() -> Response:
     return serve("list_claims")
 
 
+@app.route("/v1/reports/matching", methods=["GET"])
+def matching_report() -> Response:
+    return serve("matching_report")
+
+
 @app.route("/v1/health", methods=["GET"])
 def health() -> Response:
     return serve("health")

@@ -55,6 +55,7 @@ EXERCISED = {
     "stuck_commands",
     "resolve_command",
     "reconcile_now",
+    "matching_report",  # in tests/test_api_views.py, with the change feeds
 }
 HOUR = "2026-06-01T10:00:00+00:00"
 

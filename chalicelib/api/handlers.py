@@ -25,7 +25,7 @@ from chalicelib.api.http import (
 from chalicelib.composition import Services
 from chalicelib.domain import CertificateType, CommandKind, CommandStatus, Role
 from chalicelib.ports import HoldingQuery
-from chalicelib.usecases import accept, queries, reconcile
+from chalicelib.usecases import accept, matching, queries, reconcile
 
 ENDPOINTS: dict[str, tuple[Endpoint, Callable[[Services, Call], HttpResponse]]] = {}
 
@@ -371,6 +371,47 @@ def aggregate(services: Services, call: Call) -> HttpResponse:
             granularity=q.granularity,
             type=q.type,
             buckets=[m.Bucket(start=b, quantity_wh=wh, certificates=n) for b, wh, n in rows],
+        )
+    )
+
+
+class _MatchingQuery(BaseModel):
+    start: datetime
+    end: datetime
+    granularity: matching.Granularity = "hour"
+
+
+@operation(
+    Endpoint(
+        "GET",
+        "/v1/reports/matching",
+        "How much of your consumption your claims cover, per hour, day or month",
+        m.MatchingReport,
+        query=("start", "end", "granularity"),
+    )
+)
+def matching_report(services: Services, call: Call) -> HttpResponse:
+    q: _MatchingQuery = _query(call, _MatchingQuery)
+    report = matching.matching(
+        services.book,
+        call.actor.owner,
+        _aware(q.start, "start"),
+        _aware(q.end, "end"),
+        q.granularity,
+    )
+    score = report.hourly_matching_score
+    return json_response(
+        m.MatchingReport(
+            granularity=report.granularity,
+            start=report.start,
+            end=report.end,
+            buckets=[m.MatchingBucket.of(b) for b in report.buckets],
+            total=m.MatchingBucket.of(report.total),
+            hourly_matching_score_pct=None if score is None else round(100 * score, 2),
+            by_source=[
+                m.MatchedSource(technology=t, fuel=f, matched_wh=wh)
+                for (t, f), wh in report.by_source.items()
+            ],
         )
     )
 

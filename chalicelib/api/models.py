@@ -257,6 +257,51 @@ class Aggregate(BaseModel):
     buckets: list[Bucket]
 
 
+class MatchingBucket(BaseModel):
+    start: datetime
+    consumption_wh: int = Field(description="Consumption you hold, claimed or not.")
+    matched_wh: int = Field(description="Of it, matched by production you claimed against it.")
+    unmatched_wh: int
+    coverage_pct: float | None = Field(
+        description="matched / consumption, in percent; absent without consumption."
+    )
+    unclaimed_production_wh: int = Field(
+        description="Production of this bucket you hold and have not claimed."
+    )
+
+    @classmethod
+    def of(cls, bucket: Any) -> MatchingBucket:
+        return cls(
+            start=bucket.start,
+            consumption_wh=bucket.consumption_wh,
+            matched_wh=bucket.matched_wh,
+            unmatched_wh=bucket.unmatched_wh,
+            coverage_pct=None if bucket.coverage is None else round(100 * bucket.coverage, 2),
+            unclaimed_production_wh=bucket.unclaimed_production_wh,
+        )
+
+
+class MatchedSource(BaseModel):
+    technology: str
+    fuel: str
+    matched_wh: int
+
+
+class MatchingReport(BaseModel):
+    granularity: Literal["hour", "day", "month"]
+    start: datetime
+    end: datetime
+    buckets: list[MatchingBucket]
+    total: MatchingBucket
+    hourly_matching_score_pct: float | None = Field(
+        description="Consumption matched hour by hour, in percent of all consumption."
+    )
+    by_source: list[MatchedSource] = Field(
+        description="Matched production by technology and fuel code ('unknown' where the "
+        "certificate's attributes do not say)."
+    )
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     stage: str
