@@ -156,8 +156,9 @@ class Stack:
         return url
 
     def _serve_api(self) -> None:
-        from chalice.config import Config
-        from chalice.local import ChaliceRequestHandler, ThreadedHTTPServer, create_local_server
+        from chalice.local import ChaliceRequestHandler, ThreadedHTTPServer
+
+        from devstack import gateway
 
         if not self.options.log_requests:
             # One line per request on stderr drowns everything else a developer wants to see.
@@ -165,7 +166,7 @@ class Stack:
         # socketserver listens with a backlog of 5: a sixth client connecting at the same
         # moment has its SYN dropped and waits a second to retry.
         ThreadedHTTPServer.request_queue_size = 128
-        server = create_local_server(self.app_module.app, Config(), HOST, self.options.port)
+        server = gateway.local_server(self.app_module.app, HOST, self.options.port)
         server.server.daemon_threads = True
         self._api = server
         self._thread(server.server.serve_forever, "api")
