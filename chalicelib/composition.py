@@ -23,6 +23,7 @@ from chalicelib.ports import Book, Clock, CommandQueue
 from chalicelib.registry.builder import PlainTransactionBuilder, ProtoTransactionBuilder
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.keys import IssuerKeys, SandboxOwnerKeys
+from chalicelib.registry.measured import MeasuredRegistry
 from chalicelib.registry.port import Registry
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
 from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox
@@ -191,7 +192,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
         ),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
-        registry=registry_for(settings),
+        registry=MeasuredRegistry(registry_for(settings), settings.registry_name),
         secret_box=(
             KmsSecretBox(session.client("kms", config=config), settings.secrets_kms_key_id)
             if settings.secrets_kms_key_id

@@ -1,7 +1,8 @@
 """The embedded stack's HTTP front: Chalice's local server, answering as infra/ makes API
 Gateway answer. An unknown path is a 404 problem+json (not the gateway's 403 "Missing
 Authentication Token"), and TRACE or CONNECT a 405 problem+json (not http.server's 501 HTML);
-a path of ours with another method is the app's own 405 (app.py)."""
+a path of ours with another method is the app's own 405 (app.py). It also serves the
+operators' page, GET /ops."""
 
 from __future__ import annotations
 
@@ -45,15 +46,29 @@ class ProblemRequestHandler(ChaliceRequestHandler):
 
     do_TRACE = do_CONNECT = _refuse
 
+    def do_GET(self) -> None:
+        page = getattr(self.server, "ops_page", None)
+        if page is not None and self.path.split("?")[0] == "/ops":
+            self._send_http_response(
+                200,
+                {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
+                page.render(),
+            )
+        else:
+            self._generic_handle()
+
     def _send_answer(self, answer: HttpResponse) -> None:
         headers: dict[str, Any] = dict(answer.headers)
         self._send_http_response(answer.status, headers, json.dumps(answer.body))
 
 
-def local_server(app: Any, host: str, port: int) -> LocalDevServer:
-    """Chalice's threaded local server for `app` with the handler above."""
+def local_server(app: Any, host: str, port: int, ops_page: Any = None) -> LocalDevServer:
+    """Chalice's threaded local server for `app` with the handler above, and the operators'
+    page at /ops when one is given (devstack/ops_page.py)."""
     if not isinstance(app, LocalChalice):
         # Swaps the app's class for chalice's thread-safe one, once per process; the server
         # this binds is closed at once (chalice has no other way to make the swap).
         create_local_server(app, Config(), host, 0).server.server_close()
-    return LocalDevServer(app, Config(), host, port, handler_cls=ProblemRequestHandler)
+    server = LocalDevServer(app, Config(), host, port, handler_cls=ProblemRequestHandler)
+    server.server.ops_page = ops_page
+    return server

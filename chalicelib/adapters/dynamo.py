@@ -494,7 +494,7 @@ class DynamoBook:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     **condition,
                 )
-                self._mark_changed(certificate.model_copy(update={"version": version}))
+                self._mark_changed(certificate.model_copy(update={"version": version}), new=True)
                 return
             except ClientError as exc:
                 existing = _certificate_from(exc.response["Item"])
@@ -802,7 +802,7 @@ class DynamoBook:
     def _feed_position(self, item_id: str) -> str:
         return f"{changes.stamp(self._clock())}#{item_id}"
 
-    def _mark_changed(self, stored: Certificate) -> None:
+    def _mark_changed(self, stored: Certificate, new: bool = False) -> None:
         """Bring each viewer's feed up to the certificate as stored: after every write of a
         certificate, and again on a replay, which repairs what a crash cut short between the
         write and these. Each viewer has one mark: their view of the certificate, the version
@@ -815,20 +815,23 @@ class DynamoBook:
             digest = domain.view_digest(stored, owner)
             snapshot = view.model_dump_json(exclude_none=True)
             key = {"pk": {"S": f"FEED#{owner}"}, "sk": {"S": f"CERT#{stored.certificate_id}"}}
-            try:
-                self._call(
-                    "update_item",
-                    Key=key,
-                    UpdateExpression="SET feed_version = :v, certificate = :c",
-                    ConditionExpression="feed_version < :v AND view_digest = :d",
-                    ExpressionAttributeValues=_to_item(
-                        {":v": stored.version, ":c": snapshot, ":d": digest}
-                    ),
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-                continue
-            except ClientError as exc:
-                old = exc.response.get("Item")
+            old = None
+            # A new certificate has no marks yet: straight to the put.
+            if not new:
+                try:
+                    self._call(
+                        "update_item",
+                        Key=key,
+                        UpdateExpression="SET feed_version = :v, certificate = :c",
+                        ConditionExpression="feed_version < :v AND view_digest = :d",
+                        ExpressionAttributeValues=_to_item(
+                            {":v": stored.version, ":c": snapshot, ":d": digest}
+                        ),
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                    continue
+                except ClientError as exc:
+                    old = exc.response.get("Item")
             if old is not None and int(old["feed_version"]["N"]) >= stored.version:
                 continue  # a newer state is marked already
             with contextlib.suppress(ClientError):  # unless one was marked meanwhile
