@@ -46,6 +46,13 @@ class ProblemRequestHandler(ChaliceRequestHandler):
 
     do_TRACE = do_CONNECT = _refuse
 
+    def __getattr__(self, name: str) -> Any:
+        # http.server answers a method it has no do_<METHOD> for (QUERY, PROPFIND...) with a
+        # 501 HTML page: every other method is refused like TRACE.
+        if name.startswith("do_"):
+            return self._refuse
+        raise AttributeError(name)
+
     def do_GET(self) -> None:
         page = getattr(self.server, "ops_page", None)
         if page is not None and self.path.split("?")[0] == "/ops":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Annotated
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -228,34 +229,50 @@ def _query(call: Call, model: type[BaseModel]) -> BaseModel:
     return model.model_validate(dict(call.request.query))
 
 
+# Query parameters as the OpenAPI document declares them (chalicelib.api.openapi): what these
+# models refuse is a 400 with the field, and the document says so beforehand.
+Limit = Annotated[int, Field(ge=1, le=100, description="Items per page, 1 to 100.")]
+Cursor = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^[A-Za-z0-9_=-]+$",
+        description="The next_cursor of the previous page, as it was given.",
+    ),
+]
+Moment = m.Moment
+
+
 class _CertificateQuery(BaseModel):
     type: CertificateType | None = None
-    grid_area: str | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-    limit: int = 50
-    cursor: str | None = None
-    updated_since: datetime | None = None  # makes it the change feed (queries.changes)
+    grid_area: m.GridArea | None = None
+    start: Moment | None = None
+    end: Moment | None = None
+    limit: Limit = 50
+    cursor: Cursor | None = None
+    # makes it the change feed (queries.certificate_changes)
+    updated_since: Moment | None = None
 
 
 class _PageQuery(BaseModel):
-    limit: int = 50
-    cursor: str | None = None
-    updated_since: datetime | None = None
+    limit: Limit = 50
+    cursor: Cursor | None = None
+    updated_since: Moment | None = None
 
 
 class _AggregateQuery(BaseModel):
     granularity: queries.Granularity
     type: CertificateType | None = None
-    start: datetime | None = None
-    end: datetime | None = None
+    start: Moment | None = None
+    end: Moment | None = None
 
 
 class _StuckQuery(BaseModel):
     status: CommandStatus | None = None
     # finite and at most ~30 years, or `now - older_than_s` overflows into a 500
-    older_than_s: float = Field(default=0, allow_inf_nan=False, le=1e9)
-    limit: int = 100
+    older_than_s: float = Field(default=0, allow_inf_nan=False, ge=0, le=1e9)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 # open_commands takes commands created strictly before a time; "up to now" includes now.
@@ -312,8 +329,6 @@ def get_certificate(services: Services, call: Call) -> HttpResponse:
 def list_certificates(services: Services, call: Call) -> HttpResponse:
     q: _CertificateQuery = _query(call, _CertificateQuery)
     if q.updated_since is not None:
-        if filtered := [f for f in ("type", "grid_area", "start", "end") if getattr(q, f)]:
-            raise BadRequest(f"{filtered[0]} does not apply to the change feed", field=filtered[0])
         page = queries.certificate_changes(
             services.book,
             call.actor,
@@ -321,9 +336,18 @@ def list_certificates(services: Services, call: Call) -> HttpResponse:
             q.cursor,
             _limit(q.limit),
         )
+        # The list's filters narrow the feed too; the cursor moves past what they leave out.
+        wanted = [
+            c
+            for c in page.items
+            if (q.type is None or c.type == q.type)
+            and (q.grid_area is None or c.grid_area == q.grid_area)
+            and (q.start is None or c.period.start >= q.start)
+            and (q.end is None or c.period.start < q.end)
+        ]
         return json_response(
             m.CertificatePage(
-                items=[m.CertificateView.of(c, call.actor.owner) for c in page.items],
+                items=[m.CertificateView.of(c, call.actor.owner) for c in wanted],
                 next_cursor=page.next_cursor,
             )
         )
@@ -376,8 +400,8 @@ def aggregate(services: Services, call: Call) -> HttpResponse:
 
 
 class _MatchingQuery(BaseModel):
-    start: datetime
-    end: datetime
+    start: Moment
+    end: Moment
     granularity: matching.Granularity = "hour"
 
 
@@ -557,3 +581,15 @@ def reconcile_now(services: Services, call: Call) -> HttpResponse:
             complete=report.complete,
         )
     )
+
+
+# The query model of each operation that takes query parameters: the OpenAPI document
+# declares each parameter with the constraints its model enforces.
+QUERY_MODELS: dict[str, type[BaseModel]] = {
+    "list_certificates": _CertificateQuery,
+    "aggregate": _AggregateQuery,
+    "list_transfers": _PageQuery,
+    "list_claims": _PageQuery,
+    "stuck_commands": _StuckQuery,
+    "matching_report": _MatchingQuery,
+}

@@ -182,6 +182,10 @@ def _nests_deeper(value: Any, limit: int) -> bool:
     return False
 
 
+# What idempotency_key accepts, as the OpenAPI document declares it.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,128}$"
+
+
 def idempotency_key(request: HttpRequest) -> str:
     key = request.header("idempotency-key")
     if key is None:

@@ -8,10 +8,19 @@ the rules of the domain are checked by the domain (422).
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+)
 
 from chalicelib import domain
 from chalicelib.domain import (
@@ -36,17 +45,60 @@ AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 AttributeValue = Annotated[str, StringConstraints(max_length=512)]
 
 
+# RFC 3339 date-times only: pydantic alone would also take "0.5" as a Unix time.
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("an RFC 3339 date-time, e.g. 2026-06-01T10:00:00Z")
+    return value
+
+
+Moment = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    Field(description="RFC 3339, with a time zone, e.g. 2026-06-01T10:00:00Z."),
+]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integers include 1.0: take a float that is a whole number as one."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Checked by the domain (a 422 names the rule), declared here for the OpenAPI document.
+QuantityWh = Annotated[
+    StrictInt,
+    BeforeValidator(_whole_number),
+    Field(
+        json_schema_extra={"minimum": 1, "maximum": domain.MAX_QUANTITY_WH},
+        description="Whole Wh, 1 to 2^32-1.",
+    ),
+]
+Gsrn = Annotated[
+    str,
+    Field(
+        json_schema_extra={"pattern": r"^[0-9]{18}$"}, description="The metering point: 18 digits."
+    ),
+]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class IssueRequest(_Request):
     type: CertificateType
-    gsrn: str = Field(description="The metering point: 18 digits.")
+    gsrn: Gsrn
     grid_area: GridArea = Field(examples=["DK1"])
-    start: AwareDatetime
-    end: AwareDatetime
-    quantity_wh: StrictInt
+    start: Moment
+    end: Moment
+    quantity_wh: QuantityWh
     owner: OwnerId
     attributes: dict[AttributeKey, AttributeValue] = Field(
         default_factory=dict, max_length=domain.MAX_ATTRIBUTES
@@ -71,14 +123,14 @@ class BatchIssueRequest(_Request):
 
 class SliceRequest(_Request):
     slice_id: Id
-    quantities_wh: list[StrictInt] = Field(min_length=1, max_length=domain.MAX_PARTS_PER_SLICE)
+    quantities_wh: list[QuantityWh] = Field(min_length=1, max_length=domain.MAX_PARTS_PER_SLICE)
 
 
 class TransferRequest(_Request):
     certificate_id: Id
     slice_id: Id
     receiver: OwnerId
-    quantity_wh: StrictInt
+    quantity_wh: QuantityWh
 
     def ref(self) -> SliceRef:
         return SliceRef(certificate_id=self.certificate_id, slice_id=self.slice_id)
@@ -95,7 +147,7 @@ class SliceRefBody(_Request):
 class ClaimRequest(_Request):
     production: SliceRefBody
     consumption: SliceRefBody
-    quantity_wh: StrictInt
+    quantity_wh: QuantityWh
 
 
 class ResolveRequest(_Request):
