@@ -13,7 +13,7 @@ from chalice import Chalice, Rate, Response
 from chalicelib import composition, entrypoints, observability
 from chalicelib.api import openapi
 from chalicelib.api.handlers import ENDPOINTS
-from chalicelib.api.http import HttpRequest, dispatch
+from chalicelib.api.http import HttpRequest, dispatch, not_allowed
 from chalicelib.settings import Settings
 
 app = Chalice(app_name="certificates-domain")
@@ -142,6 +142,11 @@ def list_claims() -> Response:
     return serve("list_claims")
 
 
+@app.route("/v1/reports/matching", methods=["GET"])
+def matching_report() -> Response:
+    return serve("matching_report")
+
+
 @app.route("/v1/health", methods=["GET"])
 def health() -> Response:
     return serve("health")
@@ -167,6 +172,31 @@ def openapi_document() -> Response:
     return Response(
         body=json.dumps(openapi.document()), headers={"Content-Type": "application/json"}
     )
+
+
+# Every other method on a path of ours answers 405 problem+json naming the allowed ones, here
+# and on AWS (API Gateway sends a method it has no route for to its "missing authentication
+# token" response; infra/ turns that into a 404 problem+json for unknown paths).
+REFUSED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _refuse_other_methods() -> None:
+    for path, entries in list(app.routes.items()):
+        allowed = sorted(entries)
+        refused = [m for m in REFUSED_METHODS if m not in entries]
+
+        def method_not_allowed(_allowed: list[str] = allowed, **_path_params: str) -> Response:
+            answer = not_allowed(app.current_request.method, _allowed)
+            return Response(
+                body=json.dumps(answer.body), headers=answer.headers, status_code=answer.status
+            )
+
+        app.route(path, methods=refused, content_types=ANY, name="method_not_allowed")(
+            method_not_allowed
+        )
+
+
+_refuse_other_methods()
 
 
 @app.on_sqs_message(queue=_STAGE_SETTINGS.queue_name, batch_size=10, name="worker")

@@ -160,6 +160,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--start", help="RFC 3339")
     p.add_argument("--end", help="RFC 3339")
 
+    p = command(
+        "matching",
+        c.matching_report,
+        "how much of your consumption your claims cover (hourly matching)",
+    )
+    p.add_argument("--start", required=True, help="RFC 3339, e.g. 2026-06-01T00:00:00Z")
+    p.add_argument("--end", required=True, help="RFC 3339, after --start")
+    p.add_argument("--granularity", default="day", choices=["hour", "day", "month"])
+    p.add_argument("--csv", metavar="FILE", help="also write the buckets as CSV (- for stdout)")
+    p.add_argument(
+        "--chart",
+        metavar="FILE",
+        help="also draw a PNG: daily coverage and the hour-of-day profile (needs matplotlib)",
+    )
+
     command("transfers", c.transfers, "your transfers, sent and received", pages)
     command("claims", c.claims, "your claims", pages)
     command("health", c.health, "the state of each dependency of the API")

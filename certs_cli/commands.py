@@ -426,6 +426,56 @@ def aggregate(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
+def matching_report(ctx: Context, args: argparse.Namespace) -> int:
+    from certs_cli import matching
+
+    query = {"start": args.start, "end": args.end, "granularity": args.granularity}
+    report = ctx.api.get("/v1/reports/matching", query)
+    if args.csv:
+        if args.csv == "-":
+            ctx.out.line(matching.csv_text(report).rstrip("\n"))
+        else:
+            Path(args.csv).write_text(matching.csv_text(report))
+            ctx.out.note(f"wrote {args.csv}")
+    if args.chart:
+        hourly = (
+            report
+            if args.granularity == "hour"
+            else ctx.api.get("/v1/reports/matching", {**query, "granularity": "hour"})
+        )
+        try:
+            matching.draw_chart(hourly, Path(args.chart))
+        except ModuleNotFoundError as exc:
+            raise UsageError(
+                f"--chart needs {exc.name}: pip install -r requirements-dev.txt"
+            ) from None
+        ctx.out.note(f"wrote {args.chart}")
+    if args.csv == "-":
+        return OK
+    if ctx.out.as_json:
+        ctx.out.json(report)
+        return OK
+    ctx.out.table(
+        [
+            args.granularity.upper(),
+            "CONSUMPTION_WH",
+            "MATCHED_WH",
+            "UNMATCHED_WH",
+            "COVERAGE",
+            "UNCLAIMED_PRODUCTION_WH",
+        ],
+        matching.table_rows(report),
+    )
+    ctx.out.line()
+    ctx.out.line(f"hourly matching score: {matching.pct(report.get('hourly_matching_score_pct'))}")
+    for source in report["by_source"]:
+        ctx.out.line(
+            f"matched by technology {source['technology']}, fuel {source['fuel']}: "
+            f"{source['matched_wh']} Wh"
+        )
+    return OK
+
+
 def _command_table(ctx: Context, items: list[dict[str, Any]], last: tuple[str, Callable]) -> None:
     title, value = last
     ctx.out.table(

@@ -24,6 +24,7 @@ from chalicelib.registry.builder import PlainTransactionBuilder, ProtoTransactio
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.custody import KmsOwnerKeys, StoredIssuerKeys
 from chalicelib.registry.keys import IssuerKeys, OwnerKeys, SandboxOwnerKeys
+from chalicelib.registry.measured import MeasuredRegistry
 from chalicelib.registry.port import Registry
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
 from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox
@@ -224,10 +225,15 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
         )
     return Services(
         settings=settings,
-        book=DynamoBook(dynamodb, settings.table_name, settings.open_command_shards),
+        book=DynamoBook(
+            dynamodb,
+            settings.table_name,
+            settings.open_command_shards,
+            feed_lag_s=settings.feed_lag_s,
+        ),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
-        registry=registry_for(settings, issuer_keys),
+        registry=MeasuredRegistry(registry_for(settings, issuer_keys), settings.registry_name),
         secret_box=(
             KmsSecretBox(session.client("kms", config=config), settings.secrets_kms_key_id)
             if settings.secrets_kms_key_id

@@ -828,3 +828,38 @@ def expire(cert: Certificate) -> Certificate:
         for k, v in cert.slices.items()
     }
     return cert.model_copy(update={"status": CertificateStatus.EXPIRED, "slices": slices})
+
+
+def viewers(cert: Certificate) -> set[str]:
+    """Owners who see the certificate: those holding or having held slices of it, and the
+    owner it is being issued to. A certificate never loses a viewer."""
+    return cert.owners() | {cert.owner}
+
+
+def view_of(cert: Certificate, owner: str) -> Certificate:
+    """The certificate as one owner sees it: with their slices only."""
+    return cert.model_copy(
+        update={"slices": {k: s for k, s in cert.slices.items() if s.owner == owner}}
+    )
+
+
+def view_digest(cert: Certificate, owner: str) -> str:
+    """What changes when the owner's view of the certificate changes (its status, their
+    slices), and nothing else: the change feeds show a certificate again only then."""
+    mine = sorted(
+        (s.model_dump(mode="json") for s in cert.slices.values() if s.owner == owner),
+        key=lambda s: s["slice_id"],
+    )
+    return request_hash([cert.status.value, mine])[:32]
+
+
+def viewers_of_change(before: Certificate | None, after: Certificate) -> set[str]:
+    """Owners whose view a change from `before` to `after` changes (everyone's, for a new
+    certificate)."""
+    if before is None:
+        return viewers(after)
+    return {
+        owner
+        for owner in viewers(before) | viewers(after)
+        if view_digest(before, owner) != view_digest(after, owner)
+    }

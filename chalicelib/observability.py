@@ -41,9 +41,12 @@ def transition(
 NAMESPACE = "CertificatesDomain"
 
 
-def metrics(values: dict[str, float], **dimensions: str) -> None:
+def metrics(
+    values: dict[str, float], units: dict[str, str] | None = None, **dimensions: str
+) -> None:
     """Counts as CloudWatch metrics, through the embedded metric format: one log line, no API
-    call, no extra cost per metric beyond the log bytes."""
+    call, no extra cost per metric beyond the log bytes. `units` names any that are not
+    counts (e.g. Milliseconds)."""
     if not values:
         return
     dimensions = {"Stage": os.environ.get("CERTS_STAGE", "local"), **dimensions}
@@ -56,7 +59,10 @@ def metrics(values: dict[str, float], **dimensions: str) -> None:
                         {
                             "Namespace": NAMESPACE,
                             "Dimensions": [sorted(dimensions)],
-                            "Metrics": [{"Name": name, "Unit": "Count"} for name in sorted(values)],
+                            "Metrics": [
+                                {"Name": name, "Unit": (units or {}).get(name, "Count")}
+                                for name in sorted(values)
+                            ],
                         }
                     ],
                 },

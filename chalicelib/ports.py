@@ -183,6 +183,22 @@ class Book(Protocol):
         ...
 
 
+class ChangeFeeds(Protocol):
+    """What changed for an owner since a point, oldest change first, for clients that keep a
+    copy (GET /v1/certificates?updated_since=, and of transfers and claims). Each item comes in
+    the state it has now, at the position of its last change; a client that follows
+    `next_cursor` (never None) sees every item's latest state, and never the same state twice,
+    while the book keeps changing."""
+
+    def certificate_changes(
+        self, owner: str, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Certificate]: ...
+
+    def command_changes(
+        self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Command]: ...
+
+
 class CommandQueue(Protocol):
     def send(
         self,

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     pending_in_doubt_after_s: float = Field(default=900.0, gt=0)
     max_body_bytes: int = 256 * 1024
     open_command_shards: int = 8  # spreads the open-commands index over partitions
+    # The change feeds hold back their newest seconds until no write stamped within them can
+    # still land (adapters/dynamo.py, certificate_changes): a write's time in flight, clock
+    # skew, and the delay of DynamoDB's indexes, with room to spare.
+    feed_lag_s: float = Field(default=5.0, ge=0)
 
     @model_validator(mode="after")
     def check_order(self) -> Settings:

@@ -27,7 +27,7 @@ import boto3
 from chalicelib import composition
 from chalicelib.registry.simulator import SimulatorConfig
 from chalicelib.settings import Settings
-from devstack import motoserver, registry_server, resources
+from devstack import motoserver, ops_page, registry_server, resources
 from devstack.poller import QueuePoller
 
 HOST = "127.0.0.1"  # the stack binds nothing but the loopback address
@@ -114,6 +114,9 @@ class Stack:
 
         self.app_module = app_module
         app_module.use_services(self.services)
+        self.ops_page = ops_page.OpsPage(
+            app_module.services, sqs, urls["CommandQueue"], self.dead_letter_url
+        )
         self._serve_api()
         for i in range(self.options.workers):
             poller = QueuePoller(
@@ -156,8 +159,9 @@ class Stack:
         return url
 
     def _serve_api(self) -> None:
-        from chalice.config import Config
-        from chalice.local import ChaliceRequestHandler, ThreadedHTTPServer, create_local_server
+        from chalice.local import ChaliceRequestHandler, ThreadedHTTPServer
+
+        from devstack import gateway
 
         if not self.options.log_requests:
             # One line per request on stderr drowns everything else a developer wants to see.
@@ -165,7 +169,9 @@ class Stack:
         # socketserver listens with a backlog of 5: a sixth client connecting at the same
         # moment has its SYN dropped and waits a second to retry.
         ThreadedHTTPServer.request_queue_size = 128
-        server = create_local_server(self.app_module.app, Config(), HOST, self.options.port)
+        server = gateway.local_server(
+            self.app_module.app, HOST, self.options.port, getattr(self, "ops_page", None)
+        )
         server.server.daemon_threads = True
         self._api = server
         self._thread(server.server.serve_forever, "api")
@@ -179,13 +185,15 @@ class Stack:
         while not self._stop.wait(self.options.reconcile_every_s):
             try:
                 self.reconcile()
-            except Exception:  # keep ticking: the next pass retries whatever failed
+            except Exception as exc:  # keep ticking: the next pass retries whatever failed
                 log.exception("a reconciler pass failed")
+                if getattr(self, "ops_page", None) is not None:
+                    self.ops_page.note_failed_pass(exc)
 
     def reconcile(self) -> dict:
         """One pass, through the same handler as the deployed schedule."""
         now = datetime.now(UTC).isoformat()
-        return self.app_module.reconciler(
+        report = self.app_module.reconciler(
             {
                 "version": "0",
                 "id": "local",
@@ -199,6 +207,9 @@ class Stack:
             },
             None,
         )
+        if getattr(self, "ops_page", None) is not None:
+            self.ops_page.note_pass(report)
+        return report
 
     # --- stop ----------------------------------------------------------------------------
 

@@ -12,6 +12,11 @@ Items (pk / sk):
 - CMD#<command id> / RECEIVED: a committed transfer as its receiver sees it (by_caller index).
 - OWNER#<owner> / HOLD#<period start>#<certificate id>: the owner holds or held slices of that
   certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
+- FEED#<owner> / CERT#<certificate id>: the owner's view of that certificate as it last
+  changed (`_mark_changed`); index `by_change` (FEED#<owner>#certificates, <time of the
+  change>#<id>), projecting whole items, is the owner's change feed. Commands of the listed
+  kinds are in that index too (FEED#<caller>#<kind>), and so are RECEIVED items. See
+  `_changes` for why a feed holds back its newest seconds.
 
 No TransactWriteItems on the hot path: it costs twice the write units on AWS, and in moto its
 cost grows with the table. Multi-item changes are ordered so that a crash between two writes
@@ -26,13 +31,14 @@ import json
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib import domain
+from chalicelib.adapters import changes
 from chalicelib.domain import (
     Certificate,
     CertificateStatus,
@@ -158,10 +164,19 @@ def _command_from(item: dict[str, Any]) -> Command:
 
 
 class DynamoBook:
-    def __init__(self, client: Any, table_name: str, open_shards: int = 8) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        open_shards: int = 8,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        feed_lag_s: float = 5.0,
+    ) -> None:
         self._db = client
         self._table = table_name
         self._shards = open_shards
+        self._clock = clock  # stamps the change feeds at the moment of each write
+        self._feed_lag = timedelta(seconds=feed_lag_s)
 
     # --- low-level calls, with AWS errors translated in one place ----------------------------
 
@@ -204,6 +219,8 @@ class DynamoBook:
             values.update(
                 by_caller_pk=f"{command.caller}#{command.kind.value}",
                 by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
+                feed_pk=f"FEED#{command.caller}#{command.kind.value}",
+                feed_sk=self._feed_position(command.command_id),
             )
         if not command.is_terminal:
             values.update(self._open_keys(command))
@@ -242,7 +259,13 @@ class DynamoBook:
         # Serialize the changed fields through the model so types match what is stored.
         probe = Command.model_construct(**change.changes)
         dumped = probe.model_dump(mode="json", include=set(change.changes))
-        sets = {**dumped, "status": change.target.value, "updated_at": change.now.isoformat()}
+        sets = {
+            **dumped,
+            "status": change.target.value,
+            "updated_at": change.now.isoformat(),
+            # Its place in the caller's change feed (indexed for the listed kinds only).
+            "feed_sk": self._feed_position(command_id),
+        }
         names = {f"#f{i}": name for i, name in enumerate(sets)}
         values = {f":v{i}": value for i, value in enumerate(sets.values())}
         expression = "SET " + ", ".join(
@@ -296,6 +319,8 @@ class DynamoBook:
             sk="RECEIVED",
             by_caller_pk=f"{command.receiver}#{command.kind.value}",
             by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
+            feed_pk=f"FEED#{command.receiver}#{command.kind.value}",
+            feed_sk=self._feed_position(command.command_id),
         )
         self._call("put_item", Item=_to_item(values))
 
@@ -497,10 +522,12 @@ class DynamoBook:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     **condition,
                 )
+                self._mark_changed(certificate.model_copy(update={"version": version}), new=True)
                 return
             except ClientError as exc:
                 existing = _certificate_from(exc.response["Item"])
             if existing.issue_command == certificate.issue_command:
+                self._mark_changed(existing)  # finishes a write cut short after the put
                 return  # a replay of the same issuance, even of a rejected one: it stays so
             if existing.status != CertificateStatus.REJECTED:
                 raise domain.Conflict(
@@ -570,8 +597,12 @@ class DynamoBook:
                     subject=ref.certificate_id,
                 ) from exc
             # Raises the precise reason, or returns when the slice is already ours (a replay).
-            return domain.reserve(_certificate_from(old), ref, command_id, caller, at_least_wh)
-        return _certificate_from(answer["Attributes"])
+            replayed = domain.reserve(_certificate_from(old), ref, command_id, caller, at_least_wh)
+            self._mark_changed(replayed)
+            return replayed
+        reserved = _certificate_from(answer["Attributes"])
+        self._mark_changed(reserved)
+        return reserved
 
     def update_certificate(
         self,
@@ -582,6 +613,7 @@ class DynamoBook:
         if snapshot is not None:
             patched = self._patch(snapshot, change(snapshot))
             if patched is not None:
+                self._mark_changed(patched)
                 return patched
         for _ in range(_OPTIMISTIC_RETRIES):
             current = self.get_certificate(certificate_id)
@@ -591,6 +623,7 @@ class DynamoBook:
                 )
             changed = change(current)
             if changed == current:
+                self._mark_changed(current)  # finishes a write cut short after the put
                 return current
             changed = changed.model_copy(update={"version": current.version + 1})
             try:
@@ -600,6 +633,7 @@ class DynamoBook:
                     ConditionExpression="version = :seen",
                     ExpressionAttributeValues={":seen": {"N": str(current.version)}},
                 )
+                self._mark_changed(changed)
                 return changed
             except ClientError:
                 continue  # someone wrote in between: read again and redo the change
@@ -840,3 +874,104 @@ class DynamoBook:
             if not more:
                 return
             start = more
+
+    # --- change feeds --------------------------------------------------------------------------
+
+    def _feed_position(self, item_id: str) -> str:
+        return f"{changes.stamp(self._clock())}#{item_id}"
+
+    def _mark_changed(self, stored: Certificate, new: bool = False) -> None:
+        """Bring each viewer's feed up to the certificate as stored: after every write of a
+        certificate, and again on a replay, which repairs what a crash cut short between the
+        write and these. Each viewer has one mark: their view of the certificate, the version
+        it is of, and its position in their feed. A mark never goes back to an older version.
+        When the viewer's view did not change, the mark takes the new version where it is; when
+        it did, it moves to the end of the feed. So a mark read from the feed index is one
+        state, given at one position, once."""
+        for owner in sorted(domain.viewers(stored)):
+            view = domain.view_of(stored, owner)
+            digest = domain.view_digest(stored, owner)
+            snapshot = view.model_dump_json(exclude_none=True)
+            key = {"pk": {"S": f"FEED#{owner}"}, "sk": {"S": f"CERT#{stored.certificate_id}"}}
+            old = None
+            # A new certificate has no marks yet: straight to the put.
+            if not new:
+                try:
+                    self._call(
+                        "update_item",
+                        Key=key,
+                        UpdateExpression="SET feed_version = :v, certificate = :c",
+                        ConditionExpression="feed_version < :v AND view_digest = :d",
+                        ExpressionAttributeValues=_to_item(
+                            {":v": stored.version, ":c": snapshot, ":d": digest}
+                        ),
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                    continue
+                except ClientError as exc:
+                    old = exc.response.get("Item")
+            if old is not None and int(old["feed_version"]["N"]) >= stored.version:
+                continue  # a newer state is marked already
+            with contextlib.suppress(ClientError):  # unless one was marked meanwhile
+                self._call(
+                    "put_item",
+                    Item=_to_item(
+                        {
+                            "pk": f"FEED#{owner}",
+                            "sk": f"CERT#{stored.certificate_id}",
+                            "feed_pk": f"FEED#{owner}#certificates",
+                            "feed_sk": self._feed_position(stored.certificate_id),
+                            "feed_version": stored.version,
+                            "view_digest": digest,
+                            "certificate": snapshot,
+                        }
+                    ),
+                    ConditionExpression="attribute_not_exists(pk) OR feed_version < :v",
+                    ExpressionAttributeValues={":v": {"N": str(stored.version)}},
+                )
+
+    def _changes(
+        self, feed: str, since: datetime | None, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Index entries of one feed after the start, up to `limit`, and the position after
+        them. The feed stops `feed_lag` short of now: a change is stamped just before its write
+        reaches DynamoDB, and the index is eventually consistent, so the newest positions may
+        still be filled in below ones already visible. Within the lag (which must exceed a
+        write's time in flight, clock skew between writers and the index's delay) every
+        position is final, so a client that moved past it has missed nothing."""
+        after = changes.start_after(since, cursor)
+        horizon = changes.stamp(self._clock() - self._feed_lag)
+        args: dict[str, Any] = {
+            "IndexName": "by_change",
+            "KeyConditionExpression": "feed_pk = :pk AND feed_sk > :after",
+            "ExpressionAttributeValues": _to_item({":pk": feed, ":after": after or "0"}),
+        }
+        entries: list[dict[str, Any]] = []
+        start = None
+        while len(entries) < limit:
+            page_args = dict(args, Limit=limit - len(entries))
+            if start:
+                page_args["ExclusiveStartKey"] = start
+            answer = self._call("query", **page_args)
+            for item in answer.get("Items", []):
+                if item["feed_sk"]["S"][: changes.STAMP_LENGTH] > horizon:
+                    return entries, entries[-1]["feed_sk"]["S"] if entries else after
+                entries.append(item)
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                break
+        return entries, entries[-1]["feed_sk"]["S"] if entries else after
+
+    def certificate_changes(
+        self, owner: str, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Certificate]:
+        entries, position = self._changes(f"FEED#{owner}#certificates", since, cursor, limit)
+        # The index holds whole marks: each entry is the state given at its position.
+        items = [Certificate.model_validate_json(e["certificate"]["S"]) for e in entries]
+        return Page(items=items, next_cursor=changes.encode(position))
+
+    def command_changes(
+        self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Command]:
+        entries, position = self._changes(f"FEED#{owner}#{kind.value}", since, cursor, limit)
+        return Page(items=[_command_from(e) for e in entries], next_cursor=changes.encode(position))

@@ -10,10 +10,11 @@ import base64
 import json
 import threading
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from chalicelib import domain
+from chalicelib.adapters import changes
 from chalicelib.domain import (
     Certificate,
     CertificateStatus,
@@ -83,8 +84,12 @@ def apply_transition(current: Command | None, change: Transition) -> Command:
 
 
 class InMemoryBook:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._lock = threading.RLock()
+        # The change feeds: (owner, feed, item) -> the position of the item's last change.
+        # Positions are given under the lock and never go back, so a reader sees them in the
+        # order they were written and needs no safety lag (unlike the DynamoDB book).
+        self._changes = _ChangeLog(clock)
         self.commands: dict[str, Command] = {}
         self.certificates: dict[str, Certificate] = {}
         self._holdings: dict[str, set[str]] = {}
@@ -100,6 +105,7 @@ class InMemoryBook:
             if command.command_id in self.commands:
                 raise DuplicateCommand(self.commands[command.command_id])
             self.commands[command.command_id] = command
+            self._command_changed(command)
 
     def get_command(self, command_id: str) -> Command | None:
         return self.commands.get(command_id)
@@ -108,6 +114,7 @@ class InMemoryBook:
         with self._lock:
             updated = apply_transition(self.commands.get(command_id), change)
             self.commands[command_id] = updated
+            self._command_changed(updated)
             if change.reconciled and updated.is_terminal:
                 self._reconciled.add(command_id)
             return updated
@@ -121,6 +128,9 @@ class InMemoryBook:
                 and (stored.attempts == 0)
             ):
                 del self.commands[command.command_id]
+                self._changes.positions.pop(
+                    (stored.caller, stored.kind.value, ("CMD", stored.command_id)), None
+                )
 
     def commands_of(
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None
@@ -225,9 +235,9 @@ class InMemoryBook:
                     subject=certificate.certificate_id,
                 )
             version = existing.version + 1 if existing else 1
-            self.certificates[certificate.certificate_id] = certificate.model_copy(
-                update={"version": version}
-            )
+            stored = certificate.model_copy(update={"version": version})
+            self.certificates[certificate.certificate_id] = stored
+            self._certificate_changed(existing, stored)
 
     def get_certificate(self, certificate_id: str) -> Certificate | None:
         return self.certificates.get(certificate_id)
@@ -249,6 +259,7 @@ class InMemoryBook:
             if reserved is not cert:
                 reserved = reserved.model_copy(update={"version": cert.version + 1})
                 self.certificates[ref.certificate_id] = reserved
+                self._certificate_changed(cert, reserved)
             return reserved
 
     def update_certificate(
@@ -268,6 +279,7 @@ class InMemoryBook:
             if changed != cert:
                 changed = changed.model_copy(update={"version": cert.version + 1})
                 self.certificates[certificate_id] = changed
+                self._certificate_changed(cert, changed)
             return changed
 
     def update_certificate_at(
@@ -299,6 +311,8 @@ class InMemoryBook:
     def note_receipt(self, command: Command) -> None:
         with self._lock:
             self._receipts.add(command.command_id)
+            assert command.receiver is not None
+            self._changed(command.receiver, command.kind.value, ("RECEIVED", command.command_id))
 
     def add_holding(self, owner: str, certificate: Certificate) -> None:
         with self._lock:
@@ -328,6 +342,74 @@ class InMemoryBook:
         if len(certs) > query.limit and page:
             nxt = _encode_cursor([page[-1].period.start.isoformat(), page[-1].certificate_id])
         return Page(items=page, next_cursor=nxt)
+
+    # change feeds (under the lock)
+
+    def _changed(self, owner: str, feed: str, item: tuple[str, str]) -> None:
+        self._changes.record((owner, feed, item))
+
+    def _certificate_changed(self, before: Certificate | None, after: Certificate) -> None:
+        for owner in domain.viewers_of_change(before, after):
+            self._changed(owner, "certificates", ("CERT", after.certificate_id))
+
+    def _command_changed(self, command: Command) -> None:
+        if command.kind in (CommandKind.TRANSFER, CommandKind.CLAIM):
+            self._changed(command.caller, command.kind.value, ("CMD", command.command_id))
+
+    def _feed(
+        self,
+        owner: str,
+        feed: str,
+        since: datetime | None,
+        cursor: str | None,
+        limit: int,
+        read: Callable[[str], Any],
+    ) -> Page[Any]:
+        after = changes.start_after(since, cursor)
+        with self._lock:  # items are read under the lock too: in the state of their position
+            found = sorted(
+                (position, item)
+                for (who, name, item), position in self._changes.positions.items()
+                if who == owner and name == feed and position > after
+            )[:limit]
+            items = [read(item_id) for _, (_, item_id) in found]
+        return Page(
+            items=[i for i in items if i is not None],  # a forgotten command leaves the feed
+            next_cursor=changes.encode(found[-1][0] if found else after),
+        )
+
+    def certificate_changes(
+        self, owner: str, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Certificate]:
+        def view(certificate_id: str) -> Certificate | None:
+            found = self.certificates.get(certificate_id)
+            return domain.view_of(found, owner) if found else None
+
+        return self._feed(owner, "certificates", since, cursor, limit, view)
+
+    def command_changes(
+        self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
+    ) -> Page[Command]:
+        return self._feed(owner, kind.value, since, cursor, limit, self.commands.get)
+
+
+class _ChangeLog:
+    """Positions of the last change of each (owner, feed, item). Each position is later than
+    every one before it (the clock's time, pushed past the last position's if need be), so a
+    reader who has seen a position has seen everything before it. Two logs are equal when
+    their positions are: the clock is not part of what the book holds."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self._last = datetime.min.replace(tzinfo=UTC)
+        self.positions: dict[tuple[str, str, tuple[str, str]], str] = {}
+
+    def record(self, key: tuple[str, str, tuple[str, str]]) -> None:
+        self._last = max(self._clock(), self._last + timedelta(microseconds=1))
+        self.positions[key] = f"{changes.stamp(self._last)}#{key[2][1]}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ChangeLog) and self.positions == other.positions
 
 
 class InMemoryQueue:

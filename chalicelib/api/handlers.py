@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Annotated
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -25,7 +26,7 @@ from chalicelib.api.http import (
 from chalicelib.composition import Services
 from chalicelib.domain import CertificateType, CommandKind, CommandStatus, Role
 from chalicelib.ports import HoldingQuery
-from chalicelib.usecases import accept, queries, reconcile
+from chalicelib.usecases import accept, matching, queries, reconcile
 
 ENDPOINTS: dict[str, tuple[Endpoint, Callable[[Services, Call], HttpResponse]]] = {}
 
@@ -228,32 +229,50 @@ def _query(call: Call, model: type[BaseModel]) -> BaseModel:
     return model.model_validate(dict(call.request.query))
 
 
+# Query parameters as the OpenAPI document declares them (chalicelib.api.openapi): what these
+# models refuse is a 400 with the field, and the document says so beforehand.
+Limit = Annotated[int, Field(ge=1, le=100, description="Items per page, 1 to 100.")]
+Cursor = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^[A-Za-z0-9_=-]+$",
+        description="The next_cursor of the previous page, as it was given.",
+    ),
+]
+Moment = m.Moment
+
+
 class _CertificateQuery(BaseModel):
     type: CertificateType | None = None
-    grid_area: str | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-    limit: int = 50
-    cursor: str | None = None
+    grid_area: m.GridArea | None = None
+    start: Moment | None = None
+    end: Moment | None = None
+    limit: Limit = 50
+    cursor: Cursor | None = None
+    # makes it the change feed (queries.certificate_changes)
+    updated_since: Moment | None = None
 
 
 class _PageQuery(BaseModel):
-    limit: int = 50
-    cursor: str | None = None
+    limit: Limit = 50
+    cursor: Cursor | None = None
+    updated_since: Moment | None = None
 
 
 class _AggregateQuery(BaseModel):
     granularity: queries.Granularity
     type: CertificateType | None = None
-    start: datetime | None = None
-    end: datetime | None = None
+    start: Moment | None = None
+    end: Moment | None = None
 
 
 class _StuckQuery(BaseModel):
     status: CommandStatus | None = None
     # finite and at most ~30 years, or `now - older_than_s` overflows into a 500
-    older_than_s: float = Field(default=0, allow_inf_nan=False, le=1e9)
-    limit: int = 100
+    older_than_s: float = Field(default=0, allow_inf_nan=False, ge=0, le=1e9)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 # open_commands takes commands created strictly before a time; "up to now" includes now.
@@ -301,13 +320,37 @@ def get_certificate(services: Services, call: Call) -> HttpResponse:
     Endpoint(
         "GET",
         "/v1/certificates",
-        "Your certificates, newest period first",
+        "Your certificates, newest period first; with updated_since, what changed for you "
+        "since then, oldest change first (follow next_cursor)",
         m.CertificatePage,
-        query=("type", "grid_area", "start", "end", "limit", "cursor"),
+        query=("type", "grid_area", "start", "end", "limit", "cursor", "updated_since"),
     )
 )
 def list_certificates(services: Services, call: Call) -> HttpResponse:
     q: _CertificateQuery = _query(call, _CertificateQuery)
+    if q.updated_since is not None:
+        page = queries.certificate_changes(
+            services.book,
+            call.actor,
+            _aware(q.updated_since, "updated_since"),
+            q.cursor,
+            _limit(q.limit),
+        )
+        # The list's filters narrow the feed too; the cursor moves past what they leave out.
+        wanted = [
+            c
+            for c in page.items
+            if (q.type is None or c.type == q.type)
+            and (q.grid_area is None or c.grid_area == q.grid_area)
+            and (q.start is None or c.period.start >= q.start)
+            and (q.end is None or c.period.start < q.end)
+        ]
+        return json_response(
+            m.CertificatePage(
+                items=[m.CertificateView.of(c, call.actor.owner) for c in wanted],
+                next_cursor=page.next_cursor,
+            )
+        )
     page = queries.certificates(
         services.book,
         HoldingQuery(
@@ -356,9 +399,60 @@ def aggregate(services: Services, call: Call) -> HttpResponse:
     )
 
 
+class _MatchingQuery(BaseModel):
+    start: Moment
+    end: Moment
+    granularity: matching.Granularity = "hour"
+
+
+@operation(
+    Endpoint(
+        "GET",
+        "/v1/reports/matching",
+        "How much of your consumption your claims cover, per hour, day or month",
+        m.MatchingReport,
+        query=("start", "end", "granularity"),
+    )
+)
+def matching_report(services: Services, call: Call) -> HttpResponse:
+    q: _MatchingQuery = _query(call, _MatchingQuery)
+    report = matching.matching(
+        services.book,
+        call.actor.owner,
+        _aware(q.start, "start"),
+        _aware(q.end, "end"),
+        q.granularity,
+    )
+    score = report.hourly_matching_score
+    return json_response(
+        m.MatchingReport(
+            granularity=report.granularity,
+            start=report.start,
+            end=report.end,
+            buckets=[m.MatchingBucket.of(b) for b in report.buckets],
+            total=m.MatchingBucket.of(report.total),
+            hourly_matching_score_pct=None if score is None else round(100 * score, 2),
+            by_source=[
+                m.MatchedSource(technology=t, fuel=f, matched_wh=wh)
+                for (t, f), wh in report.by_source.items()
+            ],
+        )
+    )
+
+
 def _command_page(services: Services, call: Call, kind: CommandKind) -> HttpResponse:
     q: _PageQuery = _query(call, _PageQuery)
-    page = queries.commands(services.book, call.actor, kind, _limit(q.limit), q.cursor)
+    if q.updated_since is not None:
+        page = queries.command_changes(
+            services.book,
+            call.actor,
+            kind,
+            _aware(q.updated_since, "updated_since"),
+            q.cursor,
+            _limit(q.limit),
+        )
+    else:
+        page = queries.commands(services.book, call.actor, kind, _limit(q.limit), q.cursor)
     return json_response(
         m.CommandPage(items=[m.CommandView.of(c) for c in page.items], next_cursor=page.next_cursor)
     )
@@ -368,16 +462,25 @@ def _command_page(services: Services, call: Call, kind: CommandKind) -> HttpResp
     Endpoint(
         "GET",
         "/v1/transfers",
-        "Your transfers, sent and received",
+        "Your transfers, sent and received; with updated_since, those that changed since, "
+        "oldest change first (follow next_cursor)",
         m.CommandPage,
-        query=("limit", "cursor"),
+        query=("limit", "cursor", "updated_since"),
     )
 )
 def list_transfers(services: Services, call: Call) -> HttpResponse:
     return _command_page(services, call, CommandKind.TRANSFER)
 
 
-@operation(Endpoint("GET", "/v1/claims", "Your claims", m.CommandPage, query=("limit", "cursor")))
+@operation(
+    Endpoint(
+        "GET",
+        "/v1/claims",
+        "Your claims; with updated_since, those that changed since, oldest change first",
+        m.CommandPage,
+        query=("limit", "cursor", "updated_since"),
+    )
+)
 def list_claims(services: Services, call: Call) -> HttpResponse:
     return _command_page(services, call, CommandKind.CLAIM)
 
@@ -489,3 +592,15 @@ def reconcile_now(services: Services, call: Call) -> HttpResponse:
             failed_phases=report.failed_phases,
         )
     )
+
+
+# The query model of each operation that takes query parameters: the OpenAPI document
+# declares each parameter with the constraints its model enforces.
+QUERY_MODELS: dict[str, type[BaseModel]] = {
+    "list_certificates": _CertificateQuery,
+    "aggregate": _AggregateQuery,
+    "list_transfers": _PageQuery,
+    "list_claims": _PageQuery,
+    "stuck_commands": _StuckQuery,
+    "matching_report": _MatchingQuery,
+}

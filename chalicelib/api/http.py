@@ -182,6 +182,10 @@ def _nests_deeper(value: Any, limit: int) -> bool:
     return False
 
 
+# What idempotency_key accepts, as the OpenAPI document declares it.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,128}$"
+
+
 def idempotency_key(request: HttpRequest) -> str:
     key = request.header("idempotency-key")
     if key is None:
@@ -233,3 +237,15 @@ def json_response(
         model.model_dump(mode="json", exclude_none=True),
         {"Content-Type": "application/json", **(headers or {})},
     )
+
+
+def not_allowed(method: str, allowed: list[str]) -> HttpResponse:
+    """405 for a method a path of ours does not take, with the ones it does."""
+    answer = _answer(problem(405, f"{method} is not allowed here; allowed: {', '.join(allowed)}"))
+    answer.headers["Allow"] = ", ".join(allowed)
+    return answer
+
+
+def no_such_path(path: str) -> HttpResponse:
+    """404 for a path that is not part of the API (the gateway's own answer otherwise)."""
+    return _answer(problem(404, "no such path in this API (see /v1/openapi.json)", instance=path))

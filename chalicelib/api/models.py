@@ -8,10 +8,19 @@ the rules of the domain are checked by the domain (422).
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+)
 
 from chalicelib import domain
 from chalicelib.domain import (
@@ -36,17 +45,60 @@ AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 AttributeValue = Annotated[str, StringConstraints(max_length=512)]
 
 
+# RFC 3339 date-times only: pydantic alone would also take "0.5" as a Unix time.
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("an RFC 3339 date-time, e.g. 2026-06-01T10:00:00Z")
+    return value
+
+
+Moment = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    Field(description="RFC 3339, with a time zone, e.g. 2026-06-01T10:00:00Z."),
+]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integers include 1.0: take a float that is a whole number as one."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Checked by the domain (a 422 names the rule), declared here for the OpenAPI document.
+QuantityWh = Annotated[
+    StrictInt,
+    BeforeValidator(_whole_number),
+    Field(
+        json_schema_extra={"minimum": 1, "maximum": domain.MAX_QUANTITY_WH},
+        description="Whole Wh, 1 to 2^32-1.",
+    ),
+]
+Gsrn = Annotated[
+    str,
+    Field(
+        json_schema_extra={"pattern": r"^[0-9]{18}$"}, description="The metering point: 18 digits."
+    ),
+]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class IssueRequest(_Request):
     type: CertificateType
-    gsrn: str = Field(description="The metering point: 18 digits.")
+    gsrn: Gsrn
     grid_area: GridArea = Field(examples=["DK1"])
-    start: AwareDatetime
-    end: AwareDatetime
-    quantity_wh: StrictInt
+    start: Moment
+    end: Moment
+    quantity_wh: QuantityWh
     owner: OwnerId
     attributes: dict[AttributeKey, AttributeValue] = Field(
         default_factory=dict, max_length=domain.MAX_ATTRIBUTES
@@ -71,14 +123,14 @@ class BatchIssueRequest(_Request):
 
 class SliceRequest(_Request):
     slice_id: Id
-    quantities_wh: list[StrictInt] = Field(min_length=1, max_length=domain.MAX_PARTS_PER_SLICE)
+    quantities_wh: list[QuantityWh] = Field(min_length=1, max_length=domain.MAX_PARTS_PER_SLICE)
 
 
 class TransferRequest(_Request):
     certificate_id: Id
     slice_id: Id
     receiver: OwnerId
-    quantity_wh: StrictInt
+    quantity_wh: QuantityWh
 
     def ref(self) -> SliceRef:
         return SliceRef(certificate_id=self.certificate_id, slice_id=self.slice_id)
@@ -95,7 +147,7 @@ class SliceRefBody(_Request):
 class ClaimRequest(_Request):
     production: SliceRefBody
     consumption: SliceRefBody
-    quantity_wh: StrictInt
+    quantity_wh: QuantityWh
 
 
 class ResolveRequest(_Request):
@@ -205,6 +257,11 @@ class CertificateView(BaseModel):
     status: domain.CertificateStatus
     attributes: dict[str, str]
     slices: list[SliceView]
+    version: int = Field(
+        default=0,
+        description="Grows with every change to the certificate: what a client following "
+        "the change feed keeps, to tell a newer state from one it has.",
+    )
 
     @classmethod
     def of(cls, cert: Certificate, viewer: str | None) -> CertificateView:
@@ -226,6 +283,7 @@ class CertificateView(BaseModel):
             status=cert.status,
             attributes=cert.attributes,
             slices=slices,
+            version=cert.version,
         )
 
 
@@ -249,6 +307,51 @@ class Aggregate(BaseModel):
     granularity: Literal["hour", "day", "week", "month"]
     type: CertificateType | None = None
     buckets: list[Bucket]
+
+
+class MatchingBucket(BaseModel):
+    start: datetime
+    consumption_wh: int = Field(description="Consumption you hold, claimed or not.")
+    matched_wh: int = Field(description="Of it, matched by production you claimed against it.")
+    unmatched_wh: int
+    coverage_pct: float | None = Field(
+        description="matched / consumption, in percent; absent without consumption."
+    )
+    unclaimed_production_wh: int = Field(
+        description="Production of this bucket you hold and have not claimed."
+    )
+
+    @classmethod
+    def of(cls, bucket: Any) -> MatchingBucket:
+        return cls(
+            start=bucket.start,
+            consumption_wh=bucket.consumption_wh,
+            matched_wh=bucket.matched_wh,
+            unmatched_wh=bucket.unmatched_wh,
+            coverage_pct=None if bucket.coverage is None else round(100 * bucket.coverage, 2),
+            unclaimed_production_wh=bucket.unclaimed_production_wh,
+        )
+
+
+class MatchedSource(BaseModel):
+    technology: str
+    fuel: str
+    matched_wh: int
+
+
+class MatchingReport(BaseModel):
+    granularity: Literal["hour", "day", "month"]
+    start: datetime
+    end: datetime
+    buckets: list[MatchingBucket]
+    total: MatchingBucket
+    hourly_matching_score_pct: float | None = Field(
+        description="Consumption matched hour by hour, in percent of all consumption."
+    )
+    by_source: list[MatchedSource] = Field(
+        description="Matched production by technology and fuel code ('unknown' where the "
+        "certificate's attributes do not say)."
+    )
 
 
 class Health(BaseModel):

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from chalicelib.api.handlers import ENDPOINTS
-from chalicelib.api.http import PROBLEM_JSON
+from chalicelib.api.handlers import ENDPOINTS, QUERY_MODELS
+from chalicelib.api.http import IDEMPOTENCY_KEY_PATTERN, PROBLEM_JSON
 from chalicelib.api.models import Problem
 
 _REF = "#/components/schemas/{model}"
@@ -26,23 +26,57 @@ _ERRORS = {
 }
 
 
-def _parameters(path: str, endpoint: Any) -> list[dict[str, Any]]:
+def _query_parameters(name: str, endpoint: Any, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each query parameter with the schema of its field in the operation's query model: the
+    constraints the handler enforces, declared. Components the fields refer to (enums) are
+    added to `schemas`."""
+    model = QUERY_MODELS.get(name)
+    if model is None:
+        return [
+            {"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
+            for q in endpoint.query
+        ]
+    schema = model.model_json_schema(ref_template=_REF)
+    schemas.update(schema.pop("$defs", {}))
+    required = set(schema.get("required", ()))
+    params = []
+    for q in endpoint.query:
+        field = dict(schema["properties"][q])
+        # An optional parameter is absent, never null: drop the null branch pydantic adds.
+        options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            field.update(options[0])
+        field.pop("title", None)
+        if field.get("default", ...) is None:
+            del field["default"]
+        description = field.pop("description", None)
+        param = {"name": q, "in": "query", "required": q in required, "schema": field}
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
+
+
+def _parameters(name: str, path: str, endpoint: Any, schemas: dict[str, Any]) -> list[dict]:
     params = [
         {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
         for part in path.split("/")
         if part.startswith("{")
     ]
-    params += [
-        {"name": q, "in": "query", "required": q == "granularity", "schema": {"type": "string"}}
-        for q in endpoint.query
-    ]
+    params += _query_parameters(name, endpoint, schemas)
     if endpoint.idempotent_write:
         params.append(
             {
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                "description": "1 to 128 printable ASCII characters (chalicelib.api.http).",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 128,
+                    "pattern": IDEMPOTENCY_KEY_PATTERN,
+                },
             }
         )
     return params
@@ -61,6 +95,7 @@ def document() -> dict[str, Any]:
         ref_template=_REF,
     )
     paths: dict[str, dict[str, Any]] = {}
+    components = schemas.get("$defs", {})
     for name, (endpoint, _) in sorted(ENDPOINTS.items()):
         responses: dict[str, Any] = {
             str(endpoint.status): {
@@ -82,7 +117,7 @@ def document() -> dict[str, Any]:
         operation: dict[str, Any] = {
             "operationId": name,
             "summary": endpoint.summary,
-            "parameters": _parameters(endpoint.path, endpoint),
+            "parameters": _parameters(name, endpoint.path, endpoint, components),
             "responses": responses,
         }
         if endpoint.authenticated:
@@ -119,7 +154,7 @@ def document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": schemas.get("$defs", {}),
+            "schemas": components,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },

@@ -21,7 +21,7 @@ from chalicelib.domain import (
     Role,
     SliceState,
 )
-from chalicelib.ports import Book, HoldingQuery, Page
+from chalicelib.ports import Book, ChangeFeeds, HoldingQuery, Page
 
 Granularity = Literal["hour", "day", "week", "month"]
 # An aggregate reads at most this many certificates; a wider one asks the caller to narrow.
@@ -58,6 +58,25 @@ def commands(
     book: Book, actor: Actor, kind: CommandKind, limit: int, cursor: str | None
 ) -> Page[Command]:
     return book.commands_of(actor.owner, kind, limit, cursor)
+
+
+def certificate_changes(
+    feeds: ChangeFeeds, actor: Actor, since: datetime, cursor: str | None, limit: int
+) -> Page[Certificate]:
+    """The caller's change feed: certificates whose view changed for them (their own slices,
+    or the certificate itself), whatever their role: a feed is always an owner's own."""
+    return feeds.certificate_changes(actor.owner, since, cursor, limit)
+
+
+def command_changes(
+    feeds: ChangeFeeds,
+    actor: Actor,
+    kind: CommandKind,
+    since: datetime,
+    cursor: str | None,
+    limit: int,
+) -> Page[Command]:
+    return feeds.command_changes(actor.owner, kind, since, cursor, limit)
 
 
 def bucket_of(moment: datetime, granularity: Granularity) -> datetime:

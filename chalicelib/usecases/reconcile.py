@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from chalicelib import domain, observability
-from chalicelib.domain import Command, CommandStatus, Conflict, Role
+from chalicelib.domain import TERMINAL_STATUSES, Command, CommandStatus, Conflict, Role
 from chalicelib.ports import (
     Book,
     CertificateMoved,
@@ -142,6 +142,17 @@ class Reconciler:
         )
         if len(commands) >= self.max_commands:
             report.complete = False
+        # The state of the pipeline for the operations dashboard (infra/): a gauge per pass.
+        observability.metrics(
+            {
+                **{f"open_{s.value}": 0 for s in CommandStatus if s not in TERMINAL_STATUSES},
+                **Counter(f"open_{c.status.value}" for c in commands),
+                "oldest_open_command_s": max(
+                    ((now - c.created_at).total_seconds() for c in commands), default=0
+                ),
+            },
+            units={"oldest_open_command_s": "Seconds"},
+        )
         for command in commands:
             try:
                 report.count(self._settle_open(command, now))
