@@ -181,12 +181,13 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
     dynamodb = session.client("dynamodb", config=config)
     sqs = session.client("sqs", config=config)
     queue_url = settings.queue_url or sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
+    registry = registry_for(settings)
     return Services(
         settings=settings,
         book=DynamoBook(dynamodb, settings.table_name, settings.open_command_shards),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
-        registry=registry_for(settings),
+        registry=registry,
         secret_box=(
             KmsSecretBox(session.client("kms", config=config), settings.secrets_kms_key_id)
             if settings.secrets_kms_key_id
@@ -197,5 +198,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
             "sqs": lambda: sqs.get_queue_attributes(
                 QueueUrl=queue_url, AttributeNames=["QueueArn"]
             ),
+            # The dependency most likely to be down; every registry client has `reachable`.
+            "registry": registry.reachable,
         },
     )

@@ -83,3 +83,18 @@ def test_every_route_is_in_the_api_document() -> None:
         if e.path not in api and e.path != "/v1/openapi.json"
     ]
     assert not missing, missing
+
+
+def test_one_version_everywhere(capsys) -> None:
+    import tomllib
+
+    import certs_cli
+    import chalicelib
+    from certs_cli.__main__ import main
+    from chalicelib.api.openapi import document
+
+    package = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert chalicelib.__version__ == certs_cli.__version__ == package
+    assert document()["info"]["version"] == package
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"certs {package}"
