@@ -2,7 +2,8 @@
 
 Exit codes: 0 it worked; 1 the API refused (4xx), or a waited command ended REJECTED or
 IN_DOUBT, or a batch had refused rows; 2 the command line is wrong; 3 no usable answer
-(cannot connect, 5xx, timeout).
+(cannot connect, 5xx, no answer in time); 4 --wait gave up before the command finished (it goes
+on); 130 Ctrl-C (a command already accepted goes on).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from certs_cli import __version__
 from certs_cli import commands as c
 from certs_cli.api import ApiError, Client, Unavailable
 from certs_cli.render import Output
@@ -65,6 +67,12 @@ def _write_options() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait until the command is terminal or in doubt"
     )
     options.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
+    options.add_argument(
+        "--ids",
+        action="store_true",
+        help="wait, then print only the CERT:SLICE ids of the slices it made, on one line "
+        "(for scripts: set -- $(certs slice ... --ids))",
+    )
     return options
 
 
@@ -83,8 +91,12 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="certs",
         description="A client for the Certificates Domain API.",
+        epilog="Exit codes: 0 done; 1 refused by the API, or the command ended REJECTED or "
+        "IN_DOUBT; 2 usage; 3 API unreachable or failing; 4 --wait timed out (the command "
+        "goes on); 130 Ctrl-C (an accepted command goes on).",
         parents=[_global_options(with_defaults=True)],
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run, summary: str, *parents: argparse.ArgumentParser, into=sub):
@@ -105,8 +117,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--type", required=True, choices=["production", "consumption"])
     p.add_argument("--gsrn", required=True, help="the metering point, 18 digits")
     p.add_argument("--grid-area", required=True, help="e.g. DK1")
-    p.add_argument("--start", required=True, help="RFC 3339, e.g. 2026-06-01T10:00:00Z")
-    p.add_argument("--end", required=True, help="RFC 3339, 15 min to 1 h after --start")
+    p.add_argument(
+        "--start", required=True, help="RFC 3339 on a quarter hour, e.g. 2026-06-01T10:00:00Z"
+    )
+    p.add_argument(
+        "--end",
+        required=True,
+        help="RFC 3339, 15 min to 1 h after --start; both on a quarter hour (:00, :15, :30, :45)",
+    )
     p.add_argument("--quantity", required=True, type=int, help="Wh")
     p.add_argument("--owner", required=True)
     p.add_argument("--attr", action="append", type=_attribute, metavar="KEY=VALUE")
@@ -122,13 +140,13 @@ def parser() -> argparse.ArgumentParser:
     )
 
     p = command("slice", c.slice_, "slice one of your slices into parts", write)
-    p.add_argument("certificate")
-    p.add_argument("slice")
-    p.add_argument("quantities", nargs="+", type=int, metavar="QUANTITY_WH")
+    p.add_argument(
+        "words", nargs="+", metavar="CERT:SLICE QUANTITY_WH", help="(or CERT SLICE QUANTITY_WH...)"
+    )
 
     p = command("transfer", c.transfer, "transfer a slice, or part of one", write)
-    p.add_argument("certificate")
-    p.add_argument("slice")
+    p.add_argument("certificate", metavar="CERT:SLICE", help="(or CERT SLICE)")
+    p.add_argument("slice", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--to", required=True, help="the receiving owner")
     p.add_argument("--quantity", required=True, type=int, help="Wh")
 
@@ -227,16 +245,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.note(str(exc))
         _retry_hint(out, exc)
         return c.UNAVAILABLE
+    except c.Interrupted:
+        return c.INTERRUPTED
     except KeyboardInterrupt as exc:
         out.note("interrupted")
         _retry_hint(out, exc)
-        return 130
+        return c.INTERRUPTED
 
 
 def _retry_hint(out: Output, exc: BaseException) -> None:
     """After a write whose fate is unknown: the same key makes sending it again safe."""
     key = getattr(exc, "idempotency_key", None)
-    if key:
+    if key and getattr(exc, "may_have_arrived", True):
         out.note(f"the request may have arrived: retry with --key {key} so that it counts once")
 
 

@@ -22,6 +22,8 @@ REQUEST_TIMEOUT_S = 30.0
 class Unavailable(Exception):
     """No usable answer from the API: it is down, unreachable, or too slow."""
 
+    may_have_arrived = True  # False when the connection was refused: nothing was sent
+
 
 class ApiError(Exception):
     """The API answered 4xx or 5xx; `problem` is its problem+json body (RFC 9457)."""
@@ -105,7 +107,9 @@ class Client:
 
     def _unreachable(self, reason: object) -> Unavailable:
         if isinstance(reason, ConnectionRefusedError):
-            return Unavailable(f"cannot reach the API at {self.url}: is `make run` running?")
+            refused = Unavailable(f"cannot reach the API at {self.url}: is `make run` running?")
+            refused.may_have_arrived = False
+            return refused
         if isinstance(reason, TimeoutError):
             return Unavailable(f"the API at {self.url} did not answer within {self.timeout_s:g} s")
         return Unavailable(f"cannot reach the API at {self.url}: {reason}")

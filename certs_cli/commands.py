@@ -22,13 +22,18 @@ from certs_cli import metering
 from certs_cli.api import ApiError, Client, Unavailable, describe_problem
 from certs_cli.render import Output
 
-OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
+OK, REFUSED, USAGE, UNAVAILABLE, TIMED_OUT = 0, 1, 2, 3, 4
+INTERRUPTED = 130  # Ctrl-C: the command goes on in the service
 TERMINAL = ("COMMITTED", "REJECTED")
 STOPS_WAITING = (*TERMINAL, "IN_DOUBT")  # IN_DOUBT waits for an operator, not for time
 
 
 class UsageError(Exception):
     """The command line asks for something the CLI cannot do (exit code 2)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C while waiting, already explained (exit code 130)."""
 
 
 @dataclass
@@ -97,8 +102,8 @@ def _write(ctx: Context, args: argparse.Namespace, path: str, body: dict[str, An
     with _retry_hint(key):
         accepted = ctx.api.post(path, body, key)
     ctx.out.note(f"idempotency key {key}")
-    if args.wait:
-        return _wait(ctx, accepted["command_id"], args.timeout)
+    if args.wait or getattr(args, "ids", False):
+        return _wait(ctx, accepted["command_id"], args.timeout, ids=getattr(args, "ids", False))
     if ctx.out.as_json:
         ctx.out.json(accepted)
     else:
@@ -124,15 +129,40 @@ def issue(ctx: Context, args: argparse.Namespace) -> int:
     return _write(ctx, args, "/v1/certificates", body)
 
 
+def _ref_and_rest(words: list[str]) -> tuple[str, str, list[str]]:
+    """`CERT:SLICE rest...` or `CERT SLICE rest...` (what `--ids` prints, or two words)."""
+    if words and ":" in words[0]:
+        certificate_id, _, slice_id = words[0].partition(":")
+        rest = words[1:]
+    elif len(words) >= 2:
+        certificate_id, slice_id, rest = words[0], words[1], words[2:]
+    else:
+        raise UsageError("expected CERT:SLICE (or CERT SLICE)")
+    if not certificate_id or not slice_id or ":" in slice_id:
+        raise UsageError(f"expected CERT:SLICE, got {words[0]!r}")
+    return certificate_id, slice_id, rest
+
+
 def slice_(ctx: Context, args: argparse.Namespace) -> int:
-    body = {"slice_id": args.slice, "quantities_wh": args.quantities}
-    return _write(ctx, args, f"/v1/certificates/{_segment(args.certificate)}/slices", body)
+    certificate_id, slice_id, rest = _ref_and_rest(args.words)
+    try:
+        quantities = [int(q) for q in rest]
+    except ValueError:
+        raise UsageError(f"quantities are whole Wh: {' '.join(rest)}") from None
+    if not quantities:
+        raise UsageError("give the parts' quantities in Wh, e.g. 600 400")
+    body = {"slice_id": slice_id, "quantities_wh": quantities}
+    return _write(ctx, args, f"/v1/certificates/{_segment(certificate_id)}/slices", body)
 
 
 def transfer(ctx: Context, args: argparse.Namespace) -> int:
+    words = [args.certificate] + ([args.slice] if args.slice else [])
+    certificate_id, slice_id, rest = _ref_and_rest(words)
+    if rest:
+        raise UsageError(f"unexpected {' '.join(rest)!r}")
     body = {
-        "certificate_id": args.certificate,
-        "slice_id": args.slice,
+        "certificate_id": certificate_id,
+        "slice_id": slice_id,
         "receiver": args.to,
         "quantity_wh": args.quantity,
     }
@@ -241,23 +271,43 @@ def _poll(ctx: Context, command_id: str, timeout_s: float) -> Iterator[tuple[dic
         interval = min(interval * 1.5, ctx.slowest_poll_s)
 
 
-def _wait(ctx: Context, command_id: str, timeout_s: float) -> int:
+def _wait(ctx: Context, command_id: str, timeout_s: float, ids: bool = False) -> int:
     progress = ctx.out.progress()
     view: dict[str, Any] = {}
+    shown = ""
     try:
         for view, elapsed in _poll(ctx, command_id, timeout_s):
+            # A command of several transactions is ACCEPTED again between them: on the way,
+            # that is progress, not a step back.
+            label = view["status"]
+            if label == "ACCEPTED" and (view.get("step") or shown != "ACCEPTED"):
+                label = "SENDING"
+            shown = label
             step = (
                 f", {view['step']} of {view['steps']} transactions done"
                 if view.get("steps", 0) > 1
                 else ""
             )
             progress.show(
-                f"command {command_id}: {view['status']}{step} after {elapsed:.1f} s",
-                key=(view["status"], view.get("step")),
+                f"command {command_id}: {label}{step} after {elapsed:.1f} s",
+                key=(label, view.get("step")),
             )
+    except KeyboardInterrupt:
+        progress.done()
+        ctx.out.note(
+            f"stopped waiting; command {command_id} goes on in the service."
+            f" Follow it with: certs show {command_id} --wait"
+        )
+        raise Interrupted from None
     finally:
         progress.done()
-    _print_command(ctx, view)
+    if ids:
+        ctx.out.line(
+            " ".join(f"{s['certificate_id']}:{s['slice_id']}" for s in view.get("new_slices", []))
+        )
+        ctx.out.note(f"command {command_id} {view['status']}")
+    else:
+        _print_command(ctx, view)
     status = view["status"]
     if status == "COMMITTED":
         return OK
@@ -274,7 +324,7 @@ def _wait(ctx: Context, command_id: str, timeout_s: float) -> int:
         f"timed out after {timeout_s:g} s: command {command_id} is still {status};"
         f" wait again with: certs show {command_id} --wait"
     )
-    return UNAVAILABLE
+    return TIMED_OUT
 
 
 def _print_command(ctx: Context, view: dict[str, Any]) -> None:
@@ -290,6 +340,12 @@ def _print_command(ctx: Context, view: dict[str, Any]) -> None:
             ("certificate", view["certificate_id"]),
             ("done", None if view["status"] in TERMINAL else _done(view)),
             ("slices", slices),
+            (
+                "new slices",
+                " ".join(
+                    f"{s['certificate_id']}:{s['slice_id']}" for s in view.get("new_slices", [])
+                ),
+            ),
             ("quantity_wh", view.get("quantity_wh")),
             ("receiver", view.get("receiver")),
             ("created", view.get("created_at")),
@@ -524,7 +580,8 @@ def health(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.out.as_json:
         ctx.out.json(answer)
     else:
-        ctx.out.line(f"{answer['status']} (stage {answer['stage']})")
+        version = f", version {answer['version']}" if answer.get("version") else ""
+        ctx.out.line(f"{answer['status']} (stage {answer['stage']}{version})")
         ctx.out.table(["DEPENDENCY", "STATE"], sorted(answer["dependencies"].items()))
     return OK if answer["status"] == "ok" else UNAVAILABLE
 

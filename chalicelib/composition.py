@@ -223,6 +223,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
             version=settings.owner_key_version,
             cache_s=settings.owner_key_cache_s,
         )
+    registry = MeasuredRegistry(registry_for(settings, issuer_keys), settings.registry_name)
     return Services(
         settings=settings,
         book=DynamoBook(
@@ -233,7 +234,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
         ),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
-        registry=MeasuredRegistry(registry_for(settings, issuer_keys), settings.registry_name),
+        registry=registry,
         secret_box=(
             KmsSecretBox(session.client("kms", config=config), settings.secrets_kms_key_id)
             if settings.secrets_kms_key_id
@@ -246,5 +247,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
             "sqs": lambda: sqs.get_queue_attributes(
                 QueueUrl=queue_url, AttributeNames=["QueueArn"]
             ),
+            # The dependency most likely to be down; every registry client has `reachable`.
+            "registry": registry.reachable,
         },
     )

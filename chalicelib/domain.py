@@ -863,3 +863,23 @@ def viewers_of_change(before: Certificate | None, after: Certificate) -> set[str
         for owner in viewers(before) | viewers(after)
         if view_digest(before, owner) != view_digest(after, owner)
     }
+
+
+def slices_made(command: Command) -> list[SliceRef]:
+    """The slices a committed command created that its caller (or, for a transfer, its
+    receiver) acts on next: a new certificate's first slice, the parts of a slice, the slice a
+    transfer gave its receiver. None before it commits: they do not exist yet."""
+    if command.status != CommandStatus.COMMITTED:
+        return []
+    cert = command.certificate_id
+    if command.kind == CommandKind.ISSUE:
+        return [SliceRef(certificate_id=cert, slice_id=slice_id_for(command.command_id, 0))]
+    if command.kind == CommandKind.SLICE:
+        return [
+            SliceRef(certificate_id=cert, slice_id=slice_id_for(command.command_id, i))
+            for i in range(len(command.quantities_wh))
+        ]
+    if command.kind == CommandKind.TRANSFER:
+        received = slice_id_for(command.command_id, "received")
+        return [SliceRef(certificate_id=cert, slice_id=received)]
+    return []

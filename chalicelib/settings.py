@@ -7,9 +7,11 @@ start-up rather than at three in the morning.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_JWT_SECRET = "certificates-domain-local-development-secret"
@@ -101,7 +103,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def check_order(self) -> Settings:
         if not self.registry_timeout_s < self.lambda_timeout_s < self.lease_s:
-            raise ValueError("timeouts must be ordered: registry call < Lambda timeout < lease")
+            raise ValueError(
+                "timeouts must be ordered: CERTS_REGISTRY_TIMEOUT_S < CERTS_LAMBDA_TIMEOUT_S"
+                f" < CERTS_LEASE_S (now {self.registry_timeout_s:g} < {self.lambda_timeout_s:g}"
+                f" < {self.lease_s:g})"
+            )
         if not self.oidc_jwks_timeout_s < self.lambda_timeout_s:
             raise ValueError("the JWKS fetch must time out before the function does")
         if self.auth == "oidc" and not (self.oidc_issuer and self.oidc_audience):
@@ -193,3 +199,37 @@ def check_deployable(settings: Settings) -> Settings:
     if found := development_defaults(settings):
         raise DevelopmentDefaultsInEffect(settings.stage, found)
     return settings
+
+
+ENV_PREFIX = "CERTS_"
+# Read by the `certs` client, not by the service.
+CLIENT_VARIABLES = frozenset({"CERTS_URL", "CERTS_TOKEN"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """CERTS_ variables no setting reads (a misspelt name is otherwise silently ignored), each
+    with the nearest real name when there is one."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    found = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known | CLIENT_VARIABLES:
+            close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
+            found.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return found
+
+
+def describe(error: ValidationError) -> str:
+    """A settings error as one line that names the variable, instead of pydantic's report."""
+    parts = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["loc"]:
+            field = str(item["loc"][0])
+            name = ENV_PREFIX + field.upper()
+            secret = Settings.model_fields[field].annotation in (SecretStr, SecretStr | None)
+            shown = "" if secret else f"={item.get('input')!r}"  # never echo a secret
+            parts.append(f"{name}{shown}: {message}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)

@@ -16,7 +16,13 @@ import time
 
 from chalicelib.api.auth import mint_token
 from chalicelib.registry.simulator import SimulatorConfig
-from chalicelib.settings import DEVELOPMENT_JWT_SECRET
+from chalicelib.settings import (
+    DEVELOPMENT_JWT_SECRET,
+    Settings,
+    ValidationError,
+    describe,
+    unknown_variables,
+)
 from devstack.registry_server import outage_window
 
 
@@ -73,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from devstack.stack import Stack, StackOptions
 
+    # The service reads these settings when it starts (app.py); checked here first, so that a
+    # wrong one is one line naming it, before any process is started.
+    for name in unknown_variables(os.environ):
+        print(f"make run: warning: {name} is not a setting; it is ignored", file=sys.stderr)
+    try:
+        Settings()
+    except ValidationError as exc:
+        print(f"make run: {describe(exc)}", file=sys.stderr)
+        return 2
     try:
         registry = SimulatorConfig(
             seed=args.seed,
@@ -102,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     try:
-        stack.start()
+        stack.start()  # stops what it started when it fails
+    except ValidationError as exc:
+        print(f"make run: {describe(exc)}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        stack.stop()
         print(
             f"make run: cannot start: {exc} (is port {args.port} taken? try PORT=8001)",
             file=sys.stderr,

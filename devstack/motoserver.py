@@ -37,6 +37,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -117,8 +118,20 @@ def install() -> None:
 
 def start(host: str, port: int, timeout_s: float = 30) -> tuple[subprocess.Popen, str]:
     """A server process on host:port, once it answers; its URL."""
+    # The server's stdin is a pipe only this process writes to: when this process ends, even
+    # by SIGKILL, the kernel closes it, and the server, reading it, exits (--exit-with-stdin).
     process = subprocess.Popen(
-        [sys.executable, "-m", "devstack.motoserver", "-H", host, "-p", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "devstack.motoserver",
+            "-H",
+            host,
+            "-p",
+            str(port),
+            "--exit-with-stdin",
+        ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -137,11 +150,24 @@ def start(host: str, port: int, timeout_s: float = 30) -> tuple[subprocess.Popen
     raise RuntimeError(f"moto server did not start within {timeout_s:g} s")
 
 
+def _exit_at_end_of_stdin() -> None:
+    while sys.stdin.buffer.read(4096):
+        pass
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5000)
+    parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="exit when stdin closes (the parent ended): no orphan outlives its stack",
+    )
     args = parser.parse_args(argv)
+    if args.exit_with_stdin:
+        threading.Thread(target=_exit_at_end_of_stdin, name="parent-watch", daemon=True).start()
     os.environ.setdefault("MOTO_PORT", str(args.port))
     install()
     import waitress

@@ -73,6 +73,14 @@ class Stack:
     # --- start ---------------------------------------------------------------------------
 
     def start(self) -> Stack:
+        """Everything, or nothing: a start that fails stops what it had started."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Stack:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
         os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")

@@ -20,6 +20,7 @@ from chalice.test import Client
 from moto import mock_aws
 
 import app as app_module
+import chalicelib
 from chalicelib import composition
 from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.adapters.sqs import SqsCommandQueue
@@ -247,8 +248,16 @@ def test_the_health_check_needs_no_token_and_names_each_dependency(api):
     assert answer.body == {
         "status": "ok",
         "stage": "local",
-        "dependencies": {"dynamodb": "ok", "sqs": "ok"},
+        "version": chalicelib.__version__,
+        "dependencies": {"dynamodb": "ok", "sqs": "ok", "registry": "ok"},
     }
+
+
+def test_the_health_check_shows_a_registry_in_an_outage(api):
+    api.services.registry.configure(outages=((0.0, 1e9),))
+    answer = api.get("/v1/health", who=None)
+    assert answer.body["status"] == "degraded"
+    assert answer.body["dependencies"]["registry"] == "down: RegistryUnavailable"
 
 
 def test_the_health_check_reports_a_dependency_that_is_down(api):

@@ -449,16 +449,37 @@ def test_an_unreachable_api_is_one_line_and_exit_code_3(capsys) -> None:
     assert err.splitlines() == [f"cannot reach the API at {url}: is `make run` running?"]
 
 
-def test_a_write_that_could_not_be_sent_says_how_to_retry_it_safely(capsys) -> None:
+def test_a_refused_connection_does_not_say_the_request_may_have_arrived(capsys) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     code = main(["--url", url, "withdraw", "some-certificate", "--key", "k-1"])
     assert code == 3
+    err = capsys.readouterr().err
+    assert "may have arrived" not in err  # nothing was sent: there is nothing to retry safely
+    assert err.splitlines() == [f"cannot reach the API at {url}: is `make run` running?"]
+
+
+def test_a_write_whose_answer_was_lost_says_how_to_retry_it_safely(capsys) -> None:
+    with socket.socket() as server:  # accepts the request, then closes without an answer
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+
+        def drop() -> None:
+            connection, _ = server.accept()
+            connection.recv(65536)
+            connection.close()
+
+        thread = threading.Thread(target=drop)
+        thread.start()
+        code = main(["--url", url, "withdraw", "some-certificate", "--key", "k-1"])
+        thread.join()
+    assert code == 3
     assert "retry with --key k-1" in capsys.readouterr().err
 
 
-def test_a_wait_that_runs_out_of_time_exits_3_and_says_how_to_wait_again(
+def test_a_wait_that_runs_out_of_time_exits_4_and_says_how_to_wait_again(
     stack, certs, tokens
 ) -> None:
     stack.registry.configure(outages=((0.0, 1e9),))
@@ -467,7 +488,7 @@ def test_a_wait_that_runs_out_of_time_exits_3_and_says_how_to_wait_again(
     )
     command_id = accepted.json()["command_id"]
     ran = certs("show", command_id, "--wait", "--timeout", "0.5", token=tokens["issuer"])
-    assert ran.code == 3
+    assert ran.code == 4  # not 3, which says the API could not be reached
     assert f"wait again with: certs show {command_id} --wait" in ran.err_lines[-1]
     assert ran.err_lines[-1].startswith("timed out after 0.5 s")
 

@@ -209,3 +209,95 @@ def test_ctrl_c_stops_the_stack_and_its_moto_servers(running_stack) -> None:
     assert "stopped." in output
     time.sleep(0.5)
     assert not (servers & _moto_servers())
+
+
+def _start_failing(
+    env_update: dict[str, str], *args: str
+) -> tuple[subprocess.CompletedProcess, set]:
+    env = {**os.environ, "PORT": str(free_port()), **env_update}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[int] = set()
+    while process.poll() is None:  # every moto server it ever had
+        seen |= _moto_servers(process.pid)
+        time.sleep(0.05)
+    out, err = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err), seen
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CERTS_REGISTRY_TIMEOUT_S": "100"}, "CERTS_REGISTRY_TIMEOUT_S"),
+        ({"CERTS_REGISTRY_TIMEOUT_S": "ten"}, "CERTS_REGISTRY_TIMEOUT_S"),
+        ({"CERTS_REGISTRY": "grpc"}, "CERTS_REGISTRY_GRPC_TARGET"),
+        ({"CERTS_AUTH": "oidc"}, "CERTS_OIDC_ISSUER"),
+    ],
+)
+def test_a_settings_error_is_one_line_naming_it_and_starts_nothing(env, named) -> None:
+    done, servers = _start_failing(env)
+    assert done.returncode == 2, done.stderr
+    assert named in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # not a traceback
+    assert not servers
+
+
+def test_a_start_that_fails_after_the_moto_servers_leaves_none(monkeypatch) -> None:
+    """A failure inside Stack.start, once the moto servers run, stops them."""
+    from devstack import resources
+    from devstack.stack import Stack, StackOptions
+
+    def refuse(*_args):
+        raise RuntimeError("no tables today")
+
+    monkeypatch.setattr(resources, "create", refuse)
+    stack = Stack(StackOptions(port=free_port()))
+    with pytest.raises(RuntimeError, match="no tables today"):
+        stack.start()
+    assert len(stack.moto_pids) == 2  # it did get that far
+    time.sleep(0.2)
+    assert not set(stack.moto_pids.values()) & _moto_servers(os.getpid())
+
+
+def test_a_misspelt_variable_is_reported() -> None:
+    from chalicelib.settings import unknown_variables
+
+    found = unknown_variables({"CERTS_REGISTRY_TIMOUT_S": "5", "CERTS_URL": "x", "PATH": "/"})
+    assert found == ["CERTS_REGISTRY_TIMOUT_S (did you mean CERTS_REGISTRY_TIMEOUT_S?)"]
+
+
+def test_moto_servers_die_with_a_stack_killed_9() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack"],
+        cwd=ROOT,
+        env={**os.environ, "PORT": str(port), "CERTS_REGISTRY_TIMOUT_S": "5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        output = ""
+        while "Ctrl-C stops everything" not in (line := process.stdout.readline()):
+            assert line and time.monotonic() < deadline, "the stack did not come up"
+            output += line
+        assert "CERTS_REGISTRY_TIMOUT_S (did you mean CERTS_REGISTRY_TIMEOUT_S?)" in output
+        servers = _moto_servers(process.pid)
+        assert len(servers) == 2
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 10
+    while servers & _moto_servers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = servers & _moto_servers()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left

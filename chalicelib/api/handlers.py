@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, ValidationError
 
+import chalicelib
 from chalicelib import composition, domain
 from chalicelib.api import models as m
 from chalicelib.api.http import (
@@ -498,7 +499,12 @@ def health(services: Services, call: Call) -> HttpResponse:
             states[name] = f"down: {type(exc).__name__}"
     status = "ok" if all(v == "ok" for v in states.values()) else "degraded"
     return json_response(
-        m.Health(status=status, stage=services.settings.stage, dependencies=states)
+        m.Health(
+            status=status,
+            stage=services.settings.stage,
+            version=chalicelib.__version__,
+            dependencies=states,
+        )
     )
 
 

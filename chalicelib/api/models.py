@@ -204,6 +204,11 @@ class CommandView(BaseModel):
     step: int = Field(description="How many of its registry transactions have completed.")
     steps: int = Field(description="How many registry transactions it takes (0 until built).")
     slices: list[SliceRefBody] = Field(default_factory=list)
+    new_slices: list[SliceRefBody] = Field(
+        default_factory=list,
+        description="Once COMMITTED: the slices it made that are acted on next (an issued "
+        "certificate's slice, the parts of a slice, the slice a transfer's receiver got).",
+    )
     quantity_wh: int | None = None
     receiver: str | None = None
     transaction_ids: list[str] = Field(
@@ -230,6 +235,10 @@ class CommandView(BaseModel):
             slices=[
                 SliceRefBody(certificate_id=r.certificate_id, slice_id=r.slice_id)
                 for r in command.slices
+            ],
+            new_slices=[
+                SliceRefBody(certificate_id=r.certificate_id, slice_id=r.slice_id)
+                for r in domain.slices_made(command)
             ],
             quantity_wh=command.quantity_wh,
             receiver=command.receiver,
@@ -357,6 +366,7 @@ class MatchingReport(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     stage: str
+    version: str = ""
     dependencies: dict[str, str]
 
 

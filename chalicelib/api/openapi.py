@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+import chalicelib
 from chalicelib.api.handlers import ENDPOINTS, QUERY_MODELS
 from chalicelib.api.http import IDEMPOTENCY_KEY_PATTERN, PROBLEM_JSON
 from chalicelib.api.models import Problem
@@ -148,7 +149,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "Certificates Domain",
-            "version": "1.0.0",
+            "version": chalicelib.__version__,
             "description": "Issue, slice, transfer, claim and withdraw Granular "
             "Certificates, kept in step with the registry.",
         },

@@ -123,6 +123,13 @@ class GrpcRegistry:
     def supports_queries(self) -> bool:
         return True
 
+    def reachable(self) -> None:
+        """For /v1/health: raises unless a connection is ready within the connect timeout."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self._connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            raise RegistryUnavailable("no connection to the registry") from None
+
     # --- the Registry port ---------------------------------------------------------------------
 
     def send(self, transactions: Sequence[bytes]) -> list[Receipt]:

@@ -54,6 +54,12 @@ class HttpRegistry:
     def supports_queries(self) -> bool:
         return self._supports_queries
 
+    def reachable(self) -> None:
+        """For /v1/health: raises unless the registry answers its health path and is up."""
+        status, raw = self._exchange("GET", "/v1/health", None)
+        if status != 200 or json.loads(raw or b"{}").get("available") is False:
+            raise RegistryUnavailable(f"registry health answered {status}")
+
     def send(self, transactions: Sequence[bytes]) -> list[Receipt]:
         if not transactions:
             return []

@@ -258,6 +258,11 @@ class RegistrySimulator:
         with self._lock:
             return self._is_available_at(self._clock())
 
+    def reachable(self) -> None:
+        """For /v1/health: raises while the simulator plays an outage."""
+        if not self.is_available():
+            raise RegistryUnavailable("the simulator is in an outage")
+
     # --- drift: change the registry behind the book's back -----------------------------------
 
     def inject(self, data: bytes) -> Receipt:
