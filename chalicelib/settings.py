@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # lettered since) would be dropped as its duplicate.
     redrive_after_s: float = 360.0
     certificate_expiry_days: int = 365
+    # A claim is refused when it could land less than this before either certificate expires.
+    claim_expiry_margin_hours: float = 24.0
     max_body_bytes: int = 256 * 1024
     open_command_shards: int = 8  # spreads the open-commands index over partitions
 
