@@ -681,6 +681,43 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
             "the periods of production and consumption do not match",
             field="consumption.certificate_id",
         )
+    if is_trial(production) != is_trial(consumption):
+        # The registry refuses the pair ("not of the same trial type") after the production
+        # side may have committed: its quantity would be stranded for good.
+        raise RuleViolation(
+            "production and consumption are not of the same trial type (IsTrial)",
+            field="consumption.certificate_id",
+        )
+
+
+def is_trial(cert: Certificate) -> bool:
+    """The registry's IsTrial: key compared ignoring case, a missing key is not trial."""
+    for key, value in cert.attributes.items():
+        if key.lower() == "istrial":
+            return value.strip().lower() == "true"
+    return False
+
+
+CLAIM_EXPIRY_MARGIN = timedelta(days=1)
+
+
+def check_claim_in_time(
+    production: Certificate,
+    consumption: Certificate,
+    now: datetime,
+    expiry: timedelta,
+    margin: timedelta = CLAIM_EXPIRY_MARGIN,
+) -> None:
+    """A claim that could land after either certificate expires (`expiry` after its period
+    starts, as the reconciler expires it) is refused: the registry would refuse the second
+    allocation after the first committed, stranding the production quantity."""
+    for side, cert in (("production", production), ("consumption", consumption)):
+        if now + margin >= cert.period.start + expiry:
+            raise RuleViolation(
+                f"the {side} certificate expires before the claim could be registered",
+                field=f"{side}.certificate_id",
+                subject=cert.certificate_id,
+            )
 
 
 def check_slice_room(cert: Certificate, new_slices: int) -> None:

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     reconciler_unsettled_passes: int = Field(default=3, ge=1)
     # A step the registry holds PENDING longer than this is IN_DOUBT, for an operator.
     pending_in_doubt_after_s: float = Field(default=900.0, gt=0)
+    # A claim is refused when it could land less than this before either certificate expires.
+    claim_expiry_margin_hours: float = 24.0
     max_body_bytes: int = 256 * 1024
     open_command_shards: int = 8  # spreads the open-commands index over partitions
     # The change feeds hold back their newest seconds until no write stamped within them can

@@ -154,6 +154,7 @@ def issue_body(
     start: str = HOUR,
     minutes: int = 60,
     quantity_wh: int = 1000,
+    attributes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     begin = datetime.fromisoformat(start)
     return {
@@ -164,7 +165,7 @@ def issue_body(
         "end": (begin + timedelta(minutes=minutes)).isoformat(),
         "quantity_wh": quantity_wh,
         "owner": owner,
-        "attributes": {"technology": "T010000", "fuel": "F01010000"},
+        "attributes": {"technology": "T010000", "fuel": "F01010000", **(attributes or {})},
     }
 
 
@@ -484,6 +485,34 @@ def test_the_owner_claims_production_against_consumption(api, world):
     listed = api.get("/v1/claims").body["items"]
     assert [c["command_id"] for c in listed] == [body["command_id"]]
     assert api.get("/v1/claims", who="bob").body["items"] == []
+
+
+def test_a_claim_of_a_trial_production_against_a_real_consumption_is_422_and_changes_nothing(
+    api, world
+):
+    # The registry refuses such an allocation ("not of the same trial type"), but only after
+    # our production allocation may have committed: refused here, before anything is recorded.
+    trial = api.active(n=5, attributes={"isTrial": "TRUE"})
+    before = api.snapshot()
+    answer = api.post("/v1/claims", claim_body(trial, world.C))
+    assert answer.status == 422 and answer.is_problem
+    assert "trial type" in answer.body["detail"]
+    assert api.snapshot() == before
+    also_trial = api.active(n=6, type="consumption", attributes={"IsTrial": "true"})
+    accepted(api.post("/v1/claims", claim_body(trial, also_trial)), "claim")
+
+
+def test_a_claim_that_could_land_after_a_certificate_expires_is_422(api, world):
+    days = api.services.settings.certificate_expiry_days
+    start = (api.services.clock() - timedelta(days=days, hours=-1)).replace(
+        minute=0, second=0, microsecond=0
+    )
+    old = api.active(n=5, type="consumption", start=start.isoformat())
+    before = api.snapshot()
+    answer = api.post("/v1/claims", claim_body(world.P, old))
+    assert answer.status == 422 and answer.is_problem
+    assert "expires before the claim" in answer.body["detail"]
+    assert api.snapshot() == before
 
 
 # --- withdraw ---------------------------------------------------------------------------------

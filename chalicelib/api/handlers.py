@@ -193,6 +193,8 @@ def claim(services: Services, call: Call) -> HttpResponse:
             body.production.ref(),
             body.consumption.ref(),
             body.quantity_wh,
+            expiry=timedelta(days=services.settings.certificate_expiry_days),
+            expiry_margin=timedelta(hours=services.settings.claim_expiry_margin_hours),
         )
     )
 

@@ -53,6 +53,7 @@ TRANSFERRED = el.TransferredEvent.DESCRIPTOR.full_name
 ALLOCATED = el.AllocatedEvent.DESCRIPTOR.full_name
 CLAIMED = el.ClaimedEvent.DESCRIPTOR.full_name
 WITHDRAWN = el.WithdrawnEvent.DESCRIPTOR.full_name
+UNCLAIMED = el.UnclaimedEvent.DESCRIPTOR.full_name
 
 
 def slice_ref(commitment: bytes) -> str:

@@ -20,16 +20,18 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, NoReturn, Protocol
+from typing import Any, Literal, Protocol
 
+from chalicelib.registry import rules
 from chalicelib.registry.envelope import (
     ALLOCATED,
     CLAIMED,
     ISSUED,
     SLICED,
     TRANSFERRED,
+    UNCLAIMED,
     WITHDRAWN,
     MalformedTransaction,
     Transaction,
@@ -42,6 +44,7 @@ from chalicelib.registry.port import (
     RegistryUnavailable,
     TransactionStatus,
 )
+from chalicelib.registry.rules import TransactionRefused
 
 MAX_QUANTITY = 2**32 - 1  # quantities are committed as 32-bit integers
 MIN_PERIOD = timedelta(minutes=1)
@@ -50,7 +53,7 @@ DUPLICATE = "duplicate transaction"
 TIMED_OUT = "timed out waiting for the registry"
 
 Origin = Literal["client", "injected"]
-AVAILABLE, ALLOCATED_SLICE, CLAIMED_SLICE = "available", "allocated", "claimed"
+AVAILABLE, ALLOCATED_SLICE, CLAIMED_SLICE = rules.AVAILABLE, rules.ALLOCATED, rules.CLAIMED
 
 
 @dataclass(frozen=True)
@@ -443,11 +446,7 @@ class RegistrySimulator:
         return receipt
 
 
-# --- the rules of the registry, per stream ---------------------------------------------------
-
-
-class TransactionRefused(Exception):
-    """A well-formed transaction that the registry's verifier rejects; the message says why."""
+# --- the registry's state and verifier: the plain envelope's side of registry/rules.py -------
 
 
 class Ledger(Protocol):
@@ -476,78 +475,33 @@ class _PlainLedger:
 
     def snapshot(self, certificate_id: str) -> dict[str, Any] | None:
         cert = self._rules.certificates.get(certificate_id)
-        return None if cert is None else cert.to_plain()
-
-
-class _Refused(TransactionRefused):
-    """A well-formed transaction that the registry's verifier rejects."""
+        return None if cert is None else _plain(cert)
 
 
 class _Malformed(Exception):
     """A payload that lacks a field or holds one of the wrong kind."""
 
 
-def _refuse(message: str) -> NoReturn:
-    raise _Refused(message)
+_Certificate = rules.Certificate
 
 
-@dataclass
-class _Slice:
-    owner: str
-    quantity: int
-    state: str = AVAILABLE
+def _plain(cert: rules.Certificate) -> dict[str, Any]:
+    return {
+        "certificate_id": cert.certificate_id,
+        "registry": cert.registry,
+        "type": cert.type,
+        "period": {"start": cert.start.isoformat(), "end": cert.end.isoformat()},
+        "grid_area": cert.grid_area,
+        "withdrawn": cert.withdrawn,
+        "slices": [
+            {"ref": ref, "owner": s.owner, "quantity": s.value, "state": s.state}
+            for ref, s in cert.slices.items()
+        ],
+        "allocations": cert.allocations_plain(),
+    }
 
 
-@dataclass
-class _Allocation:
-    production_id: str
-    consumption_id: str
-    production_slice: str
-    consumption_slice: str
-    claimed: bool = False
-
-
-@dataclass
-class _Certificate:
-    certificate_id: str
-    registry: str
-    type: str
-    start: datetime
-    end: datetime
-    period: dict[str, str]
-    grid_area: str
-    withdrawn: bool = False
-    slices: dict[str, _Slice] = field(default_factory=dict)
-    allocations: dict[str, _Allocation] = field(default_factory=dict)
-    refs_seen: set[str] = field(default_factory=set)  # a slice id is never reused
-
-    def to_plain(self) -> dict[str, Any]:
-        return {
-            "certificate_id": self.certificate_id,
-            "registry": self.registry,
-            "type": self.type,
-            "period": dict(self.period),
-            "grid_area": self.grid_area,
-            "withdrawn": self.withdrawn,
-            "slices": [
-                {"ref": ref, "owner": s.owner, "quantity": s.quantity, "state": s.state}
-                for ref, s in self.slices.items()
-            ],
-            "allocations": [
-                {
-                    "allocation_id": aid,
-                    "production_certificate_id": a.production_id,
-                    "consumption_certificate_id": a.consumption_id,
-                    "production_slice": a.production_slice,
-                    "consumption_slice": a.consumption_slice,
-                    "claimed": a.claimed,
-                }
-                for aid, a in self.allocations.items()
-            ],
-        }
-
-
-def _certificate_ref(cert: _Certificate) -> dict[str, str]:
+def _certificate_ref(cert: rules.Certificate) -> dict[str, str]:
     return {"registry": cert.registry, "stream_id": cert.certificate_id}
 
 
@@ -562,8 +516,8 @@ def _get(payload: dict[str, Any], *path: str, kind: type = str) -> Any:
     return value
 
 
-def _stream_of(payload: dict[str, Any], key: str) -> str:
-    return _get(payload, key, "stream_id")
+def _ref(payload: dict[str, Any], key: str) -> rules.StreamRef:
+    return rules.StreamRef(_get(payload, key, "registry"), _get(payload, key, "stream_id"))
 
 
 def _moment(payload: dict[str, Any], key: str) -> datetime:
@@ -577,209 +531,115 @@ def _moment(payload: dict[str, Any], key: str) -> datetime:
     return moment
 
 
-class _Rules:
-    """The registry's verifier and state, per event type (REGISTRY.md). Each rule checks
-    everything first and changes state last, so a refused transaction changes nothing."""
+class _PlainChecks:
+    """Quantities in clear, owners by id, signatures through `SignatureCheck`."""
 
     def __init__(self, signatures: SignatureCheck) -> None:
         self.signatures = signatures
-        self.certificates: dict[str, _Certificate] = {}
 
-    def apply(self, tx: Transaction) -> None:
-        rule = {
-            ISSUED: self._issue,
-            SLICED: self._slice,
-            TRANSFERRED: self._transfer,
-            ALLOCATED: self._allocate,
-            CLAIMED: self._claim,
-            WITHDRAWN: self._withdraw,
-        }[tx.header.payload_type]
+    def signed_by_owner(self, tx: rules.Envelope, owner: Any) -> bool:
+        return self.signatures.signed_by_owner(tx.signature, owner)
+
+    def signed_by_issuer(self, tx: rules.Envelope, grid_area: str) -> bool:
+        return self.signatures.signed_by_issuer(tx.signature, grid_area)
+
+    def owner_key(self, owner: Any, what: str) -> None:
+        pass  # any id names an owner
+
+    def quantity(self, value: Any, label: str) -> None:
+        if not 1 <= value <= MAX_QUANTITY:
+            rules.refuse("quantity out of range")
+
+    def parts_add_up(self, source: Any, parts: Sequence[Any], proof: Any, label: str) -> None:
+        if sum(parts) != source:
+            rules.refuse("new slices do not sum to the source slice")
+
+    def equal(self, production: Any, consumption: Any, proof: Any, label: str) -> None:
+        if production != consumption:
+            rules.refuse("quantities differ")
+
+
+class _Rules(rules.Rules):
+    """registry/rules.py over the plain envelope: its JSON payloads made into the rules' events."""
+
+    def __init__(self, signatures: SignatureCheck) -> None:
+        super().__init__(_PlainChecks(signatures))
+
+    def apply(self, tx: Transaction, event: Any = None) -> None:  # type: ignore[override]
         if not isinstance(tx.payload, dict):
             raise _Malformed("payload must be an object")
-        rule(tx, tx.payload)
+        parse = {
+            ISSUED: _issue,
+            SLICED: _slicing,
+            TRANSFERRED: _transfer,
+            ALLOCATED: _allocate,
+            CLAIMED: _claim,
+            UNCLAIMED: _unclaim,
+            WITHDRAWN: lambda p: rules.Withdraw(),
+        }[tx.header.payload_type]
+        envelope = rules.Envelope(tx.header.registry, tx.header.stream_id, tx)
+        super().apply(envelope, parse(tx.payload))
 
-    def _issue(self, tx: Transaction, p: dict[str, Any]) -> None:
-        stream = self._own_stream(tx, p)
-        registry = _get(p, "certificate_id", "registry")
-        cert_type = _get(p, "type")
-        start, end = _moment(p, "start"), _moment(p, "end")
-        grid_area = _get(p, "grid_area")
-        _get(p, "asset_id_hash")
-        ref = _get(p, "quantity", "content")
-        quantity = _get(p, "quantity", "quantity", kind=int)
-        owner = _get(p, "owner_public_key", "content")
-        _get(p, "attributes", kind=list)
-        if stream in self.certificates:
-            _refuse("certificate already exists")
-        if not self.signatures.signed_by_issuer(tx, grid_area):
-            _refuse("not signed by an issuer")
-        if cert_type not in ("PRODUCTION", "CONSUMPTION"):
-            _refuse("type must be PRODUCTION or CONSUMPTION")
-        if not 1 <= quantity <= MAX_QUANTITY:
-            _refuse("quantity out of range")
-        if not MIN_PERIOD <= end - start <= MAX_PERIOD:
-            _refuse("period must last from 1 minute to 1 hour")
-        cert = _Certificate(
-            certificate_id=stream,
-            registry=registry,
-            type=cert_type,
-            start=start,
-            end=end,
-            period={"start": p["period"]["start"], "end": p["period"]["end"]},
-            grid_area=grid_area,
+
+def _issue(p: dict[str, Any]) -> rules.Issue:
+    certificate = _ref(p, "certificate_id")
+    start, end = _moment(p, "start"), _moment(p, "end")
+    _get(p, "asset_id_hash")
+    attributes = _get(p, "attributes", kind=list)
+    return rules.Issue(
+        certificate=certificate,
+        type=_get(p, "type"),
+        start=start,
+        end=end,
+        grid_area=_get(p, "grid_area"),
+        ref=_get(p, "quantity", "content"),
+        value=_get(p, "quantity", "quantity", kind=int),
+        owner=_get(p, "owner_public_key", "content"),
+        attributes={
+            _get(a, "key"): _get(a, "value")
+            for a in attributes
+            if isinstance(a, dict) and a.get("type", "CLEARTEXT") == "CLEARTEXT"
+        },
+    )
+
+
+def _slicing(p: dict[str, Any]) -> rules.Slicing:
+    certificate = _ref(p, "certificate_id")
+    source = _get(p, "source_slice_hash")
+    parts = _get(p, "new_slices", kind=list)
+    if not parts:
+        raise _Malformed("new_slices is empty")
+    new = [
+        rules.Part(
+            _get(part, "quantity", "content"),
+            _get(part, "quantity", "quantity", kind=int),
+            _get(part, "new_owner", "content"),
         )
-        cert.slices[ref] = _Slice(owner=owner, quantity=quantity)
-        cert.refs_seen.add(ref)
-        self.certificates[stream] = cert
-
-    def _slice(self, tx: Transaction, p: dict[str, Any]) -> None:
-        stream = self._own_stream(tx, p)
-        source_ref = _get(p, "source_slice_hash")
-        parts = _get(p, "new_slices", kind=list)
-        if not parts:
-            raise _Malformed("new_slices is empty")
-        new = [
-            (
-                _get(part, "quantity", "content"),
-                _get(part, "new_owner", "content"),
-                _get(part, "quantity", "quantity", kind=int),
-            )
-            for part in parts
-        ]
-        cert = self._live_certificate(stream)
-        source = self._spendable(tx, cert, source_ref)
-        refs = [ref for ref, _, _ in new]
-        if len(set(refs)) != len(refs) or cert.refs_seen.intersection(refs):
-            _refuse("slice already exists")
-        if any(q < 1 for _, _, q in new):
-            _refuse("quantity out of range")
-        if sum(q for _, _, q in new) != source.quantity:
-            _refuse("new slices do not sum to the source slice")
-        del cert.slices[source_ref]
-        for ref, owner, quantity in new:
-            cert.slices[ref] = _Slice(owner=owner, quantity=quantity)
-            cert.refs_seen.add(ref)
-
-    def _transfer(self, tx: Transaction, p: dict[str, Any]) -> None:
-        stream = self._own_stream(tx, p)
-        source_ref = _get(p, "source_slice_hash")
-        new_owner = _get(p, "new_owner", "content")
-        cert = self._live_certificate(stream)
-        self._spendable(tx, cert, source_ref).owner = new_owner
-
-    def _allocate(self, tx: Transaction, p: dict[str, Any]) -> None:
-        aid = _get(p, "allocation_id")
-        production_id = _stream_of(p, "production_certificate_id")
-        consumption_id = _stream_of(p, "consumption_certificate_id")
-        production_ref = _get(p, "production_source_slice_hash")
-        consumption_ref = _get(p, "consumption_source_slice_hash")
-        allocation = _Allocation(production_id, consumption_id, production_ref, consumption_ref)
-        stream = tx.header.stream_id
-        if stream == production_id:
-            self._allocate_production_side(tx, aid, allocation)
-        elif stream == consumption_id:
-            self._allocate_consumption_side(tx, aid, allocation)
-        else:
-            _refuse("the stream is neither side of the allocation")
-
-    def _allocate_production_side(self, tx: Transaction, aid: str, new: _Allocation) -> None:
-        cert = self._live_certificate(new.production_id)
-        if cert.type != "PRODUCTION":
-            _refuse("not a production certificate")
-        if aid in cert.allocations:
-            _refuse("allocation already exists")
-        production_slice = self._spendable(tx, cert, new.production_slice)
-        consumption = self.certificates.get(new.consumption_id)
-        if consumption is None:
-            _refuse("consumption certificate not found")
-        if consumption.type != "CONSUMPTION":
-            _refuse("consumption certificate is not CONSUMPTION")
-        if not _enclose(cert, consumption):
-            _refuse("periods do not enclose one another")
-        production_slice.state = ALLOCATED_SLICE
-        cert.allocations[aid] = new
-
-    def _allocate_consumption_side(self, tx: Transaction, aid: str, new: _Allocation) -> None:
-        cert = self._live_certificate(new.consumption_id)
-        if cert.type != "CONSUMPTION":
-            _refuse("not a consumption certificate")
-        if aid in cert.allocations:
-            _refuse("allocation already exists")
-        production = self.certificates.get(new.production_id)
-        production_side = production.allocations.get(aid) if production else None
-        if production is None or production_side is None:
-            _refuse("production side not allocated")
-        if _sides(production_side) != _sides(new):
-            _refuse("allocation differs from its production side")
-        consumption_slice = self._spendable(tx, cert, new.consumption_slice)
-        if consumption_slice.quantity != production.slices[new.production_slice].quantity:
-            _refuse("quantities differ")
-        consumption_slice.state = ALLOCATED_SLICE
-        cert.allocations[aid] = replace(new)
-
-    def _claim(self, tx: Transaction, p: dict[str, Any]) -> None:
-        stream = self._own_stream(tx, p)
-        aid = _get(p, "allocation_id")
-        cert = self._existing(stream)
-        allocation = cert.allocations.get(aid)
-        if allocation is None:
-            _refuse("allocation not found")
-        if allocation.claimed:
-            _refuse("allocation already claimed")
-        production = self.certificates[allocation.production_id]
-        consumption = self.certificates[allocation.consumption_id]
-        if production.withdrawn or consumption.withdrawn:
-            _refuse("certificate withdrawn")
-        on_production = stream == allocation.production_id
-        if on_production and aid not in consumption.allocations:
-            _refuse("consumption side not allocated")
-        if not on_production and not production.allocations[aid].claimed:
-            _refuse("production side not claimed")
-        ref = allocation.production_slice if on_production else allocation.consumption_slice
-        claimed_slice = cert.slices[ref]
-        if not self.signatures.signed_by_owner(tx, claimed_slice.owner):
-            _refuse("not signed by the slice's owner")
-        allocation.claimed = True
-        claimed_slice.state = CLAIMED_SLICE
-
-    def _withdraw(self, tx: Transaction, p: dict[str, Any]) -> None:
-        cert = self._existing(tx.header.stream_id)
-        if not self.signatures.signed_by_issuer(tx, cert.grid_area):
-            _refuse("not signed by an issuer")
-        if cert.withdrawn:
-            _refuse("certificate already withdrawn")
-        cert.withdrawn = True
-
-    def _own_stream(self, tx: Transaction, p: dict[str, Any]) -> str:
-        stream = _stream_of(p, "certificate_id")
-        if stream != tx.header.stream_id:
-            _refuse("certificate_id does not match the stream")
-        return stream
-
-    def _existing(self, stream: str) -> _Certificate:
-        cert = self.certificates.get(stream)
-        if cert is None:
-            _refuse("certificate not found")
-        return cert
-
-    def _live_certificate(self, stream: str) -> _Certificate:
-        cert = self._existing(stream)
-        if cert.withdrawn:
-            _refuse("certificate withdrawn")
-        return cert
-
-    def _spendable(self, tx: Transaction, cert: _Certificate, ref: str) -> _Slice:
-        found = cert.slices.get(ref)
-        if found is None or found.state != AVAILABLE:
-            _refuse("slice not found")
-        if not self.signatures.signed_by_owner(tx, found.owner):
-            _refuse("not signed by the slice's owner")
-        return found
+        for part in parts
+    ]
+    return rules.Slicing(certificate, source, new, None)
 
 
-def _sides(a: _Allocation) -> tuple[str, str, str, str]:
-    return (a.production_id, a.consumption_id, a.production_slice, a.consumption_slice)
+def _transfer(p: dict[str, Any]) -> rules.Transfer:
+    return rules.Transfer(
+        _ref(p, "certificate_id"), _get(p, "source_slice_hash"), _get(p, "new_owner", "content")
+    )
 
 
-def _enclose(a: _Certificate, b: _Certificate) -> bool:
-    return (a.start <= b.start and b.end <= a.end) or (b.start <= a.start and a.end <= b.end)
+def _allocate(p: dict[str, Any]) -> rules.Allocate:
+    return rules.Allocate(
+        allocation_id=_get(p, "allocation_id"),
+        production=_ref(p, "production_certificate_id"),
+        consumption=_ref(p, "consumption_certificate_id"),
+        production_slice=_get(p, "production_source_slice_hash"),
+        consumption_slice=_get(p, "consumption_source_slice_hash"),
+        proof=None,
+    )
+
+
+def _claim(p: dict[str, Any]) -> rules.Claim:
+    return rules.Claim(_ref(p, "certificate_id"), _get(p, "allocation_id"))
+
+
+def _unclaim(p: dict[str, Any]) -> rules.Unclaim:
+    return rules.Unclaim(_get(p, "allocation_id"))

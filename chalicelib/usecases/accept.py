@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from chalicelib import domain
 from chalicelib.domain import (
@@ -260,6 +260,8 @@ def claim(
     production: SliceRef,
     consumption: SliceRef,
     quantity_wh: int,
+    expiry: timedelta | None = None,
+    expiry_margin: timedelta = domain.CLAIM_EXPIRY_MARGIN,
 ) -> Command:
     if production.certificate_id == consumption.certificate_id:
         raise domain.RuleViolation(
@@ -267,17 +269,27 @@ def claim(
         )
     # The production certificate's FIFO group carries the claim: the registry wants the
     # production side first. The consumption side is protected by its reservation.
-    return record(
-        book,
-        queue,
-        _new_command(
-            request,
-            CommandKind.CLAIM,
-            production.certificate_id,
-            slices=(production, consumption),
-            quantity_wh=quantity_wh,
-        ),
+    command = _new_command(
+        request,
+        CommandKind.CLAIM,
+        production.certificate_id,
+        slices=(production, consumption),
+        quantity_wh=quantity_wh,
     )
+    if expiry is not None and book.get_command(command.command_id) is None:  # not on a replay
+        _check_in_time(book, command, expiry, expiry_margin)
+    return record(book, queue, command)
+
+
+def _check_in_time(book: Book, command: Command, expiry: timedelta, margin: timedelta) -> None:
+    production, consumption = command.slices
+    found = {
+        c.certificate_id: c
+        for c in book.get_certificates([production.certificate_id, consumption.certificate_id])
+    }
+    pair = found.get(production.certificate_id), found.get(consumption.certificate_id)
+    if pair[0] is not None and pair[1] is not None:  # else holds.take answers NotFound
+        domain.check_claim_in_time(pair[0], pair[1], command.created_at, expiry, margin)
 
 
 def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: str) -> Command:

@@ -68,7 +68,7 @@ def test_a_certificate_cannot_be_issued_twice(registry, cert):
 
 def test_only_an_issuer_can_issue(registry):
     cert = new_id()
-    assert verdict(registry, issue(cert, signer="alice")) == (FAILED, "not signed by an issuer")
+    assert verdict(registry, issue(cert, signer="alice")) == (FAILED, "not signed by an issuer of grid area DK1")
     assert registry.snapshot(cert) is None
 
 
@@ -284,8 +284,8 @@ def test_the_consumption_side_needs_an_equal_quantity(registry, cert):
     consumption = new_id()
     verdict(registry, issue(consumption, slice_ref="c0", quantity=999, kind="CONSUMPTION"))
     aid = new_id()
-    verdict(registry, allocate(cert, aid, cert, consumption, "s0", "c0", "alice"))
-    data = allocate(consumption, aid, cert, consumption, "s0", "c0", "alice")
+    # Upstream checks the equality proof on the production side, before anything is allocated.
+    data = allocate(cert, aid, cert, consumption, "s0", "c0", "alice")
     assert verdict(registry, data) == (FAILED, "quantities differ")
 
 
@@ -334,7 +334,7 @@ def test_nothing_is_claimed_once_either_certificate_is_withdrawn(registry, pair)
 
 
 def test_an_issuer_withdraws_a_certificate_once(registry, cert):
-    assert verdict(registry, withdraw(cert, signer="alice")) == (FAILED, "not signed by an issuer")
+    assert verdict(registry, withdraw(cert, signer="alice")) == (FAILED, "not signed by an issuer of grid area DK1")
     assert verdict(registry, withdraw(cert)) == (COMMITTED, "")
     assert registry.snapshot(cert)["withdrawn"] is True
     assert verdict(registry, withdraw(cert)) == (FAILED, "certificate already withdrawn")
