@@ -63,6 +63,7 @@ def worker(services: Services) -> Worker:
         lease_s=settings.lease_s,
         commit_poll_s=settings.commit_poll_s,
         batch_size=settings.registry_batch_size,
+        drift_check_one_in=settings.drift_check_one_in,
     )
 
 
@@ -183,7 +184,9 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
     queue_url = settings.queue_url or sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
     return Services(
         settings=settings,
-        book=DynamoBook(dynamodb, settings.table_name, settings.open_command_shards),
+        book=DynamoBook(
+            dynamodb, settings.table_name, settings.open_command_shards, settings.expiry_shards
+        ),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),
         registry=registry_for(settings),

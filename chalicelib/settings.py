@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     certificate_expiry_days: int = 365
     max_body_bytes: int = 256 * 1024
     open_command_shards: int = 8  # spreads the open-commands index over partitions
+    # Spreads one period day's certificates in the expiry index over partitions; reconciler
+    # shard k sweeps the expiry shards e with e % open_command_shards == k.
+    expiry_shards: int = 8
+    # Registry with queries: 1 in N committed commands is left for a drift check (1: all).
+    drift_check_one_in: int = 1
 
     @model_validator(mode="after")
     def check_order(self) -> Settings:

@@ -71,12 +71,13 @@ class Reconciler:
     lease_s: float = 300.0
     holder: str = field(default_factory=lambda: str(uuid.uuid4()))
     codec: TransactionCodec = PLAIN  # reads stored transactions: the builder's encoding
+    lease: str = LEASE  # a shard's pass has a lease of its own (usecases.shards)
 
     def run(self) -> Report:
         now = self.clock()
         report = Report(started_at=now)
         if not self.book.acquire_lease(
-            LEASE, self.holder, now, now + timedelta(seconds=self.lease_s)
+            self.lease, self.holder, now, now + timedelta(seconds=self.lease_s)
         ):
             report.count("skipped_lease_held")
             report.finished_at = self.clock()
@@ -86,7 +87,7 @@ class Reconciler:
             self._settled_commands(report)
             self._expire(now, report)
         finally:
-            self.book.release_lease(LEASE, self.holder)
+            self.book.release_lease(self.lease, self.holder)
         report.finished_at = self.clock()
         observability.event(
             "reconciler.pass", actions=dict(report.actions), complete=report.complete
