@@ -72,6 +72,7 @@ class Reconciler:
     holder: str = field(default_factory=lambda: str(uuid.uuid4()))
     codec: TransactionCodec = PLAIN  # reads stored transactions: the builder's encoding
     lease: str = LEASE  # a shard's pass has a lease of its own (usecases.shards)
+    expiry_limit: int | None = None  # certificates per expiry listing (None: max_commands)
 
     def run(self) -> Report:
         now = self.clock()
@@ -265,11 +266,18 @@ class Reconciler:
         cutoff = now - timedelta(days=self.expiry_days)
         for back in range(EXPIRY_LOOKBACK_DAYS, -1, -1):
             day = (cutoff - timedelta(days=back)).date()
-            for certificate_id in self.book.expiring_certificates(day, self.max_commands):
-                cert = self.book.get_certificate(certificate_id)
-                if cert is None or cert.period.start >= cutoff:
+            limit = self.expiry_limit or self.max_commands
+            for certificate_id in self.book.expiring_certificates(day, limit):
+                # The cutoff is checked on the certificate the write reads: no read before it.
+                def expire(cert: domain.Certificate) -> domain.Certificate:
+                    return domain.expire(cert) if cert.period.start < cutoff else cert
+
+                try:
+                    after = self.book.update_certificate(certificate_id, expire)
+                except domain.NotFound:
                     continue
-                after = self.book.update_certificate(certificate_id, domain.expire)
+                if after.period.start >= cutoff:
+                    continue
                 report.count(
                     "expired"
                     if after.status == domain.CertificateStatus.EXPIRED
