@@ -7,6 +7,7 @@ fakes or with moto-backed clients instead.
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,18 @@ def reconciler(services: Services) -> Reconciler:
         lease_s=settings.lambda_timeout_s * 2,
         codec=codec_for(services),
     )
+
+
+def shard_fan_out(services: Services) -> Callable[[int], None] | None:
+    """In Lambda, with the fan-out on: one asynchronous invocation of this function per shard.
+    Elsewhere (tests, the embedded stack) the schedule runs one pass over every shard."""
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if not (services.settings.reconciler_fan_out and function):
+        return None
+    from chalicelib.adapters.fanout import LambdaFanOut
+
+    client = boto3.Session().client("lambda", config=aws_config(services.settings))
+    return LambdaFanOut(client, function).send
 
 
 # --- the registry's transactions: plain envelope, or the real wire format -----------------------

@@ -159,3 +159,49 @@ def _crash_on(transition, target):
         return transition(command_id, change)
 
     return crashing
+
+
+# --- the schedule's fan-out in Lambda --------------------------------------------------------
+
+
+def test_the_schedule_fans_out_and_each_shard_event_runs_that_shard_only() -> None:
+    from chalicelib import entrypoints
+    from chalicelib.adapters.fanout import shard_event
+
+    p = sharded(False)
+    commands = [p.issue(gsrn=f"5713130000000005{i:02d}") for i in range(12)]
+    p.queue.pending.clear()
+    p.vclock.advance(400)
+    sent: list[int] = []
+    scheduled = {"version": "0", "account": "1", "region": "eu-west-1", "detail": {}}
+    assert entrypoints.handle_schedule(scheduled, p.make_reconciler(), sent.append) == {
+        "fanned_out": SHARDS
+    }
+    assert sent == list(range(SHARDS)) and not p.queue.pending  # the schedule itself did nothing
+    for shard in sent:
+        answer = entrypoints.handle_schedule(shard_event(shard), p.make_reconciler(), None)
+        assert answer["shard"] == shard
+        assert answer["actions"]["redriven"] == sum(
+            1 for c in commands if shard_of(c.command_id, SHARDS) == shard
+        )
+    assert len(p.queue.pending) == len(commands)
+    # Without a fan-out (tests, the embedded stack) the schedule runs one pass over all.
+    assert "actions" in entrypoints.handle_schedule(scheduled, p.make_reconciler(), None)
+
+
+def test_the_lambda_fan_out_invokes_the_function_asynchronously_with_the_shard() -> None:
+    import json
+
+    from chalicelib.adapters.fanout import LambdaFanOut, shard_of_event
+
+    calls: list[dict] = []
+
+    class FakeLambda:
+        def invoke(self, **kwargs):
+            calls.append(kwargs)
+
+    LambdaFanOut(FakeLambda(), "certificates-domain-prod-reconciler").send(7)
+    [call] = calls
+    assert call["InvocationType"] == "Event"
+    assert call["FunctionName"] == "certificates-domain-prod-reconciler"
+    assert shard_of_event(json.loads(call["Payload"])) == 7
