@@ -209,5 +209,8 @@ def worker(event) -> dict:
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="reconciler")
 def reconciler(event) -> dict:
-    report = composition.reconciler(services()).run()
-    return {"actions": dict(report.actions), "complete": report.complete}
+    # The schedule fans out one invocation per shard, which come back here with their shard.
+    svc = services()
+    return entrypoints.handle_schedule(
+        event.to_dict(), composition.reconciler(svc), composition.shard_fan_out(svc)
+    )

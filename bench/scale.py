@@ -699,5 +699,503 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# --- the whole service at Danish scale (issue 16) ---------------------------------------------
+#
+# Accept, the worker, the reconciler (today's single pass, or one pass per shard) and expiry,
+# over the in-memory book behind DynamoDB's per-partition limits. The keys and units each book
+# call touches follow the DynamoDB book's layout (chalicelib/adapters/dynamo.py) and the units
+# bench/capacity.py measures; a partition key may take 1,000 WCU and 3,000 RCU a second. A
+# throttled call is retried as the SDK retries DynamoDB (up to 10 attempts, 50 ms x 2^n
+# backoff), then fails as DependencyDown. Everything per second (arrivals, registry capacity,
+# per-key limits, per-pass limits) is scaled by `scale`; key and shard counts are not.
+
+PARTITION_WCU, PARTITION_RCU = 1000.0, 3000.0
+EXPIRY_PER_DAY = 84_000_000  # 15-minute resolution, all Danish metering points
+
+
+class Partitions:
+    """Per-key use of write and read units against DynamoDB's partition limits.
+
+    At scale s every key sees s times its traffic, and Poisson arrivals make a second of it far
+    noisier than at full scale; so a key's "second" here is 1/s seconds of simulated time, with
+    the full limits: the counts per window have the mean and spread of a full-scale second. A
+    single actor (a reconciler pass) does not get faster with the population: its units are
+    weighted by s (`weight`, set per thread)."""
+
+    def __init__(self, conductor: Conductor, scale: float) -> None:
+        self.c = conductor
+        self.window = 1.0 / scale
+        self.used: dict[tuple[str, int], list[float]] = {}
+        self.peak: dict[str, list[float]] = {}  # key -> [peak WCU/s, peak RCU/s] at full scale
+        self.throttled: Counter = Counter()  # key -> throttled requests
+        self.scale = scale
+        self.wcu_total = 0.0  # simulated units (x 1/scale for full scale)
+        self.rcu_total = 0.0
+        self._local = threading.local()
+
+    def weigh_as_one_actor(self) -> None:
+        self._local.weight = self.scale
+
+    def _weight(self) -> float:
+        return getattr(self._local, "weight", 1.0)
+
+    def fits(self, charges: list[tuple[str, float, float]]) -> bool:
+        window, weight = int(self.c.now / self.window), self._weight()
+        for key, w, r in charges:
+            used = self.used.get((key, window), [0.0, 0.0])
+            if used[0] + w * weight > PARTITION_WCU or used[1] + r * weight > PARTITION_RCU:
+                self.throttled[key] += 1
+                return False
+        return True
+
+    def charge(self, charges: list[tuple[str, float, float]]) -> None:
+        window, weight = int(self.c.now / self.window), self._weight()
+        for key, w, r in charges:
+            used = self.used.setdefault((key, window), [0.0, 0.0])
+            used[0] += w * weight
+            used[1] += r * weight
+            self.wcu_total += w
+            self.rcu_total += r
+            peak = self.peak.setdefault(key, [0.0, 0.0])
+            peak[0] = max(peak[0], used[0])
+            peak[1] = max(peak[1], used[1])
+            if used[0] > PARTITION_WCU or used[1] > PARTITION_RCU:
+                self.throttled[key] += 1  # a write the call made after the fact (an index)
+        if len(self.used) > 200_000:  # forget old windows
+            self.used = {k: v for k, v in self.used.items() if k[1] >= window - 1}
+
+    def hottest(self, n: int = 5) -> list[tuple[str, float, float]]:
+        ranked = sorted(
+            self.peak.items(),
+            key=lambda kv: -max(kv[1][0] / PARTITION_WCU, kv[1][1] / PARTITION_RCU),
+        )
+        return [(k, round(w), round(r)) for k, (w, r) in ranked[:n]]
+
+
+class PartitionedBook:
+    """The in-memory book as DynamoDB would serve it: latency per call, the keys each call
+    writes and reads charged against their partition's limits, throttling retried like the
+    SDK does and then raised as DependencyDown."""
+
+    RETRIES = 10
+
+    def __init__(self, inner: Any, conductor: Conductor, latency: float, parts: Partitions):
+        self._inner = inner
+        self._c = conductor
+        self._latency = latency
+        self.parts = parts
+        self.calls = 0
+        self.failed = 0
+
+    # the keys of the DynamoDB layout
+    def _open(self, command_id: str) -> str:
+        from chalicelib.adapters.memory import shard_of
+
+        return f"OPEN#{shard_of(command_id, self._inner.shards)}"
+
+    def _expiry(self, cert: Any) -> str:
+        from chalicelib.adapters.memory import shard_of
+
+        shard = shard_of(cert.certificate_id, self._inner._expiry_shards)
+        return f"EXPIRY#{cert.period.start.date()}#{shard}"
+
+    def _charges(self, name: str, args: tuple, kwargs: dict) -> list[tuple[str, float, float]]:
+        inner = self._inner
+        if name == "add_command":
+            (command,) = args
+            out = [(f"CMD#{command.command_id}", 2, 0), (self._open(command.command_id), 1, 0)]
+            if command.kind.value in ("transfer", "claim"):
+                out.append((f"CALLER#{command.caller}#{command.kind.value}", 1, 0))
+            return out
+        if name == "transition":
+            command_id, change = args
+            out = [(f"CMD#{command_id}", 2, 0)]
+            if change.reconciled and change.target.value in ("COMMITTED", "REJECTED"):
+                out.append((self._open(command_id), 1, 0))
+            return out
+        if name == "mark_reconciled":
+            return [(f"CMD#{args[0]}", 2, 0), (self._open(args[0]), 1, 0)]
+        if name == "get_command":
+            return [(f"CMD#{args[0]}", 0, 1)]
+        if name == "forget_command":
+            return [(f"CMD#{args[0].command_id}", 2, 0), (self._open(args[0].command_id), 1, 0)]
+        if name == "get_certificate":
+            return [(f"CERT#{args[0]}", 0, 1)]
+        if name == "get_certificates":
+            return [(f"CERT#{i}", 0, 1) for i in dict.fromkeys(args[0])]
+        if name == "add_certificate":
+            (cert,) = args
+            return [
+                (f"CERT#{cert.certificate_id}", 1, 0),
+                (f"OWNER#{cert.owner}", 1, 0),
+                (self._expiry(cert), 1, 0),
+            ]
+        if name == "reserve":
+            return [(f"CERT#{args[0].certificate_id}", 1, 1)]
+        if name == "update_certificate":
+            return [(f"CERT#{args[0]}", 1, 1)]
+        if name == "add_holding":
+            return [(f"OWNER#{args[0]}", 1, 0)]
+        if name == "note_receipt":
+            (command,) = args
+            return [
+                (f"CMD#{command.command_id}#R", 1, 0),
+                (f"CALLER#{command.receiver}#transfer", 1, 0),
+            ]
+        if name in ("open_commands", "settled_commands"):
+            shard = kwargs.get("shard")
+            shards = range(inner.shards) if shard is None else (shard,)
+            return [(f"OPEN#{k}", 0, 0.5) for k in shards]
+        if name == "expiring_certificates":
+            day, shard = args[0], kwargs.get("shard")
+            shards, expiry = inner.shards, inner._expiry_shards
+            wanted = range(expiry) if shard is None else range(shard, expiry, shards)
+            return [(f"EXPIRY#{day}#{e}", 0, 0.5) for e in wanted]
+        if name in ("acquire_lease", "release_lease"):
+            return [(f"LEASE#{args[0]}", 1, 0)]
+        if name == "add_audit":
+            return [(f"AUDIT#{args[0]}", 1, 0)]
+        return []
+
+    def _after(self, name: str, args: tuple, kwargs: dict, result: Any, before: Any) -> list:
+        """Writes a call makes that depend on what it found: index entries it removes, the
+        items a listing reads."""
+        if name == "update_certificate" and before is not None and result is not None:
+            live = ("issuing", "active")
+            if before.status.value in live and result.status.value not in live:
+                return [(self._expiry(before), 1, 0)]
+        if name in ("open_commands", "settled_commands"):
+            return [(f"CMD#{c.command_id}", 0, 1) for c in result]
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if not callable(attribute) or name.startswith("_"):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from chalicelib.ports import DependencyDown
+
+            self.calls += 1
+            charges = self._charges(name, args, kwargs)
+            for attempt in range(self.RETRIES):
+                if self._latency:
+                    self._c.sleep(self._latency)
+                if self.parts.fits(charges):
+                    break
+                # the SDK's backoff, stretched as a key's second is (see Partitions)
+                self._c.sleep(0.05 * 2**attempt * random.random() * self.parts.window)
+            else:
+                self.failed += 1
+                raise DependencyDown(f"{name}: throttled {self.RETRIES} times")
+            before = self._inner.get_certificate(args[0]) if name == "update_certificate" else None
+            result = attribute(*args, **kwargs)
+            self.parts.charge(charges + self._after(name, args, kwargs, result, before))
+            return result
+
+        return call
+
+
+@dataclass
+class Layout:
+    """How the service is deployed: today's single pass, or the scaled-out reconciler."""
+
+    name: str
+    open_shards: int
+    expiry_shards: int
+    reconciler_shards: bool  # one pass per shard (usecases.shards) or one pass for all
+    drift_check_one_in: int  # the worker settles all but 1 in N committed commands
+    max_commands: int = 500  # per pass (per shard): open and settled commands
+    expiry_limit: int = 500  # per expiry listing
+
+
+TODAY = Layout(
+    "today", open_shards=8, expiry_shards=1, reconciler_shards=False, drift_check_one_in=1
+)
+SCALED = Layout(
+    "scaled-out",
+    open_shards=64,
+    expiry_shards=64,
+    reconciler_shards=True,
+    drift_check_one_in=100,
+    expiry_limit=2000,
+)
+
+
+class ServiceWorld(World):
+    """World with the whole service: partitions, the reconciler and expiry."""
+
+    def __init__(self, s: Scenario, layout: Layout, scale: float, seed: int = 1) -> None:
+        super().__init__(s, seed)
+        from chalicelib.adapters.memory import InMemoryBook
+
+        self.layout = layout
+        self.scale = scale
+        self.memory = InMemoryBook(
+            open_shards=layout.open_shards, expiry_shards=layout.expiry_shards
+        )
+        self.parts = Partitions(self.c, scale)
+        self.book = PartitionedBook(self.memory, self.c, s.book_latency, self.parts)
+        self.worker.book = self.book
+        self.worker.drift_check_one_in = layout.drift_check_one_in
+        self.backlog: list[tuple[float, int]] = []  # (t, open-commands index entries)
+        self.expiry_backlog: list[tuple[float, int]] = []  # (t, certificates due, not expired)
+        self.passes: Counter = Counter()
+        self.pass_seconds: list[float] = []
+        self.transferable: deque = deque()
+        self.due: list[tuple[datetime, str]] = []  # (expires at, certificate id), preloaded
+
+    # the Danish mix: 80 % issues (15-minute periods of the last day), 20 % whole transfers
+    def danish_command(self, n: int) -> Any:
+        from chalicelib.domain import Actor, CertificateType, IssueSpec, Period, Role, SliceRef
+        from chalicelib.usecases import accept
+
+        if n % 5 == 4 and self.transferable:
+            certificate_id = self.transferable.popleft()
+            cert = self.memory.get_certificate(certificate_id)
+            if cert is None or cert.status.value != "active":
+                self.refused += 1
+                return None
+            slice_id, piece = next(iter(cert.slices.items()))
+            owner = piece.owner
+            receiver = f"owner-{(int(owner.split('-')[1]) + 1) % 2000}"
+            return accept.transfer(
+                self.book,
+                self.queue,
+                self._request(Actor(owner=owner)),
+                SliceRef(certificate_id=certificate_id, slice_id=slice_id),
+                receiver,
+                piece.quantity_wh,
+            )
+        start = T0.replace(hour=0) - timedelta(minutes=15 * (n % 96))
+        spec = IssueSpec(
+            type=CertificateType.PRODUCTION,
+            gsrn=f"57{n:016d}",
+            grid_area="DK1",
+            period=Period.of(start, start + timedelta(minutes=15)),
+            quantity_wh=1000,
+            owner=f"owner-{n % 2000}",
+            attributes={"technology": "T010000"},
+        )
+        issuer = Actor(owner="issuer-dk", roles=frozenset({Role.ISSUER}))
+        command = accept.issue(self.book, self.queue, self._request(issuer), spec)
+        self.c.spawn(lambda: self._later_transferable(command.certificate_id), at=self.c.now + 20)
+        return command
+
+    def _later_transferable(self, certificate_id: str) -> None:
+        self.transferable.append(certificate_id)
+
+    def _accept(self, make: Callable[[int], Any], n: int) -> None:
+        from chalicelib.ports import DependencyDown
+
+        try:
+            super()._accept(make, n)
+        except DependencyDown:  # the API answers 503; the client retries later (not counted)
+            self.refused += 1
+
+    def preload_expiring(self, expiry_days: int) -> None:
+        """The quarter hour whose certificates expire as the run starts: 84 million a day are
+        875,000 a quarter hour (scaled), all due at once, to be swept before the next quarter.
+        Written straight into the book as issued a year ago."""
+        from chalicelib import domain
+        from chalicelib.domain import CertificateType, IssueSpec, Period
+        from chalicelib.usecases import holds
+
+        start = self.c.clock() - timedelta(days=expiry_days)
+        for i in range(int(EXPIRY_PER_DAY / 96 * self.scale)):
+            spec = IssueSpec(
+                type=CertificateType.PRODUCTION,
+                gsrn=f"58{i:016d}",
+                grid_area="DK1",
+                period=Period.of(start, start + timedelta(minutes=15)),
+                quantity_wh=1000,
+                owner=f"owner-{i % 2000}",
+            )
+            certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
+            command = self._preload_command(certificate_id, spec, i)
+            self.memory.add_certificate(holds.certificate_to_issue(command))
+            self.memory.update_certificate(
+                certificate_id, lambda c, cmd=command: domain.apply_issue(c, cmd)
+            )
+            self.due.append((start + timedelta(days=expiry_days), certificate_id))
+
+    def _preload_command(self, certificate_id: str, spec: Any, i: int) -> Any:
+        from chalicelib.domain import Command, CommandKind
+
+        return Command(
+            command_id=f"preload-{i}",
+            kind=CommandKind.ISSUE,
+            certificate_id=certificate_id,
+            caller="issuer-dk",
+            request_hash="-",
+            created_at=T0 - timedelta(days=400),
+            updated_at=T0 - timedelta(days=400),
+            issue=spec,
+        )
+
+    def reconciler_loop(self, shard: int | None, until: float) -> None:
+        from chalicelib.settings import Settings
+        from chalicelib.usecases import shards
+        from chalicelib.usecases.reconcile import Reconciler
+
+        settings = Settings()
+        reconciler = Reconciler(
+            book=self.book,
+            queue=self.queue,
+            registry=self.registry,
+            worker=self.worker,
+            clock=self.c.clock,
+            redrive_after_s=settings.redrive_after_s,
+            expiry_days=settings.certificate_expiry_days,
+            max_commands=max(1, round(self.layout.max_commands * self.scale)),
+            expiry_limit=max(1, round(self.layout.expiry_limit * self.scale)),
+            lease_s=settings.lambda_timeout_s * 2,
+        )
+        if shard is not None:
+            reconciler = shards.for_shard(reconciler, shard)
+        self.parts.weigh_as_one_actor()
+        while self.c.now < until:
+            began = self.c.now
+            from chalicelib.ports import DependencyDown
+
+            try:
+                report = reconciler.run()
+                self.passes.update(report.actions)
+            except DependencyDown:
+                self.passes["pass_failed_throttled"] += 1
+            self.pass_seconds.append(self.c.now - began)
+            self.c.sleep(max(0.0, 60.0 - (self.c.now - began)))
+
+    def observer(self, until: float) -> None:
+        while self.c.now < until:
+            self.backlog.append((self.c.now, len(self.memory._listed)))
+            now = self.c.clock()
+            due = [cid for at, cid in self.due if at <= now]
+            left = sum(
+                1 for cid in due if self.memory.get_certificate(cid).status.value == "active"
+            )
+            self.expiry_backlog.append((self.c.now, left))
+            self.c.sleep(30.0)
+
+
+def danish_service(
+    scale: float = 0.02, minutes: float = 15.0, layout: Layout = SCALED, log: Callable = print
+) -> dict[str, Any]:
+    """15 minutes of the Danish mix at 4,000 commands/s (x scale) through the whole service."""
+    instances = math.ceil(4000 / REGISTRY_INSTANCE_TX_S / 0.8)
+    s = Scenario(
+        "danish-service",
+        capacity=instances * REGISTRY_INSTANCE_TX_S * scale,
+        latency=0.5,
+        jitter=0.5,
+        queries=True,
+        workers=max(1, round(1500 * scale)),
+        seconds=minutes * 60,
+    )
+    world = ServiceWorld(s, layout, scale)
+    seconds = minutes * 60
+    rate = 4000 * scale
+    world.preload_expiring(365)
+    world.stop_at = seconds
+    world.c.spawn(lambda: world.arrivals(rate, seconds, world.danish_command, None), at=0.0)
+    for i in range(s.workers):
+        world.c.spawn(world.worker_loop, at=i * 1e-6)
+    shard_ids = range(layout.open_shards) if layout.reconciler_shards else [None]
+    for k, shard in enumerate(shard_ids):  # the schedule's fan-out: spread over the minute
+        world.c.spawn(lambda shard=shard: world.reconciler_loop(shard, seconds), at=5.0 + k * 0.1)
+    world.c.spawn(lambda: world.observer(seconds + 1), at=0.0)
+    wall = time.perf_counter()
+    world.c.run()
+    wall = time.perf_counter() - wall
+    commands = [world.memory.get_command(i) for i in world.accepted]
+    done = [c for c in commands if c.status.value == "COMMITTED"]
+    end = T0 + timedelta(seconds=seconds)
+    latencies = sorted((c.updated_at - c.created_at).total_seconds() for c in done)
+    window_from = T0 + timedelta(seconds=0.2 * seconds)
+    committed_rate = sum(1 for c in done if window_from <= c.updated_at < end) / (0.8 * seconds)
+    last5 = [b for t, b in world.backlog if t >= seconds - 300]
+    growth_per_min = (last5[-1] - last5[0]) / 5 if len(last5) > 1 else 0.0
+    due_total = sum(1 for at, _ in world.due if at <= end)
+    result = {
+        "layout": layout.__dict__,
+        "scale": scale,
+        "minutes": minutes,
+        "offered_per_s": rate,
+        "accepted": len(commands),
+        "refused_or_throttled_at_accept": world.refused,
+        "committed_per_s": committed_rate,
+        "committed_share": committed_rate / rate,
+        "statuses": dict(Counter(c.status.value for c in commands)),
+        "latency_p50_s": statistics.median(latencies) if latencies else None,
+        "latency_p99_s": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
+        "duplicates": len(world.simulator.duplicates()),
+        "open_index_backlog": world.backlog,
+        "open_index_end": world.backlog[-1][1] if world.backlog else 0,
+        "open_index_growth_per_min_last5": growth_per_min,
+        "expiry_due": due_total,
+        "expiry_backlog": world.expiry_backlog,
+        "expiry_left_at_end": world.expiry_backlog[-1][1] if world.expiry_backlog else 0,
+        "expired": world.passes.get("expired", 0),
+        "reconciler_actions": dict(world.passes),
+        "reconciler_pass_s_max": max(world.pass_seconds, default=0.0),
+        "throttled_keys": dict(world.parts.throttled.most_common(10)),
+        "throttled_requests": sum(world.parts.throttled.values()),
+        "book_calls_failed_throttled": world.book.failed,
+        "hottest_keys_peak_wcu_rcu_per_s_at_4000": world.parts.hottest(),
+        "wcu_per_s_at_4000": world.parts.wcu_total / seconds / scale,
+        "rcu_per_s_at_4000": world.parts.rcu_total / seconds / scale,
+        "wall_s": wall,
+    }
+    log(
+        f"danish-service [{layout.name}] at {rate:g}/s x {minutes:g} min: committed "
+        f"{result['committed_share']:.0%} of offered, p50/p99 {result['latency_p50_s']} / "
+        f"{result['latency_p99_s']} s, open index {result['open_index_end']} "
+        f"({growth_per_min:+.0f}/min over the last 5), expired {result['expired']} of "
+        f"{due_total} due, throttled requests {result['throttled_requests']}, duplicates "
+        f"{result['duplicates']}, wall {wall:.0f} s"
+    )
+    return result
+
+
+def service_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| layout | offered /s | COMMITTED (share of offered) | p50 / p99 s | open index at end "
+        "(growth /min, last 5 min) | expired / due in the run | throttled requests (keys) "
+        "| sent twice | hottest key, peak WCU/s at 4,000/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        hot = r["hottest_keys_peak_wcu_rcu_per_s_at_4000"][:1]
+        lines.append(
+            f"| {r['layout']['name']} | {r['offered_per_s']:g} "
+            f"| {r['committed_per_s']:.1f} ({r['committed_share']:.0%}) "
+            f"| {r['latency_p50_s']:.1f} / {r['latency_p99_s']:.1f} "
+            f"| {r['open_index_end']} ({r['open_index_growth_per_min_last5']:+.0f}) "
+            f"| {r['expired']} / {r['expiry_due']} "
+            f"| {r['throttled_requests']} ({', '.join(r['throttled_keys']) or 'none'}) "
+            f"| {r['duplicates']} | {hot[0][0] + ' ' + str(hot[0][1]) if hot else '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def service_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale service")
+    parser.add_argument("--scale", type=float, default=0.01)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--layouts", default="today,scaled-out")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/scale_service.json"))
+    args = parser.parse_args(argv)
+    layouts = {layout.name: layout for layout in (TODAY, SCALED)}
+    results = [
+        danish_service(args.scale, args.minutes, layouts[name]) for name in args.layouts.split(",")
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str))
+    print(service_table(results))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["service"]:
+        sys.exit(service_main(sys.argv[2:]))
     sys.exit(main())

@@ -7,6 +7,7 @@ fakes or with moto-backed clients instead.
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ def worker(services: Services) -> Worker:
         lease_s=settings.lease_s,
         commit_poll_s=settings.commit_poll_s,
         batch_size=settings.registry_batch_size,
+        drift_check_one_in=settings.drift_check_one_in,
     )
 
 
@@ -88,6 +90,18 @@ def reconciler(services: Services) -> Reconciler:
         unsettled_passes_for_operator=settings.reconciler_unsettled_passes,
         pending_in_doubt_after_s=settings.pending_in_doubt_after_s,
     )
+
+
+def shard_fan_out(services: Services) -> Callable[[int], None] | None:
+    """In Lambda, with the fan-out on: one asynchronous invocation of this function per shard.
+    Elsewhere (tests, the embedded stack) the schedule runs one pass over every shard."""
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if not (services.settings.reconciler_fan_out and function):
+        return None
+    from chalicelib.adapters.fanout import LambdaFanOut
+
+    client = boto3.Session().client("lambda", config=aws_config(services.settings))
+    return LambdaFanOut(client, function).send
 
 
 # --- the registry's transactions: plain envelope, or the real wire format -----------------------
@@ -230,6 +244,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
             dynamodb,
             settings.table_name,
             settings.open_command_shards,
+            settings.expiry_shards,
             feed_lag_s=settings.feed_lag_s,
         ),
         queue=SqsCommandQueue(sqs, queue_url),

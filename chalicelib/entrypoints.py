@@ -3,12 +3,16 @@ and so the embedded stack's poller calls exactly the same code as Lambda does.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chalicelib import observability
+from chalicelib.adapters.fanout import shard_of_event
 from chalicelib.adapters.sqs import batch_response, delivery_of
 from chalicelib.ports import Delivery, Outcome, PoisonMessage
+from chalicelib.usecases import shards
 from chalicelib.usecases.process import Worker
+from chalicelib.usecases.reconcile import Reconciler
 
 
 def handle_queue_event(event: dict[str, Any], worker: Worker, max_receives: int) -> dict:
@@ -45,3 +49,18 @@ def _receive_count(record: dict[str, Any]) -> int:
         return int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
     except (TypeError, ValueError):
         return 1
+
+
+def handle_schedule(
+    event: dict[str, Any], reconciler: Reconciler, send_shard: Callable[[int], None] | None
+) -> dict:
+    """The reconciler's invocation: one shard's pass when the event names a shard; else (the
+    schedule) one invocation per shard when `send_shard` is given, or one pass over all."""
+    shard = shard_of_event(event)
+    if shard is not None:
+        report = shards.run_shard(reconciler, shard)
+        return {"shard": shard, "actions": dict(report.actions), "complete": report.complete}
+    if send_shard is None:
+        report = reconciler.run()
+        return {"actions": dict(report.actions), "complete": report.complete}
+    return {"fanned_out": shards.fan_out(shards.shards_of(reconciler.book), send_shard)}

@@ -105,11 +105,14 @@ class Book(Protocol):
         too), newest first. Other kinds are not listed per caller."""
         ...
 
-    def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
-        """Commands that are not terminal, created before the given time, oldest first."""
+    def open_commands(
+        self, created_before: datetime, limit: int, shard: int | None = None
+    ) -> list[Command]:
+        """Commands that are not terminal, created before the given time, oldest first (of
+        one shard of the open-commands index, or of all)."""
         ...
 
-    def settled_commands(self, limit: int) -> list[Command]:
+    def settled_commands(self, limit: int, shard: int | None = None) -> list[Command]:
         """Terminal commands the reconciler has not yet looked at, oldest first."""
         ...
 
@@ -174,8 +177,9 @@ class Book(Protocol):
 
     def add_holding(self, owner: str, certificate: Certificate) -> None: ...
 
-    def expiring_certificates(self, day: date, limit: int) -> list[str]:
-        """Ids of certificates that are not yet expired (nor withdrawn) and start on `day`."""
+    def expiring_certificates(self, day: date, limit: int, shard: int | None = None) -> list[str]:
+        """Ids of certificates that are not yet expired (nor withdrawn) and start on `day`:
+        up to `limit` from each expiry shard that reconciler shard `shard` sweeps (or all)."""
         ...
 
     def note_receipt(self, command: Command) -> None:

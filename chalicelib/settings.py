@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     # still land (adapters/dynamo.py, certificate_changes): a write's time in flight, clock
     # skew, and the delay of DynamoDB's indexes, with room to spare.
     feed_lag_s: float = Field(default=5.0, ge=0)
+    # Spreads one period day's certificates in the expiry index over partitions; reconciler
+    # shard k sweeps the expiry shards e with e % open_command_shards == k.
+    expiry_shards: int = 8
+    # Registry with queries: 1 in N committed commands is left for a drift check (1: all).
+    drift_check_one_in: int = 1
+    # The schedule starts one reconciler invocation per open-commands shard (in Lambda only).
+    reconciler_fan_out: bool = False
 
     @model_validator(mode="after")
     def check_order(self) -> Settings:

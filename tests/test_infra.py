@@ -198,6 +198,31 @@ def test_the_reconciler_runs_every_minute(templates, stage):
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_the_reconciler_fans_out_to_its_shards_by_invoking_itself_only(templates, stage):
+    template = templates[stage]
+    role = template["Resources"]["Reconciler"]["Properties"]["Role"]["Fn::GetAtt"][0]
+    [fan_out] = [s for s in statements(template, role) if "lambda:InvokeFunction" in s["Action"]]
+    assert fan_out["Action"] == ["lambda:InvokeFunction"]
+    [target] = fan_out["Resource"]
+    assert target["Fn::Sub"].endswith(":function:certificates-domain-${Stage}-reconciler")
+    for function in ("APIHandler", "Worker"):
+        other = template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        assert not [
+            s for s in statements(template, other) if "lambda:InvokeFunction" in s["Action"]
+        ]
+    variables = template["Resources"]["Reconciler"]["Properties"]["Environment"]["Variables"]
+    assert variables["CERTS_RECONCILER_FAN_OUT"] == "true"
+    # Every function computes the same shards: the API writes the index keys the reconciler reads.
+    shards = {
+        (v.get("CERTS_OPEN_COMMAND_SHARDS"), v.get("CERTS_EXPIRY_SHARDS"))
+        for v in (
+            template["Resources"][f]["Properties"]["Environment"]["Variables"] for f in FUNCTIONS
+        )
+    }
+    assert len(shards) == 1 and None not in next(iter(shards))
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_functions_find_the_book_and_the_queue_through_the_template(templates, stage):
     for function in FUNCTIONS:
         variables = templates[stage]["Resources"][function]["Properties"]["Environment"][

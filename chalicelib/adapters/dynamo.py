@@ -9,6 +9,10 @@ Items (pk / sk):
   Index `by_caller` (caller#kind, created_at#id) serves the transfer and claim lists; index
   `open_commands` (OPEN#<shard>, created_at#id), sparse and keys-only, holds the commands that
   are not terminal, for the reconciler and the operators.
+- Index `by_expiry_day` (`<period start day>#<shard>`), sparse: the certificates that can still
+  expire. The shard (crc32 of the id) spreads one day's certificates over partitions: at Danish
+  volume a day's issuance would pass one key's 1,000 WCU/s. Items written before the shard
+  (a bare day) are still swept by the unsharded listing.
 - CMD#<command id> / RECEIVED: a committed transfer as its receiver sees it (by_caller index).
 - OWNER#<owner> / HOLD#<period start>#<certificate id>: the owner holds or held slices of that
   certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
@@ -154,6 +158,12 @@ def _holding_sk(cert: Certificate) -> str:
     return f"HOLD#{cert.period.start.isoformat()}#{cert.certificate_id}"
 
 
+def expiry_key(cert: Certificate, shards: int) -> str:
+    """The expiry index's partition key: the period's start day and a shard of the id."""
+    shard = zlib.crc32(cert.certificate_id.encode()) % shards
+    return f"{cert.period.start.date().isoformat()}#{shard}"
+
+
 def _certificate_from(item: dict[str, Any]) -> Certificate:
     values = _from_item(item)
     return Certificate.model_validate(values)
@@ -169,6 +179,7 @@ class DynamoBook:
         client: Any,
         table_name: str,
         open_shards: int = 8,
+        expiry_shards: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         feed_lag_s: float = 5.0,
     ) -> None:
@@ -177,6 +188,8 @@ class DynamoBook:
         self._shards = open_shards
         self._clock = clock  # stamps the change feeds at the moment of each write
         self._feed_lag = timedelta(seconds=feed_lag_s)
+        self.shards = open_shards  # the reconciler's shards: one pass per open-commands shard
+        self._expiry_shards = expiry_shards
 
     # --- low-level calls, with AWS errors translated in one place ----------------------------
 
@@ -357,19 +370,26 @@ class DynamoBook:
         ]
         return Page(items=items, next_cursor=_encode_cursor(answer.get("LastEvaluatedKey")))
 
-    def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
-        return self._indexed(created_before, limit, lambda c: not c.is_terminal)
+    def open_commands(
+        self, created_before: datetime, limit: int, shard: int | None = None
+    ) -> list[Command]:
+        return self._indexed(created_before, limit, lambda c: not c.is_terminal, shard)
 
-    def settled_commands(self, limit: int) -> list[Command]:
-        return self._indexed(None, limit, lambda c: c.is_terminal)
+    def settled_commands(self, limit: int, shard: int | None = None) -> list[Command]:
+        return self._indexed(None, limit, lambda c: c.is_terminal, shard)
 
     def _indexed(
-        self, created_before: datetime | None, limit: int, wanted: Callable[[Command], bool]
+        self,
+        created_before: datetime | None,
+        limit: int,
+        wanted: Callable[[Command], bool],
+        only: int | None = None,
     ) -> list[Command]:
         """Commands in the open-commands index (not terminal, or terminal and not yet
-        reconciled), oldest first, that `wanted` accepts: up to `limit` from each shard."""
+        reconciled), oldest first, that `wanted` accepts: up to `limit` from each shard (or
+        from shard `only`)."""
         found: list[Command] = []
-        for shard in range(self._shards):
+        for shard in range(self._shards) if only is None else (only,):
             condition, values = "open_pk = :pk", {":pk": {"S": f"OPEN#{shard}"}}
             if created_before is not None:
                 condition += " AND open_sk < :before"
@@ -502,7 +522,7 @@ class DynamoBook:
         )
         if cert.status in (CertificateStatus.ISSUING, CertificateStatus.ACTIVE):
             # Sparse index of the certificates that can still expire, by the day they start.
-            values["expiry_day"] = cert.period.start.date().isoformat()
+            values["expiry_day"] = expiry_key(cert, self._expiry_shards)
         return _to_item(values)
 
     def add_certificate(self, certificate: Certificate) -> None:
@@ -777,15 +797,24 @@ class DynamoBook:
                 conditions.append(f"#slices.#u{i}.#state = :us{i}")
         return conditions
 
-    def expiring_certificates(self, day: date, limit: int) -> list[str]:
-        answer = self._call(
-            "query",
-            IndexName="by_expiry_day",
-            KeyConditionExpression="expiry_day = :day",
-            ExpressionAttributeValues={":day": {"S": day.isoformat()}},
-            Limit=limit,
-        )
-        return [item["pk"]["S"].removeprefix("CERT#") for item in answer.get("Items", [])]
+    def expiring_certificates(self, day: date, limit: int, shard: int | None = None) -> list[str]:
+        """Up to `limit` from each expiry shard the reconciler shard `shard` sweeps (every
+        shard, and the unsharded keys of older items, when `shard` is None)."""
+        if shard is None:
+            keys = [day.isoformat()] + [f"{day}#{e}" for e in range(self._expiry_shards)]
+        else:
+            keys = [f"{day}#{e}" for e in range(shard, self._expiry_shards, self._shards)]
+        found: list[str] = []
+        for key in keys:
+            answer = self._call(
+                "query",
+                IndexName="by_expiry_day",
+                KeyConditionExpression="expiry_day = :day",
+                ExpressionAttributeValues={":day": {"S": key}},
+                Limit=limit,
+            )
+            found += [item["pk"]["S"].removeprefix("CERT#") for item in answer.get("Items", [])]
+        return found
 
     def add_holding(self, owner: str, certificate: Certificate) -> None:
         if owner == certificate.owner:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -83,8 +84,25 @@ def apply_transition(current: Command | None, change: Transition) -> Command:
     return current.model_copy(update={**changes, "status": change.target, "updated_at": change.now})
 
 
+def shard_of(identifier: str, shards: int) -> int:
+    """The shard the DynamoDB book puts an id in (crc32, as in adapters.dynamo)."""
+    return zlib.crc32(identifier.encode()) % shards
+
+
 class InMemoryBook:
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        open_shards: int = 8,
+        expiry_shards: int = 8,
+    ) -> None:
+        self.shards = open_shards
+        self._expiry_shards = expiry_shards
+        # What the DynamoDB book's sparse indexes hold, so that listing them costs what they
+        # hold, not the whole book: command ids in the open-commands index, certificate ids
+        # by the day their period starts (filtered on their status when read).
+        self._listed: dict[str, None] = {}
+        self._by_day: dict[date, dict[str, None]] = {}
         self._lock = threading.RLock()
         # The change feeds: (owner, feed, item) -> the position of the item's last change.
         # Positions are given under the lock and never go back, so a reader sees them in the
@@ -106,6 +124,7 @@ class InMemoryBook:
                 raise DuplicateCommand(self.commands[command.command_id])
             self.commands[command.command_id] = command
             self._command_changed(command)
+            self._listed[command.command_id] = None
 
     def get_command(self, command_id: str) -> Command | None:
         return self.commands.get(command_id)
@@ -117,6 +136,7 @@ class InMemoryBook:
             self._command_changed(updated)
             if change.reconciled and updated.is_terminal:
                 self._reconciled.add(command_id)
+                self._listed.pop(command_id, None)
             return updated
 
     def forget_command(self, command: Command) -> None:
@@ -131,6 +151,7 @@ class InMemoryBook:
                 self._changes.positions.pop(
                     (stored.caller, stored.kind.value, ("CMD", stored.command_id)), None
                 )
+                self._listed.pop(command.command_id, None)
 
     def commands_of(
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None
@@ -163,24 +184,33 @@ class InMemoryBook:
         )
         return Page(items=page, next_cursor=nxt)
 
-    def open_commands(self, created_before: datetime, limit: int) -> list[Command]:
+    def _in_shard(self, shard: int | None) -> list[Command]:
+        return [
+            self.commands[i]
+            for i in self._listed
+            if shard is None or shard_of(i, self.shards) == shard
+        ]
+
+    def open_commands(
+        self, created_before: datetime, limit: int, shard: int | None = None
+    ) -> list[Command]:
         with self._lock:
             found = sorted(
                 (
                     c
-                    for c in self.commands.values()
+                    for c in self._in_shard(shard)
                     if not c.is_terminal and c.created_at < created_before
                 ),
                 key=lambda c: c.created_at,
             )
         return found[:limit]
 
-    def settled_commands(self, limit: int) -> list[Command]:
+    def settled_commands(self, limit: int, shard: int | None = None) -> list[Command]:
         with self._lock:
             found = sorted(
                 (
                     c
-                    for c in self.commands.values()
+                    for c in self._in_shard(shard)
                     if c.is_terminal and c.command_id not in self._reconciled
                 ),
                 key=lambda c: c.created_at,
@@ -200,6 +230,9 @@ class InMemoryBook:
     def mark_reconciled(self, command_id: str) -> None:
         with self._lock:
             self._reconciled.add(command_id)
+            command = self.commands.get(command_id)
+            if command is not None and command.is_terminal:
+                self._listed.pop(command_id, None)
 
     def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
         with self._lock:
@@ -238,6 +271,8 @@ class InMemoryBook:
             stored = certificate.model_copy(update={"version": version})
             self.certificates[certificate.certificate_id] = stored
             self._certificate_changed(existing, stored)
+            day = certificate.period.start.date()
+            self._by_day.setdefault(day, {})[certificate.certificate_id] = None
 
     def get_certificate(self, certificate_id: str) -> Certificate | None:
         return self.certificates.get(certificate_id)
@@ -299,14 +334,27 @@ class InMemoryBook:
                 self.certificates[certificate_id] = changed
             return changed
 
-    def expiring_certificates(self, day: date, limit: int) -> list[str]:
+    def expiring_certificates(self, day: date, limit: int, shard: int | None = None) -> list[str]:
         with self._lock:
-            return [
-                c.certificate_id
-                for c in self.certificates.values()
-                if c.status in (CertificateStatus.ISSUING, CertificateStatus.ACTIVE)
-                and c.period.start.date() == day
-            ][:limit]
+            listed = self._by_day.get(day, {})
+            found: list[str] = []
+            for certificate_id in list(listed):
+                cert = self.certificates[certificate_id]
+                if cert.status not in (CertificateStatus.ISSUING, CertificateStatus.ACTIVE):
+                    del listed[certificate_id]  # it left the sparse index
+                    continue
+                expiry_shard = shard_of(certificate_id, self._expiry_shards)
+                if shard is None or expiry_shard % self.shards == shard:
+                    found.append(certificate_id)
+            # Up to `limit` per expiry shard, as the DynamoDB book's one query per shard.
+            per_shard: dict[int, int] = {}
+            kept = []
+            for certificate_id in found:
+                e = shard_of(certificate_id, self._expiry_shards)
+                per_shard[e] = per_shard.get(e, 0) + 1
+                if per_shard[e] <= limit:
+                    kept.append(certificate_id)
+            return kept
 
     def note_receipt(self, command: Command) -> None:
         with self._lock:

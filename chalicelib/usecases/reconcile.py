@@ -91,12 +91,14 @@ class Reconciler:
     # How long the registry may hold a step PENDING before it is IN_DOUBT, for an operator:
     # the real verifier leaves some malformed transactions PENDING for ever.
     pending_in_doubt_after_s: float = 900.0
+    lease: str = LEASE  # a shard's pass has a lease of its own (usecases.shards)
+    expiry_limit: int | None = None  # certificates per expiry listing (None: max_commands)
 
     def run(self) -> Report:
         now = self.clock()
         report = Report(started_at=now)
         if not self.book.acquire_lease(
-            LEASE, self.holder, now, now + timedelta(seconds=self.lease_s)
+            self.lease, self.holder, now, now + timedelta(seconds=self.lease_s)
         ):
             report.count("skipped_lease_held")
             report.finished_at = self.clock()
@@ -121,7 +123,7 @@ class Reconciler:
                         reason=_reason(exc),
                     )
         finally:
-            self.book.release_lease(LEASE, self.holder)
+            self.book.release_lease(self.lease, self.holder)
         report.finished_at = self.clock()
         observability.event(
             "reconciler.pass",
@@ -378,9 +380,10 @@ class Reconciler:
         cutoff = now - timedelta(days=self.expiry_days)
         for back in range(EXPIRY_LOOKBACK_DAYS, -1, -1):
             day = (cutoff - timedelta(days=back)).date()
-            for certificate_id in self.book.expiring_certificates(day, self.max_commands):
+            limit = self.expiry_limit or self.max_commands
+            for certificate_id in self.book.expiring_certificates(day, limit):
                 try:
-                    report.count(self._expire_one(certificate_id, cutoff))
+                    action = self._expire_one(certificate_id, cutoff)
                 except Exception as exc:  # isolation boundary: the next pass tries it again
                     report.count("expiry_failed")
                     observability.event(
@@ -389,12 +392,21 @@ class Reconciler:
                         certificate_id=certificate_id,
                         reason=_reason(exc),
                     )
+                    continue
+                if action:
+                    report.count(action)
 
-    def _expire_one(self, certificate_id: str, cutoff: datetime) -> str:
-        cert = self.book.get_certificate(certificate_id)
-        if cert is None or cert.period.start >= cutoff:
-            return "expiry_not_due"
-        after = self.book.update_certificate(certificate_id, domain.expire)
+    def _expire_one(self, certificate_id: str, cutoff: datetime) -> str | None:
+        # The cutoff is checked on the certificate the write reads: no read before it.
+        def expire(cert: domain.Certificate) -> domain.Certificate:
+            return domain.expire(cert) if cert.period.start < cutoff else cert
+
+        try:
+            after = self.book.update_certificate(certificate_id, expire)
+        except domain.NotFound:
+            return None
+        if after.period.start >= cutoff:
+            return None
         return "expired" if after.status == domain.CertificateStatus.EXPIRED else "expiry_deferred"
 
 

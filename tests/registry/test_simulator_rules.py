@@ -68,7 +68,10 @@ def test_a_certificate_cannot_be_issued_twice(registry, cert):
 
 def test_only_an_issuer_can_issue(registry):
     cert = new_id()
-    assert verdict(registry, issue(cert, signer="alice")) == (FAILED, "not signed by an issuer of grid area DK1")
+    assert verdict(registry, issue(cert, signer="alice")) == (
+        FAILED,
+        "not signed by an issuer of grid area DK1",
+    )
     assert registry.snapshot(cert) is None
 
 
@@ -334,7 +337,10 @@ def test_nothing_is_claimed_once_either_certificate_is_withdrawn(registry, pair)
 
 
 def test_an_issuer_withdraws_a_certificate_once(registry, cert):
-    assert verdict(registry, withdraw(cert, signer="alice")) == (FAILED, "not signed by an issuer of grid area DK1")
+    assert verdict(registry, withdraw(cert, signer="alice")) == (
+        FAILED,
+        "not signed by an issuer of grid area DK1",
+    )
     assert verdict(registry, withdraw(cert)) == (COMMITTED, "")
     assert registry.snapshot(cert)["withdrawn"] is True
     assert verdict(registry, withdraw(cert)) == (FAILED, "certificate already withdrawn")
