@@ -10,7 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from chalicelib.api.handlers import ENDPOINTS
 from chalicelib.api.http import PROBLEM_JSON
-from chalicelib.api.models import Problem
+from chalicelib.api.models import ID_MAX_LENGTH, ID_PATTERN, Problem
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -28,7 +28,17 @@ _ERRORS = {
 
 def _parameters(path: str, endpoint: Any) -> list[dict[str, Any]]:
     params = [
-        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": part[1:-1],
+            "in": "path",
+            "required": True,
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": ID_MAX_LENGTH,
+                "pattern": ID_PATTERN,
+            },
+        }
         for part in path.split("/")
         if part.startswith("{")
     ]
