@@ -26,6 +26,12 @@ does not depend on the request:
 Only the embedded stack's servers run this; the tests' in-process moto does not.
 `tests/test_motoserver.py` checks that the answers are the ones moto gives without it.
 
+One change is about correctness, not speed, and the tests' in-process moto takes it too
+(`make_atomic`): DynamoDB evaluates a request's conditions and applies its writes as one step;
+moto reads, checks and writes without a lock, so two threads of a server (or of a test) can both
+pass one condition. Serving one DynamoDB request at a time, and one SQS request at a time except
+while a long poll waits, gives moto the atomicity of the real services.
+
     python -m devstack.motoserver -H 127.0.0.1 -p 5000
 """
 
@@ -116,6 +122,54 @@ def install() -> None:
     sqs_models.unix_time_millis = _now_ms
 
 
+_DYNAMODB = threading.Lock()
+_SQS = threading.Lock()
+_holds_sqs = threading.local()
+
+
+def make_atomic() -> None:
+    """Each DynamoDB request, and each SQS request, applied as one step, as AWS applies it
+    (idempotent). The scope is the whole request: a TransactWriteItems or a FIFO receive touches
+    several items or messages, and a read must not see a write half done. The one exception is
+    a receive's long poll: it waits without the lock, so that a send can wake it."""
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.sqs.models import Queue
+    from moto.sqs.responses import SQSResponse
+
+    if getattr(DynamoHandler, "_certs_atomic", False):
+        return
+
+    def one_at_a_time(lock: threading.Lock, handle):
+        def call_action(self):
+            with lock:
+                return handle(self)
+
+        return call_action
+
+    def sqs_call_action(self):
+        with _SQS:
+            _holds_sqs.held = True
+            try:
+                return serve_sqs(self)
+            finally:
+                _holds_sqs.held = False
+
+    def wait_for_messages(self, timeout):
+        if not getattr(_holds_sqs, "held", False):
+            return wait(self, timeout)
+        _SQS.release()  # let sends (and other receives) in while this one waits
+        try:
+            return wait(self, timeout)
+        finally:
+            _SQS.acquire()
+
+    serve_sqs, wait = SQSResponse.call_action, Queue.wait_for_messages
+    DynamoHandler.call_action = one_at_a_time(_DYNAMODB, DynamoHandler.call_action)
+    SQSResponse.call_action = sqs_call_action
+    Queue.wait_for_messages = wait_for_messages
+    DynamoHandler._certs_atomic = True
+
+
 def start(host: str, port: int, timeout_s: float = 30) -> tuple[subprocess.Popen, str]:
     """A server process on host:port, once it answers; its URL."""
     # The server's stdin is a pipe only this process writes to: when this process ends, even
@@ -170,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(target=_exit_at_end_of_stdin, name="parent-watch", daemon=True).start()
     os.environ.setdefault("MOTO_PORT", str(args.port))
     install()
+    make_atomic()
     import waitress
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 

@@ -29,6 +29,7 @@ from chalicelib.registry.grpc_client import REFUSED_BEFORE_APPLY, REFUSED_KEY
 from chalicelib.registry.port import (
     QueriesNotSupported,
     RegistryAmbiguous,
+    RegistryRefused,
     RegistryUnavailable,
 )
 from chalicelib.registry.proto.project_origin.registry.v1 import registry_pb2 as reg
@@ -49,6 +50,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except RegistryAmbiguous as exc:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        except RegistryRefused as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return reg.SendTransactionsResponse()
 
     def GetTransactionStatus(self, request, context):

@@ -34,6 +34,7 @@ from chalicelib.registry.port import (
     QueriesNotSupported,
     Receipt,
     RegistryAmbiguous,
+    RegistryRefused,
     RegistryUnavailable,
 )
 from chalicelib.registry.simulator import (
@@ -109,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(503, {"error": str(exc)})
         except QueriesNotSupported as exc:
             self._reply(501, {"error": str(exc)})
-        except BadRequest as exc:
+        except (BadRequest, RegistryRefused) as exc:
             self._reply(400, {"error": str(exc)})
         except RegistryAmbiguous as exc:
             # What a timeout after sending looks like to a client: the connection closes

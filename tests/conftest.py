@@ -14,6 +14,11 @@ from chalicelib import composition
 from chalicelib.adapters.memory import InMemoryBook, InMemoryQueue
 from chalicelib.api.auth import SharedSecretVerifier, mint_token
 from chalicelib.settings import Settings
+from devstack import motoserver
+
+# Tests run moto in-process from several threads (the CLI's local server and its queue feeder,
+# the concurrency tests): each request must be as atomic as on AWS, or a race test proves nothing.
+motoserver.make_atomic()
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

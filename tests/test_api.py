@@ -5,18 +5,24 @@ whole DynamoDB table) and the queue exactly as they were."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import string
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
+import hypothesis
 import jwt
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from chalice.test import Client
+from hypothesis import given
+from hypothesis import strategies as st
 from moto import mock_aws
 
 import app as app_module
@@ -27,6 +33,7 @@ from chalicelib.adapters.sqs import SqsCommandQueue
 from chalicelib.api import openapi
 from chalicelib.api.auth import mint_token
 from chalicelib.api.handlers import ENDPOINTS
+from chalicelib.api.models import ID_MAX_LENGTH
 from chalicelib.domain import CommandStatus
 from chalicelib.ports import Transition
 from chalicelib.usecases import process
@@ -1264,3 +1271,94 @@ class TestRequestsThatChangeNothing:
         )
         if status in (400, 422) and write != "batch":
             assert answer.body.get("errors"), answer.body  # names the field that is wrong
+
+
+# --- ids in paths and bodies: bounded before the book is touched ---------------------------------
+
+
+class _UntouchableBook:
+    """Fails the request if anything reads or writes the book with the path's id."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the book was called ({name}) before the path id was checked")
+
+
+# Each route with an id in its path, and a body that would pass its model.
+_PATH_ID_ROUTES = [
+    ("GET", "/v1/certificates/{}", None),
+    ("GET", "/v1/commands/{}", None),
+    ("POST", "/v1/certificates/{}/slices", {"slice_id": "s", "quantities_wh": [1, 2]}),
+    ("POST", "/v1/certificates/{}/withdraw", {}),
+    ("POST", "/v1/ops/commands/{}/resolve", {"outcome": "rejected", "reason": "r"}),
+]
+_ID_CHARS = string.ascii_letters + string.digits + "-._~"
+_bad_ids = st.one_of(
+    # too long, of characters that are otherwise fine (DynamoDB refuses keys over 2 KB on reads
+    # too; SQS refuses group ids over 128 characters)
+    st.text(_ID_CHARS, min_size=ID_MAX_LENGTH + 1, max_size=4000),
+    # short, with a character outside the id alphabet (SQS group ids are ASCII only)
+    st.builds(
+        lambda head, bad, tail: head + bad + tail,
+        st.text(_ID_CHARS, max_size=20),
+        st.characters(exclude_characters=_ID_CHARS),
+        st.text(_ID_CHARS, max_size=20),
+    ),
+)
+
+
+@pytest.fixture
+def api_without_book(moto_services, aws) -> Iterator[Api]:
+    untouchable = dataclasses.replace(moto_services, book=_UntouchableBook())
+    app_module.use_services(untouchable)
+    with Client(app_module.app) as client:
+        yield Api(client, untouchable, aws)
+    app_module.use_services(None)
+
+
+@hypothesis.settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@given(bad=_bad_ids, route=st.sampled_from(_PATH_ID_ROUTES))
+def test_an_id_in_a_path_out_of_bounds_is_a_400_before_the_book_is_touched(
+    api_without_book, bad, route
+):
+    method, template, body = route
+    path = template.format(urllib.parse.quote(bad, safe=""))
+    who = {"who": ISSUER, "roles": ("issuer", "operator")}
+    answer = (
+        api_without_book.get(path, **who)
+        if method == "GET"
+        else api_without_book.post(path, body, **who)
+    )
+    assert answer.status == 400, (path, answer.body)
+    assert answer.is_problem
+    assert answer.body["errors"][0]["field"] in {"certificate_id", "command_id"}
+    assert queue_depth(api_without_book.sqs, api_without_book.queue_url) == 0
+
+
+def test_a_path_id_at_the_limit_is_looked_up(api):
+    longest = "c" * ID_MAX_LENGTH
+    answer = api.get(f"/v1/certificates/{longest}")
+    assert answer.status == 404 and answer.is_problem
+
+
+@pytest.mark.parametrize(
+    "bad", ["x" * (ID_MAX_LENGTH + 1), "caf\u00e9", "a b", "a/b", "a\x00b", "#"], ids=repr
+)
+def test_a_body_id_out_of_bounds_is_a_400_and_changes_nothing(api, world, bad):
+    before = api.snapshot()
+    moves = [
+        {**transfer_body(world.P), "certificate_id": bad},
+        {**transfer_body(world.P), "slice_id": bad},
+        claim_body(world.P, (bad, world.C[1])),
+    ]
+    for path, body in zip(["/v1/transfers", "/v1/transfers", "/v1/claims"], moves, strict=True):
+        answer = api.post(path, body)
+        assert answer.status == 400 and answer.is_problem, (path, answer.body)
+    answer = api.post(
+        f"/v1/certificates/{world.P[0]}/slices", {"slice_id": bad, "quantities_wh": [1, 999]}
+    )
+    assert answer.status == 400 and answer.is_problem
+    assert api.snapshot() == before

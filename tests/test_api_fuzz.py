@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -49,7 +50,9 @@ def wsgi(app: Chalice) -> Callable[[dict[str, Any], Callable], Iterable[bytes]]:
     gateway = LocalGateway(app, Config())
 
     def application(environ: dict[str, Any], start_response: Callable) -> Iterator[bytes]:
-        path = environ.get("PATH_INFO") or "/"
+        # PATH_INFO arrives decoded; the gateway parses a URL, where a decoded '#' or '?'
+        # would cut the path short (and reach another route).
+        path = urllib.parse.quote(environ.get("PATH_INFO") or "/", safe="/")
         if environ.get("QUERY_STRING"):
             path += "?" + environ["QUERY_STRING"]
         length = int(environ.get("CONTENT_LENGTH") or 0)

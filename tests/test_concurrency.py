@@ -3,7 +3,8 @@ one of them win (I4, no double spend) and leave one command record, over DynamoD
 over the in-memory book.
 
 moto's mock is process-wide, so the threads share it; each has its own DynamoBook on its own
-boto3 client, as concurrent Lambda invocations would.
+boto3 client, as concurrent Lambda invocations would. conftest makes moto atomic per request,
+as DynamoDB is (devstack/motoserver.make_atomic).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from moto.core.botocore_stubber import BotocoreStubber
 
 from chalicelib import domain
 from chalicelib.adapters.dynamo import DynamoBook
@@ -81,27 +81,10 @@ class Rig:
             return list(pool.map(one, range(CALLERS)))
 
 
-@pytest.fixture
-def atomic_moto(monkeypatch):
-    """DynamoDB applies each conditional write atomically; in-process moto does not (it reads,
-    checks and writes without a lock, so two threads can both pass one condition). Serving one
-    request at a time gives moto the atomicity of the real service, which is what the code
-    under test relies on, and nothing more: the threads still interleave between requests."""
-    serving = threading.Lock()
-    handle = BotocoreStubber.__call__
-
-    def one_at_a_time(self, event_name, request, **kwargs):
-        with serving:
-            return handle(self, event_name, request, **kwargs)
-
-    monkeypatch.setattr(BotocoreStubber, "__call__", one_at_a_time)
-
-
 @pytest.fixture(params=["memory", "dynamo"])
 def rig(request) -> Rig:
     if request.param == "memory":
         return Rig("memory")
-    request.getfixturevalue("atomic_moto")
     return Rig("dynamo", request.getfixturevalue("aws"))
 
 

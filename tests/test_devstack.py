@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -301,3 +303,64 @@ def test_moto_servers_die_with_a_stack_killed_9() -> None:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
+
+
+RACERS = 10
+
+
+def _answer_status(url: str, path: str, token: str, body: dict, key: str) -> int:
+    """The status of one POST, whatever it is (a 409 is an answer here, not an error)."""
+    request = urllib.request.Request(
+        url + path,
+        data=json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_of_ten_concurrent_transfers_of_one_slice_exactly_one_is_accepted(running_stack) -> None:
+    """The black-box race through `make run`: the stack's moto servers must decide each
+    conditional write as DynamoDB does, or two transfers reserve the same slice (I4).
+    CERTS_RACE_RUNS sets the number of runs (the issue's check by hand is 20 on a busy machine)."""
+    url = running_stack[0]
+    runs = int(os.environ.get("CERTS_RACE_RUNS", "3"))
+    answers = []
+    for run in range(runs):
+        issue = {
+            "type": "production",
+            "gsrn": "571313000000000003",
+            "grid_area": "DK1",
+            "start": f"2026-07-{run % 28 + 1:02d}T10:00:00Z",
+            "end": f"2026-07-{run % 28 + 1:02d}T11:00:00Z",
+            "quantity_wh": 1000,
+            "owner": "alice",
+        }
+        _, issued = _http(url, "POST", "/v1/certificates", ISSUER, issue, f"race-issue-{run}")
+        assert _wait(url, issued["command_id"], ISSUER)["status"] == "COMMITTED"
+        cert = issued["certificate_id"]
+        (slice_id,) = _available(url, cert, ALICE).values()
+        start = threading.Barrier(RACERS)
+
+        def transfer(i: int, cert=cert, slice_id=slice_id, start=start, run=run) -> int:
+            body = {
+                "certificate_id": cert,
+                "slice_id": slice_id,
+                "receiver": f"r{i}",
+                "quantity_wh": 1000,
+            }
+            start.wait()
+            return _answer_status(url, "/v1/transfers", ALICE, body, f"race-{run}-{i}")
+
+        with ThreadPoolExecutor(RACERS) as pool:
+            statuses = sorted(pool.map(transfer, range(RACERS)))
+        answers.append(statuses)
+    assert answers == [[202] + [409] * (RACERS - 1)] * runs

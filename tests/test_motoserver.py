@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
+import botocore.config
+import botocore.exceptions
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -266,3 +270,65 @@ def test_the_server_stops_cleanly_on_sigterm():
     process, _ = motoserver.start(HOST, free_port())
     process.terminate()
     assert process.wait(timeout=10) == 0
+
+
+# --- atomicity: what DynamoDB and SQS FIFO guarantee per request ------------------------------
+
+RACERS = 10
+
+
+def _race(calls) -> list:
+    """Run the calls at once (a barrier starts them together); their results or errors."""
+    start = threading.Barrier(len(calls))
+
+    def run(call):
+        start.wait()
+        try:
+            return call()
+        except botocore.exceptions.ClientError as refused:
+            return refused.response["Error"]["Code"]
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def _racers(session: boto3.Session, service: str) -> list:
+    config = botocore.config.Config(max_pool_connections=RACERS)
+    return [session.client(service, config=config) for _ in range(RACERS)]
+
+
+def test_of_ten_conditional_writes_racing_for_one_item_exactly_one_wins(server_url, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server_url)
+    session = boto3.Session(
+        region_name="eu-west-1", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    session.client("dynamodb").create_table(
+        TableName="race",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    clients = _racers(session, "dynamodb")
+    # A few hundred attributes make moto's read-check-write slow enough for threads to meet.
+    padding = {f"a{i}": {"S": "x" * 50} for i in range(300)}
+    for round_ in range(10):
+        key = {"pk": {"S": f"slice-{round_}"}}
+        clients[0].put_item(TableName="race", Item={**key, "version": {"N": "0"}, **padding})
+
+        def reserve(client, i, key=key):
+            return lambda: client.update_item(
+                TableName="race",
+                Key=key,
+                UpdateExpression="SET version = :next, holder = :me",
+                ConditionExpression="version = :seen",
+                ExpressionAttributeValues={
+                    ":seen": {"N": "0"},
+                    ":next": {"N": "1"},
+                    ":me": {"S": str(i)},
+                },
+            )
+
+        results = _race([reserve(c, i) for i, c in enumerate(clients)])
+        won = [r for r in results if isinstance(r, dict)]
+        assert len(won) == 1, f"round {round_}: {len(won)} conditional writes passed one condition"
+        assert results.count("ConditionalCheckFailedException") == RACERS - 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from chalicelib import domain
 from chalicelib.api.auth import Unauthorized, actor_from
-from chalicelib.api.models import Problem, ProblemField
+from chalicelib.api.models import ID_MAX_LENGTH, ID_PATTERN, Problem, ProblemField
 from chalicelib.domain import Actor, Role
 from chalicelib.ports import DependencyDown
 
@@ -197,6 +198,20 @@ def idempotency_key(request: HttpRequest) -> str:
     return key
 
 
+_PATH_ID = re.compile(ID_PATTERN)
+
+
+def check_path_ids(path_params: Mapping[str, str]) -> None:
+    """Ids in a path bounded as in a body, before anything reads the book with them: on AWS an
+    over-long key is a validation error on reads too (moto checks writes only)."""
+    for name, value in path_params.items():
+        if not 1 <= len(value) <= ID_MAX_LENGTH or not _PATH_ID.match(value):
+            raise BadRequest(
+                f"{name} is 1 to {ID_MAX_LENGTH} ASCII letters, digits, '-', '.', '_' or '~'",
+                field=name,
+            )
+
+
 Handler = Callable[[Call], HttpResponse]
 
 
@@ -211,6 +226,7 @@ def dispatch(
         )
         if endpoint.role is not None:
             actor.require(endpoint.role)
+        check_path_ids(request.path_params)
         body = (
             parse_body(request, endpoint.request, max_body_bytes)
             if endpoint.request is not None

@@ -36,7 +36,13 @@ from chalicelib.domain import (
 )
 from chalicelib.registry.envelope import transaction_id_of
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# Ids become DynamoDB keys (at most 2,048 / 1,024 bytes, checked by AWS on reads too) and, for
+# certificates, SQS message group ids (at most 128 characters, ASCII letters, digits and
+# punctuation), and they travel in paths. Ours are UUIDs: 64 of the characters a URL path
+# keeps as they are (RFC 3986 "unreserved") leave room and fit everywhere.
+ID_MAX_LENGTH = 64
+ID_PATTERN = r"^[A-Za-z0-9._~-]+$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 OwnerId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]

@@ -11,7 +11,7 @@ from pydantic.json_schema import models_json_schema
 import chalicelib
 from chalicelib.api.handlers import ENDPOINTS, QUERY_MODELS
 from chalicelib.api.http import IDEMPOTENCY_KEY_PATTERN, PROBLEM_JSON
-from chalicelib.api.models import Problem
+from chalicelib.api.models import ID_MAX_LENGTH, ID_PATTERN, Problem
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -60,7 +60,17 @@ def _query_parameters(name: str, endpoint: Any, schemas: dict[str, Any]) -> list
 
 def _parameters(name: str, path: str, endpoint: Any, schemas: dict[str, Any]) -> list[dict]:
     params = [
-        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": part[1:-1],
+            "in": "path",
+            "required": True,
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": ID_MAX_LENGTH,
+                "pattern": ID_PATTERN,
+            },
+        }
         for part in path.split("/")
         if part.startswith("{")
     ]

@@ -12,13 +12,14 @@ double send (I1), a wrong "ambiguous" only costs a resolution, so when in doubt:
   looking at it: our simulator sends the trailing metadata `registry-refused: before-apply`
   with it. RESOURCE_EXHAUSTED (throttling: the call was refused) is unavailable.
   DEADLINE_EXCEEDED, CANCELLED, a broken stream (UNKNOWN, INTERNAL, DATA_LOSS, ABORTED) are
-  ambiguous. Anything else (INVALID_ARGUMENT, UNIMPLEMENTED, PERMISSION_DENIED, ...) is a
-  `RegistryCallRefused`: a bug or a misconfiguration to fix, not a fault to retry; the worker
-  then leaves the command to its lease, which makes it IN_DOUBT, never re-sent.
+  ambiguous. INVALID_ARGUMENT, FAILED_PRECONDITION and OUT_OF_RANGE refuse the request as it
+  is (`RegistryRefused`: nothing applied, and never will be); UNAUTHENTICATED,
+  PERMISSION_DENIED, UNIMPLEMENTED and NOT_FOUND say the call never reached the registry's
+  rules (a configuration to fix): unavailable. Anything else is ambiguous.
 - SendTransactions answers nothing about the outcome (the real registry's response is empty):
   every receipt is PENDING and the worker asks GetTransactionStatus, so this registry always
   `supports_queries`. A batch larger than `max_batch` goes in several calls; if a later call
-  fails, the earlier ones were sent, so the whole batch is ambiguous.
+  fails (even refused), the earlier ones were sent, so the whole batch is ambiguous.
 - Queries change nothing, so they are retried (`query_attempts`, with back-off) on UNAVAILABLE,
   DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, then reported unavailable.
 
@@ -39,6 +40,7 @@ from chalicelib.registry.port import (
     QueriesNotSupported,
     Receipt,
     RegistryAmbiguous,
+    RegistryRefused,
     RegistryUnavailable,
     TransactionStatus,
 )
@@ -56,6 +58,17 @@ _AMBIGUOUS = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.DATA_LOSS,
     grpc.StatusCode.ABORTED,
+}
+_REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+_NOT_REACHED = {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.NOT_FOUND,
 }
 _RETRY_QUERY = {
     grpc.StatusCode.UNAVAILABLE,
@@ -139,7 +152,7 @@ class GrpcRegistry:
         for start in range(0, len(batch), self._max_batch):
             try:
                 self._send_one_call(batch[start : start + self._max_batch])
-            except RegistryUnavailable as exc:
+            except (RegistryUnavailable, RegistryRefused) as exc:
                 if start == 0:
                     raise
                 raise RegistryAmbiguous(
@@ -179,11 +192,12 @@ class GrpcRegistry:
                 raise RegistryUnavailable(f"registry unavailable: {err.details()}") from err
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise RegistryUnavailable(f"registry is throttling: {err.details()}") from err
-            if code in _AMBIGUOUS or code == grpc.StatusCode.UNAVAILABLE:
-                raise RegistryAmbiguous(f"{code.name} after sending: {err.details()}") from err
-            raise RegistryCallRefused(
-                f"registry refused the call: {code.name} {err.details()}"
-            ) from err
+            if code in _NOT_REACHED:
+                raise RegistryUnavailable(f"{code.name}: {err.details()}") from err
+            if code in _REFUSED:
+                refused = f"registry refused the call: {code.name} {err.details()}"
+                raise RegistryRefused(refused) from err
+            raise RegistryAmbiguous(f"{code.name} after sending: {err.details()}") from err
 
     def _query(self, method, request):
         for attempt in range(self._query_attempts):

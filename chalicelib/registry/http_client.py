@@ -28,9 +28,14 @@ from chalicelib.registry.port import (
     QueriesNotSupported,
     Receipt,
     RegistryAmbiguous,
+    RegistryRefused,
     RegistryUnavailable,
     TransactionStatus,
 )
+
+# Answers that say the request never got as far as the registry's rules: a URL or credentials
+# to fix. Nothing was applied, and the same bytes may go once the configuration is right.
+_NOT_REACHED = {401, 403, 404, 405, 407, 408}
 
 
 class RegistryProtocolError(Exception):
@@ -73,9 +78,11 @@ class HttpRegistry:
             raise RegistryUnavailable(f"registry unavailable: {_error(raw)}")
         if status == 429:
             raise RegistryUnavailable(f"registry is throttling: {_error(raw)}")
+        if status in _NOT_REACHED:
+            raise RegistryUnavailable(f"registry answered {status}: {_error(raw)}")
         if 400 <= status < 500:
             # The request was refused whole, before any transaction was looked at.
-            raise RegistryProtocolError(f"registry refused the request ({status}): {_error(raw)}")
+            raise RegistryRefused(f"registry refused the request ({status}): {_error(raw)}")
         # 500 may come from half way through applying a batch; 502 and 504 from a proxy that
         # may have forwarded it. Nobody can say it was not applied.
         raise RegistryAmbiguous(f"registry answered {status}: {_error(raw)}")

@@ -39,6 +39,12 @@ class RegistryAmbiguous(Exception):
     the transactions it carried must never be sent again blindly."""
 
 
+class RegistryRefused(Exception):
+    """The registry refused the call as a whole, before looking at any transaction in it (a
+    malformed or oversized request): nothing was applied, and the same call would be refused
+    again. A batch refused so may hold one bad transaction among good ones."""
+
+
 class QueriesNotSupported(Exception):
     """This registry answers no queries (the seed's assumption)."""
 
@@ -49,7 +55,8 @@ class Registry(Protocol):
 
     def send(self, transactions: Sequence[bytes]) -> list[Receipt]:
         """Send serialized transactions; one receipt each, in order. Raises RegistryUnavailable
-        when nothing was sent, RegistryAmbiguous when the outcome is unknown."""
+        when nothing was sent, RegistryRefused when nothing was sent and never will be,
+        RegistryAmbiguous when the outcome is unknown."""
         ...
 
     def status(self, transaction_id: str) -> Receipt:

@@ -8,6 +8,8 @@ Whoever loses that write sends nothing: a redelivered message, a second worker, 
                              |        \\--> FAILED receipt    -> release + REJECTED
                              |         \\-> PENDING receipt   -> SENT -> poll status
                              |-- registry refused the call (nothing sent) -> ACCEPTED, retry
+                             |-- registry refused the request as such    -> release + REJECTED
+                             |   (a refused batch is sent again one by one to tell which)
                              |-- timeout / broken call (maybe applied)    -> IN_DOUBT
                              `-- worker died: lease expires               -> IN_DOUBT
                                  (or COMMITTED, when the book shows it was applied)
@@ -43,6 +45,7 @@ from chalicelib.registry.port import (
     Receipt,
     Registry,
     RegistryAmbiguous,
+    RegistryRefused,
     RegistryUnavailable,
     TransactionStatus,
 )
@@ -128,6 +131,11 @@ class Worker:
             for command in commands:
                 self._back_to_accepted(command, f"registry unavailable: {exc}")
             return [Outcome.RETRY] * len(commands)
+        except RegistryRefused as exc:
+            if len(commands) == 1:
+                return [self._reject(commands[0], f"the registry refused it: {exc}")]
+            # Refused whole, so nothing of it was applied: each alone tells which one it was.
+            return [outcome for c in commands for outcome in self._send_first_steps([c])]
         except RegistryAmbiguous as exc:
             for command in commands:
                 self._in_doubt(command, f"the registry call failed after sending ({exc})")
@@ -256,6 +264,8 @@ class Worker:
             except RegistryUnavailable as exc:
                 self._back_to_accepted(command, f"registry unavailable: {exc}")
                 return Outcome.RETRY
+            except RegistryRefused as exc:
+                return self._reject(command, f"the registry refused it: {exc}")
             except RegistryAmbiguous as exc:
                 self._in_doubt(command, f"the registry call failed after sending ({exc})")
                 return Outcome.DONE

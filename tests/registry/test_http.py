@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from chalicelib.registry.envelope import transaction_id_of
-from chalicelib.registry.http_client import HttpRegistry, RegistryProtocolError
+from chalicelib.registry.http_client import HttpRegistry
 from chalicelib.registry.port import (
     QueriesNotSupported,
     RegistryAmbiguous,
+    RegistryRefused,
     RegistryUnavailable,
     TransactionStatus,
 )
@@ -230,7 +231,9 @@ class _Canned(BaseHTTPRequestHandler):
         (500, b'{"error": "boom"}', RegistryAmbiguous),
         (504, b"gateway timeout", RegistryAmbiguous),
         (503, b'{"error": "down"}', RegistryUnavailable),
-        (400, b'{"error": "bad"}', RegistryProtocolError),
+        (400, b'{"error": "bad"}', RegistryRefused),
+        (413, b'{"error": "too large"}', RegistryRefused),
+        (404, b'{"error": "no such resource"}', RegistryUnavailable),
     ],
 )
 def test_each_answer_to_a_send_maps_to_one_failure_class(status, body, expected):
