@@ -59,8 +59,9 @@ def test_every_invariant_holds_over_the_dynamodb_book(chunk: int) -> None:
     assert not failures, "\n".join(r.report() for r in failures)
 
 
-def test_a_run_is_the_same_every_time_it_is_replayed() -> None:
-    first, again = run(4, True, 60), run(4, True, 60)
+@pytest.mark.parametrize("book", ["memory", pytest.param("dynamo", marks=pytest.mark.moto)])
+def test_a_run_is_the_same_every_time_it_is_replayed(book: str) -> None:
+    first, again = run(4, True, 60, book), run(4, True, 60, book)
     assert first.stats == again.stats and first.violations == again.violations
     assert first.stats["commands"] > 20 and first.stats["deliveries"] > 0
 

@@ -16,6 +16,7 @@ the owner index is keyed on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,9 +44,16 @@ def moto_table() -> Iterator[Any]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
-        client = boto3.Session(region_name=REGION).client("dynamodb")
+        client = _client()
         client.create_table(TableName=TABLE, **table_definition())
         yield client
+
+
+@functools.cache
+def _client() -> Any:
+    """One client per process: building one takes longer than many runs' calls, and moto
+    answers any client while it mocks (each run's `mock_aws` starts from an empty store)."""
+    return boto3.Session(region_name=REGION).client("dynamodb")
 
 
 class DynamoView:
