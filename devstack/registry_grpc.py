@@ -49,7 +49,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except RegistryAmbiguous as exc:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        return reg.SendTransactionsResponse()
+        return reg.SubmitTransactionResponse()
 
     def GetTransactionStatus(self, request, context):
         receipt = self._query(context, lambda: self.simulator.status(request.id))

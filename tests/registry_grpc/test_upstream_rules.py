@@ -233,3 +233,9 @@ def test_unclaim_gives_the_claimed_slice_back_once_the_opposite_side_is_withdraw
     claim_consumption = p.transactions_of(command.command_id)[3]
     on_withdrawn = _unclaim(p, claim_consumption, aid, by_owner)
     assert _refused(p, on_withdrawn) == "certificate withdrawn"
+
+
+def test_the_send_reply_is_named_as_upstream_in_the_service_descriptor() -> None:
+    service = reg.DESCRIPTOR.services_by_name["RegistryService"]
+    reply = service.methods_by_name["SendTransactions"].output_type
+    assert reply.full_name == "project_origin.registry.v1.SubmitTransactionResponse"
