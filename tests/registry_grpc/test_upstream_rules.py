@@ -227,6 +227,8 @@ def test_unclaim_gives_the_claimed_slice_back_once_the_opposite_side_is_withdraw
     snapshot = p.simulator.snapshot(production[0])
     assert [s["state"] for s in snapshot["slices"]] == ["available"]
     assert snapshot["allocations"] == []
+    (folded,) = p.codec.fold(production[0], p.client.stream(production[0])).slices.values()
+    assert (folded.allocated, folded.claimed, folded.quantity_wh) == (False, False, 500)
     assert _refused(p, _unclaim(p, claim_production, aid, by_owner)) == (
         "certificate claim does not exist"
     )
