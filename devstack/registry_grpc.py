@@ -52,7 +52,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except RegistryRefused as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return reg.SendTransactionsResponse()
+        return reg.SubmitTransactionResponse()
 
     def GetTransactionStatus(self, request, context):
         receipt = self._query(context, lambda: self.simulator.status(request.id))

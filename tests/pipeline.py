@@ -169,6 +169,7 @@ class Pipeline:
         type_: CertificateType = CertificateType.PRODUCTION,
         grid_area: str = "DK1",
         gsrn: str = "571313000000000001",
+        attributes: dict[str, str] | None = None,
     ) -> Command:
         start = T0.replace(hour=hour)
         spec = IssueSpec(
@@ -178,6 +179,7 @@ class Pipeline:
             period=Period.of(start, start + timedelta(hours=1)),
             quantity_wh=quantity,
             owner=owner,
+            attributes=attributes or {},
         )
         return accept.issue(self.book, self.queue, self.request(ISSUER), spec)
 

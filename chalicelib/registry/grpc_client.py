@@ -113,7 +113,7 @@ class GrpcRegistry:
         self._send = channel.unary_unary(
             SERVICE + "SendTransactions",
             request_serializer=_identity,
-            response_deserializer=reg.SendTransactionsResponse.FromString,
+            response_deserializer=reg.SubmitTransactionResponse.FromString,
         )
         self._status = channel.unary_unary(
             SERVICE + "GetTransactionStatus",

@@ -221,6 +221,11 @@ class ProtoCodec:
                     ref = allocations.get(e.allocation_id.value, "")
                     if ref in slices:
                         slices[ref].claimed = True
+                case "project_origin.electricity.v1.UnclaimedEvent":
+                    # The opposite side was withdrawn: the claimed slice is available again.
+                    ref = allocations.pop(e.allocation_id.value, "")
+                    if ref in slices:
+                        slices[ref].claimed = slices[ref].allocated = False
                 case "project_origin.electricity.v1.WithdrawnEvent":
                     cert.withdrawn = True
         known = self._known(certificate_id, transactions)

@@ -71,6 +71,11 @@ def fold(certificate_id: str, transactions: list[bytes]) -> RegistryCertificate 
                 ref = allocations[p["allocation_id"]]
                 old = cert.slices[ref]
                 cert.slices[ref] = RegistrySlice(ref, old.owner, old.quantity_wh, claimed=True)
+            case envelope.UNCLAIMED:
+                # The opposite side was withdrawn: the claimed slice is available again.
+                ref = allocations.pop(p["allocation_id"])
+                old = cert.slices[ref]
+                cert.slices[ref] = RegistrySlice(ref, old.owner, old.quantity_wh)
             case envelope.WITHDRAWN:
                 cert.withdrawn = True
     return cert

@@ -11,6 +11,7 @@ from chalicelib.registry.envelope import (
     ISSUED,
     SLICED,
     TRANSFERRED,
+    UNCLAIMED,
     WITHDRAWN,
     Transaction,
 )
@@ -115,3 +116,7 @@ def claim(cert: str, allocation: str, signer: str) -> bytes:
 
 def withdraw(cert: str, signer: str = ISSUER) -> bytes:
     return _tx(cert, WITHDRAWN, {}, signer)
+
+
+def unclaim(cert: str, allocation: str, signer: str) -> bytes:
+    return _tx(cert, UNCLAIMED, {"allocation_id": allocation}, signer)

@@ -7,6 +7,7 @@ import pytest
 from chalicelib.registry.envelope import ISSUED, TRANSFERRED, Transaction
 from chalicelib.registry.port import TransactionStatus
 from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
+from chalicelib.registry.stream import fold
 from tests.registry.builders import (
     HOUR,
     QUARTER,
@@ -16,6 +17,7 @@ from tests.registry.builders import (
     new_id,
     slice_,
     transfer,
+    unclaim,
     withdraw,
 )
 
@@ -331,6 +333,44 @@ def test_nothing_is_claimed_once_either_certificate_is_withdrawn(registry, pair)
         ]
     )
     assert verdict(registry, claim(production, aid, "alice")) == (FAILED, "certificate withdrawn")
+
+
+def test_unclaim_restores_a_claimed_slice_once_the_opposite_side_is_withdrawn(registry, pair):
+    production, consumption = pair
+    aid = new_id()
+    for data in (
+        allocation_of(pair, aid, "production", "alice"),
+        allocation_of(pair, aid, "consumption", "bob"),
+        claim(production, aid, "alice"),
+        claim(consumption, aid, "bob"),
+    ):
+        assert verdict(registry, data)[0] == COMMITTED
+    assert verdict(registry, unclaim(production, aid, "alice")) == (
+        FAILED,
+        "opposite certificate is NOT withdrawn",
+    )
+    assert verdict(registry, withdraw(consumption))[0] == COMMITTED
+    assert verdict(registry, unclaim(production, aid, "bob")) == (
+        FAILED,
+        "not signed by the claimed slice's owner",
+    )
+    assert verdict(registry, unclaim(consumption, aid, "bob")) == (FAILED, "certificate withdrawn")
+    assert verdict(registry, unclaim(production, aid, "alice")) == (COMMITTED, "")
+    assert slices(registry, production) == {"s0": ("alice", 1000, "available")}
+    assert verdict(registry, unclaim(production, aid, "alice")) == (
+        FAILED,
+        "certificate claim does not exist",
+    )
+    stream = [
+        e.data for e in registry.log() if e.stream_id == production and e.verdict == COMMITTED
+    ]
+    (folded,) = fold(production, stream).slices.values()
+    assert (folded.owner, folded.quantity_wh, folded.allocated, folded.claimed) == (
+        "alice",
+        1000,
+        False,
+        False,
+    )
 
 
 # --- withdraw -----------------------------------------------------------------------------

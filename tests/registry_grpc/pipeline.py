@@ -5,6 +5,7 @@ secrets and the proto codec for the reconciler."""
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 from typing import Any
 
 from chalicelib.registry.builder import ProtoTransactionBuilder
@@ -27,8 +28,16 @@ REGISTRY = "test-registry"
 class ProtoPipeline(Pipeline):
     """Set `grpc=True` to put real gRPC between the worker and the simulator. Call close()."""
 
-    def __init__(self, *, queries: bool = True, grpc: bool = False, **faults: Any) -> None:
+    def __init__(
+        self,
+        *,
+        queries: bool = True,
+        grpc: bool = False,
+        registry_expiry: timedelta | None = None,
+        **faults: Any,
+    ) -> None:
         super().__init__(queries=queries, **faults)
+        self.retired_areas: set[str] = set()  # grid areas the registry no longer configures
         self.issuers = IssuerKeys.sandbox(SANDBOX_SECRET)
         self.owner_keys = SandboxOwnerKeys(SANDBOX_SECRET)
         self.box = LocalSecretBox(SECRETS_KEY)
@@ -37,7 +46,9 @@ class ProtoPipeline(Pipeline):
             SimulatorConfig(queries=queries, **faults),
             clock=self.vclock,
             sleep=self.vclock.sleep,
-            ledger=ProtoLedger(self.issuers.public_keys),
+            ledger=ProtoLedger(
+                self._issuer_keys, registry=REGISTRY, expiry=registry_expiry, now=self.now
+            ),
         )
         self.server: RegistryGrpcServer | None = None
         if grpc:
@@ -48,6 +59,9 @@ class ProtoPipeline(Pipeline):
         self.registry = self.simulator  # what the Pipeline's checks read
         self.codec = ProtoCodec(BookSliceDirectory(self.book, self.box))
         self.worker = self.make_worker()
+
+    def _issuer_keys(self, grid_area: str) -> list[bytes]:
+        return [] if grid_area in self.retired_areas else self.issuers.public_keys(grid_area)
 
     def close(self) -> None:
         if self.server is not None:

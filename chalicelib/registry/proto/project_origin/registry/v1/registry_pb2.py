@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from chalicelib.registry.proto.project_origin.common.v1 import common_pb2 as chalicelib_dot_registry_dot_proto_dot_project__origin_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\nCchalicelib/registry/proto/project_origin/registry/v1/registry.proto\x12\x1aproject_origin.registry.v1\x1a?chalicelib/registry/proto/project_origin/common/v1/common.proto\"w\n\x0bTransaction\x12=\n\x06header\x18\x01 \x01(\x0b\x32-.project_origin.registry.v1.TransactionHeader\x12\x18\n\x10header_signature\x18\x02 \x01(\x0c\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"\x9a\x01\n\x11TransactionHeader\x12H\n\x13\x66\x65\x64\x65rated_stream_id\x18\x01 \x01(\x0b\x32+.project_origin.common.v1.FederatedStreamId\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x16\n\x0epayload_sha512\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\t\"X\n\x17SendTransactionsRequest\x12=\n\x0ctransactions\x18\x01 \x03(\x0b\x32\'.project_origin.registry.v1.Transaction\"\x1a\n\x18SendTransactionsResponse\")\n\x1bGetTransactionStatusRequest\x12\n\n\x02id\x18\x01 \x01(\t\"m\n\x1cGetTransactionStatusResponse\x12<\n\x06status\x18\x01 \x01(\x0e\x32,.project_origin.registry.v1.TransactionState\x12\x0f\n\x07message\x18\x02 \x01(\t\"Q\n\x1cGetStreamTransactionsRequest\x12\x31\n\tstream_id\x18\x01 \x01(\x0b\x32\x1e.project_origin.common.v1.Uuid\"^\n\x1dGetStreamTransactionsResponse\x12=\n\x0ctransactions\x18\x01 \x03(\x0b\x32\'.project_origin.registry.v1.Transaction*V\n\x10TransactionState\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x12\r\n\tFINALIZED\x10\x04\x32\xab\x03\n\x0fRegistryService\x12}\n\x10SendTransactions\x12\x33.project_origin.registry.v1.SendTransactionsRequest\x1a\x34.project_origin.registry.v1.SendTransactionsResponse\x12\x89\x01\n\x14GetTransactionStatus\x12\x37.project_origin.registry.v1.GetTransactionStatusRequest\x1a\x38.project_origin.registry.v1.GetTransactionStatusResponse\x12\x8c\x01\n\x15GetStreamTransactions\x12\x38.project_origin.registry.v1.GetStreamTransactionsRequest\x1a\x39.project_origin.registry.v1.GetStreamTransactionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\nCchalicelib/registry/proto/project_origin/registry/v1/registry.proto\x12\x1aproject_origin.registry.v1\x1a?chalicelib/registry/proto/project_origin/common/v1/common.proto\"w\n\x0bTransaction\x12=\n\x06header\x18\x01 \x01(\x0b\x32-.project_origin.registry.v1.TransactionHeader\x12\x18\n\x10header_signature\x18\x02 \x01(\x0c\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"\x9a\x01\n\x11TransactionHeader\x12H\n\x13\x66\x65\x64\x65rated_stream_id\x18\x01 \x01(\x0b\x32+.project_origin.common.v1.FederatedStreamId\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x16\n\x0epayload_sha512\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\t\"X\n\x17SendTransactionsRequest\x12=\n\x0ctransactions\x18\x01 \x03(\x0b\x32\'.project_origin.registry.v1.Transaction\"\x1b\n\x19SubmitTransactionResponse\")\n\x1bGetTransactionStatusRequest\x12\n\n\x02id\x18\x01 \x01(\t\"m\n\x1cGetTransactionStatusResponse\x12<\n\x06status\x18\x01 \x01(\x0e\x32,.project_origin.registry.v1.TransactionState\x12\x0f\n\x07message\x18\x02 \x01(\t\"Q\n\x1cGetStreamTransactionsRequest\x12\x31\n\tstream_id\x18\x01 \x01(\x0b\x32\x1e.project_origin.common.v1.Uuid\"^\n\x1dGetStreamTransactionsResponse\x12=\n\x0ctransactions\x18\x01 \x03(\x0b\x32\'.project_origin.registry.v1.Transaction*V\n\x10TransactionState\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\r\n\tCOMMITTED\x10\x03\x12\r\n\tFINALIZED\x10\x04\x32\xac\x03\n\x0fRegistryService\x12~\n\x10SendTransactions\x12\x33.project_origin.registry.v1.SendTransactionsRequest\x1a\x35.project_origin.registry.v1.SubmitTransactionResponse\x12\x89\x01\n\x14GetTransactionStatus\x12\x37.project_origin.registry.v1.GetTransactionStatusRequest\x1a\x38.project_origin.registry.v1.GetTransactionStatusResponse\x12\x8c\x01\n\x15GetStreamTransactions\x12\x38.project_origin.registry.v1.GetStreamTransactionsRequest\x1a\x39.project_origin.registry.v1.GetStreamTransactionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chalicelib.registry.proto.project_origin.registry.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSACTIONSTATE']._serialized_start=893
-  _globals['_TRANSACTIONSTATE']._serialized_end=979
+  _globals['_TRANSACTIONSTATE']._serialized_start=894
+  _globals['_TRANSACTIONSTATE']._serialized_end=980
   _globals['_TRANSACTION']._serialized_start=164
   _globals['_TRANSACTION']._serialized_end=283
   _globals['_TRANSACTIONHEADER']._serialized_start=286
   _globals['_TRANSACTIONHEADER']._serialized_end=440
   _globals['_SENDTRANSACTIONSREQUEST']._serialized_start=442
   _globals['_SENDTRANSACTIONSREQUEST']._serialized_end=530
-  _globals['_SENDTRANSACTIONSRESPONSE']._serialized_start=532
-  _globals['_SENDTRANSACTIONSRESPONSE']._serialized_end=558
-  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_start=560
-  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_end=601
-  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_start=603
-  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_end=712
-  _globals['_GETSTREAMTRANSACTIONSREQUEST']._serialized_start=714
-  _globals['_GETSTREAMTRANSACTIONSREQUEST']._serialized_end=795
-  _globals['_GETSTREAMTRANSACTIONSRESPONSE']._serialized_start=797
-  _globals['_GETSTREAMTRANSACTIONSRESPONSE']._serialized_end=891
-  _globals['_REGISTRYSERVICE']._serialized_start=982
-  _globals['_REGISTRYSERVICE']._serialized_end=1409
+  _globals['_SUBMITTRANSACTIONRESPONSE']._serialized_start=532
+  _globals['_SUBMITTRANSACTIONRESPONSE']._serialized_end=559
+  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_start=561
+  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_end=602
+  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_start=604
+  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_end=713
+  _globals['_GETSTREAMTRANSACTIONSREQUEST']._serialized_start=715
+  _globals['_GETSTREAMTRANSACTIONSREQUEST']._serialized_end=796
+  _globals['_GETSTREAMTRANSACTIONSRESPONSE']._serialized_start=798
+  _globals['_GETSTREAMTRANSACTIONSRESPONSE']._serialized_end=892
+  _globals['_REGISTRYSERVICE']._serialized_start=983
+  _globals['_REGISTRYSERVICE']._serialized_end=1411
 # @@protoc_insertion_point(module_scope)

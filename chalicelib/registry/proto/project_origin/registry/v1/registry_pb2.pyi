@@ -49,7 +49,7 @@ class SendTransactionsRequest(_message.Message):
     transactions: _containers.RepeatedCompositeFieldContainer[Transaction]
     def __init__(self, transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ...) -> None: ...
 
-class SendTransactionsResponse(_message.Message):
+class SubmitTransactionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -37,7 +37,7 @@ class RegistryServiceStub:
         self.SendTransactions = channel.unary_unary(
                 '/project_origin.registry.v1.RegistryService/SendTransactions',
                 request_serializer=chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SendTransactionsRequest.SerializeToString,
-                response_deserializer=chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SendTransactionsResponse.FromString,
+                response_deserializer=chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SubmitTransactionResponse.FromString,
                 _registered_method=True)
         self.GetTransactionStatus = channel.unary_unary(
                 '/project_origin.registry.v1.RegistryService/GetTransactionStatus',
@@ -78,7 +78,7 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'SendTransactions': grpc.unary_unary_rpc_method_handler(
                     servicer.SendTransactions,
                     request_deserializer=chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SendTransactionsRequest.FromString,
-                    response_serializer=chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SendTransactionsResponse.SerializeToString,
+                    response_serializer=chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SubmitTransactionResponse.SerializeToString,
             ),
             'GetTransactionStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTransactionStatus,
@@ -117,7 +117,7 @@ class RegistryService:
             target,
             '/project_origin.registry.v1.RegistryService/SendTransactions',
             chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SendTransactionsRequest.SerializeToString,
-            chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SendTransactionsResponse.FromString,
+            chalicelib_dot_registry_dot_proto_dot_project__origin_dot_registry_dot_v1_dot_registry__pb2.SubmitTransactionResponse.FromString,
             options,
             channel_credentials,
             insecure,
