@@ -85,6 +85,7 @@ def reconciler(services: Services) -> Reconciler:
         clock=services.clock,
         redrive_after_s=settings.redrive_after_s,
         expiry_days=settings.certificate_expiry_days,
+        expiry_limit=settings.expiry_limit,
         lease_s=settings.lambda_timeout_s * 2,
         codec=codec_for(services),
         unsettled_passes_for_operator=settings.reconciler_unsettled_passes,

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     expiry_shards: int = 8
     # Registry with queries: 1 in N committed commands is left for a drift check (1: all).
     drift_check_one_in: int = 1
+    # Certificates per expiry listing (one per expiry shard and day swept by a pass).
+    expiry_limit: int = 500
     # The schedule starts one reconciler invocation per open-commands shard (in Lambda only).
     reconciler_fan_out: bool = False
 
