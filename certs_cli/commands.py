@@ -196,8 +196,8 @@ def issue_batch(ctx: Context, args: argparse.Namespace) -> int:
     accepted = 0
     for number, chunk in enumerate(chunks, start=1):
         progress.show(
-            f"batch {number}/{len(chunks)}: sending rows {len(results) + 1}-"
-            f"{len(results) + len(chunk)} of {len(rows)}",
+            f"batch {number}/{len(chunks)}: sending lines {chunk[0].line}-{chunk[-1].line}"
+            f" ({len(results) + len(chunk)} of {len(rows)} rows)",
             key=number,
         )
         try:
@@ -225,9 +225,51 @@ def issue_batch(ctx: Context, args: argparse.Namespace) -> int:
         key="done",
     )
     progress.done()
-    _report_rows(ctx, results, len(rows))
     ctx.out.note(f"idempotency key {base} (send the same file with --key {base} to retry)")
-    return OK if accepted == len(rows) else REFUSED
+    finished_ok = True
+    if args.wait or getattr(args, "ids", False):
+        finished_ok = _wait_for_rows(ctx, results, args.timeout)
+    _report_rows(ctx, results, len(rows))
+    if finished_ok is None:
+        return TIMED_OUT
+    return OK if accepted == len(rows) and finished_ok else REFUSED
+
+
+def _wait_for_rows(ctx: Context, results: list[dict[str, Any]], timeout_s: float) -> bool | None:
+    """Polls every accepted row's command until each is COMMITTED, REJECTED or IN_DOUBT, with
+    one progress line for the whole batch. True when all committed; None on timeout."""
+    open_rows = [r for r in results if "command" in r]
+    progress = ctx.out.progress()
+    started = ctx.clock()
+    interval = ctx.first_poll_s
+    try:
+        while True:
+            for r in open_rows:
+                if r["command"]["status"] not in STOPS_WAITING:
+                    r["command"] = ctx.api.get(
+                        f"/v1/commands/{_segment(r['command']['command_id'])}"
+                    )
+            counts: dict[str, int] = {}
+            for r in open_rows:
+                counts[r["command"]["status"]] = counts.get(r["command"]["status"], 0) + 1
+            elapsed = ctx.clock() - started
+            summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            progress.show(f"batch: {summary} after {elapsed:.1f} s", key=summary)
+            if all(r["command"]["status"] in STOPS_WAITING for r in open_rows):
+                return all(r["command"]["status"] == "COMMITTED" for r in open_rows)
+            if elapsed >= timeout_s:
+                ctx.out.note(
+                    f"timed out after {timeout_s:g} s; the commands go on (certs show ID --wait)"
+                )
+                return None
+            ctx.sleep(min(interval, max(timeout_s - elapsed, 0)))
+            interval = min(interval * 1.5, ctx.slowest_poll_s)
+    except KeyboardInterrupt:
+        progress.done()
+        ctx.out.note("stopped waiting; the accepted commands go on in the service")
+        raise Interrupted from None
+    finally:
+        progress.done()
 
 
 def _report_rows(ctx: Context, results: list[dict[str, Any]], total: int) -> None:
@@ -239,9 +281,13 @@ def _report_rows(ctx: Context, results: list[dict[str, Any]], total: int) -> Non
     for r in results:
         if "command" in r:
             c = r["command"]
+            made = " ".join(
+                f"{n['certificate_id']}:{n['slice_id']}" for n in c.get("new_slices", [])
+            )
             ctx.out.line(
-                f"line {r['line']}: accepted, command {c['command_id']}"
-                f" (certificate {c['certificate_id']})"
+                f"line {r['line']}: {c['status'] if 'created_at' in c else 'accepted'},"
+                f" command {c['command_id']} (certificate {c['certificate_id']})"
+                + (f", slice {made}" if made else "")
             )
         else:
             ctx.out.line(f"line {r['line']}: refused, {describe_problem(r['error'])}")

@@ -153,10 +153,15 @@ Try:
   curl -s -X POST {stack.api_url}/v1/certificates \\
     -H "Authorization: Bearer $ISSUER" -H "Content-Type: application/json" \\
     -H "Idempotency-Key: first-try" \\
-    -d '{{"type":"production","gsrn":"571313000000000001","grid_area":"DK1",
-         "start":"2026-06-01T10:00:00Z","end":"2026-06-01T11:00:00Z",
+    -d '{{"type":"production","gsrn":"571313000000000099","grid_area":"DK1",
+         "start":"2026-06-01T08:00:00Z","end":"2026-06-01T09:00:00Z",
          "quantity_wh":1000,"owner":"alice"}}'
+  (a certificate of its own: the README's walk-through issues others)
 
+Follow it: this window shows warnings and errors only; `make run ARGS=--verbose` logs every
+request (lines starting with the client address) and every command's transition (JSON lines).
+`certs health`, `certs ops stuck` and GET /v1/ops/commands show what is in flight.
+Nothing is kept: the book, the queues and the registry live in memory and go when it stops.
 Ctrl-C stops everything.""",
         flush=True,
     )

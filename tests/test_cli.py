@@ -386,7 +386,7 @@ def test_a_batch_from_csv_reports_each_row_and_refuses_the_bad_one(
     assert "gsrn" in lines[1]
     assert lines[2].startswith("line 4: accepted, command ")
     assert lines[3] == "2 accepted, 1 refused, 0 not sent"
-    assert ran.err_lines[0] == "batch 1/1: sending rows 1-3 of 3"
+    assert ran.err_lines[0] == "batch 1/1: sending lines 2-4 (3 of 3 rows)"  # as results say
     assert ran.err_lines[1] == "batch 1/1: 3 rows sent, 2 accepted, 1 refused"
 
 
@@ -405,9 +405,25 @@ def test_a_batch_of_more_than_a_hundred_rows_goes_in_chunks_of_a_hundred(
     assert (report["accepted"], report["refused"]) == (101, 0)
     assert [r["line"] for r in report["rows"]] == list(range(2, 103))
     assert ran.err_lines[:2] == [
-        "batch 1/2: sending rows 1-100 of 101",
-        "batch 2/2: sending rows 101-101 of 101",
+        "batch 1/2: sending lines 2-101 (100 of 101 rows)",
+        "batch 2/2: sending lines 102-102 (101 of 101 rows)",
     ]
+
+
+def test_issue_batch_wait_waits_for_every_row_with_one_progress_line(
+    certs, tokens, tmp_path: Path
+) -> None:
+    rows = [
+        f"production,57131300000009{n:04d},DK1,2026-06-01T10:00:00Z,2026-06-01T11:00:00Z,10,alice"
+        for n in range(3)
+    ]
+    csv = tmp_path / "metering.csv"
+    csv.write_text("type,gsrn,grid_area,start,end,quantity_wh,owner\n" + "\n".join(rows) + "\n")
+    ran = certs("issue-batch", str(csv), "--wait", token=tokens["issuer"])
+    assert ran.code == 0, ran.err
+    lines = ran.out.splitlines()
+    assert all(" COMMITTED, command " in line and ", slice " in line for line in lines[:3]), lines
+    assert ran.err_lines[-1].startswith("batch: 3 COMMITTED after "), ran.err_lines
 
 
 # --- errors -----------------------------------------------------------------------------------
