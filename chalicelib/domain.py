@@ -726,6 +726,27 @@ def check_slice_room(cert: Certificate, new_slices: int) -> None:
             f"a certificate holds at most {MAX_SLICES_PER_CERTIFICATE} slices",
             subject=cert.certificate_id,
         )
+    if record_bytes(cert) + new_slices * MAX_SLICE_RECORD_BYTES > MAX_CERTIFICATE_RECORD_BYTES:
+        raise RuleViolation(
+            f"a certificate's record is limited to {MAX_CERTIFICATE_RECORD_BYTES // 1000} KB "
+            "(a DynamoDB item holds at most 400 KB) and these slices would take it over",
+            subject=cert.certificate_id,
+        )
+
+
+# A certificate is stored as one record (one DynamoDB item, at most 400 KB), and the slices a
+# command makes are written after the registry took it: too late to refuse. So a command is
+# refused at accept when the record could outgrow this budget. A new slice's share is bounded
+# by its fields at their largest: ids, an owner of 128 characters in 4-byte UTF-8, a
+# KMS-sealed secret (~560 bytes measured) and the command id in `applied`.
+MAX_CERTIFICATE_RECORD_BYTES = 350_000
+MAX_SLICE_RECORD_BYTES = 1_500
+
+
+def record_bytes(cert: Certificate) -> int:
+    """The certificate's size as stored, from above: its JSON (names and values, plus the
+    quotes and braces DynamoDB does not count)."""
+    return len(cert.model_dump_json(exclude_none=True).encode())
 
 
 def conservation_holds(cert: Certificate) -> bool:

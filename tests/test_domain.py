@@ -228,9 +228,26 @@ def test_parts_that_do_not_sum_to_the_slice_are_refused(parts):
 
 def test_a_certificate_has_room_for_at_most_500_slices():
     cert = active_certificate()
-    domain.check_slice_room(cert, domain.MAX_SLICES_PER_CERTIFICATE - 1)
-    with pytest.raises(RuleViolation):
-        domain.check_slice_room(cert, domain.MAX_SLICES_PER_CERTIFICATE)
+    (first,) = cert.slices.values()
+    # small slices (no sealed secrets): the count is the limit, not the record's size
+    parts = {
+        f"s{i}": first.model_copy(update={"slice_id": f"s{i}", "quantity_wh": 1})
+        for i in range(domain.MAX_SLICES_PER_CERTIFICATE - 2)
+    }
+    nearly_full = cert.model_copy(update={"slices": {**cert.slices, **parts}})
+    domain.check_slice_room(nearly_full, 1)
+    with pytest.raises(RuleViolation, match="at most 500 slices"):
+        domain.check_slice_room(nearly_full, 2)
+
+
+def test_a_certificate_has_room_only_for_slices_its_record_can_hold():
+    cert = active_certificate()
+    fits = (domain.MAX_CERTIFICATE_RECORD_BYTES - domain.record_bytes(cert)) // (
+        domain.MAX_SLICE_RECORD_BYTES
+    )
+    domain.check_slice_room(cert, fits)
+    with pytest.raises(RuleViolation, match="400 KB"):
+        domain.check_slice_room(cert, fits + 1)
 
 
 # --- ids --------------------------------------------------------------------------------------

@@ -103,6 +103,18 @@ def _condition_failed(error: ClientError) -> bool:
     )
 
 
+def _refused_record(certificate_id: str, error: ClientError) -> Exception:
+    """A write refused for what it carries (an item over 400 KB is a ValidationException) is
+    no lost race: retrying it changes nothing. Throttling and outages stay DependencyDown."""
+    if error.response["Error"]["Code"] != "ValidationException":
+        return _translate(error)
+    return domain.RuleViolation(
+        f"DynamoDB refused certificate {certificate_id}'s record (an item holds at most "
+        f"400 KB): {error.response['Error'].get('Message', '')}",
+        subject=certificate_id,
+    )
+
+
 def _translate(error: Exception) -> Exception:
     """AWS trouble the client did not cause becomes DependencyDown (503 with Retry-After)."""
     if isinstance(error, BotoCoreError):
@@ -655,7 +667,9 @@ class DynamoBook:
                 )
                 self._mark_changed(changed)
                 return changed
-            except ClientError:
+            except ClientError as exc:
+                if not _condition_failed(exc):
+                    raise _refused_record(certificate_id, exc) from exc
                 continue  # someone wrote in between: read again and redo the change
         raise DependencyDown(f"certificate {certificate_id} is changing too often to update")
 
@@ -775,7 +789,9 @@ class DynamoBook:
                 ExpressionAttributeValues=_to_item(values),
                 ReturnValues="ALL_NEW",
             )
-        except ClientError:
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise _refused_record(after.certificate_id, exc) from exc
             return None  # the parts moved meanwhile: read and decide again
         return _certificate_from(answer["Attributes"])
 
