@@ -1230,3 +1230,15 @@ class TestRequestsThatChangeNothing:
         )
         if status in (400, 422) and write != "batch":
             assert answer.body.get("errors"), answer.body  # names the field that is wrong
+
+
+def test_every_error_carries_a_request_id_in_its_body_and_header(api):
+    missing = api.get("/v1/commands/no-such-command")
+    assert missing.status == 404
+    assert missing.body["request_id"] == missing.headers["X-Request-Id"]
+    unauthenticated = api.get("/v1/certificates", who=None)
+    assert unauthenticated.status == 401
+    assert unauthenticated.body["request_id"] == unauthenticated.headers["X-Request-Id"]
+    assert unauthenticated.body["request_id"] != missing.body["request_id"]
+    fine = api.get("/v1/health", who=None)
+    assert fine.headers["X-Request-Id"] and "request_id" not in fine.body
