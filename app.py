@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 
 from chalice import Chalice, Rate, Response
 
@@ -72,14 +73,21 @@ def serve(operation: str, **path_params: str) -> Response:
         path_params=path_params,
     )
     svc = services()
+    # API Gateway's id for the request (also in its access log); a fresh one locally.
+    request_id = (current.context or {}).get("requestId") or str(uuid.uuid4())
     answer = dispatch(
         endpoint,
         lambda call: handler(svc, call),
         request,
         svc.verifier,
         svc.settings.max_body_bytes,
+        request_id=request_id,
     )
-    return Response(body=json.dumps(answer.body), headers=answer.headers, status_code=answer.status)
+    body = answer.body
+    if answer.status >= 400 and isinstance(body, dict):
+        body = {**body, "request_id": request_id}  # what a user quotes when reporting it
+    headers = {**answer.headers, "X-Request-Id": request_id}
+    return Response(body=json.dumps(body), headers=headers, status_code=answer.status)
 
 
 @app.route("/v1/certificates", methods=["POST"], content_types=ANY)

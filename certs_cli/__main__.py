@@ -232,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.note(f"certs: error: {exc}")
         return c.USAGE
     except ApiError as exc:
+        if out.as_json:  # scripts get the problem body itself, on stdout
+            out.json({"status": exc.status, **exc.problem})
         out.note(exc.line())
         if exc.status == 401 and not token:
             out.note(

@@ -644,7 +644,7 @@ def ops_stuck(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out.line("no stuck commands")
     else:
         ctx.out.table(
-            ["COMMAND", "KIND", "STATUS", "CERTIFICATE", "UPDATED", "REASON"],
+            ["COMMAND", "KIND", "STATUS", "CERTIFICATE", "UPDATED", "REASON", "TRANSACTIONS"],
             [
                 (
                     c["command_id"],
@@ -653,10 +653,17 @@ def ops_stuck(ctx: Context, args: argparse.Namespace) -> int:
                     c["certificate_id"],
                     c["updated_at"],
                     c.get("error"),
+                    " ".join(c.get("transaction_ids", [])),
                 )
                 for c in page["items"]
             ],
         )
+        if any(c["status"] == "IN_DOUBT" for c in page["items"]):
+            ctx.out.note(
+                "before resolving: look each transaction id up in the registry"
+                " (GetTransactionStatus; docs/REGISTRY.md, 'Before resolving a command'),"
+                " then certs ops resolve COMMAND --outcome committed|rejected --reason WHAT-YOU-SAW"
+            )
     return OK
 
 

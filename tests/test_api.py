@@ -1362,3 +1362,15 @@ def test_a_body_id_out_of_bounds_is_a_400_and_changes_nothing(api, world, bad):
     )
     assert answer.status == 400 and answer.is_problem
     assert api.snapshot() == before
+
+
+def test_every_error_carries_a_request_id_in_its_body_and_header(api):
+    missing = api.get("/v1/commands/no-such-command")
+    assert missing.status == 404
+    assert missing.body["request_id"] == missing.headers["X-Request-Id"]
+    unauthenticated = api.get("/v1/certificates", who=None)
+    assert unauthenticated.status == 401
+    assert unauthenticated.body["request_id"] == unauthenticated.headers["X-Request-Id"]
+    assert unauthenticated.body["request_id"] != missing.body["request_id"]
+    fine = api.get("/v1/health", who=None)
+    assert fine.headers["X-Request-Id"] and "request_id" not in fine.body

@@ -216,7 +216,12 @@ Handler = Callable[[Call], HttpResponse]
 
 
 def dispatch(
-    endpoint: Endpoint, handler: Handler, request: HttpRequest, verifier: Any, max_body_bytes: int
+    endpoint: Endpoint,
+    handler: Handler,
+    request: HttpRequest,
+    verifier: Any,
+    max_body_bytes: int,
+    request_id: str | None = None,
 ) -> HttpResponse:
     try:
         actor = (
@@ -241,7 +246,7 @@ def dispatch(
         return _answer(problem_of(exc))
     except Exception:
         # A fault of ours. Logged with its traceback here, answered without it.
-        log.exception("unhandled error", extra={"path": request.path})
+        log.exception("unhandled error", extra={"path": request.path, "request_id": request_id})
         return _answer(problem(500, "an internal error occurred; it has been logged"))
 
 

@@ -390,6 +390,9 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[ProblemField] | None = None
+    request_id: str | None = Field(
+        default=None, description="Also in the X-Request-Id header: quote it in a report."
+    )
 
 
 class ReconcileReport(BaseModel):
