@@ -205,7 +205,9 @@ def start(host: str, port: int, timeout_s: float = 30) -> tuple[subprocess.Popen
 
 
 def _exit_at_end_of_stdin() -> None:
-    while sys.stdin.buffer.read(4096):
+    # os.read, not sys.stdin: a daemon thread blocked in the buffered reader holds its lock,
+    # and the interpreter aborts at shutdown (SIGTERM) when it cannot take it.
+    while os.read(sys.stdin.fileno(), 4096):
         pass
     os._exit(0)
 

@@ -20,7 +20,6 @@ from chalicelib.domain import CommandKind, CommandStatus, SliceRef, SliceState
 from chalicelib.ports import StaleCommand, Transition
 from tests.builders import gsrn, issue_spec, put_active, transfer_command
 from tests.conftest import settings
-from tests.test_concurrency import atomic_moto  # noqa: F401 (a fixture)
 
 OWNERS = ("alice", "bob", "carol")
 ROUNDS = 3
@@ -105,7 +104,6 @@ def books(request):
     if request.param == "memory":
         book = InMemoryBook()
         return lambda: book
-    request.getfixturevalue("atomic_moto")
     session = request.getfixturevalue("aws")
     lock = threading.Lock()
 

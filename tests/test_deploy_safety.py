@@ -31,6 +31,14 @@ ISSUER_SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:certs-issu
 GRPC = {"registry": "grpc", "registry_grpc_target": "registry.example.invalid:443"}
 
 
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What these tests judge is the settings they build, not what another test left behind.
+    for name in list(os.environ):
+        if name.upper().startswith("CERTS_"):
+            monkeypatch.delenv(name)
+
+
 def prod(**overrides) -> Settings:
     return Settings(stage="prod", **{**OIDC, **overrides})
 
