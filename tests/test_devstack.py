@@ -202,17 +202,6 @@ def test_make_run_serves_the_whole_pipeline_over_http_and_the_cli(running_stack)
     assert sorted(_available(url, cert, ALICE)) == [500]
 
 
-def test_ctrl_c_stops_the_stack_and_its_moto_servers(running_stack) -> None:
-    _, process, _, servers = running_stack
-    assert len(servers) == 2  # DynamoDB and SQS, one process each
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert "stopped." in output
-    time.sleep(0.5)
-    assert not (servers & _moto_servers())
-
-
 def _start_failing(
     env_update: dict[str, str], *args: str
 ) -> tuple[subprocess.CompletedProcess, set]:
@@ -364,3 +353,15 @@ def test_of_ten_concurrent_transfers_of_one_slice_exactly_one_is_accepted(runnin
             statuses = sorted(pool.map(transfer, range(RACERS)))
         answers.append(statuses)
     assert answers == [[202] + [409] * (RACERS - 1)] * runs
+
+
+# Last: it stops the module's shared stack.
+def test_ctrl_c_stops_the_stack_and_its_moto_servers(running_stack) -> None:
+    _, process, _, servers = running_stack
+    assert len(servers) == 2  # DynamoDB and SQS, one process each
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "stopped." in output
+    time.sleep(0.5)
+    assert not (servers & _moto_servers())
