@@ -330,7 +330,7 @@ class MatchingBucket(BaseModel):
     matched_wh: int = Field(description="Of it, matched by production you claimed against it.")
     unmatched_wh: int
     coverage_pct: float | None = Field(
-        description="matched / consumption, in percent; absent without consumption."
+        default=None, description="matched / consumption, in percent; absent without consumption."
     )
     unclaimed_production_wh: int = Field(
         description="Production of this bucket you hold and have not claimed."
@@ -361,7 +361,7 @@ class MatchingReport(BaseModel):
     buckets: list[MatchingBucket]
     total: MatchingBucket
     hourly_matching_score_pct: float | None = Field(
-        description="Consumption matched hour by hour, in percent of all consumption."
+        default=None, description="Consumption matched hour by hour, in percent of all consumption."
     )
     by_source: list[MatchedSource] = Field(
         description="Matched production by technology and fuel code ('unknown' where the "
