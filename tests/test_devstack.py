@@ -205,7 +205,9 @@ def test_make_run_serves_the_whole_pipeline_over_http_and_the_cli(running_stack)
 def _start_failing(
     env_update: dict[str, str], *args: str
 ) -> tuple[subprocess.CompletedProcess, set]:
-    env = {**os.environ, "PORT": str(free_port()), **env_update}
+    # Only the settings under test: a CERTS_ variable of the caller's shell would add its own line.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CERTS_")}
+    env = {**inherited, "PORT": str(free_port()), **env_update}
     process = subprocess.Popen(
         [sys.executable, "-m", "devstack", *args],
         cwd=ROOT,

@@ -4,7 +4,7 @@ A known state is put in the book and the queues (moto): commands in each open st
 doubt with its reason, one whose message was lost, one whose worker vanished mid-call, two
 dead letters. The page is served by the stack's HTTP front and opened by Debian's chromium,
 headless; the test reads the DOM chromium rendered and writes a screenshot under build/.
-Without chromium the test is skipped, unless CERTS_REQUIRE_BROWSER is set (CI sets it, after
+Without chromium the test is skipped, unless TESTS_REQUIRE_BROWSER is set (CI sets it, after
 installing chromium in .ci/run).
 """
 
@@ -44,7 +44,7 @@ HEADLESS = [
 ]
 
 pytestmark = pytest.mark.skipif(
-    BROWSER is None and not os.environ.get("CERTS_REQUIRE_BROWSER"),
+    BROWSER is None and not os.environ.get("TESTS_REQUIRE_BROWSER"),
     reason="chromium is not installed (apt-get install chromium; .ci/run does)",
 )
 
@@ -109,7 +109,7 @@ def ops_url(moto_services, known_state) -> Iterator[str]:
 
 
 def chromium(tmp_path: Path, *args: str) -> str:
-    assert BROWSER, "chromium is required here (CERTS_REQUIRE_BROWSER is set)"
+    assert BROWSER, "chromium is required here (TESTS_REQUIRE_BROWSER is set)"
     done = subprocess.run(
         [BROWSER, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}", *args],
         capture_output=True,
