@@ -74,14 +74,15 @@ package: $(STAMP)
 
 ## The infrastructure scanner, checkov, in a venv of its own (.venv-scan, from the pin in
 ## requirements-scan.txt): its dependency tree is large and pins much of what the app pins.
+## pip -qq: errors only (pip warns once per package about index locations it skips).
 SCAN_VENV := .venv-scan
 SCAN_STAMP := $(SCAN_VENV)/.installed
 
 $(SCAN_STAMP): requirements-scan.txt
-	@echo "installing the template scanner (requirements-scan.txt) into $(SCAN_VENV), 1-2 minutes"
+	@echo "installing the template scanner (requirements-scan.txt) into $(SCAN_VENV), 1-3 minutes"
 	@$(PYTHON) -m venv $(SCAN_VENV)
-	@$(SCAN_VENV)/bin/python -m pip install --quiet "pip<26.3"
-	@$(SCAN_VENV)/bin/python -m pip install --quiet -r requirements-scan.txt
+	@$(SCAN_VENV)/bin/python -m pip install --quiet --quiet "pip<26.3"
+	@$(SCAN_VENV)/bin/python -m pip install --quiet --quiet -r requirements-scan.txt
 	@touch $(SCAN_STAMP)
 
 ## Package STAGE and check the template (offline): cfn-lint must report nothing, and checkov
