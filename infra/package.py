@@ -14,6 +14,11 @@ tests that still runs on a development default (HS256 secret, sandbox keys, loca
 issuer keys that are not from a secret store) is refused, each variable named.
 `--deployable` (what `make deploy` uses) also refuses a stage whose configuration still holds
 a REPLACE-ME placeholder.
+
+What depends on the stage's configuration is written here, not in the merge template: the
+grants on the keys it names, each function's reserved concurrency, and encryption at rest under
+the stage's KMS key (or, without one, the scanner's checks that only such a key passes skipped
+with their reason). docs/DEPLOY.md, "Concurrency", "Security scan", "Encryption at rest".
 """
 
 from __future__ import annotations
