@@ -14,6 +14,11 @@ tests that still runs on a development default (HS256 secret, sandbox keys, loca
 issuer keys that are not from a secret store) is refused, each variable named.
 `--deployable` (what `make deploy` uses) also refuses a stage whose configuration still holds
 a REPLACE-ME placeholder.
+
+What depends on the stage's configuration is written here, not in the merge template: the
+grants on the keys it names, each function's reserved concurrency, and encryption at rest under
+the stage's KMS key (or, without one, the scanner's checks that only such a key passes skipped
+with their reason). docs/DEPLOY.md, "Concurrency", "Security scan", "Encryption at rest".
 """
 
 from __future__ import annotations
@@ -173,6 +178,112 @@ def grant_custody(stage: str, template: dict[str, Any]) -> None:
             )
 
 
+# Lambda functions' concurrency, when the stage's .chalice/config.json sets none (Chalice's own
+# `reserved_concurrency`, per function of a stage, overrides it). The worker's is also the cap on
+# the registry's load: at most that many commands are being sent at once, whatever the backlog;
+# its SQS event source scales to exactly that many (MaximumConcurrency), so no receive is lost to
+# throttling (a throttled receive would still count towards the dead-letter queue). The
+# reconciler's default is its shards plus the schedule's own invocation, so every shard's pass
+# of a minute runs at once, as without a limit.
+DEFAULT_RESERVED_CONCURRENCY = {"APIHandler": 100, "Worker": 20}
+# The checks that only a customer-managed KMS key satisfies, per resource type. A stage whose
+# configuration names a key (CERTS_SECRETS_KMS_KEY_ID) encrypts these under it; a stage without
+# one skips them with this reason, so the scan stays clean and the exception stays visible.
+NEEDS_STAGE_KEY = {"AWS::DynamoDB::Table": "CKV_AWS_119", "AWS::Logs::LogGroup": "CKV_AWS_158"}
+NO_STAGE_KEY = (
+    "stage {stage} configures no customer KMS key (CERTS_SECRETS_KMS_KEY_ID): it holds no real "
+    "certificates (dev registry simulator), so AWS-owned encryption at rest; a stage that sets "
+    "one is encrypted under it (infra/package.py, encrypt_at_rest)"
+)
+# The AWS services that use the stage's key for the functions' data at rest on their behalf.
+AT_REST_SERVICES = ("dynamodb", "sqs")
+
+
+def stage_settings(stage: str, function: str) -> Settings:
+    values = {
+        name.removeprefix("CERTS_").lower(): value
+        for name, value in function_variables(stage, function).items()
+        if name.startswith("CERTS_")
+    }
+    return StageSettings(**values)
+
+
+def limit_concurrency(stage: str, template: dict[str, Any]) -> None:
+    """Give every function a reserved concurrency, and the worker's event source the same."""
+    resources = template["Resources"]
+    shards = stage_settings(stage, "reconciler").open_command_shards
+    defaults = {**DEFAULT_RESERVED_CONCURRENCY, "Reconciler": shards + 1}
+    for logical_id, default in defaults.items():
+        resources[logical_id]["Properties"].setdefault("ReservedConcurrentExecutions", default)
+    workers = resources["Worker"]["Properties"]["ReservedConcurrentExecutions"]
+    if not 2 <= workers <= 1000:  # what an SQS event source's maximum concurrency allows
+        raise PackagingError(f"the worker's reserved_concurrency must be 2-1000, not {workers}")
+    for event in resources["Worker"]["Properties"]["Events"].values():
+        if event["Type"] == "SQS":
+            event["Properties"]["ScalingConfig"] = {"MaximumConcurrency": workers}
+
+
+def skip_check(resource: dict[str, Any], check: str, reason: str) -> None:
+    skips = resource.setdefault("Metadata", {}).setdefault("checkov", {}).setdefault("skip", [])
+    skips.append({"id": check, "comment": reason})
+
+
+def encrypt_at_rest(stage: str, template: dict[str, Any]) -> None:
+    """The table, the log groups and the queues under the stage's KMS key, when it names one,
+    with each function's role allowed to use the key through DynamoDB and SQS only (never
+    directly: the custody grants stay what decides who opens owners' seeds)."""
+    key = stage_config(stage).get("environment_variables", {}).get("CERTS_SECRETS_KMS_KEY_ID")
+    resources = template["Resources"]
+    for resource in resources.values():
+        kind = resource["Type"]
+        if not key:
+            if kind in NEEDS_STAGE_KEY:
+                skip_check(resource, NEEDS_STAGE_KEY[kind], NO_STAGE_KEY.format(stage=stage))
+            continue
+        props = resource["Properties"]
+        if kind == "AWS::DynamoDB::Table":
+            props["SSESpecification"] = {
+                "SSEEnabled": True,
+                "SSEType": "KMS",
+                "KMSMasterKeyId": key,
+            }
+        elif kind == "AWS::Logs::LogGroup":
+            props["KmsKeyId"] = key
+        elif kind == "AWS::SQS::Queue":
+            props["KmsMasterKeyId"] = key
+    if not key:
+        return
+    services = [f"{service}.${{AWS::Region}}.amazonaws.com" for service in AT_REST_SERVICES]
+    for logical_id in (*SIGNING_FUNCTIONS.values(), *OPENING_FUNCTIONS.values()):
+        role = resources[logical_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+        resources[role]["Properties"]["Policies"].append(
+            {
+                "PolicyName": "KeyAtRest",
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "KeyAtRest",
+                            "Effect": "Allow",
+                            "Action": [
+                                "kms:Decrypt",
+                                "kms:DescribeKey",
+                                "kms:Encrypt",
+                                "kms:GenerateDataKey",
+                            ],
+                            "Resource": [key],
+                            "Condition": {
+                                "StringEquals": {
+                                    "kms:ViaService": [{"Fn::Sub": s} for s in services]
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+
+
 def package(stage: str, out: Path) -> Path:
     """Write out/sam.json, deployment.zip and layer-deployment.zip; returns the template's path."""
     stage_config(stage)
@@ -210,6 +321,8 @@ def package(stage: str, out: Path) -> Path:
     parameter["AllowedValues"] = [stage]
     parameter["Default"] = stage
     grant_custody(stage, template)
+    limit_concurrency(stage, template)
+    encrypt_at_rest(stage, template)
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     return template_path
 

@@ -128,6 +128,11 @@ def calls_in(path: str, *patterns: str) -> set[str]:
     return {"".join(part.capitalize() for part in name.split("_")) for name in found}
 
 
+def stage_key(stage: str) -> str | None:
+    """The stage's KMS key, when its configuration names one."""
+    return CONFIG["stages"][stage]["environment_variables"].get("CERTS_SECRETS_KMS_KEY_ID")
+
+
 def stage_environment(template: dict[str, Any], function: str) -> dict[str, str]:
     """The function's environment with the template's references stood in for by values."""
     variables = template["Resources"][function]["Properties"]["Environment"]["Variables"]
@@ -455,7 +460,12 @@ def test_the_deployed_table_is_the_one_the_embedded_stack_creates(templates, sta
     props = book["Properties"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-    assert props["SSESpecification"] == {"SSEEnabled": True}
+    key = stage_key(stage)
+    assert props["SSESpecification"] == (
+        {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": key}
+        if key
+        else {"SSEEnabled": True}
+    )
     assert props["DeletionProtectionEnabled"] is True
     assert book["DeletionPolicy"] == "Retain"
     assert resolve(props["TableName"], stage) == f"certificates-domain-{stage}-book"
@@ -511,6 +521,7 @@ def custody_grants(template: dict[str, Any], function: str) -> list[dict[str, An
         s
         for s in statements(template, role)
         if any(a.startswith(("kms:", "secretsmanager:", "ssm:")) for a in s["Action"])
+        and s.get("Sid") != "KeyAtRest"  # the key through DynamoDB and SQS only: see below
     ]
 
 
@@ -574,3 +585,181 @@ def test_the_prod_stage_signs_for_a_real_registry_with_keys_in_custody():
     assert settings.registry == "grpc" and settings.signs_transactions
     assert settings.secrets_kms_key_id and settings.registry_issuer_keys_secret
     assert not settings.registry_issuer_keys
+
+
+# --- the security scan (checkov, make lint-template) -------------------------------------------
+
+CHECK_ID = re.compile(r"CKV2?_AWS_\d+")
+# Every check skipped, on which resources, and why it does not fit: a new skip must be added
+# here on purpose (and to docs/DEPLOY.md), or this test fails.
+SKIPPED_EVERYWHERE = {
+    ("APIHandler", "CKV_AWS_116"),  # synchronous (API Gateway): a function DLQ gets nothing
+    ("Worker", "CKV_AWS_116"),  # the SQS event source: the queue's dead-letter queue
+    ("Reconciler", "CKV_AWS_116"),  # scheduled: the next minute's pass redoes a failed one
+    ("APIHandler", "CKV_AWS_117"),  # no VPC: AWS APIs and the registry only
+    ("Worker", "CKV_AWS_117"),
+    ("Reconciler", "CKV_AWS_117"),
+    ("APIHandler", "CKV_AWS_173"),  # no secret in the environment
+    ("Worker", "CKV_AWS_173"),
+    ("Reconciler", "CKV_AWS_173"),
+    ("RestAPI", "CKV_AWS_120"),  # caching a write API
+    ("OperatorAlarms", "CKV_AWS_26"),  # CloudWatch cannot publish to an aws/sns topic
+}
+
+
+def checkov_skips(template: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {
+        (name, skip["id"]): skip["comment"]
+        for name, resource in template["Resources"].items()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    }
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_skipped_check_is_expected_and_says_why_in_one_line(templates, stage):
+    template = templates[stage]
+    skips = checkov_skips(template)
+    expected = set(SKIPPED_EVERYWHERE)
+    if not stage_key(stage):  # only a customer key satisfies these: the stage has none
+        expected |= {
+            (name, packager.NEEDS_STAGE_KEY[resource["Type"]])
+            for name, resource in template["Resources"].items()
+            if resource["Type"] in packager.NEEDS_STAGE_KEY
+        }
+    assert set(skips) == expected
+    for (name, check), reason in skips.items():
+        assert CHECK_ID.fullmatch(check), (name, check)
+        assert reason.strip() and "\n" not in reason, (name, check)
+    deploy = (ROOT / "docs" / "DEPLOY.md").read_text()
+    assert all(f"`{check}`" in deploy for _, check in skips), "docs/DEPLOY.md lists every skip"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_environment_holds_no_secret_as_its_skipped_check_says(templates, stage):
+    secrets = {
+        f"CERTS_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)
+    }
+    assert "CERTS_JWT_SECRET" in secrets
+    for function in FUNCTIONS:
+        variables = templates[stage]["Resources"][function]["Properties"]["Environment"]
+        assert not secrets & set(variables["Variables"]), function
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_queues_are_encrypted_under_kms_the_stages_key_when_it_names_one(templates, stage):
+    for name, queue in resources_of(templates[stage], "AWS::SQS::Queue").items():
+        props = queue["Properties"]
+        assert props["KmsMasterKeyId"] == (stage_key(stage) or "alias/aws/sqs"), name
+        assert "SqsManagedSseEnabled" not in props, name  # the two exclude each other
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_key_encrypts_the_table_and_every_log_group(templates, stage):
+    key = stage_key(stage)
+    template = templates[stage]
+    groups = resources_of(template, "AWS::Logs::LogGroup")
+    assert len(groups) == len(FUNCTIONS) + 1  # and the API's access log
+    for name, group in groups.items():
+        assert group["Properties"].get("KmsKeyId") == key, name
+    sse = template["Resources"]["CertificateBook"]["Properties"]["SSESpecification"]
+    assert sse.get("KMSMasterKeyId") == key
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_roles_use_the_stage_key_only_through_dynamodb_and_sqs(templates, stage):
+    key = stage_key(stage)
+    template = templates[stage]
+    for function in FUNCTIONS:
+        role = template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        at_rest = [s for s in statements(template, role) if s.get("Sid") == "KeyAtRest"]
+        if not key:
+            assert at_rest == [], function
+            continue
+        [grant] = at_rest
+        assert grant["Resource"] == [key]
+        assert "kms:Decrypt" in grant["Action"]
+        # Never a direct call: an owner's seed stays the worker's alone (custody grants).
+        assert grant["Condition"] == {
+            "StringEquals": {
+                "kms:ViaService": [
+                    {"Fn::Sub": "dynamodb.${AWS::Region}.amazonaws.com"},
+                    {"Fn::Sub": "sqs.${AWS::Region}.amazonaws.com"},
+                ]
+            }
+        }
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_api_traces_and_logs_every_request_to_a_group_with_retention(templates, stage):
+    template = templates[stage]
+    api = template["Resources"]["RestAPI"]["Properties"]
+    assert api["TracingEnabled"] is True
+    group = logical_target(api["AccessLogSetting"]["DestinationArn"])
+    assert template["Resources"][group]["Type"] == "AWS::Logs::LogGroup"
+    assert template["Resources"][group]["Properties"]["RetentionInDays"] == {
+        "Fn::FindInMap": ["StageSettings", {"Ref": "Stage"}, "LogRetentionDays"]
+    }
+    fields = json.loads(api["AccessLogSetting"]["Format"])
+    assert {"requestId", "status", "httpMethod", "resourcePath"} <= set(fields)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_function_has_a_reserved_concurrency_and_the_worker_source_keeps_to_it(
+    templates, stage
+):
+    resources = templates[stage]["Resources"]
+    reserved = {f: resources[f]["Properties"]["ReservedConcurrentExecutions"] for f in FUNCTIONS}
+    configured = CONFIG["stages"][stage]["lambda_functions"]
+    for function, name in FUNCTIONS.items():
+        default = packager.DEFAULT_RESERVED_CONCURRENCY.get(function)
+        if function == "Reconciler":
+            shards = int(
+                resources[function]["Properties"]["Environment"]["Variables"][
+                    "CERTS_OPEN_COMMAND_SHARDS"
+                ]
+            )
+            default = shards + 1  # every shard's pass and the schedule's at once
+        assert reserved[function] == configured[name].get("reserved_concurrency", default)
+    [source] = resources["Worker"]["Properties"]["Events"].values()
+    # The event source never starts more workers than may run: no receive is throttled.
+    assert source["Properties"]["ScalingConfig"] == {"MaximumConcurrency": reserved["Worker"]}
+
+
+def test_a_configured_worker_concurrency_wins_and_an_unusable_one_is_refused():
+    def template(worker: int | None) -> dict[str, Any]:
+        functions = {name: {"Properties": {"Events": {}}} for name in ("APIHandler", "Reconciler")}
+        worker_props: dict[str, Any] = {
+            "Events": {"Source": {"Type": "SQS", "Properties": {"BatchSize": 10}}}
+        }
+        if worker is not None:  # as Chalice writes `reserved_concurrency` of config.json
+            worker_props["ReservedConcurrentExecutions"] = worker
+        return {"Resources": {**functions, "Worker": {"Properties": worker_props}}}
+
+    configured = template(7)
+    packager.limit_concurrency("dev", configured)
+    worker = configured["Resources"]["Worker"]["Properties"]
+    assert worker["ReservedConcurrentExecutions"] == 7
+    assert worker["Events"]["Source"]["Properties"]["ScalingConfig"] == {"MaximumConcurrency": 7}
+    for unusable in (0, 1, 1001):
+        with pytest.raises(packager.PackagingError, match="reserved_concurrency"):
+            packager.limit_concurrency("dev", template(unusable))
+
+
+def test_ci_scans_every_stage_with_the_pinned_scanner_in_its_own_venv():
+    [pin] = [
+        line
+        for line in (ROOT / "requirements-scan.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert re.fullmatch(r"checkov==\d+\.\d+\.\d+", pin)
+    assert "checkov" not in (ROOT / "requirements-dev.txt").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    [recipe] = re.findall(r"^lint-template:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert "cfn-lint build/$(STAGE)/sam.json" in recipe
+    assert "$(SCAN_VENV)/bin/checkov --file build/$(STAGE)/sam.json" in recipe
+    assert "--soft-fail" not in recipe
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'for stage in dev prod; do\n  make lint-template STAGE="$stage"' in ci
+    assert set(STAGES) == {"dev", "prod"}
