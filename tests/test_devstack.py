@@ -4,6 +4,7 @@ through real HTTP and through the `certs` CLI, then stopped with Ctrl-C (SIGINT)
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,21 +45,21 @@ def _moto_servers(parent: int | None = None) -> set[int]:
     return found
 
 
-@pytest.fixture(scope="module", params=["http", "grpc"])
-def running_stack(request):
-    """The stack with the registry simulator over HTTP (plain transactions), and over gRPC
-    (the real wire format: proofs and signatures, checked by the verifying simulator)."""
+@contextlib.contextmanager
+def _started_stack(protocol: str) -> Iterator[tuple[str, subprocess.Popen, float, set[int]]]:
+    """`make run` in a process of its own: its URL, the process, its start-up time and its moto
+    servers (killed at the end, with the stack, whatever state a test left it in)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port)}
     env.pop("CERTS_JWT_SECRET", None)
-    if request.param == "grpc":
+    if protocol == "grpc":
         # Issuer keys of our own, as the README documents: the verifying simulator of the stack
         # must take the same ones (it once derived its own, and refused every issue).
         env["CERTS_REGISTRY_ISSUER_KEYS"] = json.dumps(
             {area: base64.b64encode(os.urandom(32)).decode() for area in ("DK1", "DK2")}
         )
     process = subprocess.Popen(
-        [sys.executable, "-m", "devstack", "--registry-protocol", request.param],
+        [sys.executable, "-m", "devstack", "--registry-protocol", protocol],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -78,13 +80,23 @@ def running_stack(request):
             pytest.fail(f"the stack did not come up: {process.stdout.read()}")
         time.sleep(0.2)
     servers = _moto_servers(process.pid)
-    yield url, process, time.monotonic() - started, servers
-    if process.poll() is None:
-        process.kill()
-    # Only this stack's servers (orphaned if it was killed): tests running beside this one
-    # start moto servers of their own.
-    for pid in servers & _moto_servers():
-        os.kill(pid, signal.SIGKILL)
+    try:
+        yield url, process, time.monotonic() - started, servers
+    finally:
+        if process.poll() is None:
+            process.kill()
+        # Only this stack's servers (orphaned if it was killed): tests running beside this
+        # one start moto servers of their own.
+        for pid in servers & _moto_servers():
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def running_stack(request):
+    """The stack with the registry simulator over HTTP (plain transactions), and over gRPC
+    (the real wire format: proofs and signatures, checked by the verifying simulator)."""
+    with _started_stack(request.param) as stack:
+        yield stack
 
 
 def _http(url: str, method: str, path: str, token: str, body=None, key=None):
@@ -357,13 +369,12 @@ def test_of_ten_concurrent_transfers_of_one_slice_exactly_one_is_accepted(runnin
     assert answers == [[202] + [409] * (RACERS - 1)] * runs
 
 
-# Last: it stops the module's shared stack.
-def test_ctrl_c_stops_the_stack_and_its_moto_servers(running_stack) -> None:
-    _, process, _, servers = running_stack
-    assert len(servers) == 2  # DynamoDB and SQS, one process each
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert "stopped." in output
-    time.sleep(0.5)
-    assert not (servers & _moto_servers())
+def test_ctrl_c_stops_the_stack_and_its_moto_servers() -> None:
+    with _started_stack("http") as (_, process, _, servers):  # its own: it stops it
+        assert len(servers) == 2  # DynamoDB and SQS, one process each
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output
+        assert "stopped." in output
+        time.sleep(0.5)
+        assert not (servers & _moto_servers())  # before the clean-up would kill them

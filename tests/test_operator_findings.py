@@ -5,17 +5,14 @@ stands; and a certificate the book gave up on while the registry has it is align
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from chalice.test import Client
 
-import app as app_module
 from chalicelib import domain
 from chalicelib.domain import Actor, CommandStatus, Role
 from chalicelib.usecases.reconcile import resend_by_operator, resolve_by_operator
 from tests.pipeline import Pipeline
-from tests.test_e2e_pipeline import ISSUER, _post
+from tests.test_ops_api import OPERATOR as OPERATOR_HEADERS
+from tests.test_ops_api import _in_doubt_command, _resolve, serving
 
 OPERATOR = Actor(owner="ops", roles=frozenset({Role.OPERATOR}))
 
@@ -122,48 +119,16 @@ def stack(moto_services, aws):
     from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
 
     # Every send applies and its answer is lost: every command ends IN_DOUBT.
-    moto_services.registry = RegistrySimulator(SimulatorConfig(queries=True, ambiguous_rate=1.0))
-    app_module.use_services(moto_services)
-    sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName=moto_services.settings.queue_name)["QueueUrl"]
-    from devstack.poller import QueuePoller
-
-    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
-    with Client(app_module.app) as client:
+    registry = RegistrySimulator(SimulatorConfig(queries=True, ambiguous_rate=1.0))
+    with serving(moto_services, aws, registry) as (client, poller):
         yield client, poller, moto_services
-    app_module.use_services(None)
 
 
 def test_the_api_refuses_a_not_sent_finding_the_registry_contradicts_with_409(stack) -> None:
-    from tests.conftest import token
-
     client, poller, services = stack
-    accepted = _post(
-        client,
-        "/v1/certificates",
-        {
-            "type": "production",
-            "gsrn": "571313000000000001",
-            "grid_area": "DK1",
-            "start": "2026-06-01T10:00:00Z",
-            "end": "2026-06-01T11:00:00Z",
-            "quantity_wh": 10,
-            "owner": "alice",
-        },
-        ISSUER,
-        "issue-1",
-    )
-    poller.drain()
-    command_id = accepted["command_id"]
+    command_id = _in_doubt_command(client, poller)
     assert services.book.get_command(command_id).status == CommandStatus.IN_DOUBT
-    answer = client.http.post(
-        f"/v1/ops/commands/{command_id}/resolve",
-        body=json.dumps({"outcome": "not_sent", "reason": "not in the log"}),
-        headers={
-            "Authorization": "Bearer " + token("ops", "operator"),
-            "Content-Type": "application/json",
-        },
-    )
+    answer = _resolve(client, command_id, OPERATOR_HEADERS, "not_sent")
     assert answer.status_code == 409
     assert answer.headers["Content-Type"] == "application/problem+json"
     assert "the registry reports transaction" in answer.json_body["detail"]

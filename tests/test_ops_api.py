@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from chalice.test import Client
@@ -16,19 +19,30 @@ OPERATOR = {"Authorization": "Bearer " + token("ops", "operator")}
 ALICE = {"Authorization": "Bearer " + token("alice")}
 
 
+@contextlib.contextmanager
+def serving(services, aws, registry) -> Iterator[tuple[Client, Any]]:
+    """The app over `services` and `registry`: a test client, and a poller whose drain runs
+    the worker on what the queue holds."""
+    from devstack.poller import QueuePoller
+
+    services.registry = registry
+    app_module.use_services(services)
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=services.settings.queue_name)["QueueUrl"]
+    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
+    try:
+        with Client(app_module.app) as client:
+            yield client, poller
+    finally:
+        app_module.use_services(None)
+
+
 @pytest.fixture
 def stack(moto_services, aws):
     # Every registry call times out after applying: every command ends IN_DOUBT.
-    moto_services.registry = RegistrySimulator(SimulatorConfig(queries=False, ambiguous_rate=1.0))
-    app_module.use_services(moto_services)
-    sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName=moto_services.settings.queue_name)["QueueUrl"]
-    from devstack.poller import QueuePoller
-
-    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
-    with Client(app_module.app) as client:
-        yield client, poller
-    app_module.use_services(None)
+    registry = RegistrySimulator(SimulatorConfig(queries=False, ambiguous_rate=1.0))
+    with serving(moto_services, aws, registry) as served:
+        yield served
 
 
 def _in_doubt_command(client, poller) -> str:

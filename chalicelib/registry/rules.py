@@ -188,18 +188,29 @@ class Certificate:
                 return value.strip().lower() == "true"
         return False
 
-    def allocations_plain(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "allocation_id": aid,
-                "production_certificate_id": a.production_id,
-                "consumption_certificate_id": a.consumption_id,
-                "production_slice": _text(a.production_slice),
-                "consumption_slice": _text(a.consumption_slice),
-                "claimed": a.claimed,
-            }
-            for aid, a in self.allocations.items()
-        ]
+    def plain(self, slice_plain: Callable[[Any, Slice], dict[str, Any]]) -> dict[str, Any]:
+        """The certificate as a sandbox's snapshot shows it; each format renders its own
+        slices (refs and owner keys are text in one, bytes in the other)."""
+        return {
+            "certificate_id": self.certificate_id,
+            "registry": self.registry,
+            "type": self.type,
+            "period": {"start": self.start.isoformat(), "end": self.end.isoformat()},
+            "grid_area": self.grid_area,
+            "withdrawn": self.withdrawn,
+            "slices": [slice_plain(ref, s) for ref, s in self.slices.items()],
+            "allocations": [
+                {
+                    "allocation_id": aid,
+                    "production_certificate_id": a.production_id,
+                    "consumption_certificate_id": a.consumption_id,
+                    "production_slice": _text(a.production_slice),
+                    "consumption_slice": _text(a.consumption_slice),
+                    "claimed": a.claimed,
+                }
+                for aid, a in self.allocations.items()
+            ],
+        }
 
 
 def _text(ref: Any) -> str:

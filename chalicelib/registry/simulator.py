@@ -486,19 +486,9 @@ _Certificate = rules.Certificate
 
 
 def _plain(cert: rules.Certificate) -> dict[str, Any]:
-    return {
-        "certificate_id": cert.certificate_id,
-        "registry": cert.registry,
-        "type": cert.type,
-        "period": {"start": cert.start.isoformat(), "end": cert.end.isoformat()},
-        "grid_area": cert.grid_area,
-        "withdrawn": cert.withdrawn,
-        "slices": [
-            {"ref": ref, "owner": s.owner, "quantity": s.value, "state": s.state}
-            for ref, s in cert.slices.items()
-        ],
-        "allocations": cert.allocations_plain(),
-    }
+    return cert.plain(
+        lambda ref, s: {"ref": ref, "owner": s.owner, "quantity": s.value, "state": s.state}
+    )
 
 
 def _certificate_ref(cert: rules.Certificate) -> dict[str, str]:

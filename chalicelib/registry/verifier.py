@@ -207,19 +207,15 @@ class ProtoLedger:
         cert = self.rules.certificates.get(certificate_id)
         if cert is None:
             return None
-        return {
-            "certificate_id": cert.certificate_id,
-            "registry": cert.registry,
-            "type": cert.type,
-            "period": {"start": cert.start.isoformat(), "end": cert.end.isoformat()},
-            "grid_area": cert.grid_area,
-            "withdrawn": cert.withdrawn,
-            "slices": [
-                {"ref": ref.hex(), "owner": s.owner[1].hex(), "quantity": None, "state": s.state}
-                for ref, s in cert.slices.items()
-            ],
-            "allocations": cert.allocations_plain(),
-        }
+        # The proto format hides quantities in commitments and keys slices by their bytes.
+        return cert.plain(
+            lambda ref, s: {
+                "ref": ref.hex(),
+                "owner": s.owner[1].hex(),
+                "quantity": None,
+                "state": s.state,
+            }
+        )
 
     def apply(self, tx: Parsed) -> None:
         self.rules.apply(rules.Envelope(tx.registry, tx.stream_id, tx), _event(tx))

@@ -221,23 +221,15 @@ class Reconciler:
                 "the registry answers no queries: an "
                 "operator must check the registry and resolve it",
             )
-        data = base64.b64decode(command.transactions[command.step])
-        transaction_id = transaction_id_of(data)
+        word = registry_word(self.registry, self.codec, command)
+        if word is None:
+            return "registry_unreachable"
+        status = word.status
         try:
-            status = self.registry.status(transaction_id).status
             # The stream is the truth: a duplicate send can make an applied transaction's
             # status read FAILED, and an old one's read UNKNOWN.
-            applied = transaction_id in {
-                transaction_id_of(tx) for tx in self.registry.stream(self.codec.stream_id(data))
-            }
-        except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
-            return "registry_unreachable"
-        try:
-            if applied or status in (TransactionStatus.COMMITTED, TransactionStatus.FINALIZED):
-                after = self.worker.step_committed(command)
-                if after.status == CommandStatus.ACCEPTED:  # steps remain: on with the next
-                    with contextlib.suppress(DependencyDown):
-                        self.queue.send(after)
+            if word.applied or status in (TransactionStatus.COMMITTED, TransactionStatus.FINALIZED):
+                commit_step(self.worker, self.queue, command)
                 return "resolved_committed"
             if status == TransactionStatus.FAILED:
                 self.worker.step_rejected(command, "refused by the registry")
@@ -479,6 +471,16 @@ def _check_finding(word: RegistryWord | None, finding: str, command_id: str) -> 
         )
 
 
+def commit_step(worker: Worker, queue: CommandQueue, command: Command) -> Command:
+    """A step known to be applied, recorded as the worker would; the next step, if any, goes
+    to the worker (a lost send is the reconciler's to re-drive)."""
+    after = worker.step_committed(command)
+    if after.status == CommandStatus.ACCEPTED:
+        with contextlib.suppress(DependencyDown):
+            queue.send(after)
+    return after
+
+
 def resolve_by_operator(
     book: Book,
     queue: CommandQueue,
@@ -507,11 +509,7 @@ def resolve_by_operator(
     )
     try:
         if committed:
-            after = worker.step_committed(command)
-            if after.status == CommandStatus.ACCEPTED:  # the next step goes to the worker
-                with contextlib.suppress(DependencyDown):
-                    queue.send(after)
-            return after
+            return commit_step(worker, queue, command)
         return worker.step_rejected(command, f"resolved by operator {actor.owner}: {reason}")
     except StaleCommand as exc:
         raise Conflict(

@@ -73,8 +73,36 @@ class DynamoView:
         item = self._table.items.get(DynamoType({"S": pk}), {}).get(DynamoType({"S": sk}))
         return None if item is None else item.to_json()["Attributes"]
 
+    # What passes straight to the real book: the reads, and the writes of what the checks do
+    # not read (leases, audits). Anything else must be wrapped below to read back what it
+    # wrote: an unwrapped write leaves the copy stale, and the next refresh of that item then
+    # blames whoever touched it next (a refused request "changing" a certificate).
+    _PASSED = frozenset(
+        {
+            "get_command",
+            "commands_of",
+            "open_commands",
+            "settled_commands",
+            "get_certificate",
+            "get_certificates",
+            "expiring_certificates",
+            "holdings",
+            "certificate_changes",
+            "command_changes",
+            "audits",
+            "acquire_lease",
+            "release_lease",
+            "add_audit",
+        }
+    )
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)  # the reads, and the reconciler's own records
+        if name not in self._PASSED:
+            raise AttributeError(
+                f"DynamoView does not know DynamoBook.{name}: wrap it if it writes what the "
+                "checks read, else add it to _PASSED"
+            )
+        return getattr(self.real, name)
 
     # --- writes: each reads back what it may have changed ----------------------------------
 
@@ -135,6 +163,25 @@ class DynamoView:
         return self._then(
             lambda: self.real.update_certificate(certificate_id, change, snapshot),
             lambda: self._certificate(certificate_id),
+        )
+
+    def update_certificate_at(
+        self, certificate_id: str, version: int, change: Callable[[Certificate], Certificate]
+    ) -> Certificate:
+        return self._then(
+            lambda: self.real.update_certificate_at(certificate_id, version, change),
+            lambda: self._certificate(certificate_id),
+        )
+
+    def mark_reconciled(self, command_id: str) -> None:
+        return self._then(
+            lambda: self.real.mark_reconciled(command_id), lambda: self._command(command_id)
+        )
+
+    def note_unsettled(self, command_id: str, for_operator: str | None = None) -> None:
+        return self._then(
+            lambda: self.real.note_unsettled(command_id, for_operator),
+            lambda: self._command(command_id),
         )
 
     def add_holding(self, owner: str, certificate: Certificate) -> None:
