@@ -9,7 +9,11 @@ batch, a reconciler pass). At each call the scheduler may
 - pause it and run other invocations first (another worker, the reconciler, a client, an
   operator, time passing): that is how two workers come to hold the same message, or the
   reconciler settles a command whose worker is between two writes;
-- find that its Lambda timeout has passed meanwhile, and kill it there.
+- find that its Lambda timeout has passed meanwhile, and kill it there;
+- after a reconciler pass reads a certificate's stream from the registry, land work on that
+  very certificate (its queued messages, or an owner's request on it) before the pass writes,
+  and judge that write, which must never move a certificate the book holds as the registry
+  does away from it (`World.judge_repair`).
 
 The timing assumptions of the deployment are kept, because the design relies on them
 (settings.check_order): the registry client's timeout < the Lambda timeout < the worker's lease.
