@@ -124,7 +124,9 @@ class _Unconditional:
 
 def align_without_the_version_condition(monkeypatch: pytest.MonkeyPatch) -> None:
     """Alignment writes the registry's stream over the certificate whatever happened to it
-    since it was read: a commit landing between the stream query and the repair is undone."""
+    since it was read: a commit landing between the stream query and the repair is undone.
+    The simulation lands one there (work on the certificate the reconciler just queried the
+    stream of) and judges the reconciler's write (World.judge_repair)."""
     original = Reconciler._align
 
     def align(self: Reconciler, certificate_id: str) -> str:
@@ -148,24 +150,7 @@ BUGS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], set[str]]] = {
 }
 
 
-# Caught on its own branch (seed 34, queries), no longer caught after the merges of 2026-11-29
-# (the sharded reconciler and the drift sample changed which certificates alignment compares,
-# or when): to investigate. Strict, so that it fails as soon as the bug is caught again.
-NOT_CAUGHT_AFTER_MERGE = pytest.mark.xfail(
-    strict=True, reason="planted bug (b) not caught since the merges of 2026-11-29"
-)
-
-
-def _marked(bugs):
-    return [
-        pytest.param(bug, marks=NOT_CAUGHT_AFTER_MERGE)
-        if bug == "alignment without its version condition"
-        else bug
-        for bug in bugs
-    ]
-
-
-@pytest.mark.parametrize("bug", _marked(BUGS))
+@pytest.mark.parametrize("bug", BUGS)
 def test_the_simulation_reports_a_planted_bug_within_the_ci_seeds(
     bug: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,7 +175,7 @@ DYNAMO_BUGS = {
 
 
 @pytest.mark.moto
-@pytest.mark.parametrize("bug", _marked(DYNAMO_BUGS))
+@pytest.mark.parametrize("bug", DYNAMO_BUGS)
 def test_the_simulation_over_the_dynamodb_book_reports_a_planted_bug(
     bug: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -165,11 +165,11 @@ class Clients:
             "issue_batch", ISSUER, {}, {"certificates": bodies}, self.key(), "issue-batch"
         )
 
-    def slice(self, caller: str) -> ApiCall:
+    def slice(self, caller: str, pick: tuple[str, str, int, str] | None = None) -> ApiCall:
         from tests.simulation.world import ApiCall
 
         rng = self.rng
-        certificate_id, slice_id, quantity, picked = self.pick_slice(caller)
+        certificate_id, slice_id, quantity, picked = pick or self.pick_slice(caller)
         intent = f"slice.{picked}"
         if quantity >= 3 and rng.random() < 0.85:
             cuts = sorted(rng.sample(range(1, quantity), rng.randint(1, min(3, quantity - 1))))
@@ -188,11 +188,11 @@ class Clients:
             intent,
         )
 
-    def transfer(self, caller: str) -> ApiCall:
+    def transfer(self, caller: str, pick: tuple[str, str, int, str] | None = None) -> ApiCall:
         from tests.simulation.world import ApiCall
 
         rng = self.rng
-        certificate_id, slice_id, quantity, picked = self.pick_slice(caller)
+        certificate_id, slice_id, quantity, picked = pick or self.pick_slice(caller)
         receiver = rng.choice([o for o in ("alice", "bob", "carol") if o != caller])
         roll = rng.random()
         if roll < 0.45:
@@ -315,6 +315,21 @@ class Clients:
             weights=[24, 3, 18, 22, 16, 4, 6],
         )[0]
         self.send(make(), depth)
+
+    def act_on(self, certificate_id: str, depth: int) -> bool:
+        """An owner of one of the certificate's available slices transfers or slices it now;
+        False when it has none (or is not active), or the request was not accepted."""
+        cert = self.world.book.get_certificate(certificate_id)
+        if cert is None or cert.status != CertificateStatus.ACTIVE:
+            return False
+        available = [s for s in cert.slices.values() if s.state == SliceState.AVAILABLE]
+        if not available:
+            return False
+        s = self.rng.choice(available)
+        pick = (certificate_id, s.slice_id, s.quantity_wh, "own")
+        make = self.transfer if self.rng.random() < 0.7 else self.slice
+        answer = self.send(make(s.owner, pick), depth)
+        return answer is not None and answer.status == 202
 
     def replay(self, first: Sent, depth: int) -> None:
         """The same key again: with the same body (a replay), or with another (a misuse)."""

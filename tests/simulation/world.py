@@ -9,7 +9,11 @@ batch, a reconciler pass). At each call the scheduler may
 - pause it and run other invocations first (another worker, the reconciler, a client, an
   operator, time passing): that is how two workers come to hold the same message, or the
   reconciler settles a command whose worker is between two writes;
-- find that its Lambda timeout has passed meanwhile, and kill it there.
+- find that its Lambda timeout has passed meanwhile, and kill it there;
+- after a reconciler pass reads a certificate's stream from the registry, land work on that
+  very certificate (its queued messages, or an owner's request on it) before the pass writes,
+  and judge that write, which must never move a certificate the book holds as the registry
+  does away from it (`World.judge_repair`).
 
 The timing assumptions of the deployment are kept, because the design relies on them
 (settings.check_order): the registry client's timeout < the Lambda timeout < the worker's lease.
@@ -61,6 +65,8 @@ REGISTRY_TIMEOUT_S = 10.0
 REDRIVE_AFTER_S = 300.0
 MAX_DEPTH = 2  # how deep invocations nest inside one another's pauses
 DEFAULT_STEPS = 100
+# The book's certificate writes a reconciler pass makes (judged by World.judge_repair).
+REPAIR_WRITES = frozenset({"book.update_certificate", "book.update_certificate_at"})
 
 
 class Crash(BaseException):
@@ -156,8 +162,11 @@ class Wired:
             where = f"{self._name}.{name}"
             self._world.before_call(self._invocation, where)
             self._world.refuse(self._invocation, where, args)
+            judge = self._world.judge_repair(self._invocation, where, args)
             result = attribute(*args, **kwargs)
-            self._world.after_call(self._invocation, where)
+            if judge is not None:
+                judge()
+            self._world.after_call(self._invocation, where, args)
             return result
 
         return call
@@ -256,10 +265,16 @@ class SqsFifo:
             groups.setdefault(message.group, []).append(message)
         return groups
 
-    def receive(self, now: float, limit: int, visibility_s: float) -> list[tuple[Message, int]]:
+    def receive(
+        self, now: float, limit: int, visibility_s: float, group: str | None = None
+    ) -> list[tuple[Message, int]]:
+        """A batch of visible messages; of one FIFO group only, when `group` is given (a
+        receive may return any one group's messages, and only those)."""
         rng = self._world.rng
         ready: list[list[Message]] = []
-        for members in self._groups().values():
+        for name, members in self._groups().items():
+            if group is not None and name != group:
+                continue
             while members and members[0].visible_at <= now and members[0].receives >= MAX_RECEIVES:
                 dead = members.pop(0)
                 self.messages.remove(dead)
@@ -497,7 +512,7 @@ class World:
         if inv.crash_at == inv.calls and inv.crash_before:
             self._die(inv, f"before {where}")
 
-    def after_call(self, inv: Invocation, where: str) -> None:
+    def after_call(self, inv: Invocation, where: str, args: tuple[Any, ...] = ()) -> None:
         if inv.crash_at == inv.calls and not inv.crash_before:
             self._die(inv, f"after {where}")
         if (
@@ -507,12 +522,58 @@ class World:
             and inv.depth < MAX_DEPTH
             and self.fault_rng.random() < self.race_alignment_p
         ):
-            # A commit racing alignment: workers run between the stream's answer and the
-            # reconciler's next look at the book.
+            # A commit racing alignment: between the stream's answer and the reconciler's
+            # write, work on that very certificate lands. Any other work leaves what the
+            # reconciler compares as it was, so an arbitrary batch would almost never race.
             inv.preempted = True
             self.stats["faults.commit_racing_alignment"] += 1
-            self.note(f"  pause {inv.kind} after {where}: workers run (depth {inv.depth + 1})")
-            self.deliver(inv.depth + 1)
+            self.note(
+                f"  pause {inv.kind} after {where}({args[0][:8]}): work on it "
+                f"(depth {inv.depth + 1})"
+            )
+            self.work_on(args[0], inv.depth + 1)
+
+    def judge_repair(
+        self, inv: Invocation, where: str, args: tuple[Any, ...]
+    ) -> Callable[[], None] | None:
+        """I6 at the reconciler's write: a certificate the book holds as the registry does is
+        never written away from it. A repair computed from a look at the registry that is
+        older than the certificate it is written over does exactly that (a commit landed on
+        both in between); the check at quiet sees it only where its audit entry is not
+        excused by drift, and the next pass heals the book."""
+        if inv.kind != "reconciler" or where not in REPAIR_WRITES:
+            return None
+        certificate_id = args[0]
+        if self._differences(certificate_id):
+            return None  # differs already: drift (or a commit) for the reconciler to repair
+
+        def judge() -> None:
+            for difference in self._differences(certificate_id):
+                self.violate(
+                    "I6",
+                    f"{certificate_id}: the reconciler's write moved it away from the "
+                    f"registry, which it agreed with: {difference}",
+                )
+
+        return judge
+
+    def _differences(self, certificate_id: str) -> list[str]:
+        """The book's certificate against the registry's, as the check at quiet compares
+        them; the comparisons it leaves out are not counted in the run's figures."""
+        counted, self.exempt = self.exempt, Counter()
+        try:
+            return self.checks.differences(self, certificate_id)
+        finally:
+            self.exempt = counted
+
+    def work_on(self, certificate_id: str, depth: int) -> None:
+        """A commit on one certificate lands now: a worker receives the messages queued for
+        it; with none visible, one of its owners asks for a transfer or a slice of it first."""
+        if self.deliver(depth, group=certificate_id):
+            self.stats["race.queued_work_delivered"] += 1
+        elif self.clients.act_on(certificate_id, depth):
+            self.stats["race.owner_request_accepted"] += 1
+            self.deliver(depth, group=certificate_id)
 
     def refuse(self, inv: Invocation, where: str, args: tuple[Any, ...]) -> None:
         if inv.kind != "reconciler" or not self.refused:
@@ -589,10 +650,11 @@ class World:
 
     # --- actors -----------------------------------------------------------------------------
 
-    def deliver(self, depth: int = 0, limit: int | None = None) -> bool:
-        """One worker invocation on one batch received from the queue."""
+    def deliver(self, depth: int = 0, limit: int | None = None, group: str | None = None) -> bool:
+        """One worker invocation on one batch received from the queue (from one certificate's
+        FIFO group only, when `group` is given)."""
         batch = self.queue.receive(
-            self.clock(), limit or self.rng.randint(1, 10), self.visibility_s
+            self.clock(), limit or self.rng.randint(1, 10), self.visibility_s, group
         )
         if not batch:
             return False
