@@ -19,7 +19,8 @@ from certs_cli.api import ApiError, Client, Unavailable
 from certs_cli.render import Output
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-STUCK_STATUSES = ("ACCEPTED", "SENDING", "SENT", "IN_DOUBT")
+# REJECTED: the claims that stranded an allocation, listed for good.
+STUCK_STATUSES = ("ACCEPTED", "SENDING", "SENT", "IN_DOUBT", "REJECTED")
 
 
 def _attribute(text: str) -> tuple[str, str]:

@@ -658,6 +658,14 @@ def ops_stuck(ctx: Context, args: argparse.Namespace) -> int:
                 for c in page["items"]
             ],
         )
+        for c in page["items"]:
+            for s in c.get("stranded", []):
+                ctx.out.line(
+                    f"stranded by claim {c['command_id']}: the {s['side']} allocation "
+                    f"{s['allocation_id']} of slice {s['slice_id']} (certificate "
+                    f"{s['certificate_id']}), committed in transaction {s['transaction_id']}:"
+                    " the registry holds the slice allocated for good"
+                )
         if any(c["status"] == "IN_DOUBT" for c in page["items"]):
             ctx.out.note(
                 "before resolving: look each transaction id up in the registry"

@@ -112,6 +112,9 @@ class SliceState(StrEnum):
     AVAILABLE = "available"
     RESERVED = "reserved"  # used by a pending command
     CLAIMED = "claimed"
+    # Allocated to a claim in the registry that was refused after the allocation committed:
+    # only that claim could move it on, so it holds its quantity for good and is not usable.
+    ALLOCATED = "allocated"
     TRANSFERRED = "transferred"  # given to another owner: the receiver holds a new slice
     SLICED = "sliced"  # replaced by its parts
     WITHDRAWN = "withdrawn"
@@ -125,6 +128,7 @@ LIVE_SLICE_STATES = frozenset(
         SliceState.AVAILABLE,
         SliceState.RESERVED,
         SliceState.CLAIMED,
+        SliceState.ALLOCATED,
         SliceState.WITHDRAWN,
         SliceState.EXPIRED,
     }
@@ -342,6 +346,20 @@ class SliceSeal(BaseModel):
     secret: str
 
 
+class StrandedAllocation(BaseModel):
+    """One side of a claim that stopped after its allocation committed: the registry holds the
+    slice allocated for good (an allocation cannot be undone, and only the refused claim could
+    have moved it on). Kept on the command for operators."""
+
+    model_config = ConfigDict(frozen=True)
+
+    side: CertificateType
+    certificate_id: str
+    slice_id: str  # the book's slice, now ALLOCATED: the one reserved, or the part cut off it
+    allocation_id: str
+    transaction_id: str  # the allocation's transaction, committed
+
+
 class IssueSpec(BaseModel):
     """What an issuer asks to issue, already validated."""
 
@@ -385,6 +403,8 @@ class Command(BaseModel):
     attempts: int = 0
     error: str | None = None
     unsettled_passes: int = 0  # reconciler passes that failed to settle it (an error, not a wait)
+    # A claim refused after an allocation committed: what it left allocated in the registry.
+    stranded: tuple[StrandedAllocation, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -546,6 +566,61 @@ def apply_claim_cut(cert: Certificate, command: Command, ref: SliceRef) -> Certi
         part_ids, [command.quantity_wh, source.quantity_wh - command.quantity_wh], strict=True
     ):
         slices[slice_id] = Slice(slice_id=slice_id, owner=source.owner, quantity_wh=quantity)
+    return cert.model_copy(update={"slices": slices})
+
+
+def claim_allocation_step(command: Command) -> int:
+    """The index of a claim's production allocation among its transactions: after the cuts,
+    before the consumption allocation and the two claims (registry/builder.py)."""
+    return len(command.transactions) - 4
+
+
+def claim_stopped_sides(command: Command) -> dict[int, SliceState]:
+    """For a claim stopped at its current step (refused, or given up): each side whose
+    allocation committed, and the state the registry left its slice in, ALLOCATED for good,
+    or CLAIMED when that side's claim committed too. Empty when nothing was allocated."""
+    if command.kind != CommandKind.CLAIM or len(command.transactions) < 4:
+        return {}
+    first = claim_allocation_step(command)
+    stopped = {}
+    for side in (0, 1):
+        if command.step > first + 2 + side:
+            stopped[side] = SliceState.CLAIMED
+        elif command.step > first + side:
+            stopped[side] = SliceState.ALLOCATED
+    return stopped
+
+
+def claimed_slice_id(command: Command, ref: SliceRef, source_quantity_wh: int) -> str:
+    """The slice of `ref`'s side a claim allocates: the reserved one, or the part cut off it."""
+    if source_quantity_wh == command.quantity_wh:
+        return ref.slice_id
+    side = 0 if ref == command.slices[0] else 1
+    return slice_id_for(command.command_id, 2 * side)
+
+
+def apply_claim_stopped(
+    cert: Certificate, command: Command, ref: SliceRef, state: SliceState
+) -> Certificate:
+    """A claim stopped after this side's allocation committed: the slice it allocated is in
+    `state` (ALLOCATED, or CLAIMED) as the registry has it. A part cut for the claim must be
+    cut first (apply_claim_cut). Idempotent."""
+    source = cert.slices.get(ref.slice_id)
+    if source is None:
+        raise Conflict(f"slice {ref.slice_id} is not in the book", subject=ref.slice_id)
+    found = cert.slices.get(claimed_slice_id(command, ref, source.quantity_wh))
+    if found is None or found.state == state:
+        return cert
+    if found.reserved_by not in (None, command.command_id) or found.state not in (
+        SliceState.AVAILABLE,
+        SliceState.RESERVED,
+    ):
+        raise Conflict(
+            f"slice {found.slice_id} is {found.state.value}, not the claim's to mark {state.value}",
+            subject=found.slice_id,
+        )
+    slices = dict(cert.slices)
+    slices[found.slice_id] = found.model_copy(update={"state": state, "reserved_by": None})
     return cert.model_copy(update={"slices": slices})
 
 
@@ -775,6 +850,23 @@ class RegistrySliceView(BaseModel):
     owner: str
     quantity_wh: int
     claimed: bool = False
+    allocated: bool = False  # to a claim whose ClaimedEvent is not (yet) on this stream
+
+    @property
+    def state(self) -> SliceState:
+        """Its state in the book's terms: claimed, allocated (unusable) or available."""
+        if self.claimed:
+            return SliceState.CLAIMED
+        return SliceState.ALLOCATED if self.allocated else SliceState.AVAILABLE
+
+
+# What the registry tells of a live slice's use: claimed, allocated, or free (available, or
+# unusable for a reason of the book's own: reserved, withdrawn, expired).
+_REGISTRY_USE = (SliceState.CLAIMED, SliceState.ALLOCATED)
+
+
+def _use(state: SliceState) -> SliceState:
+    return state if state in _REGISTRY_USE else SliceState.AVAILABLE
 
 
 def align(
@@ -803,7 +895,7 @@ def align(
             owner=view.owner,
             quantity_wh=view.quantity_wh,
             registry_ref=view.ref,
-            state=SliceState.CLAIMED if view.claimed else SliceState.AVAILABLE,
+            state=view.state,
         )
         slices[new.slice_id] = new
 
@@ -833,15 +925,15 @@ def align(
                     "registry": [theirs.owner, theirs.quantity_wh],
                 }
             )
-        elif theirs.claimed != (mine.state == SliceState.CLAIMED):
-            state = SliceState.CLAIMED if theirs.claimed else SliceState.AVAILABLE
-            slices[mine.slice_id] = mine.model_copy(update={"state": state})
+        elif theirs.state != _use(mine.state):
+            slices[mine.slice_id] = mine.model_copy(update={"state": theirs.state})
             repairs.append(
                 {
                     "action": "claim_state",
                     "ref": ref,
                     "slice_id": mine.slice_id,
                     "claimed": theirs.claimed,
+                    "state": theirs.state.value,
                 }
             )
     for ref, theirs in truth.items():

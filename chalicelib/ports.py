@@ -126,6 +126,16 @@ class Book(Protocol):
         age are left as they are; a terminal or unknown command is left alone."""
         ...
 
+    def note_stranded(self, command: Command) -> None:
+        """List a claim that left an allocation stranded in the registry, for operators, for
+        good (an allocation cannot be undone). Idempotent."""
+        ...
+
+    def stranded_commands(self, limit: int) -> list[Command]:
+        """The commands noted as having stranded allocations, as they are now, oldest
+        first."""
+        ...
+
     # the reconciler's own records
     def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
         """Take the named lease if free or expired; True when `holder` has it."""

@@ -76,6 +76,11 @@ class OpsPage:
                 (c, why)
                 for c in commands
                 if (why := reason_stuck(c, now, services.settings.redrive_after_s))
+            ]
+            + [
+                (c, reason_stranded(c))
+                for c in services.book.stranded_commands(MAX_LISTED)
+                if c.is_terminal
             ],
             queue_waiting=waiting["ApproximateNumberOfMessages"],
             queue_in_flight=waiting["ApproximateNumberOfMessagesNotVisible"],
@@ -118,6 +123,14 @@ def reason_stuck(command: Command, now: datetime, redrive_after_s: float) -> str
     if age > WAITING_IS_STUCK_S:
         return f"{command.status.value} for {age:.0f} s"
     return None
+
+
+def reason_stranded(command: Command) -> str:
+    """A claim that left allocations in the registry for good: what each one holds."""
+    return "stranded for good: " + "; ".join(
+        f"the {a.side.value} allocation of slice {a.slice_id} (transaction {a.transaction_id})"
+        for a in command.stranded
+    )
 
 
 def _card(name: str, value: Any, note: str = "", alert: bool = False) -> str:

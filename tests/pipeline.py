@@ -290,13 +290,12 @@ class Pipeline:
         ):
             return False
         book = sorted(
-            (s.ref, s.owner, s.quantity_wh, s.state == domain.SliceState.CLAIMED)
+            (s.ref, s.owner, s.quantity_wh, _registry_use(s.state))
             for s in cert.slices.values()
             if s.is_live
         )
         registry = sorted(
-            (s["ref"], s["owner"], s["quantity"], s["state"] == "claimed")
-            for s in snapshot["slices"]
+            (s["ref"], s["owner"], s["quantity"], s["state"]) for s in snapshot["slices"]
         )
         return book == registry
 
@@ -317,3 +316,10 @@ class Pipeline:
         self.check_invariants()
         self.check_nothing_lost()
         self.check_all_aligned()
+
+
+def _registry_use(state: domain.SliceState) -> str:
+    """A book slice's state as the registry tells it: claimed, allocated, or available."""
+    if state in (domain.SliceState.CLAIMED, domain.SliceState.ALLOCATED):
+        return state.value
+    return "available"

@@ -528,6 +528,46 @@ def test_usage_errors_exit_2(certs, tokens, tmp_path: Path) -> None:
 # --- operations -------------------------------------------------------------------------------
 
 
+def test_a_stranded_allocation_shows_up_in_certs_ops_stuck(stack, certs, tokens) -> None:
+    """Issue 15: the issuer withdrew the consumption certificate in the registry, behind the
+    book's back: the claim's production allocation commits, its consumption allocation is
+    refused, and the production slice is allocated for good. The DynamoDB book, the API and
+    the CLI all show it."""
+    production = issued(certs, tokens, "alice", PRODUCTION_GSRN, "production", 400)
+    consumption = issued(certs, tokens, "alice", CONSUMPTION_GSRN, "consumption", 400)
+    (whole,) = available_slices(certs, tokens["alice"], production).values()
+    (consumed,) = available_slices(certs, tokens["alice"], consumption).values()
+    stack.registry.withdraw(consumption)
+    claimed = certs(
+        "claim",
+        "--production",
+        f"{production}:{whole}",
+        "--consumption",
+        f"{consumption}:{consumed}",
+        "--quantity",
+        "400",
+        "--wait",
+        token=tokens["alice"],
+    )
+    assert claimed.code == 1, claimed
+    assert claimed.fields["status"] == "REJECTED"
+    command_id = claimed.fields["command"]
+    view = certs("--json", "cert", production, token=tokens["alice"]).json()
+    assert [(s["slice_id"], s["state"]) for s in view["slices"]] == [(whole, "allocated")]
+
+    stuck = certs("ops", "stuck", token=tokens["operator"])
+    assert stuck.code == 0, stuck
+    row, stranded = stuck.out.splitlines()[1:]
+    assert row.split()[:3] == [command_id, "claim", "REJECTED"]
+    assert stranded.startswith(f"stranded by claim {command_id}: the production allocation ")
+    (allocation,) = certs("--json", "ops", "stuck", token=tokens["operator"]).json()["items"][0][
+        "stranded"
+    ]
+    assert allocation["slice_id"] == whole and allocation["transaction_id"] in stranded
+    only = certs("--json", "ops", "stuck", "--status", "REJECTED", token=tokens["operator"])
+    assert [c["command_id"] for c in only.json()["items"]] == [command_id]
+
+
 def test_an_in_doubt_command_is_listed_as_stuck_and_resolved_by_an_operator(
     stack, certs, tokens
 ) -> None:

@@ -735,3 +735,88 @@ def test_iter_reserved_lists_the_held_slices_of_each_certificate():
     assert [(c.certificate_id, s.reserved_by) for c, s in domain.iter_reserved([cert, held])] == [
         (cert.certificate_id, "cmd-1")
     ]
+
+
+# --- stranded allocations (issue 15) -----------------------------------------------------------
+
+
+def _view(cert, state: SliceState, **fields) -> domain.RegistrySliceView:
+    s = only_slice(cert)
+    return domain.RegistrySliceView(
+        ref=s.ref,
+        owner=fields.get("owner", s.owner),
+        quantity_wh=s.quantity_wh,
+        claimed=state == SliceState.CLAIMED,
+        allocated=state in (SliceState.ALLOCATED, SliceState.CLAIMED),
+    )
+
+
+def _with_state(cert, state: SliceState):
+    s = only_slice(cert)
+    return cert.model_copy(update={"slices": {s.slice_id: s.model_copy(update={"state": state})}})
+
+
+def test_alignment_shows_a_slice_the_registry_holds_allocated_as_allocated():
+    """The registry's allocated slice read as available before: the book hid a stranded
+    allocation, and every later use of the slice was refused by the registry."""
+    cert = active_certificate()
+    aligned, repairs = domain.align(cert, [_view(cert, SliceState.ALLOCATED)], False)
+    assert [(r["action"], r["state"]) for r in repairs] == [("claim_state", "allocated")]
+    assert only_slice(aligned).state == SliceState.ALLOCATED
+    assert domain.conservation_holds(aligned)  # allocated is live: it holds its quantity
+    assert domain.align(aligned, [_view(cert, SliceState.ALLOCATED)], False) == (aligned, [])
+
+
+@pytest.mark.parametrize(
+    ("book", "registry"),
+    [
+        (SliceState.AVAILABLE, SliceState.ALLOCATED),
+        (SliceState.ALLOCATED, SliceState.AVAILABLE),  # unclaimed, say
+        (SliceState.ALLOCATED, SliceState.CLAIMED),
+        (SliceState.CLAIMED, SliceState.ALLOCATED),
+        (SliceState.WITHDRAWN, SliceState.ALLOCATED),
+    ],
+)
+def test_alignment_takes_the_registrys_use_of_a_slice(book, registry):
+    cert = _with_state(active_certificate(), book)
+    aligned, repairs = domain.align(cert, [_view(cert, registry)], False)
+    assert only_slice(aligned).state == registry
+    assert len(repairs) == 1
+
+
+def test_a_slice_the_book_lacks_is_added_in_the_registrys_state_allocated_too():
+    cert = active_certificate()
+    gone = _with_state(cert, SliceState.REMOVED)
+    aligned, _ = domain.align(gone, [_view(cert, SliceState.ALLOCATED)], False)
+    (added,) = [s for s in aligned.slices.values() if s.is_live]
+    assert added.state == SliceState.ALLOCATED
+
+
+def test_an_allocated_slice_stays_allocated_when_its_certificate_is_withdrawn_or_expires():
+    cert = _with_state(active_certificate(), SliceState.ALLOCATED)
+    withdraw = withdraw_command(cert.certificate_id)
+    done = domain.apply_withdraw(domain.begin_withdrawal(cert, withdraw.command_id), withdraw)
+    assert only_slice(done).state == SliceState.ALLOCATED
+    assert only_slice(domain.expire(cert)).state == SliceState.ALLOCATED
+
+
+@pytest.mark.parametrize(
+    ("cuts", "step", "stopped"),
+    [
+        (0, 0, {}),
+        (0, 1, {0: SliceState.ALLOCATED}),
+        (0, 2, {0: SliceState.ALLOCATED, 1: SliceState.ALLOCATED}),
+        (0, 3, {0: SliceState.CLAIMED, 1: SliceState.ALLOCATED}),
+        (1, 1, {}),
+        (2, 3, {0: SliceState.ALLOCATED}),
+        (2, 5, {0: SliceState.CLAIMED, 1: SliceState.ALLOCATED}),
+    ],
+)
+def test_a_claim_stopped_at_a_step_left_allocated_what_committed_and_was_not_claimed(
+    cuts, step, stopped
+):
+    production, consumption = claimable_pair()
+    claim = claim_command(ref_of(production), ref_of(consumption), 100).model_copy(
+        update={"transactions": ("tx",) * (cuts + 4), "step": step}
+    )
+    assert domain.claim_stopped_sides(claim) == stopped

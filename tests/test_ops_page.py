@@ -186,3 +186,35 @@ def test_the_cloudwatch_dashboard_shows_the_same_figures():
         assert f'"open_{status}"' in text  # chalicelib/usecases/reconcile.py emits these
     for metric in ("oldest_open_command_s", "registry_call_ms", "registry_errors", "5XXError"):
         assert metric in text
+
+
+def test_a_claim_that_stranded_an_allocation_is_stuck_for_good(known_state, moto_services):
+    """Issue 15: a claim REJECTED after an allocation committed is listed with what it left."""
+    from chalicelib import domain
+    from chalicelib.ports import Transition
+
+    book = moto_services.book
+    claim = command(CommandKind.CLAIM, "cert-p", key="k-stranded", now=datetime.now(UTC))
+    book.add_command(claim)
+    allocation = domain.StrandedAllocation(
+        side=domain.CertificateType.PRODUCTION,
+        certificate_id="cert-p",
+        slice_id="slice-p",
+        allocation_id="alloc-1",
+        transaction_id="tx-1",
+    )
+    book.note_stranded(claim)
+    book.transition(
+        claim.command_id,
+        Transition(
+            CommandStatus.ACCEPTED,
+            CommandStatus.REJECTED,
+            datetime.now(UTC),
+            changes={"stranded": (allocation,), "error": "stranded"},
+        ),
+    )
+    stuck = dict((c.command_id, why) for c, why in known_state.figures().stuck)
+    assert stuck[claim.command_id] == (
+        "stranded for good: the production allocation of slice slice-p (transaction tx-1)"
+    )
+    assert "slice-p" in known_state.render()

@@ -109,6 +109,18 @@ def test_the_ci_seeds_meet_every_fault_the_harness_can_inject() -> None:
     assert any(k.startswith("timeouts.") for k in totals)
 
 
+@pytest.mark.parametrize(("seed", "queries"), [(32, True), (155, False)])
+def test_a_claim_stranded_in_the_simulation_is_shown_named_and_listed(seed, queries) -> None:
+    """Issue 15: in these runs the issuer withdraws a consumption certificate just before a
+    claim's consumption allocation. The checks compare the slice's state with the registry's
+    and require the claim to name the allocation and be on the stranded list: with the
+    allocated state taken out of the worker, each run fails both (I6 and I2)."""
+    result = run(seed, queries, STEPS)
+    assert result.stats["faults.strand_claim"] == 1
+    assert result.stats["claims.stranded"] == 1
+    assert not result.violations, result.report()
+
+
 # --- the bugs the simulation found ---------------------------------------------------------
 
 

@@ -466,6 +466,45 @@ class DynamoBook:
                 ExpressionAttributeValues=_to_item(values),
             )
 
+    # A claim that stranded an allocation is listed for operators by an item of its own under
+    # the command's key, in the open-commands index's partition STRANDED: the reconciler
+    # queries only the OPEN# partitions, and the command's own index keys stay the
+    # reconciler's to remove. Rare by design, so one partition holds them all.
+    _STRANDED = "STRANDED"
+
+    def note_stranded(self, command: Command) -> None:
+        self._call(
+            "put_item",
+            Item=_to_item(
+                {
+                    "pk": f"CMD#{command.command_id}",
+                    "sk": self._STRANDED,
+                    "open_pk": self._STRANDED,
+                    "open_sk": f"{command.created_at.isoformat()}#{command.command_id}",
+                }
+            ),
+        )
+
+    def stranded_commands(self, limit: int) -> list[Command]:
+        args: dict[str, Any] = {
+            "IndexName": "open_commands",
+            "KeyConditionExpression": "open_pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": self._STRANDED}},
+            "Limit": min(limit, 100),
+        }
+        ids: list[str] = []
+        while len(ids) < limit:
+            answer = self._call("query", **args)
+            ids += [i["pk"]["S"].removeprefix("CMD#") for i in answer.get("Items", [])]
+            if "LastEvaluatedKey" not in answer:
+                break
+            args["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        found = {
+            c.command_id: c
+            for c in map(_command_from, self._batch_get([_command_key(i) for i in ids[:limit]]))
+        }
+        return [found[i] for i in ids[:limit] if i in found]
+
     # --- the reconciler's own records --------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:

@@ -113,6 +113,7 @@ class InMemoryBook:
         self._holdings: dict[str, set[str]] = {}
         self._receipts: set[str] = set()
         self._reconciled: set[str] = set()
+        self._stranded: dict[str, None] = {}  # commands that left allocations stranded
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._audits: dict[str, list[dict[str, Any]]] = {}
 
@@ -233,6 +234,18 @@ class InMemoryBook:
             command = self.commands.get(command_id)
             if command is not None and command.is_terminal:
                 self._listed.pop(command_id, None)
+
+    def note_stranded(self, command: Command) -> None:
+        with self._lock:
+            self._stranded[command.command_id] = None
+
+    def stranded_commands(self, limit: int) -> list[Command]:
+        with self._lock:
+            found = sorted(
+                (self.commands[i] for i in self._stranded if i in self.commands),
+                key=lambda c: (c.created_at, c.command_id),
+            )
+        return found[:limit]
 
     def acquire_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
         with self._lock:

@@ -517,7 +517,7 @@ def health(services: Services, call: Call) -> HttpResponse:
     Endpoint(
         "GET",
         "/v1/ops/commands",
-        "Commands that are stuck",
+        "Commands that are stuck, and claims that stranded an allocation",
         m.CommandPage,
         role=Role.OPERATOR,
         query=("status", "older_than_s", "limit"),
@@ -529,9 +529,11 @@ def stuck_commands(services: Services, call: Call) -> HttpResponse:
         raise BadRequest("older_than_s is not negative", field="older_than_s")
     now = services.clock()
     cutoff = now - timedelta(seconds=q.older_than_s)
+    # Open commands, then claims that stranded an allocation (REJECTED, for good).
     found = [
         c
         for c in services.book.open_commands(now + _INCLUSIVE, limit=1000)
+        + [s for s in services.book.stranded_commands(limit=1000) if s.is_terminal]
         if (q.status is None or c.status == q.status) and c.updated_at <= cutoff
     ]
     return json_response(

@@ -199,6 +199,14 @@ class BatchAccepted(BaseModel):
     refused: int
 
 
+class StrandedAllocationView(BaseModel):
+    side: CertificateType
+    certificate_id: str
+    slice_id: str = Field(description="The slice, now in state allocated.")
+    allocation_id: str
+    transaction_id: str = Field(description="The allocation's transaction, committed.")
+
+
 class CommandView(BaseModel):
     command_id: str
     kind: CommandKind
@@ -221,6 +229,11 @@ class CommandView(BaseModel):
         default_factory=list,
         description="The registry ids of its transactions, in sending order: what an "
         "operator looks up in the registry before resolving an IN_DOUBT command.",
+    )
+    stranded: list[StrandedAllocationView] = Field(
+        default_factory=list,
+        description="A claim refused after an allocation committed: each allocation it left "
+        "in the registry for good, whose slice reads allocated (not usable).",
     )
 
     @classmethod
@@ -251,6 +264,7 @@ class CommandView(BaseModel):
             transaction_ids=[
                 transaction_id_of(base64.b64decode(tx)) for tx in command.transactions
             ],
+            stranded=[StrandedAllocationView(**s.model_dump()) for s in command.stranded],
         )
 
 

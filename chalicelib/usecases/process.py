@@ -39,6 +39,7 @@ from chalicelib.ports import (
     StaleCommand,
     Transition,
 )
+from chalicelib.registry.builder import allocation_id_for
 from chalicelib.registry.envelope import transaction_id_of
 from chalicelib.registry.port import (
     QueriesNotSupported,
@@ -160,9 +161,21 @@ class Worker:
     def give_up(self, delivery: Delivery, reason: str) -> None:
         """The last receive of a message that keeps failing: it goes to the dead-letter queue.
         A command that never left (ACCEPTED) is rejected so its holds are freed and an operator
-        sees why; one that may have left is left to the reconciler's lease rules."""
+        sees why; one that may have left is left to the reconciler's lease rules, and so is a
+        claim whose allocation committed."""
         command = self.book.get_command(delivery.command_id)
         if command is None or command.status != CommandStatus.ACCEPTED:
+            return
+        if domain.claim_stopped_sides(command):
+            # Rejecting now would strand what the claim allocated: it stays ACCEPTED, and the
+            # reconciler re-drives it, so its remaining steps are sent once they can be.
+            observability.event(
+                "delivery.given_up_midway",
+                logging.WARNING,
+                command_id=command.command_id,
+                step=command.step,
+                reason=reason,
+            )
             return
         with contextlib.suppress(StaleCommand):  # it moved on meanwhile: nothing to give up
             self._reject(
@@ -426,25 +439,51 @@ class Worker:
         return Outcome.DONE
 
     def _reject(self, command: Command, reason: str) -> Outcome:
+        changes: dict[str, object] = {"lease_until": None}
+        stranded: tuple[domain.StrandedAllocation, ...] = ()
         if command.step > 0:
-            apply_partial(self.book, command)
+            stranded = apply_partial(self.book, command)
             reason = (
                 f"step {command.step + 1} of {len(command.transactions)} refused by the "
                 f"registry: {reason}; the steps before it are in the book"
             )
+        if stranded:
+            reason += "".join(f"; {stranded_reason(s)}" for s in stranded)
+            changes["stranded"] = stranded
+            # Listed for operators before the terminal write: a crash between the two leaves
+            # the command open, and so in the stuck list anyway.
+            self.book.note_stranded(command)
+        changes["error"] = reason
         holds.release(self.book, command)
         expected = (CommandStatus.ACCEPTED, *_AWAITING_OUTCOME)
-        self._move(
-            command,
-            expected,
-            CommandStatus.REJECTED,
-            {"error": reason, "lease_until": None},
-            reason,
-        )
+        self._move(command, expected, CommandStatus.REJECTED, changes, reason)
+        if stranded:
+            self._count_stranded(command, stranded)
         # A retried request (or a re-driven message) that read the command while it was open
         # may have reserved again between the release and the terminal write.
         holds.release_after_end(self.book, command)
         return Outcome.DONE
+
+    def _count_stranded(
+        self, command: Command, stranded: tuple[domain.StrandedAllocation, ...]
+    ) -> None:
+        for allocation in stranded:
+            observability.event(
+                "claim.stranded",
+                logging.WARNING,
+                command_id=command.command_id,
+                **allocation.model_dump(mode="json"),
+            )
+        observability.metrics({"stranded_allocations": len(stranded)})
+
+
+def stranded_reason(allocation: domain.StrandedAllocation) -> str:
+    return (
+        f"stranded: the {allocation.side.value} allocation {allocation.allocation_id} of slice "
+        f"{allocation.slice_id} (certificate {allocation.certificate_id}) committed in "
+        f"transaction {allocation.transaction_id} and cannot be undone: the registry holds "
+        "the slice allocated for good, and it cannot be used"
+    )
 
 
 def drift_checked(command_id: str, one_in: int) -> bool:
@@ -515,21 +554,49 @@ def attach_seals(book: Book, command: Command) -> None:
             book.update_certificate(certificate_id, lambda c: domain.attach_seals(c, command))
 
 
-def apply_partial(book: Book, command: Command) -> None:
+def apply_partial(book: Book, command: Command) -> tuple[domain.StrandedAllocation, ...]:
     """A multi-step command refused after its first steps committed: keep what the registry
     did. For a partial transfer that is the cut (the owner keeps both parts); for a claim, the
     cuts it made before allocating (a registry that answers no queries cannot tell the
-    reconciler about them). An allocation left behind is for the reconciler and operators."""
+    reconciler about them), and each side's slice as its allocation and claim left it: an
+    allocation that committed cannot be undone, so that slice is ALLOCATED for good (or
+    CLAIMED, where that side's claim committed). Returns the allocations it left stranded."""
     if command.kind == CommandKind.TRANSFER and command.step >= 1:
         book.update_certificate(command.certificate_id, lambda c: domain.apply_slice(c, command))
+    stranded: list[domain.StrandedAllocation] = []
     if command.kind == CommandKind.CLAIM:
         # The builder cuts each side whose slice holds more than the claim, in side order,
         # before anything else: the first `step` of those cuts committed.
-        for ref in _claim_cuts(book, command)[: command.step]:
-            book.update_certificate(
-                ref.certificate_id, lambda c, ref=ref: domain.apply_claim_cut(c, command, ref)
-            )
+        cut = _claim_cuts(book, command)[: command.step]
+        stopped = domain.claim_stopped_sides(command)
+        for side, ref in enumerate(command.slices):
+            state = stopped.get(side)
+            if ref not in cut and state is None:
+                continue
+
+            def change(c: Certificate, ref=ref, state=state) -> Certificate:
+                if ref in cut:  # one write with the state: the part is never free meanwhile
+                    c = domain.apply_claim_cut(c, command, ref)
+                return domain.apply_claim_stopped(c, command, ref, state) if state else c
+
+            cert = book.update_certificate(ref.certificate_id, change)
+            if state == domain.SliceState.ALLOCATED:
+                stranded.append(_stranded(command, side, ref, cert))
     attach_seals(book, command)
+    return tuple(stranded)
+
+
+def _stranded(
+    command: Command, side: int, ref: domain.SliceRef, cert: Certificate
+) -> domain.StrandedAllocation:
+    step = domain.claim_allocation_step(command) + side
+    return domain.StrandedAllocation(
+        side=domain.CertificateType.PRODUCTION if side == 0 else domain.CertificateType.CONSUMPTION,
+        certificate_id=ref.certificate_id,
+        slice_id=domain.claimed_slice_id(command, ref, cert.slices[ref.slice_id].quantity_wh),
+        allocation_id=allocation_id_for(command),
+        transaction_id=transaction_id_of(base64.b64decode(command.transactions[step])),
+    )
 
 
 def _claim_cuts(book: Book, command: Command) -> list[domain.SliceRef]:

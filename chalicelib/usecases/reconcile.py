@@ -322,7 +322,11 @@ class Reconciler:
             return "drift_unknown_to_registry"
         views = [
             domain.RegistrySliceView(
-                ref=s.ref, owner=s.owner, quantity_wh=s.quantity_wh, claimed=s.claimed
+                ref=s.ref,
+                owner=s.owner,
+                quantity_wh=s.quantity_wh,
+                claimed=s.claimed,
+                allocated=s.allocated,
             )
             for s in truth.slices.values()
         ]

@@ -216,6 +216,41 @@ def test_a_terminal_transition_takes_the_command_out_of_the_open_commands(book, 
         book.transition(ends.command_id, Transition(terminal, ACCEPTED, at(3)))
 
 
+def test_a_claim_noted_as_stranded_is_listed_for_good_and_reads_with_its_allocations(book):
+    stranded = domain.StrandedAllocation(
+        side=CertificateType.PRODUCTION,
+        certificate_id="cert-1",
+        slice_id="s-1",
+        allocation_id="a-1",
+        transaction_id="tx-1",
+    )
+    later, first = a_command("k-later", minutes=5), a_command("k-first", minutes=1)
+    for cmd in (later, first, a_command("k-other", minutes=2)):
+        book.add_command(cmd)
+    assert book.stranded_commands(10) == []
+    for cmd in (later, first):
+        book.note_stranded(cmd)
+        book.note_stranded(cmd)  # idempotent
+        book.transition(
+            cmd.command_id,
+            Transition(
+                ACCEPTED,
+                REJECTED,
+                at(9),
+                changes={"error": "stranded", "stranded": (stranded,)},
+                reconciled=True,
+            ),
+        )
+        book.mark_reconciled(cmd.command_id)
+    listed = book.stranded_commands(10)
+    assert [c.command_id for c in listed] == [first.command_id, later.command_id]
+    assert listed[0].status == REJECTED and listed[0].stranded == (stranded,)
+    assert [c.command_id for c in book.stranded_commands(1)] == [first.command_id]
+    # Off the reconciler's lists: only the stranded list keeps them.
+    assert all(c.status == ACCEPTED for c in book.open_commands(at(60), 10))
+    assert book.settled_commands(10) == []
+
+
 def test_open_commands_are_oldest_first_created_strictly_before_the_cutoff_and_limited(book):
     made = [a_command(f"k-{m}", minutes=m) for m in (30, 10, 20, 0, 40)]
     for cmd in made:

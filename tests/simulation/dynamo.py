@@ -93,6 +93,9 @@ class DynamoView:
             "acquire_lease",
             "release_lease",
             "add_audit",
+            # the stranded list: its own item, which the checks read through the book
+            "note_stranded",
+            "stranded_commands",
         }
     )
 

@@ -53,7 +53,8 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
         f"pauses (other invocations run inside one): {totals['pauses']}; deliveries: "
         f"{totals['deliveries']}; reconciler passes: {totals['reconciler.passes']}; "
         f"operator resolutions: {totals['operator.resolutions']}; dead-lettered: "
-        f"{totals['queue.dead_lettered']}; stale receipt handles: {totals['queue.stale_delete']}",
+        f"{totals['queue.dead_lettered']}; stale receipt handles: {totals['queue.stale_delete']}"
+        f"; claims that stranded an allocation: {totals['claims.stranded']}",
         f"violations: {sum(rules.values())} in {len(failed)} run(s)"
         + (f"  by rule: {dict(sorted(rules.items()))}" if rules else ""),
     ]

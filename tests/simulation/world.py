@@ -181,6 +181,7 @@ class RegistryClient:
         self._registry = registry
         self._clock = clock
         self._stats = stats
+        self.before_send: Callable[[Any], None] | None = None  # a fault, run before each send
 
     @property
     def supports_queries(self) -> bool:
@@ -203,6 +204,8 @@ class RegistryClient:
 
     def send(self, transactions: Any) -> Any:
         self._stats["registry.sends"] += 1
+        if self.before_send is not None:
+            self.before_send(transactions)
         return self._timed(lambda: self._registry.send(transactions), RegistryAmbiguous)
 
     def status(self, transaction_id: str) -> Any:
@@ -453,6 +456,12 @@ class World:
             sleep=self.clock.sleep,
         )
         self.registry_client = RegistryClient(self.registry, self.clock, self.stats)
+        # Claims stranded on purpose: the issuer withdraws the consumption certificate in the
+        # registry just before a claim's consumption allocation (its own generator, so that
+        # the other draws of a seed stay as they were).
+        self.strand_rng = random.Random(f"strand/{seed}")
+        self.strand_p = self.strand_rng.choice([0.0, 0.5, 1.0])
+        self.registry_client.before_send = self.strand_a_claim
         self.worker_batch = rng.choice([1, 3, 10, 20])
         self.settings = Settings(
             jwt_secret=SECRET,
@@ -846,6 +855,33 @@ class World:
                 self.registry.configure(**self.base_faults)
                 self.registry.set_available(True)
         self.note(f"registry now {self.registry.config} up={self.registry.is_available()}")
+
+    def strand_a_claim(self, transactions: Any) -> None:
+        """Before a claim's consumption allocation leaves, maybe withdraw that certificate in
+        the registry (as its issuer, elsewhere): the allocation is refused after the production
+        side's committed, and the claim strands it."""
+        if not self.faults_on or not self.strand_p:
+            return
+        for data in transactions:
+            try:
+                tx = envelope.Transaction.parse(bytes(data))
+            except ValueError:
+                continue
+            if tx.header.payload_type != envelope.ALLOCATED:
+                continue
+            stream = tx.header.stream_id
+            if tx.payload["consumption_certificate_id"]["stream_id"] != stream:
+                continue
+            snapshot = self.registry.snapshot(stream)
+            if snapshot is None or snapshot["withdrawn"]:
+                continue
+            if self.strand_rng.random() >= self.strand_p:
+                continue
+            self.registry.withdraw(stream)
+            self.drifted[stream] = self.clock()
+            self.advance(0.001)
+            self.stats["faults.strand_claim"] += 1
+            self.note(f"STRAND: {stream} withdrawn before a claim's consumption allocation")
 
     def drift(self) -> None:
         """Change the registry behind the book's back, as another client of it would."""
