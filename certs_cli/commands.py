@@ -610,7 +610,10 @@ def _command_list(ctx: Context, args: argparse.Namespace, path: str, last: tuple
 
 
 def transfers(ctx: Context, args: argparse.Namespace) -> int:
-    return _command_list(ctx, args, "/v1/transfers", ("RECEIVER", lambda c: c.get("receiver")))
+    def parties(c: dict[str, Any]) -> str:
+        return f"{c.get('sender') or '?'} -> {c.get('receiver')}"
+
+    return _command_list(ctx, args, "/v1/transfers", ("FROM -> TO", parties))
 
 
 def claims(ctx: Context, args: argparse.Namespace) -> int:

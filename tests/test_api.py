@@ -455,6 +455,29 @@ def test_a_reserved_slice_cannot_be_transferred_twice(api, world):
     assert api.snapshot() == before
 
 
+def test_a_receivers_transfer_list_names_the_sender_the_slice_received_and_the_commit_time(
+    api, world
+):
+    body = accepted(api.post("/v1/transfers", transfer_body(world.P, quantity_wh=400)), "transfer")
+    command = api.book.get_command(body["command_id"])
+    committed_at = T0 + timedelta(minutes=5)
+    process.apply_outcome(api.book, command, committed_at=committed_at)
+    api.book.transition(
+        command.command_id,
+        Transition(CommandStatus.ACCEPTED, CommandStatus.COMMITTED, committed_at),
+    )
+    (received,) = api.get("/v1/transfers", who="bob").body["items"]
+    (sent,) = api.get("/v1/transfers").body["items"]
+    bobs_slice = api.get(f"/v1/certificates/{world.P[0]}", who="bob").body["slices"][0]
+    assert received["sender"] == sent["sender"] == "alice"
+    assert received["slices"] == [
+        {"certificate_id": world.P[0], "slice_id": bobs_slice["slice_id"]}
+    ]
+    assert sent["slices"] == [{"certificate_id": world.P[0], "slice_id": world.P[1]}]
+    assert received["updated_at"] == sent["updated_at"]
+    assert datetime.fromisoformat(received["updated_at"]) == committed_at
+
+
 def test_a_committed_transfer_shows_each_owner_only_their_own_slices(api, world):
     body = accepted(api.post("/v1/transfers", transfer_body(world.P, quantity_wh=400)), "transfer")
     command = api.book.get_command(body["command_id"])

@@ -310,10 +310,11 @@ def test_slice_transfer_claim_and_withdraw_commit_and_show_in_the_lists(certs, t
     sent = certs("transfers", token=tokens["alice"])
     assert sent.code == 0
     row = one_row(sent)
-    assert row.split()[1:5] == ["COMMITTED", production, "250", "bob"]
+    assert row.split()[1:7] == ["COMMITTED", production, "250", "alice", "->", "bob"]
     received = certs("transfers", token=tokens["bob"])
     row = one_row(received)
     assert row.split()[0] == sent.out.splitlines()[1].split()[0]
+    assert row.split()[4:7] == ["alice", "->", "bob"]  # bob sees who sent it
 
     claims = certs("claims", token=tokens["alice"])
     row = one_row(claims)

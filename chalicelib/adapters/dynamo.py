@@ -182,7 +182,9 @@ def _certificate_from(item: dict[str, Any]) -> Certificate:
 
 
 def _command_from(item: dict[str, Any]) -> Command:
-    return Command.model_validate(_from_item(item))
+    command = Command.model_validate(_from_item(item))
+    # A RECEIVED item is the receiver's copy: the slice they got, not the one the sender spent.
+    return domain.as_received(command) if item["sk"]["S"] == "RECEIVED" else command
 
 
 class DynamoBook:

@@ -318,6 +318,29 @@ def test_a_receiver_sees_a_transfer_only_once_it_is_noted_as_received(book):
     ] == [sent.command_id]
 
 
+def test_a_receiver_lists_the_transfer_with_its_sender_the_slice_it_got_and_its_time(book):
+    """The receiver's copy is the transfer as they see it: its sender (caller), the slice
+    they received (never the sender's own slice id), and the time noted with the receipt,
+    which the worker makes the command's COMMITTED time. (The feed: test_change_feeds.)"""
+    sent = transfer_command(SliceRef(certificate_id="cert-1", slice_id="s-1"), 10)
+    book.add_command(sent)
+    sending = book.transition(sent.command_id, Transition(ACCEPTED, SENDING, at(1)))
+    book.note_receipt(sending.model_copy(update={"status": COMMITTED, "updated_at": at(2)}))
+    book.transition(sent.command_id, Transition(SENDING, COMMITTED, at(2)))
+    received = SliceRef(
+        certificate_id="cert-1", slice_id=domain.slice_id_for(sent.command_id, "received")
+    )
+    items = book.commands_of("bob", CommandKind.TRANSFER, 10, None).items
+    assert [(c.command_id, c.caller, c.receiver, c.status, c.updated_at) for c in items] == [
+        (sent.command_id, "alice", "bob", COMMITTED, at(2))
+    ]
+    assert items[0].slices == (received,)
+    assert items[0].quantity_wh == 10
+    # the sender's own list is unchanged: the slice they spent
+    mine = book.commands_of("alice", CommandKind.TRANSFER, 10, None).items
+    assert [(c.slices, c.updated_at) for c in mine] == [(sent.slices, at(2))]
+
+
 def forged_cursor(value) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
