@@ -54,6 +54,7 @@ EXERCISED = {
     "claim",
     "withdraw",
     "get_command",
+    "list_commands",
     "get_certificate",
     "list_certificates",
     "aggregate",
@@ -453,6 +454,45 @@ def test_a_reserved_slice_cannot_be_transferred_twice(api, world):
     assert answer.status == 409 and answer.is_problem
     assert answer.body["instance"] == world.P[1]
     assert api.snapshot() == before
+
+
+def test_a_caller_lists_its_own_commands_of_every_kind_by_status_and_time(api, world):
+    """GET /v1/commands: an issuer follows its issues without an id in hand; an owner sees
+    its slices and transfers, not the issues made for it; filters by kind, status, time."""
+    sent = accepted(api.post("/v1/transfers", transfer_body(world.P)), "transfer")
+    issued = api.get("/v1/commands?kind=issue&limit=100", who=ISSUER, roles=("issuer",)).body
+    assert len(issued["items"]) == 4 and issued.get("next_cursor") is None  # the world's four
+    assert {c["kind"] for c in issued["items"]} == {"issue"}
+    assert {c["status"] for c in issued["items"]} == {"COMMITTED"}
+    pages, cursor = [], None
+    while True:  # two at a time, each once
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        body = api.get(f"/v1/commands{query}", who=ISSUER, roles=("issuer",)).body
+        pages += [c["command_id"] for c in body["items"]]
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            break
+    assert pages == [c["command_id"] for c in issued["items"]]
+    mine = api.get("/v1/commands").body["items"]
+    assert [(c["kind"], c["command_id"]) for c in mine] == [("transfer", sent["command_id"])]
+    assert api.get("/v1/commands?status=COMMITTED").body["items"] == []
+    assert len(api.get("/v1/commands?status=ACCEPTED&kind=transfer").body["items"]) == 1
+    created = datetime.fromisoformat(mine[0]["created_at"])
+    after = urllib.parse.quote((created + timedelta(seconds=1)).isoformat())
+    at = urllib.parse.quote(created.isoformat())
+    assert api.get(f"/v1/commands?created_after={after}").body["items"] == []
+    assert len(api.get(f"/v1/commands?created_after={at}").body["items"]) == 1
+    assert api.get(f"/v1/commands?created_before={at}").body["items"] == []
+    for bad, status in [
+        ("kind=sell", 400),
+        ("status=DONE", 400),
+        ("created_after=2026-01-01T00:00:00", 400),  # no time zone
+        ("limit=0", 400),
+        ("cursor=not-a-cursor", 422),
+        (f"cursor={api.get('/v1/transfers?limit=1').body.get('next_cursor') or 'e30='}", 422),
+    ]:
+        answer = api.get(f"/v1/commands?{bad}")
+        assert (answer.status, answer.is_problem) == (status, True), (bad, answer.body)
 
 
 def test_a_receivers_transfer_list_names_the_sender_the_slice_received_and_the_commit_time(

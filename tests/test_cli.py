@@ -427,6 +427,28 @@ def test_issue_batch_wait_waits_for_every_row_with_one_progress_line(
     assert ran.err_lines[-1].startswith("batch: 3 COMMITTED after "), ran.err_lines
 
 
+def test_an_issuer_lists_its_own_commands_by_kind_and_status(certs, tmp_path: Path) -> None:
+    issuer = mint("issuer-commands-list", "issuer")  # its own: the stack is shared
+    rows = [
+        f"production,57131300000019{n:04d},DK1,2026-06-01T10:00:00Z,2026-06-01T11:00:00Z,10,alice"
+        for n in range(3)
+    ]
+    csv = tmp_path / "metering.csv"
+    csv.write_text("type,gsrn,grid_area,start,end,quantity_wh,owner\n" + "\n".join(rows) + "\n")
+    assert certs("issue-batch", str(csv), "--wait", token=issuer).code == 0
+    listed = certs("commands", "--kind", "issue", "--status", "COMMITTED", token=issuer)
+    assert listed.code == 0, listed.err
+    header, *lines = listed.out.splitlines()
+    assert header.split()[:4] == ["COMMAND", "KIND", "STATUS", "CERTIFICATE"]
+    assert [line.split()[1:3] for line in lines] == [["issue", "COMMITTED"]] * 3
+    paged = certs("--json", "commands", "--limit", "2", "--all", token=issuer).json()
+    assert len(paged["items"]) == 3 and paged["next_cursor"] is None
+    none = certs("commands", "--status", "REJECTED", token=issuer)
+    assert none.out.strip() == "no commands"
+    later = certs("commands", "--created-after", "2100-01-01T00:00:00Z", token=issuer)
+    assert later.out.strip() == "no commands"
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

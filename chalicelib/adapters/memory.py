@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from chalicelib import domain
-from chalicelib.adapters import changes
+from chalicelib.adapters import changes, positions
 from chalicelib.domain import (
     Certificate,
     CertificateStatus,
@@ -26,6 +26,7 @@ from chalicelib.domain import (
 )
 from chalicelib.ports import (
     CertificateMoved,
+    CommandQuery,
     DependencyDown,
     DuplicateCommand,
     HoldingQuery,
@@ -180,6 +181,27 @@ class InMemoryBook:
             else None
         )
         return Page(items=page, next_cursor=nxt)
+
+    def own_commands(self, query: CommandQuery) -> Page[Command]:
+        low, high = positions.bounds(query)
+        with self._lock:
+            mine = sorted(
+                (
+                    (positions.of(c), c)
+                    for c in self.commands.values()
+                    if c.caller == query.caller
+                    and low <= positions.of(c) < high
+                    and positions.matches(query, c)
+                ),
+                key=lambda pair: pair[0],
+                reverse=True,
+            )
+        page = mine[: query.limit]
+        more = len(mine) > query.limit
+        return Page(
+            items=[c for _, c in page],
+            next_cursor=positions.encode(page[-1][0]) if more else None,
+        )
 
     def _in_shard(self, shard: int | None) -> list[Command]:
         return [
