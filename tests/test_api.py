@@ -399,8 +399,29 @@ def test_a_batch_answers_one_command_per_certificate_and_an_error_per_refused_it
     assert by_index[0]["command"]["kind"] == "issue"
     assert by_index[1]["error"]["status"] == 422
     assert by_index[1]["error"]["errors"][0]["field"] == "gsrn"
-    assert by_index[3]["error"]["status"] == 400
+    assert by_index[3]["error"]["status"] == 422
     assert api.snapshot()[1] == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"type": "wind"}, {"type": 1}, {"quantity_wh": "much"}, {"start": "noon"}, {"owner": None}],
+    ids=["type-unknown", "type-not-a-string", "quantity", "start", "owner"],
+)
+def test_a_batch_item_with_a_bad_field_is_422_naming_it_like_its_rule_violations(api, bad):
+    """Every item-level refusal of a batch is 422 with the field named (problem+json), whether
+    the field is mistyped or breaks a rule; only the batch's own shape is 400."""
+    items = [{**issue_body(n=1), **bad}, {**issue_body(n=2), "gsrn": "123"}]
+    before = api.snapshot()
+    answer = api.post(
+        "/v1/certificates/batch", {"certificates": items}, who=ISSUER, roles=("issuer",)
+    )
+    assert answer.status == 202, answer.body
+    errors = [item["error"] for item in answer.body["commands"]]
+    assert [e["status"] for e in errors] == [422, 422]
+    assert [e["errors"][0]["field"] for e in errors] == [next(iter(bad)), "gsrn"]
+    assert all(e["type"] and e["title"] and e["detail"] for e in errors)
+    assert api.snapshot() == before  # nothing recorded
 
 
 def test_a_replayed_batch_answers_the_same_commands(api):

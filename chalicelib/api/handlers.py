@@ -85,7 +85,9 @@ def _issue_spec(raw: dict) -> domain.IssueSpec | domain.DomainError:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        return BadRequest(f"{field}: {first['msg']}", field=field)
+        # 422 like the item's rule violations: the batch is well-formed, this item is not
+        # one that can be issued (only the batch's own shape is a 400).
+        return domain.RuleViolation(f"{field}: {first['msg']}", field=field)
     except domain.DomainError as exc:
         return exc
 
