@@ -532,6 +532,21 @@ def test_a_wait_that_runs_out_of_time_exits_4_and_says_how_to_wait_again(
     assert ran.err_lines[-1].startswith("timed out after 0.5 s")
 
 
+def test_a_csv_without_its_header_row_is_told_the_header_it_needs(tmp_path: Path) -> None:
+    rows = tmp_path / "no-header.csv"
+    rows.write_text(
+        "production,571313000000000011,DK1,2026-06-01T10:00:00Z,2026-06-01T11:00:00Z,500,alice\n"
+        "production,571313000000000012,DK1,2026-06-01T10:00:00Z,2026-06-01T11:00:00Z,500,alice\n"
+    )
+    ran = _run_offline(["--url", "http://127.0.0.1:9", "issue-batch", str(rows)])
+    assert ran.code == 2  # before any request
+    assert ran.err_lines == [
+        f"certs: error: {rows} has no header row: its first line must be "
+        "type,gsrn,grid_area,start,end,quantity_wh,owner (then any attr:<key> columns); "
+        "line 1 reads as data: production,571313000000000011,DK1,..."
+    ]
+
+
 def test_usage_errors_exit_2(certs, tokens, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("type,gsrn,quantity\nproduction,1,2\n")
