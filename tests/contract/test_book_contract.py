@@ -385,9 +385,7 @@ def test_own_commands_filter_by_kind_status_and_creation_time(book):
     made = _every_kind(book)
     book.transition(made[0].command_id, Transition(ACCEPTED, REJECTED, at(9)))
     book.transition(made[4].command_id, Transition(ACCEPTED, COMMITTED, at(9)))
-    assert [c.kind for c in _own(book, kinds=frozenset({CommandKind.ISSUE}))] == [
-        CommandKind.ISSUE
-    ]
+    assert [c.kind for c in _own(book, kinds=frozenset({CommandKind.ISSUE}))] == [CommandKind.ISSUE]
     done = _own(book, statuses=frozenset({REJECTED, COMMITTED}))
     assert [c.command_id for c in done] == [made[4].command_id, made[0].command_id]
     # created at or after 1 minute, before 3: the second and third
@@ -406,9 +404,7 @@ def test_own_commands_page_through_every_match_once_whatever_the_filter(book, li
         book.add_command(cmd)
     for cmd in made[::3]:
         book.transition(cmd.command_id, Transition(ACCEPTED, COMMITTED, at(20)))
-    assert [c.command_id for c in _own(book, limit=limit)] == [
-        c.command_id for c in reversed(made)
-    ]
+    assert [c.command_id for c in _own(book, limit=limit)] == [c.command_id for c in reversed(made)]
     committed = _own(book, limit=limit, statuses=frozenset({COMMITTED}))
     assert [c.command_id for c in committed] == [c.command_id for c in reversed(made[::3])]
 
