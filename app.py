@@ -120,6 +120,11 @@ def withdraw(certificate_id: str) -> Response:
     return serve("withdraw", certificate_id=certificate_id)
 
 
+@app.route("/v1/commands", methods=["GET"])
+def list_commands() -> Response:
+    return serve("list_commands")
+
+
 @app.route("/v1/commands/{command_id}", methods=["GET"])
 def get_command(command_id: str) -> Response:
     return serve("get_command", command_id=command_id)

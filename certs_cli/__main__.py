@@ -21,6 +21,7 @@ from certs_cli.render import Output
 DEFAULT_URL = "http://127.0.0.1:8000"
 # REJECTED: the claims that stranded an allocation, listed for good.
 STUCK_STATUSES = ("ACCEPTED", "SENDING", "SENT", "IN_DOUBT", "REJECTED")
+STATUSES = ("ACCEPTED", "SENDING", "SENT", "IN_DOUBT", "COMMITTED", "REJECTED")
 
 
 def _attribute(text: str) -> tuple[str, str]:
@@ -193,6 +194,17 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also draw a PNG: daily coverage and the hour-of-day profile (needs matplotlib)",
     )
+
+    p = command(
+        "commands",
+        c.own_commands,
+        "the commands you made (every kind), newest first: follow a batch without its ids",
+        pages,
+    )
+    p.add_argument("--kind", choices=["issue", "slice", "transfer", "claim", "withdraw"])
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--created-after", metavar="TIME", help="RFC 3339, inclusive")
+    p.add_argument("--created-before", metavar="TIME", help="RFC 3339, exclusive")
 
     command("transfers", c.transfers, "your transfers, sent and received", pages)
     command("claims", c.claims, "your claims", pages)

@@ -609,8 +609,44 @@ def _command_list(ctx: Context, args: argparse.Namespace, path: str, last: tuple
     return OK
 
 
+def own_commands(ctx: Context, args: argparse.Namespace) -> int:
+    query = {
+        "kind": args.kind,
+        "status": args.status,
+        "created_after": args.created_after,
+        "created_before": args.created_before,
+        "limit": args.limit,
+        "cursor": args.cursor,
+    }
+    page = _pages(ctx, "/v1/commands", query, args.all)
+    if ctx.out.as_json:
+        ctx.out.json(page)
+    elif not page["items"]:
+        ctx.out.line("no commands")
+    else:
+        ctx.out.table(
+            ["COMMAND", "KIND", "STATUS", "CERTIFICATE", "CREATED", "ERROR"],
+            [
+                (
+                    c["command_id"],
+                    c["kind"],
+                    c["status"],
+                    c["certificate_id"],
+                    c["created_at"],
+                    c.get("error") or "",
+                )
+                for c in page["items"]
+            ],
+        )
+    _more(ctx, page, "commands")
+    return OK
+
+
 def transfers(ctx: Context, args: argparse.Namespace) -> int:
-    return _command_list(ctx, args, "/v1/transfers", ("RECEIVER", lambda c: c.get("receiver")))
+    def parties(c: dict[str, Any]) -> str:
+        return f"{c.get('sender') or '?'} -> {c.get('receiver')}"
+
+    return _command_list(ctx, args, "/v1/transfers", ("FROM -> TO", parties))
 
 
 def claims(ctx: Context, args: argparse.Namespace) -> int:

@@ -50,6 +50,12 @@ def chunks(rows: list[Row], size: int = CHUNK) -> list[list[Row]]:
 def _check_header(names: list[str] | None, path: Path) -> None:
     if not names:
         raise BadFile(f"{path} is empty: its first line must name the columns")
+    if not set(names) & set(COLUMNS):  # a file that starts with a row, not the header
+        raise BadFile(
+            f"{path} has no header row: its first line must be {','.join(COLUMNS)} (then any "
+            f"{ATTRIBUTE_PREFIX}<key> columns); line 1 reads as data: "
+            f"{','.join(n or '' for n in names[:3])},..."
+        )
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise BadFile(f"{path} lacks the column(s) {', '.join(missing)}")

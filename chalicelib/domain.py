@@ -1033,3 +1033,15 @@ def slices_made(command: Command) -> list[SliceRef]:
         received = slice_id_for(command.command_id, "received")
         return [SliceRef(certificate_id=cert, slice_id=received)]
     return []
+
+
+def as_received(command: Command) -> Command:
+    """A transfer as its receiver lists it: the slice they received in place of the slice the
+    sender spent (the sender's slice ids are the sender's, I7). Idempotent."""
+    if command.kind != CommandKind.TRANSFER:
+        return command
+    received = SliceRef(
+        certificate_id=command.certificate_id,
+        slice_id=slice_id_for(command.command_id, "received"),
+    )
+    return command.model_copy(update={"slices": (received,)})

@@ -66,6 +66,19 @@ class HoldingQuery:
 
 
 @dataclass(frozen=True)
+class CommandQuery:
+    """The caller's own commands (those it made; not the transfers it received)."""
+
+    caller: str
+    kinds: frozenset[CommandKind] | None = None  # None: every kind
+    statuses: frozenset[CommandStatus] | None = None  # None: every status
+    created_after: datetime | None = None  # created at or after
+    created_before: datetime | None = None  # created before
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
 class Transition:
     """A conditional change of one command: from `expected` (at `step`) to `target`."""
 
@@ -103,6 +116,13 @@ class Book(Protocol):
     ) -> Page[Command]:
         """The caller's commands of a listed kind (transfers, claims; received transfers
         too), newest first. Other kinds are not listed per caller."""
+        ...
+
+    def own_commands(self, query: CommandQuery) -> Page[Command]:
+        """The commands the caller made that match the query, newest first. A page may hold
+        fewer than `limit` (a status filter is applied after the index is read): the list
+        ends when `next_cursor` is None. Commands recorded before every kind was indexed per
+        caller (issues, slices, withdrawals) are not in the DynamoDB book's list."""
         ...
 
     def open_commands(

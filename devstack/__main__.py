@@ -7,6 +7,7 @@ python -m devstack [--port 8000] [--workers 4] [--reconcile-every 60]
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -66,15 +67,47 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="grpc: the verifying simulator over gRPC with real proofs and "
         "signatures (slower: a range proof takes tens of ms)",
     )
-    parser.add_argument("--verbose", action="store_true", help="log every transition")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="one `access` line per request on stdout; every command's transition on stderr",
+    )
+    parser.add_argument(
+        "--log-json",
+        action="store_true",
+        help="the log lines on stderr as JSON, as the deployed service writes them",
+    )
     return parser.parse_args(argv)
+
+
+class _Readable(logging.Formatter):
+    """A JSON log line (observability.event, .metrics) as `event key=value ...`; others as
+    they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        try:
+            fields = json.loads(message)
+        except ValueError:
+            return message
+        if not isinstance(fields, dict) or not ({"event", "_aws"} & set(fields)):
+            return message
+        # a metrics line (observability.metrics) shows its dimensions and values
+        name = fields.pop("event", None) or "metrics"
+        fields.pop("_aws", None)
+        shown = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return f"{name} {shown}".rstrip()
+
+
+def log_formatter(as_json: bool) -> logging.Formatter:
+    return logging.Formatter("%(message)s") if as_json else _Readable("%(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
-    )
+    handler = logging.StreamHandler()  # stderr; the access lines go to stdout (stack.py)
+    handler.setFormatter(log_formatter(args.log_json))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     for noisy in ("werkzeug", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from devstack.stack import Stack, StackOptions
@@ -158,8 +191,9 @@ Try:
          "quantity_wh":1000,"owner":"alice"}}'
   (a certificate of its own: the README's walk-through issues others)
 
-Follow it: this window shows warnings and errors only; `make run ARGS=--verbose` logs every
-request (lines starting with the client address) and every command's transition (JSON lines).
+Follow it: this window shows warnings and errors only; `make run ARGS=--verbose` adds one
+`access` line per request (stdout) and every command's transition (stderr, `key=value`;
+add --log-json for the JSON lines the deployed service writes).
 `certs health`, `certs ops stuck` and GET /v1/ops/commands show what is in flight.
 Nothing is kept: the book, the queues and the registry live in memory and go when it stops.
 Ctrl-C stops everything.""",

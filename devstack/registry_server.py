@@ -12,7 +12,8 @@ API (JSON; transactions and ids travel as base64, ids in paths as URL-safe base6
     POST /v1/transactions {"transactions": [b64...]} -> 200 {"receipts": [...]}, 503 outage
     GET  /v1/transactions/{id}                        -> 200 receipt, 501 without queries
     GET  /v1/streams/{certificate_id}                 -> 200 {"transactions": [b64...]}, 501
-    GET  /v1/log, POST /v1/faults, POST /v1/inject, GET /v1/health
+    GET  /v1/log, POST /v1/faults, GET /v1/faults (with the calls each fault hit),
+    POST /v1/inject, GET /v1/health
 """
 
 from __future__ import annotations
@@ -127,6 +128,15 @@ class _Handler(BaseHTTPRequestHandler):
                 "queries": simulator.supports_queries,
             }
             self._reply(200, health)
+        elif path == "/v1/faults":
+            self._reply(
+                200,
+                {
+                    "available": simulator.is_available(),
+                    "config": asdict(simulator.config),
+                    "hits": simulator.fault_hits(),
+                },
+            )
         elif path == "/v1/log":
             entries = [_entry_json(e) for e in simulator.log()]
             self._reply(200, {"entries": entries, "duplicates": simulator.duplicates()})

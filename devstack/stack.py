@@ -21,6 +21,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import boto3
 
@@ -38,6 +39,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def _access_line(handler: Any, format: str, *args: Any) -> None:
+    print(f"access {handler.address_string()} {format % args}", flush=True)
 
 
 @dataclass
@@ -171,9 +176,11 @@ class Stack:
 
         from devstack import gateway
 
-        if not self.options.log_requests:
-            # One line per request on stderr drowns everything else a developer wants to see.
-            ChaliceRequestHandler.log_message = lambda *_args, **_kwargs: None
+        # One line per request drowns everything else a developer wants to see: only with
+        # --verbose, and then on stdout, apart from the log lines (stderr).
+        ChaliceRequestHandler.log_message = (
+            _access_line if self.options.log_requests else lambda *_args, **_kwargs: None
+        )
         # socketserver listens with a backlog of 5: a sixth client connecting at the same
         # moment has its SYN dropped and waits a second to retry.
         ThreadedHTTPServer.request_queue_size = 128

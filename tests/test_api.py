@@ -54,6 +54,7 @@ EXERCISED = {
     "claim",
     "withdraw",
     "get_command",
+    "list_commands",
     "get_certificate",
     "list_certificates",
     "aggregate",
@@ -398,8 +399,29 @@ def test_a_batch_answers_one_command_per_certificate_and_an_error_per_refused_it
     assert by_index[0]["command"]["kind"] == "issue"
     assert by_index[1]["error"]["status"] == 422
     assert by_index[1]["error"]["errors"][0]["field"] == "gsrn"
-    assert by_index[3]["error"]["status"] == 400
+    assert by_index[3]["error"]["status"] == 422
     assert api.snapshot()[1] == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"type": "wind"}, {"type": 1}, {"quantity_wh": "much"}, {"start": "noon"}, {"owner": None}],
+    ids=["type-unknown", "type-not-a-string", "quantity", "start", "owner"],
+)
+def test_a_batch_item_with_a_bad_field_is_422_naming_it_like_its_rule_violations(api, bad):
+    """Every item-level refusal of a batch is 422 with the field named (problem+json), whether
+    the field is mistyped or breaks a rule; only the batch's own shape is 400."""
+    items = [{**issue_body(n=1), **bad}, {**issue_body(n=2), "gsrn": "123"}]
+    before = api.snapshot()
+    answer = api.post(
+        "/v1/certificates/batch", {"certificates": items}, who=ISSUER, roles=("issuer",)
+    )
+    assert answer.status == 202, answer.body
+    errors = [item["error"] for item in answer.body["commands"]]
+    assert [e["status"] for e in errors] == [422, 422]
+    assert [e["errors"][0]["field"] for e in errors] == [next(iter(bad)), "gsrn"]
+    assert all(e["type"] and e["title"] and e["detail"] for e in errors)
+    assert api.snapshot() == before  # nothing recorded
 
 
 def test_a_replayed_batch_answers_the_same_commands(api):
@@ -453,6 +475,68 @@ def test_a_reserved_slice_cannot_be_transferred_twice(api, world):
     assert answer.status == 409 and answer.is_problem
     assert answer.body["instance"] == world.P[1]
     assert api.snapshot() == before
+
+
+def test_a_caller_lists_its_own_commands_of_every_kind_by_status_and_time(api, world):
+    """GET /v1/commands: an issuer follows its issues without an id in hand; an owner sees
+    its slices and transfers, not the issues made for it; filters by kind, status, time."""
+    sent = accepted(api.post("/v1/transfers", transfer_body(world.P)), "transfer")
+    issued = api.get("/v1/commands?kind=issue&limit=100", who=ISSUER, roles=("issuer",)).body
+    assert len(issued["items"]) == 4 and issued.get("next_cursor") is None  # the world's four
+    assert {c["kind"] for c in issued["items"]} == {"issue"}
+    assert {c["status"] for c in issued["items"]} == {"COMMITTED"}
+    pages, cursor = [], None
+    while True:  # two at a time, each once
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        body = api.get(f"/v1/commands{query}", who=ISSUER, roles=("issuer",)).body
+        pages += [c["command_id"] for c in body["items"]]
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            break
+    assert pages == [c["command_id"] for c in issued["items"]]
+    mine = api.get("/v1/commands").body["items"]
+    assert [(c["kind"], c["command_id"]) for c in mine] == [("transfer", sent["command_id"])]
+    assert api.get("/v1/commands?status=COMMITTED").body["items"] == []
+    assert len(api.get("/v1/commands?status=ACCEPTED&kind=transfer").body["items"]) == 1
+    created = datetime.fromisoformat(mine[0]["created_at"])
+    after = urllib.parse.quote((created + timedelta(seconds=1)).isoformat())
+    at = urllib.parse.quote(created.isoformat())
+    assert api.get(f"/v1/commands?created_after={after}").body["items"] == []
+    assert len(api.get(f"/v1/commands?created_after={at}").body["items"]) == 1
+    assert api.get(f"/v1/commands?created_before={at}").body["items"] == []
+    for bad, status in [
+        ("kind=sell", 400),
+        ("status=DONE", 400),
+        ("created_after=2026-01-01T00:00:00", 400),  # no time zone
+        ("limit=0", 400),
+        ("cursor=not-a-cursor", 422),
+        (f"cursor={api.get('/v1/transfers?limit=1').body.get('next_cursor') or 'e30='}", 422),
+    ]:
+        answer = api.get(f"/v1/commands?{bad}")
+        assert (answer.status, answer.is_problem) == (status, True), (bad, answer.body)
+
+
+def test_a_receivers_transfer_list_names_the_sender_the_slice_received_and_the_commit_time(
+    api, world
+):
+    body = accepted(api.post("/v1/transfers", transfer_body(world.P, quantity_wh=400)), "transfer")
+    command = api.book.get_command(body["command_id"])
+    committed_at = T0 + timedelta(minutes=5)
+    process.apply_outcome(api.book, command, committed_at=committed_at)
+    api.book.transition(
+        command.command_id,
+        Transition(CommandStatus.ACCEPTED, CommandStatus.COMMITTED, committed_at),
+    )
+    (received,) = api.get("/v1/transfers", who="bob").body["items"]
+    (sent,) = api.get("/v1/transfers").body["items"]
+    bobs_slice = api.get(f"/v1/certificates/{world.P[0]}", who="bob").body["slices"][0]
+    assert received["sender"] == sent["sender"] == "alice"
+    assert received["slices"] == [
+        {"certificate_id": world.P[0], "slice_id": bobs_slice["slice_id"]}
+    ]
+    assert sent["slices"] == [{"certificate_id": world.P[0], "slice_id": world.P[1]}]
+    assert received["updated_at"] == sent["updated_at"]
+    assert datetime.fromisoformat(received["updated_at"]) == committed_at
 
 
 def test_a_committed_transfer_shows_each_owner_only_their_own_slices(api, world):

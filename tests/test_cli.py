@@ -310,10 +310,11 @@ def test_slice_transfer_claim_and_withdraw_commit_and_show_in_the_lists(certs, t
     sent = certs("transfers", token=tokens["alice"])
     assert sent.code == 0
     row = one_row(sent)
-    assert row.split()[1:5] == ["COMMITTED", production, "250", "bob"]
+    assert row.split()[1:7] == ["COMMITTED", production, "250", "alice", "->", "bob"]
     received = certs("transfers", token=tokens["bob"])
     row = one_row(received)
     assert row.split()[0] == sent.out.splitlines()[1].split()[0]
+    assert row.split()[4:7] == ["alice", "->", "bob"]  # bob sees who sent it
 
     claims = certs("claims", token=tokens["alice"])
     row = one_row(claims)
@@ -426,6 +427,28 @@ def test_issue_batch_wait_waits_for_every_row_with_one_progress_line(
     assert ran.err_lines[-1].startswith("batch: 3 COMMITTED after "), ran.err_lines
 
 
+def test_an_issuer_lists_its_own_commands_by_kind_and_status(certs, tmp_path: Path) -> None:
+    issuer = mint("issuer-commands-list", "issuer")  # its own: the stack is shared
+    rows = [
+        f"production,57131300000019{n:04d},DK1,2026-06-01T10:00:00Z,2026-06-01T11:00:00Z,10,alice"
+        for n in range(3)
+    ]
+    csv = tmp_path / "metering.csv"
+    csv.write_text("type,gsrn,grid_area,start,end,quantity_wh,owner\n" + "\n".join(rows) + "\n")
+    assert certs("issue-batch", str(csv), "--wait", token=issuer).code == 0
+    listed = certs("commands", "--kind", "issue", "--status", "COMMITTED", token=issuer)
+    assert listed.code == 0, listed.err
+    header, *lines = listed.out.splitlines()
+    assert header.split()[:4] == ["COMMAND", "KIND", "STATUS", "CERTIFICATE"]
+    assert [line.split()[1:3] for line in lines] == [["issue", "COMMITTED"]] * 3
+    paged = certs("--json", "commands", "--limit", "2", "--all", token=issuer).json()
+    assert len(paged["items"]) == 3 and paged["next_cursor"] is None
+    none = certs("commands", "--status", "REJECTED", token=issuer)
+    assert none.out.strip() == "no commands"
+    later = certs("commands", "--created-after", "2100-01-01T00:00:00Z", token=issuer)
+    assert later.out.strip() == "no commands"
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 
@@ -507,6 +530,21 @@ def test_a_wait_that_runs_out_of_time_exits_4_and_says_how_to_wait_again(
     assert ran.code == 4  # not 3, which says the API could not be reached
     assert f"wait again with: certs show {command_id} --wait" in ran.err_lines[-1]
     assert ran.err_lines[-1].startswith("timed out after 0.5 s")
+
+
+def test_a_csv_without_its_header_row_is_told_the_header_it_needs(tmp_path: Path) -> None:
+    rows = tmp_path / "no-header.csv"
+    rows.write_text(
+        "production,571313000000000011,DK1,2026-06-01T10:00:00Z,2026-06-01T11:00:00Z,500,alice\n"
+        "production,571313000000000012,DK1,2026-06-01T10:00:00Z,2026-06-01T11:00:00Z,500,alice\n"
+    )
+    ran = _run_offline(["--url", "http://127.0.0.1:9", "issue-batch", str(rows)])
+    assert ran.code == 2  # before any request
+    assert ran.err_lines == [
+        f"certs: error: {rows} has no header row: its first line must be "
+        "type,gsrn,grid_area,start,end,quantity_wh,owner (then any attr:<key> columns); "
+        "line 1 reads as data: production,571313000000000011,DK1,..."
+    ]
 
 
 def test_usage_errors_exit_2(certs, tokens, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -268,6 +269,82 @@ def test_a_start_that_fails_after_the_moto_servers_leaves_none(monkeypatch) -> N
     assert len(stack.moto_pids) == 2  # it did get that far
     time.sleep(0.2)
     assert not set(stack.moto_pids.values()) & _moto_servers(os.getpid())
+
+
+def test_verbose_puts_access_lines_on_stdout_and_readable_transitions_on_stderr(
+    tmp_path: Path,
+) -> None:
+    """`make run ARGS=--verbose`: one `access` line per request on stdout, the command's
+    transitions on stderr as readable lines; JSON lines only with --log-json."""
+    port = free_port()
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CERTS_")}
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devstack", "--verbose"],
+            cwd=ROOT,
+            env={**inherited, "PORT": str(port)},
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/v1/health", timeout=2) as answer:
+                    if json.loads(answer.read())["status"] == "ok":
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.2)
+        status, accepted = _http(
+            url,
+            "POST",
+            "/v1/certificates",
+            ISSUER,
+            {
+                "type": "production",
+                "gsrn": "571313000000000777",
+                "grid_area": "DK1",
+                "start": "2026-06-01T10:00:00Z",
+                "end": "2026-06-01T11:00:00Z",
+                "quantity_wh": 10,
+                "owner": "alice",
+            },
+            key="verbose-1",
+        )
+        assert status == 202
+        assert _wait(url, accepted["command_id"], ISSUER)["status"] == "COMMITTED"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    stdout_lines, stderr_lines = out.read_text().splitlines(), err.read_text().splitlines()
+    access = [line for line in stdout_lines if line.startswith("access ")]
+    assert any('"POST /v1/certificates HTTP/1.1" 202' in line for line in access), stdout_lines
+    assert not any("HTTP/1.1" in line for line in stderr_lines), stderr_lines
+    assert not [line for line in stderr_lines if line.lstrip().startswith("{")]
+    moves = [line for line in stderr_lines if line.startswith("command.transition ")]
+    assert any(
+        f"command_id={accepted['command_id']}" in line and "to=COMMITTED" in line for line in moves
+    ), stderr_lines
+
+
+def test_log_json_gives_the_log_lines_as_json() -> None:
+    from devstack.__main__ import log_formatter
+
+    record = logging.LogRecord(
+        "certificates", logging.INFO, __file__, 1, json.dumps({"event": "x", "a": 1}), (), None
+    )
+    assert json.loads(log_formatter(as_json=True).format(record)) == {"event": "x", "a": 1}
+    assert log_formatter(as_json=False).format(record) == "x a=1"
+    metric = json.dumps({"_aws": {"Timestamp": 1}, "Stage": "local", "registry_errors": 0})
+    record.msg = metric
+    assert log_formatter(as_json=False).format(record) == "metrics Stage=local registry_errors=0"
+    plain = logging.LogRecord("other", logging.WARNING, __file__, 1, "plain words", (), None)
+    assert log_formatter(as_json=False).format(plain) == "plain words"
 
 
 def test_a_misspelt_variable_is_reported() -> None:

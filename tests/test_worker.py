@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.domain import CertificateType, CommandStatus, SliceState
+from chalicelib.domain import CertificateType, CommandKind, CommandStatus, SliceState
 from chalicelib.entrypoints import handle_queue_event
 from chalicelib.ports import Delivery, Outcome
 from tests.pipeline import Pipeline
@@ -104,6 +104,16 @@ def test_a_partial_transfer_is_a_slice_then_a_transfer_sent_once_each(queries: b
         if s.state == SliceState.AVAILABLE
     )
     assert owners == [("alice", 750), ("bob", 250)]
+    # bob's list: the transfer as he got it, at the time it committed (not its last send's)
+    (received,) = p.book.commands_of("bob", CommandKind.TRANSFER, 10, None).items
+    assert (received.caller, received.status, received.updated_at) == (
+        "alice",
+        CommandStatus.COMMITTED,
+        done.updated_at,
+    )
+    assert [r.slice_id for r in received.slices] == [
+        s.slice_id for s in p.book.get_certificate(cert).slices.values() if s.owner == "bob"
+    ]
     p.check_invariants()
 
 

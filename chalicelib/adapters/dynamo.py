@@ -6,7 +6,8 @@ Items (pk / sk):
   "issued once" is `attribute_not_exists(pk)` on this put.
 - CMD#<command id> / CMD: the command, which is also the outbox. Its id is derived from
   (caller, Idempotency-Key), so the put's `attribute_not_exists(pk)` is the idempotency guard.
-  Index `by_caller` (caller#kind, created_at#id) serves the transfer and claim lists; index
+  Index `by_caller` (caller#kind, created_at#id; issues caller#issue#<shard>), keys only,
+  serves each caller's own commands (every kind) and the transfer and claim lists; index
   `open_commands` (OPEN#<shard>, created_at#id), sparse and keys-only, holds the commands that
   are not terminal, for the reconciler and the operators.
 - Index `by_expiry_day` (`<period start day>#<shard>`), sparse: the certificates that can still
@@ -42,7 +43,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib import domain
-from chalicelib.adapters import changes
+from chalicelib.adapters import changes, positions
 from chalicelib.domain import (
     Certificate,
     CertificateStatus,
@@ -54,6 +55,7 @@ from chalicelib.domain import (
 )
 from chalicelib.ports import (
     CertificateMoved,
+    CommandQuery,
     DependencyDown,
     DuplicateCommand,
     HoldingQuery,
@@ -75,6 +77,8 @@ _THROTTLED = frozenset(
 )
 _OPTIMISTIC_RETRIES = 8
 _LISTED_KINDS = frozenset({CommandKind.TRANSFER, CommandKind.CLAIM})  # GET /v1/transfers, /claims
+_ISSUE_SHARDS = 8  # partitions of an issuer's issues in by_caller (8,000 writes a second)
+_OWN_ROUNDS = 10  # reads of the caller's partitions for one page of GET /v1/commands
 
 
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +185,18 @@ def _certificate_from(item: dict[str, Any]) -> Certificate:
     return Certificate.model_validate(values)
 
 
+def _by_caller_pk(caller: str, kind: CommandKind, command_id: str) -> str:
+    """Issues spread over shards: an issuer's bulk issuance would pass one index key's
+    1,000 write units a second. Transfers and claims keep their one key (GET /v1/transfers)."""
+    if kind == CommandKind.ISSUE:
+        return f"{caller}#{kind.value}#{zlib.crc32(command_id.encode()) % _ISSUE_SHARDS}"
+    return f"{caller}#{kind.value}"
+
+
 def _command_from(item: dict[str, Any]) -> Command:
-    return Command.model_validate(_from_item(item))
+    command = Command.model_validate(_from_item(item))
+    # A RECEIVED item is the receiver's copy: the slice they got, not the one the sender spent.
+    return domain.as_received(command) if item["sk"]["S"] == "RECEIVED" else command
 
 
 class DynamoBook:
@@ -238,12 +252,14 @@ class DynamoBook:
         if not values.get("transactions"):
             values.pop("transactions", None)  # absent until built: see Transition.set_once
         values.update(pk=f"CMD#{command.command_id}", sk="CMD")
+        # Every kind is listed per caller (GET /v1/commands): one index write unit per
+        # command, at this put only (the index holds keys, which never change).
+        values.update(
+            by_caller_pk=_by_caller_pk(command.caller, command.kind, command.command_id),
+            by_caller_sk=positions.of(command),
+        )
         if command.kind in _LISTED_KINDS:
-            # Only transfers and claims are listed per caller: the other kinds stay out of the
-            # index (a write unit each, and an issuer's issues would all land on one key).
             values.update(
-                by_caller_pk=f"{command.caller}#{command.kind.value}",
-                by_caller_sk=f"{command.created_at.isoformat()}#{command.command_id}",
                 feed_pk=f"FEED#{command.caller}#{command.kind.value}",
                 feed_sk=self._feed_position(command.command_id),
             )
@@ -352,6 +368,8 @@ class DynamoBook:
     def commands_of(
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None
     ) -> Page[Command]:
+        if kind not in _LISTED_KINDS:
+            return Page(items=[])  # the other kinds: own_commands
         args: dict[str, Any] = {
             "IndexName": "by_caller",
             "KeyConditionExpression": "by_caller_pk = :pk",
@@ -381,6 +399,61 @@ class DynamoBook:
             if (k["pk"]["S"], k["sk"]["S"]) in found
         ]
         return Page(items=items, next_cursor=_encode_cursor(answer.get("LastEvaluatedKey")))
+
+    def own_commands(self, query: CommandQuery) -> Page[Command]:
+        """Newest first across the caller's partitions of `by_caller` (one per kind, issues
+        spread over _ISSUE_SHARDS): each is read from the cursor down, and only positions that
+        every partition has been read to are final for this page. The status filter comes
+        after the read (the index holds keys only), so a round may add less than a page; after
+        _OWN_ROUNDS rounds the page is given short, with the cursor where it stopped."""
+        low, high = positions.bounds(query)
+        kinds = query.kinds or frozenset(CommandKind)
+        partitions = [
+            f"{query.caller}#{kind.value}#{shard}"
+            for kind in sorted(kinds & {CommandKind.ISSUE})
+            for shard in range(_ISSUE_SHARDS)
+        ] + [f"{query.caller}#{kind.value}" for kind in sorted(kinds - {CommandKind.ISSUE})]
+        found: list[Command] = []
+        for _ in range(_OWN_ROUNDS):
+            keys, floor = [], low
+            for partition in partitions:
+                answer = self._call(
+                    "query",
+                    IndexName="by_caller",
+                    KeyConditionExpression=(
+                        "by_caller_pk = :pk AND by_caller_sk BETWEEN :lo AND :hi"
+                    ),
+                    ExpressionAttributeValues=_to_item({":pk": partition, ":lo": low, ":hi": high}),
+                    ScanIndexForward=False,
+                    Limit=query.limit + 1,  # the cursor's own command may be the first
+                )
+                items = answer.get("Items", [])
+                if "LastEvaluatedKey" in answer and items:
+                    floor = max(floor, items[-1]["by_caller_sk"]["S"])
+                keys += [
+                    i for i in items if i["sk"]["S"] == "CMD" and i["by_caller_sk"]["S"] < high
+                ]
+            keys = sorted(
+                (k for k in keys if k["by_caller_sk"]["S"] >= floor),
+                key=lambda k: k["by_caller_sk"]["S"],
+                reverse=True,
+            )
+            for start in range(0, len(keys), query.limit):
+                chunk = keys[start : start + query.limit]
+                got = {
+                    i["pk"]["S"]: _command_from(i)
+                    for i in self._batch_get([{"pk": k["pk"], "sk": k["sk"]} for k in chunk])
+                }
+                for key in chunk:
+                    command = got.get(key["pk"]["S"])
+                    if command is not None and positions.matches(query, command):
+                        found.append(command)
+                        if len(found) == query.limit:
+                            return Page(found, positions.encode(key["by_caller_sk"]["S"]))
+            if floor == low:  # every partition was read to the end
+                return Page(found)
+            high = floor  # the next round reads below the positions this one settled
+        return Page(found, positions.encode(high))
 
     def open_commands(
         self, created_before: datetime, limit: int, shard: int | None = None

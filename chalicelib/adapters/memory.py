@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from chalicelib import domain
-from chalicelib.adapters import changes
+from chalicelib.adapters import changes, positions
 from chalicelib.domain import (
     Certificate,
     CertificateStatus,
@@ -26,6 +26,7 @@ from chalicelib.domain import (
 )
 from chalicelib.ports import (
     CertificateMoved,
+    CommandQuery,
     DependencyDown,
     DuplicateCommand,
     HoldingQuery,
@@ -111,7 +112,7 @@ class InMemoryBook:
         self.commands: dict[str, Command] = {}
         self.certificates: dict[str, Certificate] = {}
         self._holdings: dict[str, set[str]] = {}
-        self._receipts: set[str] = set()
+        self._receipts: dict[str, Command] = {}  # the receivers' copies of committed transfers
         self._reconciled: set[str] = set()
         self._stranded: dict[str, None] = {}  # commands that left allocations stranded
         self._leases: dict[str, tuple[str, datetime]] = {}
@@ -162,15 +163,12 @@ class InMemoryBook:
             return Page(items=[])  # as the DynamoDB book: only these kinds are listed
         with self._lock:
             mine = sorted(
-                (
-                    c
-                    for c in self.commands.values()
-                    if c.kind == kind
-                    and (
-                        c.caller == caller
-                        or (c.receiver == caller and c.command_id in self._receipts)
-                    )
-                ),
+                [c for c in self.commands.values() if c.kind == kind and c.caller == caller]
+                + [
+                    domain.as_received(c)
+                    for c in self._receipts.values()
+                    if c.kind == kind and c.receiver == caller
+                ],
                 key=lambda c: (c.created_at.isoformat(), c.command_id),
                 reverse=True,
             )
@@ -184,6 +182,27 @@ class InMemoryBook:
             else None
         )
         return Page(items=page, next_cursor=nxt)
+
+    def own_commands(self, query: CommandQuery) -> Page[Command]:
+        low, high = positions.bounds(query)
+        with self._lock:
+            mine = sorted(
+                (
+                    (positions.of(c), c)
+                    for c in self.commands.values()
+                    if c.caller == query.caller
+                    and low <= positions.of(c) < high
+                    and positions.matches(query, c)
+                ),
+                key=lambda pair: pair[0],
+                reverse=True,
+            )
+        page = mine[: query.limit]
+        more = len(mine) > query.limit
+        return Page(
+            items=[c for _, c in page],
+            next_cursor=positions.encode(page[-1][0]) if more else None,
+        )
 
     def _in_shard(self, shard: int | None) -> list[Command]:
         return [
@@ -371,7 +390,8 @@ class InMemoryBook:
 
     def note_receipt(self, command: Command) -> None:
         with self._lock:
-            self._receipts.add(command.command_id)
+            # Kept as noted, like the DynamoDB book's RECEIVED item: the command itself moves on.
+            self._receipts[command.command_id] = command
             assert command.receiver is not None
             self._changed(command.receiver, command.kind.value, ("RECEIVED", command.command_id))
 
@@ -424,7 +444,7 @@ class InMemoryBook:
         since: datetime | None,
         cursor: str | None,
         limit: int,
-        read: Callable[[str], Any],
+        read: Callable[[tuple[str, str]], Any],
     ) -> Page[Any]:
         after = changes.start_after(since, cursor)
         with self._lock:  # items are read under the lock too: in the state of their position
@@ -433,7 +453,7 @@ class InMemoryBook:
                 for (who, name, item), position in self._changes.positions.items()
                 if who == owner and name == feed and position > after
             )[:limit]
-            items = [read(item_id) for _, (_, item_id) in found]
+            items = [read(item) for _, item in found]
         return Page(
             items=[i for i in items if i is not None],  # a forgotten command leaves the feed
             next_cursor=changes.encode(found[-1][0] if found else after),
@@ -442,8 +462,8 @@ class InMemoryBook:
     def certificate_changes(
         self, owner: str, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Certificate]:
-        def view(certificate_id: str) -> Certificate | None:
-            found = self.certificates.get(certificate_id)
+        def view(item: tuple[str, str]) -> Certificate | None:
+            found = self.certificates.get(item[1])
             return domain.view_of(found, owner) if found else None
 
         return self._feed(owner, "certificates", since, cursor, limit, view)
@@ -451,7 +471,14 @@ class InMemoryBook:
     def command_changes(
         self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Command]:
-        return self._feed(owner, kind.value, since, cursor, limit, self.commands.get)
+        def read(item: tuple[str, str]) -> Command | None:
+            what, command_id = item
+            if what == "RECEIVED":
+                noted = self._receipts.get(command_id)
+                return domain.as_received(noted) if noted else None
+            return self.commands.get(command_id)
+
+        return self._feed(owner, kind.value, since, cursor, limit, read)
 
 
 class _ChangeLog:

@@ -26,7 +26,7 @@ from chalicelib.api.http import (
 )
 from chalicelib.composition import Services
 from chalicelib.domain import CertificateType, CommandKind, CommandStatus, Role
-from chalicelib.ports import HoldingQuery
+from chalicelib.ports import CommandQuery, HoldingQuery
 from chalicelib.usecases import accept, matching, queries, reconcile
 
 ENDPOINTS: dict[str, tuple[Endpoint, Callable[[Services, Call], HttpResponse]]] = {}
@@ -85,7 +85,9 @@ def _issue_spec(raw: dict) -> domain.IssueSpec | domain.DomainError:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        return BadRequest(f"{field}: {first['msg']}", field=field)
+        # 422 like the item's rule violations: the batch is well-formed, this item is not
+        # one that can be issued (only the batch's own shape is a 400).
+        return domain.RuleViolation(f"{field}: {first['msg']}", field=field)
     except domain.DomainError as exc:
         return exc
 
@@ -292,6 +294,46 @@ def _aware(value: datetime | None, field: str) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise BadRequest(f"{field} must carry a time zone (UTC)", field=field)
     return value
+
+
+class _OwnCommandsQuery(BaseModel):
+    kind: CommandKind | None = None
+    status: CommandStatus | None = None
+    created_after: Moment | None = None
+    created_before: Moment | None = None
+    limit: Limit = 50
+    cursor: Cursor | None = None
+
+
+@operation(
+    Endpoint(
+        "GET",
+        "/v1/commands",
+        "The commands you made, of every kind (or one), newest first; filter by status and "
+        "by creation time (created_after inclusive, created_before exclusive). A page may hold "
+        "fewer than limit: follow next_cursor until there is none",
+        m.CommandPage,
+        query=("kind", "status", "created_after", "created_before", "limit", "cursor"),
+    )
+)
+def list_commands(services: Services, call: Call) -> HttpResponse:
+    q: _OwnCommandsQuery = _query(call, _OwnCommandsQuery)
+    page = queries.own_commands(
+        services.book,
+        call.actor,
+        CommandQuery(
+            caller=call.actor.owner,
+            kinds=frozenset({q.kind}) if q.kind else None,
+            statuses=frozenset({q.status}) if q.status else None,
+            created_after=_aware(q.created_after, "created_after"),
+            created_before=_aware(q.created_before, "created_before"),
+            limit=_limit(q.limit),
+            cursor=q.cursor,
+        ),
+    )
+    return json_response(
+        m.CommandPage(items=[m.CommandView.of(c) for c in page.items], next_cursor=page.next_cursor)
+    )
 
 
 @operation(Endpoint("GET", "/v1/commands/{command_id}", "The status of a command", m.CommandView))
@@ -609,6 +651,7 @@ def reconcile_now(services: Services, call: Call) -> HttpResponse:
 QUERY_MODELS: dict[str, type[BaseModel]] = {
     "list_certificates": _CertificateQuery,
     "aggregate": _AggregateQuery,
+    "list_commands": _OwnCommandsQuery,
     "list_transfers": _PageQuery,
     "list_claims": _PageQuery,
     "stuck_commands": _StuckQuery,

@@ -225,6 +225,11 @@ class CommandView(BaseModel):
     )
     quantity_wh: int | None = None
     receiver: str | None = None
+    sender: str | None = Field(
+        default=None,
+        description="A transfer's sender (the owner who made it); in a receiver's list, "
+        "`slices` is the slice they received.",
+    )
     transaction_ids: list[str] = Field(
         default_factory=list,
         description="The registry ids of its transactions, in sending order: what an "
@@ -261,6 +266,7 @@ class CommandView(BaseModel):
             ],
             quantity_wh=command.quantity_wh,
             receiver=command.receiver,
+            sender=command.caller if command.kind == CommandKind.TRANSFER else None,
             transaction_ids=[
                 transaction_id_of(base64.b64decode(tx)) for tx in command.transactions
             ],

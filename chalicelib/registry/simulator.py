@@ -181,6 +181,8 @@ class RegistrySimulator:
         self._rng = random.Random(self._config.seed)
         self._lock = threading.RLock()
         self._available = True
+        # How many calls each fault hit (and all calls), for the demo's report.
+        self._hits = {"calls": 0, "outage": 0, "ambiguous": 0, "lost": 0, "oversized": 0}
         self._rules = _Rules(signatures or SignerIds())
         # What the registry verifies and holds: the plain envelope's rules by default, or the
         # real wire format's verifier (registry/verifier.py). The drift helpers below
@@ -209,13 +211,16 @@ class RegistrySimulator:
         self._sleep(delay)
         if len(batch) > config.max_batch:
             # The real registry times out on very large batches; the caller cannot tell.
+            self._hit("oversized")
             raise RegistryAmbiguous(TIMED_OUT)
         if fault < config.lost_rate:
+            self._hit("lost")
             raise RegistryAmbiguous(TIMED_OUT)
         with self._lock:
             now = self._clock()
             entries = [self._receive(data, "client", now) for data in batch]
         if fault < config.lost_rate + config.ambiguous_rate:
+            self._hit("ambiguous")
             raise RegistryAmbiguous(TIMED_OUT)
         if config.queries:
             return [Receipt(e.transaction_id, TransactionStatus.PENDING) for e in entries]
@@ -410,8 +415,21 @@ class RegistrySimulator:
         self._sleep(delay)
 
     def _refuse_during_outage(self) -> None:
+        """Every call passes here first (under the lock): it counts the call, and a refusal."""
+        self._hits["calls"] += 1
         if not self._is_available_at(self._clock()):
+            self._hits["outage"] += 1
             raise RegistryUnavailable("registry unavailable (outage)")
+
+    def _hit(self, fault: str) -> None:
+        with self._lock:
+            self._hits[fault] += 1
+
+    def fault_hits(self) -> dict[str, int]:
+        """Calls made (`calls`), and how many each fault hit: refused in an outage, lost on
+        the way, applied then timed out (`ambiguous`), a batch over the size limit."""
+        with self._lock:
+            return dict(self._hits)
 
     def _is_available_at(self, now: float) -> bool:
         in_window = any(start <= now < end for start, end in self._config.outages)

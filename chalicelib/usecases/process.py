@@ -348,12 +348,14 @@ class Worker:
             )
             current = self.book.get_command(command.command_id)
             return self._drive(current) if drive and current else Outcome.DONE
-        apply_outcome(self.book, command, self._snapshots.pop(command.command_id, None))
+        now = self.clock()  # the receiver's copy carries the time the command commits at
+        apply_outcome(self.book, command, self._snapshots.pop(command.command_id, None), now)
         self._move(
             command,
             _AWAITING_OUTCOME,
             CommandStatus.COMMITTED,
             {"lease_until": None, "error": None},
+            now=now,
         )
         return Outcome.DONE
 
@@ -371,9 +373,14 @@ class Worker:
         """A SENDING command whose worker died. Its transaction may have left: never resend.
         If the book already shows the command applied, only the last write was lost."""
         if is_applied(self.book, command):
-            apply_outcome(self.book, command)  # finish every certificate (a claim has two)
+            now = self.clock()
+            apply_outcome(self.book, command, committed_at=now)  # every certificate (a claim: two)
             self._move(
-                command, CommandStatus.SENDING, CommandStatus.COMMITTED, {"lease_until": None}
+                command,
+                CommandStatus.SENDING,
+                CommandStatus.COMMITTED,
+                {"lease_until": None},
+                now=now,
             )
         else:
             self._in_doubt(
@@ -394,13 +401,14 @@ class Worker:
         changes: dict[str, object],
         reason: str | None = None,
         set_once: frozenset[str] = frozenset(),
+        now: datetime | None = None,
     ) -> Command:
         moved = self.book.transition(
             command.command_id,
             Transition(
                 expected=expected,
                 target=target,
-                now=self.clock(),
+                now=now or self.clock(),
                 step=command.step,
                 changes=changes,
                 set_once=set_once,
@@ -504,12 +512,16 @@ def _transaction_id(command: Command) -> str:
 
 
 def apply_outcome(
-    book: Book, command: Command, snapshots: Mapping[str, Certificate] | None = None
+    book: Book,
+    command: Command,
+    snapshots: Mapping[str, Certificate] | None = None,
+    committed_at: datetime | None = None,
 ) -> None:
     """Write a committed command's effect into the book, the new slices' registry names and
     sealed secrets with it: one change per certificate. Idempotent. With `snapshots` (the
     certificates as the worker built from them) the book writes only what changes, without
-    reading first."""
+    reading first. `committed_at`, the time the caller then marks the command COMMITTED at,
+    is the receiver's copy's `updated_at` (a transfer), so both lists show one time."""
     snapshots = snapshots or {}
 
     def sealed(cert: Certificate) -> Certificate:
@@ -537,7 +549,14 @@ def apply_outcome(
             cert = change(command.certificate_id, transferred)
             book.add_holding(command.receiver, cert)
             # The receiver's copy is written once, as it will stay: committed.
-            book.note_receipt(command.model_copy(update={"status": CommandStatus.COMMITTED}))
+            book.note_receipt(
+                command.model_copy(
+                    update={
+                        "status": CommandStatus.COMMITTED,
+                        "updated_at": committed_at or command.updated_at,
+                    }
+                )
+            )
         case CommandKind.CLAIM:
             for ref in command.slices:
                 change(

@@ -21,7 +21,7 @@ from chalicelib.domain import (
     Role,
     SliceState,
 )
-from chalicelib.ports import Book, ChangeFeeds, HoldingQuery, Page
+from chalicelib.ports import Book, ChangeFeeds, CommandQuery, HoldingQuery, Page
 
 Granularity = Literal["hour", "day", "week", "month"]
 # An aggregate reads at most this many certificates; a wider one asks the caller to narrow.
@@ -58,6 +58,13 @@ def commands(
     book: Book, actor: Actor, kind: CommandKind, limit: int, cursor: str | None
 ) -> Page[Command]:
     return book.commands_of(actor.owner, kind, limit, cursor)
+
+
+def own_commands(book: Book, actor: Actor, query: CommandQuery) -> Page[Command]:
+    """The commands the caller made, whatever their role: only an owner's own (I7)."""
+    if query.caller != actor.owner:
+        raise domain.NotFound("no such list", subject=query.caller)
+    return book.own_commands(query)
 
 
 def certificate_changes(

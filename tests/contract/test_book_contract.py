@@ -25,6 +25,7 @@ from chalicelib.domain import (
 )
 from chalicelib.ports import (
     CertificateMoved,
+    CommandQuery,
     DuplicateCommand,
     HoldingQuery,
     StaleCommand,
@@ -351,6 +352,105 @@ def test_a_receiver_sees_a_transfer_only_once_it_is_noted_as_received(book):
     assert [
         c.command_id for c in book.commands_of("alice", CommandKind.TRANSFER, 10, None).items
     ] == [sent.command_id]
+
+
+def test_a_receiver_lists_the_transfer_with_its_sender_the_slice_it_got_and_its_time(book):
+    """The receiver's copy is the transfer as they see it: its sender (caller), the slice
+    they received (never the sender's own slice id), and the time noted with the receipt,
+    which the worker makes the command's COMMITTED time. (The feed: test_change_feeds.)"""
+    sent = transfer_command(SliceRef(certificate_id="cert-1", slice_id="s-1"), 10)
+    book.add_command(sent)
+    sending = book.transition(sent.command_id, Transition(ACCEPTED, SENDING, at(1)))
+    book.note_receipt(sending.model_copy(update={"status": COMMITTED, "updated_at": at(2)}))
+    book.transition(sent.command_id, Transition(SENDING, COMMITTED, at(2)))
+    received = SliceRef(
+        certificate_id="cert-1", slice_id=domain.slice_id_for(sent.command_id, "received")
+    )
+    items = book.commands_of("bob", CommandKind.TRANSFER, 10, None).items
+    assert [(c.command_id, c.caller, c.receiver, c.status, c.updated_at) for c in items] == [
+        (sent.command_id, "alice", "bob", COMMITTED, at(2))
+    ]
+    assert items[0].slices == (received,)
+    assert items[0].quantity_wh == 10
+    # the sender's own list is unchanged: the slice they spent
+    mine = book.commands_of("alice", CommandKind.TRANSFER, 10, None).items
+    assert [(c.slices, c.updated_at) for c in mine] == [(sent.slices, at(2))]
+
+
+# --- the caller's own commands (GET /v1/commands) ---------------------------------------------
+
+
+def _own(book, caller="alice", *, limit=100, **filters):
+    """Every page of the caller's own commands, in order, following the cursor."""
+    seen, cursor = [], None
+    for _ in range(200):
+        page = book.own_commands(CommandQuery(caller=caller, limit=limit, cursor=cursor, **filters))
+        assert len(page.items) <= limit
+        seen += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            return seen
+    raise AssertionError("the pages did not come to an end")
+
+
+def _every_kind(book):
+    """alice makes one command of each kind, a minute apart; bob one; alice receives one."""
+    kinds = list(CommandKind)
+    made = [a_command(f"k-{k.value}", minutes=i, kind=k) for i, k in enumerate(kinds)]
+    for cmd in made:
+        book.add_command(cmd)
+    book.add_command(a_command("k-bob", caller="bob", minutes=2))
+    to_alice = a_command("k-to-alice", caller="bob", minutes=3, receiver="alice")
+    book.add_command(to_alice)
+    done = book.transition(to_alice.command_id, Transition(ACCEPTED, COMMITTED, at(3)))
+    book.note_receipt(done)
+    return made
+
+
+def test_a_caller_lists_its_own_commands_of_every_kind_newest_first(book):
+    made = _every_kind(book)
+    listed = _own(book)
+    assert [c.command_id for c in listed] == [c.command_id for c in reversed(made)]
+    assert {c.kind for c in listed} == set(CommandKind)
+    assert all(c.caller == "alice" for c in listed)  # not bob's, nor the one alice received
+    assert [c.kind for c in _own(book, "bob")] == [CommandKind.TRANSFER, CommandKind.TRANSFER]
+
+
+def test_own_commands_filter_by_kind_status_and_creation_time(book):
+    made = _every_kind(book)
+    book.transition(made[0].command_id, Transition(ACCEPTED, REJECTED, at(9)))
+    book.transition(made[4].command_id, Transition(ACCEPTED, COMMITTED, at(9)))
+    assert [c.kind for c in _own(book, kinds=frozenset({CommandKind.ISSUE}))] == [CommandKind.ISSUE]
+    done = _own(book, statuses=frozenset({REJECTED, COMMITTED}))
+    assert [c.command_id for c in done] == [made[4].command_id, made[0].command_id]
+    # created at or after 1 minute, before 3: the second and third
+    window = _own(book, created_after=at(1), created_before=at(3))
+    assert [c.command_id for c in window] == [made[2].command_id, made[1].command_id]
+    assert _own(book, created_after=at(30)) == []
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_own_commands_page_through_every_match_once_whatever_the_filter(book, limit):
+    made = [
+        a_command(f"k-{i}", minutes=i, kind=[CommandKind.ISSUE, CommandKind.SLICE][i % 2])
+        for i in range(9)
+    ]
+    for cmd in made:
+        book.add_command(cmd)
+    for cmd in made[::3]:
+        book.transition(cmd.command_id, Transition(ACCEPTED, COMMITTED, at(20)))
+    assert [c.command_id for c in _own(book, limit=limit)] == [c.command_id for c in reversed(made)]
+    committed = _own(book, limit=limit, statuses=frozenset({COMMITTED}))
+    assert [c.command_id for c in committed] == [c.command_id for c in reversed(made[::3])]
+
+
+def test_an_own_commands_cursor_of_another_list_is_refused(book):
+    for cmd in (a_command("k-1"), a_command("k-2", minutes=1)):
+        book.add_command(cmd)
+    listed = book.commands_of("alice", CommandKind.TRANSFER, 1, None).next_cursor
+    for cursor in (listed, "%%%", forged_cursor(["own", 5]), forged_cursor({"x": 1})):
+        with pytest.raises(domain.RuleViolation):
+            book.own_commands(CommandQuery(caller="alice", cursor=cursor))
 
 
 def forged_cursor(value) -> str:

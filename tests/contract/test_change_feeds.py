@@ -172,6 +172,33 @@ def test_commands_feed_shows_each_state_of_the_callers_transfers_and_the_receipt
     ]
 
 
+def test_the_receivers_feed_gives_the_sender_the_slice_received_and_the_commit_time(
+    clock_and_book,
+):
+    clock, book = clock_and_book
+    cmd = transfer_command(SliceRef(certificate_id="cert-1", slice_id="s-1"), 10)
+    book.add_command(cmd)
+    sending = book.transition(
+        cmd.command_id, Transition(CommandStatus.ACCEPTED, CommandStatus.SENDING, clock())
+    )
+    clock.advance(1)
+    committed_at = clock()
+    book.note_receipt(
+        sending.model_copy(update={"status": CommandStatus.COMMITTED, "updated_at": committed_at})
+    )
+    book.transition(
+        cmd.command_id, Transition(CommandStatus.SENDING, CommandStatus.COMMITTED, committed_at)
+    )
+    settle(clock)
+    received = book.command_changes("bob", CommandKind.TRANSFER, None, None, 10).items
+    assert [(c.caller, c.status, c.updated_at) for c in received] == [
+        ("alice", CommandStatus.COMMITTED, committed_at)
+    ]
+    assert received[0].slices == (
+        SliceRef(certificate_id="cert-1", slice_id=domain.slice_id_for(cmd.command_id, "received")),
+    )
+
+
 @pytest.mark.parametrize(
     "cursor",
     ["%%%", "eyJ4IjogMX0=", "WyIyMDI2LTA2LTAxIiwgImlkIl0="],  # not base64; {"x": 1}; a list cursor

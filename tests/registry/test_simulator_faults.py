@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -341,3 +342,25 @@ def test_concurrent_sends_from_many_threads_are_all_received_once():
         t.join()
     assert len(registry.received_ids()) == 80
     assert registry.duplicates() == []
+
+
+# --- what the faults hit (the demo's report) --------------------------------------------------
+
+
+def test_the_simulator_counts_the_calls_each_fault_hit():
+    registry, _ = simulator(ambiguous_rate=0.5, queries=True, seed=3)
+    for _ in range(20):
+        with contextlib.suppress(RegistryAmbiguous):
+            registry.send([issue(new_id())])
+    registry.set_available(False)
+    for _ in range(3):
+        with pytest.raises(RegistryUnavailable):
+            registry.send([issue(new_id())])
+    with pytest.raises(RegistryUnavailable):
+        registry.status("x")
+    hits = registry.fault_hits()
+    assert len(registry.log()) == 20  # the ambiguous sends were applied, then timed out
+    assert 0 < hits["ambiguous"] < 20
+    assert hits["outage"] == 4  # three sends and a query refused
+    assert hits["calls"] == 24
+    assert hits["lost"] == 0

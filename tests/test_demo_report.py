@@ -1,0 +1,46 @@
+"""`make demo`'s closing report, from what the demo saw: the faults it injected and how many
+calls each hit, commands counted by kind (a transfer is one transfer, whatever it takes in the
+registry), and a throughput that says what it measures."""
+
+from __future__ import annotations
+
+from devstack.demo import report_lines
+
+
+def view(kind: str, steps: int, status: str = "COMMITTED") -> dict:
+    return {"kind": kind, "status": status, "steps": steps}
+
+
+def test_the_report_lists_each_fault_with_the_calls_it_hit_and_counts_transfers_as_such():
+    views = {
+        **{f"i{n}": view("issue", 1) for n in range(12)},
+        **{f"t{n}": view("transfer", 2) for n in range(5)},  # a part: cut, then transferred
+        "t-whole": view("transfer", 1),
+        **{f"c{n}": view("claim", 2) for n in range(6)},
+        "r": view("claim", 2, "REJECTED"),
+    }
+    lines = report_lines(
+        views,
+        resolutions={"by the reconciler": 1},
+        faults={"calls": 90, "outage": 7, "ambiguous": 3, "lost": 0, "oversized": 0},
+        settings={"latency_ms": 20.0, "ambiguous_rate": 0.03, "outage_s": 5.0},
+        elapsed_s=30.0,
+        workers=2,
+    )
+    text = "\n".join(lines)
+    assert "  faults injected" in lines
+    assert "    registry latency 20 ms     every call (90 calls)" in lines
+    assert "    registry down for 5 s      7 calls refused (retried later)" in lines
+    assert "    applied, then timed out    3 calls (3% of sends): each left a command in doubt" in (
+        lines
+    )
+    assert "    transfers                  6 (COMMITTED 6)" in lines
+    assert "    claims                     7 (COMMITTED 6, REJECTED 1)" in lines
+    assert "    issues                     12 (COMMITTED 12)" in lines
+    # registry transactions are counted apart from the commands
+    assert "  registry transactions 37 for 25 commands" in text
+    # throughput in context
+    assert "0.8 commands/s" in text
+    assert "2 queue workers in one Python process" in text
+    assert "not the deployed service's capacity" in text
+    assert "bench/README.md" in text
