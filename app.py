@@ -215,8 +215,9 @@ _refuse_other_methods()
 @app.on_sqs_message(queue=_STAGE_SETTINGS.queue_name, batch_size=10, name="worker")
 def worker(event) -> dict:
     # Partial batch response: the records that must come back (see infra/ for the switch).
+    svc = services()
     return entrypoints.handle_queue_event(
-        event.to_dict(), composition.worker(services()), MAX_RECEIVES
+        event.to_dict(), composition.worker(svc), MAX_RECEIVES, composition.postpone(svc)
     )
 
 

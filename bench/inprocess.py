@@ -177,7 +177,7 @@ def harness(
         from devstack import resources
         from devstack.poller import QueuePoller
 
-        settings = Settings(jwt_secret=SECRET, commit_poll_s=2.0)
+        settings = Settings(jwt_secret=SECRET, commit_check_s=1.0)
         setup = boto3.Session(region_name=settings.region)
         resources.create(setup.client("dynamodb"), setup.client("sqs"), settings)
         session = boto3.Session(region_name=settings.region)

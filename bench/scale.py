@@ -203,6 +203,7 @@ class Fifo:
     groups: dict[str, deque] = field(default_factory=dict)
     ready: list[tuple[int, str]] = field(default_factory=list)  # (head seq, group)
     delayed: list[tuple[float, int, str]] = field(default_factory=list)
+    postponed: dict[int, float] = field(default_factory=dict)  # message seq -> seconds away
     busy: set = field(default_factory=set)
     seq: itertools.count = field(default_factory=itertools.count)
     sent: int = 0
@@ -240,9 +241,13 @@ class Fifo:
             self.busy.add(group)
         return batch
 
+    def postpone(self, receipt_handle: str, seconds: float) -> None:
+        """ChangeMessageVisibility on a received message: its group is back after `seconds`."""
+        self.postponed[int(receipt_handle)] = seconds
+
     def settle(self, batch: list[Message], failed: set[int]) -> None:
         """Delete the done messages; the failed ones go back to the head of their group,
-        visible again after the visibility timeout."""
+        visible again after the visibility timeout, or as postponed."""
         back: dict[str, list[Message]] = {}
         for message in batch:
             if message.seq in failed:
@@ -252,9 +257,11 @@ class Fifo:
         for group in {m.group for m in batch}:
             if group in back:
                 self.groups[group].extendleft(reversed(back[group]))
-                heapq.heappush(
-                    self.delayed, (self.conductor.now + self.visibility_s, next(self.seq), group)
-                )
+                head = back[group][0].seq
+                wait = self.postponed.pop(head, self.visibility_s)
+                for message in back[group][1:]:
+                    self.postponed.pop(message.seq, None)
+                heapq.heappush(self.delayed, (self.conductor.now + wait, next(self.seq), group))
                 continue
             self.busy.discard(group)
             if self.groups.get(group):
@@ -336,15 +343,14 @@ class World:
         self.registry = CapacityRegistry(
             simulator, self.c, s.capacity, s.latency, s.jitter, s.query_latency, seed=seed
         )
-        settings = Settings()  # the deployed defaults: lease, commit poll, registry batch
+        settings = Settings()  # the deployed defaults: lease, commit check, registry batch
         self.worker = Worker(
             book=self.book,
             registry=self.registry,
             builder=PlainTransactionBuilder(settings.registry_name),
             clock=self.c.clock,
-            sleep=self.c.sleep,
             lease_s=settings.lease_s,
-            commit_poll_s=settings.commit_poll_s,
+            commit_check_s=settings.commit_check_s,
             batch_size=settings.registry_batch_size,
         )
         self.rng = random.Random(seed)
@@ -422,7 +428,9 @@ class World:
             began = self.c.now
             self.c.sleep(self.s.sqs_latency)
             self.invocations += 1
-            answer = entrypoints.handle_queue_event(lambda_event(batch), self.worker, 10)
+            answer = entrypoints.handle_queue_event(
+                lambda_event(batch), self.worker, 10, self.queue.postpone
+            )
             failed = {int(f["itemIdentifier"]) for f in answer.get("batchItemFailures", [])}
             self.queue.settle(batch, failed)
             self.busy_s += self.c.now - began

@@ -66,12 +66,18 @@ def worker(services: Services) -> Worker:
         registry=services.registry,
         builder=builder_for(services),
         clock=services.clock,
-        sleep=services.sleep,
         lease_s=settings.lease_s,
-        commit_poll_s=settings.commit_poll_s,
+        commit_check_s=settings.commit_check_s,
         batch_size=settings.registry_batch_size,
         drift_check_one_in=settings.drift_check_one_in,
     )
+
+
+def postpone(services: Services) -> Callable[[str, float], None] | None:
+    """How the worker's entry point makes a received message come back later: the SQS
+    queue's `postpone` (ChangeMessageVisibility). A queue without it (a test's) has none,
+    and such a message comes back after the queue's own visibility timeout."""
+    return getattr(services.queue, "postpone", None)
 
 
 def reconciler(services: Services) -> Reconciler:

@@ -9,14 +9,20 @@ from typing import Any
 from chalicelib import observability
 from chalicelib.adapters.fanout import shard_of_event
 from chalicelib.adapters.sqs import batch_response, delivery_of
-from chalicelib.ports import Delivery, Outcome, PoisonMessage
+from chalicelib.ports import Delivery, DependencyDown, Outcome, PoisonMessage
 from chalicelib.usecases import shards
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler
 
 
-def handle_queue_event(event: dict[str, Any], worker: Worker, max_receives: int) -> dict:
-    """One Lambda SQS batch: returns the partial batch response (records that come back)."""
+def handle_queue_event(
+    event: dict[str, Any],
+    worker: Worker,
+    max_receives: int,
+    postpone: Callable[[str, float], None] | None = None,
+) -> dict:
+    """One Lambda SQS batch: returns the partial batch response (records that come back).
+    `postpone(receipt_handle, seconds)` makes a record come back after that many seconds."""
     records = event.get("Records", [])
     outcomes: list[Outcome | None] = [None] * len(records)
     deliveries: list[tuple[int, Delivery]] = []
@@ -41,7 +47,34 @@ def handle_queue_event(event: dict[str, Any], worker: Worker, max_receives: int)
         outcomes[i] = outcome
         if outcome == Outcome.FAILED and _receive_count(records[i]) >= max_receives:
             worker.give_up(delivery, "processing failed on every receive")
+    _check_again_later(records, outcomes, worker, max_receives, postpone)
     return batch_response(records, outcomes)
+
+
+def _check_again_later(
+    records: list[dict[str, Any]],
+    outcomes: list[Outcome | None],
+    worker: Worker,
+    max_receives: int,
+    postpone: Callable[[str, float], None] | None,
+) -> None:
+    """A record whose step awaits the registry comes back after the worker's delay, and so do
+    the records of its group behind it (FIFO: they wait for it). Its receives spent, it is
+    deleted instead, for the reconciler to settle: the dead-letter queue is for failures."""
+    delays: dict[str | None, float] = {}
+    for i, record in enumerate(records):
+        group = record.get("attributes", {}).get("MessageGroupId")
+        if outcomes[i] == Outcome.LATER and group not in delays:
+            delay = worker.check_again_in(_receive_count(record), max_receives)
+            if delay is None:
+                outcomes[i] = Outcome.DONE
+                continue
+            delays[group] = delay
+        if group in delays and outcomes[i] != Outcome.DONE and postpone is not None:
+            try:
+                postpone(record["receiptHandle"], delays[group])
+            except DependencyDown as exc:  # it comes back after the queue's own timeout
+                observability.event("delivery.postpone_failed", reason=str(exc))
 
 
 def _receive_count(record: dict[str, Any]) -> int:

@@ -254,6 +254,7 @@ class Outcome(StrEnum):
     DONE = "done"  # the message has served its purpose: delete it
     RETRY = "retry"  # it must come back later (and its FIFO group wait): registry down, busy
     FAILED = "failed"  # it must come back, because processing it failed (poison, a fault)
+    LATER = "later"  # it must come back soon: its step awaits the registry's verdict
 
 
 class PoisonMessage(Exception):

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     # the pipeline
     lambda_timeout_s: float = 60.0
     lease_s: float = 120.0  # how long a SENDING command belongs to the worker that took it
-    commit_poll_s: float = 5.0  # how long a worker waits for a PENDING transaction to commit
+    # A PENDING step's message comes back after this, doubling each time (no Lambda sleeps).
+    commit_check_s: float = Field(default=2.0, gt=0, le=300)
     # An ACCEPTED command older than this lost its message. Past SQS's five-minute
     # deduplication window, or the re-drive of a message that did go out (and was dead-
     # lettered since) would be dropped as its duplicate.

@@ -38,6 +38,9 @@ class Message:
     receives: int = 0
 
 
+MAX_RECEIVES = 10  # the queue's redrive policy (infra/)
+
+
 class FifoQueue:
     """SQS FIFO as the worker sees it: per-group order, a group blocked while one of its
     messages is in flight, failed messages back at the head of their group."""
@@ -98,10 +101,8 @@ class Pipeline:
             registry=registry or self.registry,
             builder=PlainTransactionBuilder("test-registry"),
             clock=self.now,
-            sleep=self.vclock.sleep,
             lease_s=120,
-            commit_poll_s=5,
-            poll_interval_s=0.5,
+            commit_check_s=2.0,
         )
 
     def make_reconciler(self, **overrides: Any) -> Reconciler:
@@ -240,10 +241,21 @@ class Pipeline:
             if not batch:
                 return
             outcomes = worker.process([m.delivery for m in batch])
-            back = [m for m, o in zip(batch, outcomes, strict=True) if o != Outcome.DONE]
+            back, wait = [], 0.0
+            for message, outcome in zip(batch, outcomes, strict=True):
+                if outcome == Outcome.LATER:  # as the entry point does: back soon, or the end
+                    later = worker.check_again_in(message.receives, MAX_RECEIVES)
+                    if later is None:
+                        continue
+                    wait = max(wait, later)
+                elif outcome != Outcome.DONE:
+                    wait = max(wait, visibility_s)
+                else:
+                    continue
+                back.append(message)
             if back:
                 self.queue.give_back(back)
-                self.vclock.advance(visibility_s)
+                self.vclock.advance(wait)
         raise AssertionError("the queue did not drain")
 
     def command(self, command_id: str) -> Command:

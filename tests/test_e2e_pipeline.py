@@ -25,7 +25,7 @@ def stack(request, moto_services, aws):
     moto_services.registry = RegistrySimulator(
         SimulatorConfig(queries=request.param, commit_delay_s=0.0)
     )
-    moto_services.settings = moto_services.settings.model_copy(update={"commit_poll_s": 2.0})
+    moto_services.settings = moto_services.settings.model_copy(update={"commit_check_s": 1.0})
     app_module.use_services(moto_services)
     sqs = aws.client("sqs")
     url = sqs.get_queue_url(QueueName=moto_services.settings.queue_name)["QueueUrl"]

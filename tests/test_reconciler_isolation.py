@@ -166,10 +166,10 @@ def test_alignment_leaves_a_certificate_that_moved_during_its_stream_query_for_t
 def test_a_step_pending_for_too_long_goes_in_doubt_for_an_operator() -> None:
     p = Pipeline(queries=True, commit_delay_s=10 * 24 * 3600)  # it never leaves PENDING
     command = p.issue()
-    p.run()
+    p.run()  # the worker looks a few times, then leaves it to the reconciler
     assert p.command(command.command_id).status == CommandStatus.SENT
     reconciler = p.make_reconciler(pending_in_doubt_after_s=900.0)
-    p.vclock.advance(800)
+    _until_sent_for(p, command, 800)
     assert reconciler.run().actions["pending"] == 1
     assert p.command(command.command_id).status == CommandStatus.SENT
     p.vclock.advance(200)
@@ -182,9 +182,15 @@ def test_a_step_pending_for_too_long_goes_in_doubt_for_an_operator() -> None:
 
 
 def test_a_step_pending_for_a_while_is_not_yet_in_doubt() -> None:
-    p = Pipeline(queries=True, commit_delay_s=600)
+    p = Pipeline(queries=True, commit_delay_s=1200)
     command = p.issue()
     p.run()
-    p.vclock.advance(timedelta(minutes=9).total_seconds())
+    _until_sent_for(p, command, timedelta(minutes=9).total_seconds())
     assert p.reconcile()["pending"] == 1
     assert p.command(command.command_id).status == CommandStatus.SENT
+
+
+def _until_sent_for(p: Pipeline, command, seconds: float) -> None:
+    """On to `seconds` after the command went SENT (the worker's own looks took some)."""
+    sent_at = p.command(command.command_id).updated_at
+    p.vclock.advance(seconds - (p.now() - sent_at).total_seconds())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from chalicelib.adapters.sqs import SqsCommandQueue, deduplication_id
 from chalicelib.domain import SliceRef
+from chalicelib.ports import DependencyDown
 from tests.builders import claim_command, gsrn, queue_counts
 from tests.conftest import settings
 
@@ -50,3 +51,25 @@ def test_the_next_step_and_an_operators_resend_are_not_dropped(aws) -> None:
     queue.send(next_step.model_copy(update={"attempts": 2}))
     assert queue_counts(sqs, url) == (2, 1)
     assert len({deduplication_id(accepted), deduplication_id(next_step)}) == 2
+
+
+def test_a_postponed_message_comes_back_after_its_delay_and_its_group_waits(aws) -> None:
+    sqs, url = _queue(aws)
+    queue = SqsCommandQueue(sqs, url)
+    queue.send(_claim())
+    (message,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    queue.postpone(message["ReceiptHandle"], 3600)
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    queue.postpone(message["ReceiptHandle"], 0)  # changed again: back at once
+    (again,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert again["MessageId"] == message["MessageId"]
+
+
+def test_postponing_with_a_stale_receipt_handle_is_the_queue_refusing(aws) -> None:
+    sqs, url = _queue(aws)
+    queue = SqsCommandQueue(sqs, url)
+    try:
+        queue.postpone("not-a-receipt-handle", 5)
+    except DependencyDown:
+        return
+    raise AssertionError("moto took a made-up receipt handle")

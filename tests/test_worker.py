@@ -180,16 +180,64 @@ def test_an_ambiguous_send_leaves_the_command_in_doubt_and_never_resends_it(quer
     assert p.command(command.command_id).status == CommandStatus.IN_DOUBT
 
 
-def test_a_pending_transaction_that_does_not_commit_in_time_stays_sent() -> None:
+def test_a_pending_step_comes_back_later_instead_of_the_worker_sleeping() -> None:
     p = Pipeline(queries=True, commit_delay_s=60)
     command = p.issue()
-    p.run()
+    (message,) = p.queue.receive()
+    before = p.vclock()
+    assert p.worker.process([message.delivery]) == [Outcome.LATER]
+    assert p.vclock() == before  # no time passed in the invocation: nothing slept
     assert p.command(command.command_id).status == CommandStatus.SENT
-    p.vclock.advance(60)
-    p.queue.send(command)  # e.g. the reconciler re-drives it
-    p.run()
+    p.queue.give_back([message])
+    p.run()  # back after 2, 4, 8, 16, 32 s: committed at 60
     assert p.command(command.command_id).status == CommandStatus.COMMITTED
     assert len(p.registry.log()) == 1
+    assert 60 <= p.vclock() - before <= 62
+
+
+def test_a_step_pending_past_the_last_receive_is_left_sent_for_the_reconciler() -> None:
+    p = Pipeline(queries=True, commit_delay_s=3600)
+    command = p.issue()
+    p.run()  # the message is deleted two receives before the dead-letter queue
+    assert p.command(command.command_id).status == CommandStatus.SENT
+    assert not p.queue.pending
+    p.vclock.advance(3600)
+    p.reconcile()
+    assert p.command(command.command_id).status == CommandStatus.COMMITTED
+    assert len(p.registry.log()) == 1
+
+
+def test_a_pending_message_and_the_rest_of_its_group_are_postponed_by_the_worker_delay() -> None:
+    p = Pipeline(queries=True, commit_delay_s=600)
+    command = p.issue()
+    p.queue.receive()  # the harness's copy; the event below is what Lambda would hand over
+    body = {"command_id": command.command_id, "certificate_id": command.certificate_id}
+    group = command.certificate_id
+    event = {  # the command's message, and a redelivered copy behind it in its group
+        "Records": [
+            {**_record("m1", body, group, receives=3), "receiptHandle": "h1"},
+            {**_record("m2", body, group, receives=1), "receiptHandle": "h2"},
+        ]
+    }
+    postponed: list[tuple[str, float]] = []
+    answer = handle_queue_event(event, p.worker, 10, lambda h, s: postponed.append((h, s)))
+    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == ["m1", "m2"]
+    assert postponed == [("h1", 8.0), ("h2", 8.0)]  # 2 s doubled twice: the third receive
+    assert p.command(command.command_id).status == CommandStatus.SENT
+    assert len(p.registry.log()) == 1
+
+    last = {**_record("m1", body, group, receives=8), "receiptHandle": "h9"}
+    assert handle_queue_event({"Records": [last]}, p.worker, 10, postponed.append) == {
+        "batchItemFailures": []
+    }  # receives spent: deleted, not dead-lettered; the reconciler has it
+
+
+def test_check_again_in_doubles_up_to_its_cap_and_stops_short_of_the_dead_letter_queue() -> None:
+    worker = Pipeline().make_worker()
+    delays = [worker.check_again_in(n, 10) for n in range(1, 11)]
+    assert delays == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, None, None, None]
+    worker.commit_check_s = 100.0
+    assert worker.check_again_in(4, 10) == 300.0
 
 
 # --- redelivery and concurrency -------------------------------------------------------------

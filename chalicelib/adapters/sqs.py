@@ -11,6 +11,7 @@ send to the registry.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -112,6 +113,18 @@ class SqsCommandQueue:
                 MessageBody=message_body(command, holds_taken, certificates),
                 MessageGroupId=command.certificate_id,
                 MessageDeduplicationId=deduplication_id(command),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyDown(f"the command queue is unavailable: {exc}") from exc
+
+    def postpone(self, receipt_handle: str, seconds: float) -> None:
+        """A received message comes back after `seconds`, not the queue's visibility timeout
+        (FIFO messages take no delay of their own); its group waits for it."""
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=self._url,
+                ReceiptHandle=receipt_handle,
+                VisibilityTimeout=max(0, math.ceil(seconds)),
             )
         except (ClientError, BotoCoreError) as exc:
             raise DependencyDown(f"the command queue is unavailable: {exc}") from exc

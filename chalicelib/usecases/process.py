@@ -6,7 +6,8 @@ Whoever loses that write sends nothing: a redelivered message, a second worker, 
 
     ACCEPTED --(guard)--> SENDING --send--> COMMITTED receipt -> next step, or apply + COMMITTED
                              |        \\--> FAILED receipt    -> release + REJECTED
-                             |         \\-> PENDING receipt   -> SENT -> poll status
+                             |         \\-> PENDING receipt   -> SENT; the message comes
+                             |                                 back later to ask the status
                              |-- registry refused the call (nothing sent) -> ACCEPTED, retry
                              |-- registry refused the request as such    -> release + REJECTED
                              |   (a refused batch is sent again one by one to tell which)
@@ -55,6 +56,9 @@ from chalicelib.usecases import holds
 log = logging.getLogger(__name__)
 
 
+# SQS's longest visibility timeout is 12 hours; a pending step is the reconciler's long before.
+MAX_POSTPONE_S = 300.0
+
 # A step whose outcome is awaited: sent, maybe sent, or in doubt until someone finds out.
 _AWAITING_OUTCOME = (CommandStatus.SENDING, CommandStatus.SENT, CommandStatus.IN_DOUBT)
 
@@ -69,10 +73,10 @@ class Worker:
     registry: Registry
     builder: TransactionBuilder
     clock: Callable[[], datetime]
-    sleep: Callable[[float], None]
     lease_s: float = 120.0
-    commit_poll_s: float = 5.0
-    poll_interval_s: float = 0.5
+    # A PENDING step's message comes back after this, then after twice as long each time,
+    # until the queue's receives run out (then the reconciler asks): nothing sleeps in Lambda.
+    commit_check_s: float = 2.0
     batch_size: int = 10
     # With registry queries, 1 in N committed commands stays on the reconciler's list for a
     # drift check of its certificates; the others leave it at their terminal write (settled
@@ -300,37 +304,39 @@ class Worker:
             case TransactionStatus.FAILED:
                 return self._reject(command, receipt.message or "refused by the registry")
             case TransactionStatus.PENDING:
-                # Polled while still SENDING (the lease covers it): SENT is written only if
-                # the registry has not decided by the deadline, which saves a write per
-                # command whenever it decides in time.
+                # Asked once while still SENDING (the lease covers it): SENT is written only
+                # if the registry has not decided yet, which saves a write when it has.
                 return self._poll(command, drive)
         return self._in_doubt(command, f"the registry answered {receipt.status.value}")
 
     def _poll(self, command: Command, drive: bool = True) -> Outcome:
-        """Wait a bounded time for a SENT transaction to commit; the reconciler takes over
-        after that (a FIFO queue has no per-message delay to come back later)."""
-        deadline = self.clock() + timedelta(seconds=self.commit_poll_s)
-        while True:
-            try:
-                receipt = self.registry.status(_transaction_id(command))
-            except QueriesNotSupported:
-                return self._in_doubt(
-                    command, "the registry took the transaction but answers no status queries"
-                )
-            except (RegistryUnavailable, RegistryAmbiguous):
-                self._leave_sent(command)  # the reconciler asks again later
-                return Outcome.DONE
-            if receipt.status != TransactionStatus.PENDING:
-                if receipt.status == TransactionStatus.UNKNOWN:
-                    return self._in_doubt(command, "the registry does not know the transaction")
-                return self._follow(command, receipt, drive)
-            if self.clock() >= deadline:
-                observability.event(
-                    "command.pending", command_id=command.command_id, step=command.step
-                )
-                self._leave_sent(command)
-                return Outcome.DONE
-            self.sleep(self.poll_interval_s)
+        """Ask once how a sent step ended. Still PENDING: the command is SENT and its message
+        comes back later (LATER), its certificate's group waiting and no one else; a worker
+        never sleeps in Lambda waiting for a block."""
+        try:
+            receipt = self.registry.status(_transaction_id(command))
+        except QueriesNotSupported:
+            return self._in_doubt(
+                command, "the registry took the transaction but answers no status queries"
+            )
+        except (RegistryUnavailable, RegistryAmbiguous):
+            self._leave_sent(command)  # ask again when the message comes back
+            return Outcome.LATER
+        if receipt.status == TransactionStatus.UNKNOWN:
+            return self._in_doubt(command, "the registry does not know the transaction")
+        if receipt.status != TransactionStatus.PENDING:
+            return self._follow(command, receipt, drive)
+        observability.event("command.pending", command_id=command.command_id, step=command.step)
+        self._leave_sent(command)
+        return Outcome.LATER
+
+    def check_again_in(self, receives: int, max_receives: int) -> float | None:
+        """How long a LATER message stays away: `commit_check_s`, doubling with each receive.
+        None once its receives run out (two are kept so it never reaches the dead-letter
+        queue): the message is then deleted and the reconciler settles the SENT command."""
+        if receives >= max_receives - 2:
+            return None
+        return min(self.commit_check_s * 2 ** max(receives - 1, 0), MAX_POSTPONE_S)
 
     def _leave_sent(self, command: Command) -> None:
         """The registry took the transaction and has not said how it ended: SENT, for the

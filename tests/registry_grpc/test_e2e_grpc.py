@@ -28,7 +28,7 @@ ALICE = {"Authorization": "Bearer " + token("alice")}
 @pytest.fixture
 def stack(moto_services, aws):
     settings = moto_services.settings.model_copy(
-        update={"registry": "grpc", "registry_grpc_tls": False, "commit_poll_s": 2.0}
+        update={"registry": "grpc", "registry_grpc_tls": False, "commit_check_s": 1.0}
     )
     simulator = RegistrySimulator(
         SimulatorConfig(queries=True, commit_delay_s=0.0),

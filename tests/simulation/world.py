@@ -302,6 +302,15 @@ class SqsFifo:
             received.append((message, message.handle))
         return received
 
+    def postpone(self, receipt_handle: str, seconds: float) -> None:
+        """ChangeMessageVisibility: the message comes back `seconds` from now. A stale handle
+        (received again meanwhile) changes nothing, as on AWS."""
+        number, handle = receipt_handle.removeprefix("m").split("/")
+        for message in self.messages:
+            if message.number == int(number) and message.handle == int(handle):
+                message.visible_at = self._world.clock() + seconds
+                self._world.stats["queue.postponed"] += 1
+
     def delete(self, message: Message, handle: int) -> None:
         if message not in self.messages:
             return
@@ -469,7 +478,7 @@ class World:
             lambda_timeout_s=LAMBDA_TIMEOUT_S,
             registry_timeout_s=REGISTRY_TIMEOUT_S,
             registry_batch_size=self.worker_batch,
-            commit_poll_s=5.0,
+            commit_check_s=2.0,
             redrive_after_s=REDRIVE_AFTER_S,
             certificate_expiry_days=self.expiry_days,
         )
@@ -634,10 +643,8 @@ class World:
             registry=registry,
             builder=self.builder,
             clock=self.now,
-            sleep=self.clock.sleep,
             lease_s=LEASE_S,
-            commit_poll_s=5.0,
-            poll_interval_s=0.5,
+            commit_check_s=self.settings.commit_check_s,
             batch_size=self.worker_batch,
         )
 
@@ -686,7 +693,7 @@ class World:
         before = self._statuses()
         try:
             response = entrypoints.handle_queue_event(
-                {"Records": records}, self.worker_for(inv), MAX_RECEIVES
+                {"Records": records}, self.worker_for(inv), MAX_RECEIVES, self.queue.postpone
             )
         except Crash:
             return True  # nothing deleted: the batch comes back after the visibility timeout
