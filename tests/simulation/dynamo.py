@@ -81,6 +81,7 @@ class DynamoView:
         {
             "get_command",
             "commands_of",
+            "own_commands",
             "open_commands",
             "settled_commands",
             "get_certificate",
