@@ -431,6 +431,18 @@ def test_an_alarm_fires_on_in_doubt_commands_from_the_reconcilers_metrics(templa
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_an_alarm_and_the_dashboard_show_a_stranded_allocation(templates, stage):
+    worker_source = (ROOT / "chalicelib" / "usecases" / "process.py").read_text()
+    assert '"stranded_allocations"' in worker_source  # the name the worker publishes
+    [alarm] = alarms_on(templates[stage], "stranded_allocations")
+    assert alarm["Namespace"] == observability.NAMESPACE
+    assert alarm["Dimensions"] == [{"Name": "Stage", "Value": {"Ref": "Stage"}}]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanOrEqualToThreshold", 1)
+    body = templates[stage]["Resources"]["OperationsDashboard"]["Properties"]["DashboardBody"]
+    assert '\\"stranded_allocations\\"' in json.dumps(body)
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_alarms_watch_queue_age_reconciler_failures_and_api_5xx(templates, stage):
     template = templates[stage]
     [age] = alarms_on(template, "ApproximateAgeOfOldestMessage")
