@@ -46,6 +46,21 @@ def _moto_servers(parent: int | None = None) -> set[int]:
     return found
 
 
+def healthy(url: str, process: subprocess.Popen, within_s: float) -> bool:
+    """Wait for the stack at `url` to answer its health check; False if it stopped first or
+    took longer than `within_s`."""
+    deadline = time.monotonic() + within_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v1/health", timeout=2) as answer:
+                if json.loads(answer.read())["status"] == "ok":
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 @contextlib.contextmanager
 def _started_stack(protocol: str) -> Iterator[tuple[str, subprocess.Popen, float, set[int]]]:
     """`make run` in a process of its own: its URL, the process, its start-up time and its moto
@@ -69,17 +84,9 @@ def _started_stack(protocol: str) -> Iterator[tuple[str, subprocess.Popen, float
     )
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/v1/health", timeout=2) as answer:
-                if json.loads(answer.read())["status"] == "ok":
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() - started > 60:
-            process.kill()
-            pytest.fail(f"the stack did not come up: {process.stdout.read()}")
-        time.sleep(0.2)
+    if not healthy(url, process, 60):
+        process.kill()
+        pytest.fail(f"the stack did not come up: {process.stdout.read()}")
     servers = _moto_servers(process.pid)
     try:
         yield url, process, time.monotonic() - started, servers
@@ -290,16 +297,7 @@ def test_verbose_puts_access_lines_on_stdout_and_readable_transitions_on_stderr(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/v1/health", timeout=2) as answer:
-                    if json.loads(answer.read())["status"] == "ok":
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, err.read_text()
-            time.sleep(0.2)
+        assert healthy(url, process, 90), err.read_text()
         status, accepted = _http(
             url,
             "POST",

@@ -15,13 +15,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from devstack.stack import free_port
+from tests.test_devstack import healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -47,18 +46,9 @@ def fresh_stack():
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/v1/health", timeout=2) as answer:
-                if json.loads(answer.read())["status"] == "ok":
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the stack did not come up: {process.stdout.read()}")
-        time.sleep(0.2)
+    if not healthy(url, process, 90):
+        process.kill()
+        pytest.fail(f"the stack did not come up: {process.stdout.read()}")
     yield url
     process.terminate()
     process.communicate(timeout=30)
