@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +45,6 @@ class Services:
     verifier: TokenVerifier
     registry: Registry | None = None
     clock: Clock = utc_now
-    sleep: Callable[[float], None] = time.sleep
     # name -> a call that raises when that dependency is unhealthy
     health_checks: dict[str, Callable[[], Any]] = field(default_factory=dict)
     # Seals slice secrets (proto transactions); built once per cold start, from settings if unset.

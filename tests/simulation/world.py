@@ -759,7 +759,6 @@ class World:
             verifier=self.verifier,
             registry=registry,
             clock=self.now,
-            sleep=self.clock.sleep,
         )
         endpoint, handler = ENDPOINTS[call.operation]
         headers = {"authorization": f"Bearer {self.tokens[call.actor]}"}
