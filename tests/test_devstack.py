@@ -30,20 +30,30 @@ ISSUER = mint_token(DEVELOPMENT_JWT_SECRET, "issuer-dk", ["issuer"])
 ALICE = mint_token(DEVELOPMENT_JWT_SECRET, "alice")
 
 
-def _moto_servers(parent: int | None = None) -> set[int]:
-    """Moto server processes (of one parent, when given: tests may run stacks side by side)."""
+def _moto_servers(parent: int | None = None) -> set[tuple[int, int]]:
+    """Moto server processes (of one parent, when given: tests may run stacks side by side),
+    each as (pid, start time): pids wrap at 32768 here, and a pid once a stack's server may by
+    now be a server of a test running beside this one, which must not be killed or counted."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
                 status = (entry / "status").read_text()
+                stat = (entry / "stat").read_text()
             except OSError:
                 continue
             ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+            started = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the comm
             if b"devstack.motoserver" in cmdline and parent in (None, ppid):
-                found.add(int(entry.name))
+                found.add((int(entry.name), started))
     return found
+
+
+def _kill(servers: set[tuple[int, int]]) -> None:
+    for pid, _ in servers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def healthy(url: str, process: subprocess.Popen, within_s: float) -> bool:
@@ -95,8 +105,7 @@ def _started_stack(protocol: str) -> Iterator[tuple[str, subprocess.Popen, float
             process.kill()
         # Only this stack's servers (orphaned if it was killed): tests running beside this
         # one start moto servers of their own.
-        for pid in servers & _moto_servers():
-            os.kill(pid, signal.SIGKILL)
+        _kill(servers & _moto_servers())
 
 
 @pytest.fixture(scope="module", params=["http", "grpc"])
@@ -236,7 +245,7 @@ def _start_failing(
         stderr=subprocess.PIPE,
         text=True,
     )
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     while process.poll() is None:  # every moto server it ever had
         seen |= _moto_servers(process.pid)
         time.sleep(0.05)
@@ -275,7 +284,7 @@ def test_a_start_that_fails_after_the_moto_servers_leaves_none(monkeypatch) -> N
         stack.start()
     assert len(stack.moto_pids) == 2  # it did get that far
     time.sleep(0.2)
-    assert not set(stack.moto_pids.values()) & _moto_servers(os.getpid())
+    assert not set(stack.moto_pids.values()) & {pid for pid, _ in _moto_servers(os.getpid())}
 
 
 def test_verbose_puts_access_lines_on_stdout_and_readable_transitions_on_stderr(
@@ -378,8 +387,7 @@ def test_moto_servers_die_with_a_stack_killed_9() -> None:
     while servers & _moto_servers() and time.monotonic() < deadline:
         time.sleep(0.1)
     left = servers & _moto_servers()
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    _kill(left)
     assert not left
 
 
