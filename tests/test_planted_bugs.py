@@ -176,7 +176,9 @@ DYNAMO_BUGS = {
 
 # Planted bug (b) shows only when its race lands a stale repair, about 1 query run in 10 (the
 # race needs the reconciler to read a stream): 12 DynamoDB seeds missed it after the merges of
-# 2026-11-29, so its search goes on over more seeds with queries (first caught then by seed 23).
+# 2026-11-29, so its search goes on over more seeds with queries (first caught then by seed 23),
+# with whole-book passes as then: a shard's pass aligns an eighth of the settled commands, so
+# the race lands more rarely under the sharded schedule some seeds draw.
 WIDER_SEARCH = {"alignment without its version condition": 40}
 
 
@@ -187,10 +189,12 @@ def test_the_simulation_over_the_dynamodb_book_reports_a_planted_bug(
 ) -> None:
     plant, rules = DYNAMO_BUGS[bug]
     plant(monkeypatch)
-    courses = [(seed, queries) for seed in range(DYNAMO_CI_SEEDS) for queries in (False, True)]
-    courses += [(seed, True) for seed in range(DYNAMO_CI_SEEDS, WIDER_SEARCH.get(bug, 0))]
-    for seed, queries in courses:
-        result = run(seed, queries, STEPS, book="dynamo")
+    courses = [
+        (seed, queries, "seed") for seed in range(DYNAMO_CI_SEEDS) for queries in (False, True)
+    ]
+    courses += [(seed, True, "whole") for seed in range(DYNAMO_CI_SEEDS, WIDER_SEARCH.get(bug, 0))]
+    for seed, queries, schedule in courses:
+        result = run(seed, queries, STEPS, book="dynamo", schedule=schedule)
         if any(v.rule in rules for v in result.violations):
             print(f"{bug}: found by {result.replay}\n{result.report()}")
             return

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from tests.simulation.soak import soak
-from tests.simulation.world import BOOKS, DEFAULT_STEPS, run, trace
+from tests.simulation.world import BOOKS, DEFAULT_STEPS, SCHEDULES, run, trace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         default="memory",
         help="the book the use cases run over: in memory, DynamoDB on moto, or both",
     )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="seed",
+        help="the reconciler's schedule: drawn from the seed, whole-book passes, or per shard",
+    )
     parser.add_argument("--verbose", action="store_true", help="print the run's figures")
     parser.add_argument("--trace", action="store_true", help="print all that happened in it")
     args = parser.parse_args(argv)
@@ -40,10 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         failed = False
         for book in books:
             if args.trace:
-                result, lines = trace(args.seed, bool(args.queries), args.steps, book)
+                result, lines = trace(
+                    args.seed, bool(args.queries), args.steps, book, args.schedule
+                )
                 print("\n".join(lines))
             else:
-                result = run(args.seed, bool(args.queries), args.steps, book)
+                result = run(args.seed, bool(args.queries), args.steps, book, args.schedule)
             print(result.report())
             if args.verbose:
                 for name, value in sorted(result.stats.items()):

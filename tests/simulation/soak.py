@@ -51,7 +51,8 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
         )
         + ")",
         f"pauses (other invocations run inside one): {totals['pauses']}; deliveries: "
-        f"{totals['deliveries']}; reconciler passes: {totals['reconciler.passes']}; "
+        f"{totals['deliveries']}; reconciler passes: {totals['reconciler.passes']} (of one "
+        f"shard {totals['reconciler.shard_passes']}); "
         f"operator resolutions: {totals['operator.resolutions']}; dead-lettered: "
         f"{totals['queue.dead_lettered']}; stale receipt handles: {totals['queue.stale_delete']}"
         f"; claims that stranded an allocation: {totals['claims.stranded']}",

@@ -55,6 +55,7 @@ from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, Vi
 from chalicelib.settings import Settings
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler
+from chalicelib.usecases.shards import for_shard
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SECRET = "simulation-secret-that-is-long-enough-for-hs256"
@@ -88,16 +89,25 @@ class Violation:
 
 
 BOOKS = ("memory", "dynamo")  # the in-memory book, or the DynamoDB book on moto
+# How the reconciler is scheduled: drawn from the seed, one pass over the whole book (the
+# embedded stack), or one pass per shard (Lambda's fan-out).
+SCHEDULES = ("seed", "whole", "sharded")
 
 
 def replay_command(
-    seed: int, queries: bool, steps: int = DEFAULT_STEPS, book: str = "memory"
+    seed: int,
+    queries: bool,
+    steps: int = DEFAULT_STEPS,
+    book: str = "memory",
+    schedule: str = "seed",
 ) -> str:
     args = ["--seed", str(seed), "--queries" if queries else "--no-queries"]
     if steps != DEFAULT_STEPS:
         args += ["--steps", str(steps)]
     if book != "memory":
         args += ["--book", book]
+    if schedule != "seed":
+        args += ["--schedule", schedule]
     return ".venv/bin/python -m tests.simulation " + shlex.join(args)
 
 
@@ -110,10 +120,11 @@ class Result:
     violations: list[Violation]
     exempt: Counter  # checks not applied, by reason
     book: str = "memory"
+    schedule: str = "seed"
 
     @property
     def replay(self) -> str:
-        return replay_command(self.seed, self.queries, self.steps, self.book)
+        return replay_command(self.seed, self.queries, self.steps, self.book, self.schedule)
 
     def report(self) -> str:
         lines = [
@@ -417,6 +428,7 @@ class World:
         steps: int = DEFAULT_STEPS,
         trace: bool = False,
         book: str = "memory",
+        schedule: str = "seed",
     ) -> None:
         from tests.simulation import checks
         from tests.simulation.client import Clients
@@ -497,6 +509,13 @@ class World:
         self.refusal_p = self.fault_rng.choice([0.0, 0.02, 0.05])
         self.race_alignment_p = self.fault_rng.choice([0.0, 0.3, 0.7])
         self.refused: set[str] = set()  # commands whose items the reconciler meets with errors
+        # How the schedule runs the reconciler: one pass over the whole book (the embedded
+        # stack), or, as on Lambda, one pass per shard (each fan-out invocation on its own, so
+        # a shard's pass may run inside another's). Its own generator, as above.
+        self.shard_rng = random.Random(f"shards/{seed}")
+        sharded = self.shard_rng.random() < 0.5 if schedule == "seed" else schedule == "sharded"
+        self.schedule = schedule
+        self.shards = self.settings.open_command_shards if sharded else 0
         self._reported: set[tuple[str, str]] = set()
 
     # --- time -------------------------------------------------------------------------------
@@ -709,6 +728,15 @@ class World:
         return True
 
     def reconcile(self, depth: int = 0) -> None:
+        """One pass, as a schedule tick or one fan-out invocation (of a shard drawn at random)."""
+        self._reconcile(depth, self.shard_rng.randrange(self.shards) if self.shards else None)
+
+    def reconcile_all(self) -> None:
+        """What one schedule tick does: a pass over every shard (or the whole book)."""
+        for shard in range(self.shards) if self.shards else [None]:
+            self._reconcile(0, shard)
+
+    def _reconcile(self, depth: int, shard: int | None) -> None:
         inv = self.invocation("reconciler", depth)
         book, queue, registry = self.wired(inv)
         reconciler = Reconciler(
@@ -722,6 +750,9 @@ class World:
             lease_s=LAMBDA_TIMEOUT_S * 2,
             holder=f"reconciler-{next(self.reconcilers)}",
         )
+        if shard is not None:
+            reconciler = for_shard(reconciler, shard)
+            self.stats["reconciler.shard_passes"] += 1
         before = self._statuses()
         self.stats["reconciler.passes"] += 1
         try:
@@ -1024,7 +1055,7 @@ class World:
         for _ in range(40):
             self.drain()
             self.advance(REDRIVE_AFTER_S + 1)
-            self.reconcile()
+            self.reconcile_all()
             self.drain()
             open_ = self.book.open_commands(self.now() + timedelta(days=1), 100_000)
             if not open_:
@@ -1036,7 +1067,7 @@ class World:
         # been compared with the registry.
         for _ in range(2):
             self.advance(REDRIVE_AFTER_S + 1)
-            self.reconcile()
+            self.reconcile_all()
             self.drain()
 
     def unhandled(self, kind: str, exc: Exception) -> None:
@@ -1080,18 +1111,29 @@ class World:
             self.violations,
             self.exempt,
             self.book_kind,
+            self.schedule,
         )
 
 
-def run(seed: int, queries: bool, steps: int = DEFAULT_STEPS, book: str = "memory") -> Result:
-    return World(seed, queries, steps, book=book).run()
+def run(
+    seed: int,
+    queries: bool,
+    steps: int = DEFAULT_STEPS,
+    book: str = "memory",
+    schedule: str = "seed",
+) -> Result:
+    return World(seed, queries, steps, book=book, schedule=schedule).run()
 
 
 def trace(
-    seed: int, queries: bool, steps: int = DEFAULT_STEPS, book: str = "memory"
+    seed: int,
+    queries: bool,
+    steps: int = DEFAULT_STEPS,
+    book: str = "memory",
+    schedule: str = "seed",
 ) -> tuple[Result, list[str]]:
     """A run with everything that happened in it, for reading a failure."""
-    world = World(seed, queries, steps, trace=True, book=book)
+    world = World(seed, queries, steps, trace=True, book=book, schedule=schedule)
     result = world.run()
     assert world.trace is not None
     return result, world.trace
