@@ -68,6 +68,7 @@ def worker(services: Services) -> Worker:
         commit_check_s=settings.commit_check_s,
         batch_size=settings.registry_batch_size,
         drift_check_one_in=settings.drift_check_one_in,
+        queue=services.queue,  # a withdrawal's unclaims go on at once
     )
 
 

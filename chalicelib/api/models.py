@@ -240,6 +240,11 @@ class CommandView(BaseModel):
         description="A claim refused after an allocation committed: each allocation it left "
         "in the registry for good, whose slice reads allocated (not usable).",
     )
+    claim_id: str | None = Field(
+        default=None,
+        description="An unclaim (made by the service when the certificate on a claim's other "
+        "side is withdrawn): the claim whose slice it gives back.",
+    )
 
     @classmethod
     def of(cls, command: Command) -> CommandView:
@@ -271,6 +276,7 @@ class CommandView(BaseModel):
                 transaction_id_of(base64.b64decode(tx)) for tx in command.transactions
             ],
             stranded=[StrandedAllocationView(**s.model_dump()) for s in command.stranded],
+            claim_id=command.claim_id,
         )
 
 

@@ -53,7 +53,9 @@ class Built:
 
 
 def allocation_id_for(command: Command) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"allocation/{command.command_id}"))
+    """A claim's allocation (an unclaim's: the allocation of the claim it gives back)."""
+    claim_id = command.claim_id if command.kind == CommandKind.UNCLAIM else command.command_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"allocation/{claim_id}"))
 
 
 def issuer_of(cert: Certificate) -> str:
@@ -102,6 +104,16 @@ class PlainTransactionBuilder:
             case CommandKind.WITHDRAW:
                 cert = certs[command.certificate_id]
                 return [self._tx(cert.certificate_id, envelope.WITHDRAWN, {}, issuer_of(cert))]
+            case CommandKind.UNCLAIM:
+                cert, claimed = self._source(command, certs, 0)
+                return [
+                    self._tx(
+                        cert.certificate_id,
+                        envelope.UNCLAIMED,
+                        {"allocation_id": allocation_id_for(command)},
+                        claimed.owner,
+                    )
+                ]
         raise ValueError(f"no transactions for {command.kind}")
 
     def _transfer(self, command: Command, certs: Mapping[str, Certificate]) -> list[Transaction]:
@@ -326,6 +338,12 @@ class ProtoTransactionBuilder:
                 return [
                     self._issuer_signed(cert.certificate_id, cert.grid_area, el.WithdrawnEvent())
                 ]
+            case CommandKind.UNCLAIM:  # signed by the owner of the slice it gives back
+                claimed = self._spendable(command, certs, 0)
+                event = el.UnclaimedEvent(
+                    allocation_id=common_pb2.Uuid(value=allocation_id_for(command))
+                )
+                return [self._owner_signed(claimed, event)]
         raise ValueError(f"no transactions for {command.kind}")
 
     # --- command kinds ----------------------------------------------------------------------

@@ -45,7 +45,7 @@ from chalicelib.api.auth import SharedSecretVerifier, mint_token
 from chalicelib.api.handlers import ENDPOINTS
 from chalicelib.api.http import HttpRequest, dispatch
 from chalicelib.composition import Services
-from chalicelib.domain import Command, CommandStatus
+from chalicelib.domain import Command, CommandKind, CommandStatus
 from chalicelib.ports import DependencyDown
 from chalicelib.registry import envelope
 from chalicelib.registry.builder import PlainTransactionBuilder
@@ -656,10 +656,11 @@ class World:
         )
 
     def worker_for(self, inv: Invocation) -> Worker:
-        book, _, registry = self.wired(inv)
+        book, queue, registry = self.wired(inv)
         return Worker(
             book=book,
             registry=registry,
+            queue=queue,
             builder=self.builder,
             clock=self.now,
             lease_s=LEASE_S,
@@ -1101,6 +1102,10 @@ class World:
                     self.checks.during_run(self)
                 self.quiet()
                 self.checks.at_quiet(self)
+                # a withdrawal's unclaims: made by the service, not asked for by a client
+                for command in self.book.commands.values():
+                    if command.kind == CommandKind.UNCLAIM:
+                        self.stats[f"unclaims.{command.status.value.lower()}"] += 1
             except Exception as exc:  # a bug of the harness, or one it did not expect
                 self.violate("harness", "".join(traceback.format_exception(exc))[-2000:])
         return Result(
