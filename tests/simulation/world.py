@@ -512,6 +512,8 @@ class World:
         # How the schedule runs the reconciler: one pass over the whole book (the embedded
         # stack), or, as on Lambda, one pass per shard (each fan-out invocation on its own, so
         # a shard's pass may run inside another's). Its own generator, as above.
+        self.unclaim_rng = random.Random(f"unclaim/{seed}")
+        self.withdraw_claimed_p = self.unclaim_rng.choice([0.0, 0.0, 0.6])
         self.shard_rng = random.Random(f"shards/{seed}")
         sharded = self.shard_rng.random() < 0.5 if schedule == "seed" else schedule == "sharded"
         self.schedule = schedule
@@ -965,6 +967,11 @@ class World:
         rng = self.rng
         if depth == 0 and self.faults_on and self.fault_rng.random() < self.refusal_p:
             self.refuse_one_command()
+            return
+        if depth == 0 and self.unclaim_rng.random() < self.withdraw_claimed_p / 4:
+            # Claims that can commit, and withdrawals of claimed certificates: the unclaims
+            # they owe (their own generator: the seeds without them run as before).
+            self.clients.send(self.clients.claim_or_withdraw_claimed(), depth)
             return
         actions: list[tuple[int, Callable[[], Any]]] = [
             (34, lambda: self.clients.act(depth)),
