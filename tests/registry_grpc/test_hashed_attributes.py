@@ -163,12 +163,14 @@ def test_a_hashed_istrial_against_none_is_refused_as_upstream_refuses_it(p) -> N
 def test_istrial_values_compare_exactly_as_upstream(p) -> None:
     # Upstream Rules/IsTrial.Match: keys ignore case, values do not ("TRUE" is not "true").
     p.builder = ProtoTransactionBuilder(REGISTRY, p.issuers, p.owner_keys, p.box)
+    p.worker = p.make_worker()  # IsTrial in CLEARTEXT here
     production, consumption = _pair(
         p, production_attributes={"IsTrial": "TRUE"}, consumption_attributes={"istrial": "true"}
     )
     allocate_production, *_ = _claim_built(p, production, consumption)
     receipt = _send(p, allocate_production)
-    assert receipt.status == FAILED and "not of the same trial type" in receipt.message
+    assert receipt.status == FAILED, receipt
+    assert "not of the same trial type" in receipt.message, receipt.message
 
 
 def test_an_issue_with_any_hashed_value_and_an_empty_asset_id_hash_commits(p) -> None:
