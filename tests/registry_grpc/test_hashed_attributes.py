@@ -31,7 +31,8 @@ from chalicelib.registry import attributes, protocodec
 from chalicelib.registry.builder import AttributeHasher, ProtoTransactionBuilder
 from chalicelib.registry.port import TransactionStatus
 from chalicelib.registry.proto.project_origin.electricity.v1 import electricity_pb2 as el
-from chalicelib.registry.secrets import SecretUnreadable
+from chalicelib.registry.secrets import LocalSecretBox, SecretUnreadable
+from chalicelib.usecases import queries
 from tests.registry_grpc.pipeline import REGISTRY, ProtoPipeline
 from tests.registry_grpc.test_verifier import _built
 
@@ -188,3 +189,17 @@ def test_an_issue_with_any_hashed_value_and_an_empty_asset_id_hash_commits(p) ->
         header, p.issuers.sign("DK1", protocodec.header_bytes(header)), payload
     )
     assert _send(p, forged).status == COMMITTED
+
+
+def test_an_owner_reads_the_salts_that_open_and_a_salt_that_does_not_is_left_out(p) -> None:
+    production, _ = p.issued(attributes={"address": "Some road 1", "IsTrial": "false"})
+    cert = p.book.get_certificate(production)
+    assert cert is not None
+    salts = queries.attribute_salts(p.box, cert)
+    assert set(salts) == {"address", "IsTrial"}
+    # One sealed under another key (or damaged): the read goes on without it.
+    foreign = attributes.seal_salt(LocalSecretBox(bytes(32)), production, "address", b"s" * 16)
+    hashed = dict(cert.hashed_attributes)
+    hashed["address"] = hashed["address"].model_copy(update={"salt": foreign})
+    damaged = cert.model_copy(update={"hashed_attributes": hashed})
+    assert set(queries.attribute_salts(p.box, damaged)) == {"IsTrial"}
