@@ -20,7 +20,11 @@ from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.adapters.sqs import SqsCommandQueue
 from chalicelib.api.auth import OidcVerifier, SharedSecretVerifier, TokenVerifier
 from chalicelib.ports import Book, Clock, CommandQueue
-from chalicelib.registry.builder import PlainTransactionBuilder, ProtoTransactionBuilder
+from chalicelib.registry.builder import (
+    AttributeHasher,
+    PlainTransactionBuilder,
+    ProtoTransactionBuilder,
+)
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.custody import KmsOwnerKeys, StoredIssuerKeys
 from chalicelib.registry.keys import IssuerKeys, OwnerKeys, SandboxOwnerKeys
@@ -145,8 +149,13 @@ def secret_box_for(services: Services) -> SecretBox:
 
 def builder_for(services: Services) -> TransactionBuilder:
     settings = services.settings
+    hasher = (
+        AttributeHasher(settings.registry_hashed_attributes, secret_box_for(services))
+        if settings.registry_hashed_attributes
+        else None
+    )
     if not uses_proto(settings):
-        return PlainTransactionBuilder(settings.registry_name)
+        return PlainTransactionBuilder(settings.registry_name, hasher)
     if services.issuer_keys is None:
         services.issuer_keys = issuer_keys_for(settings)
     if services.owner_keys is None:
@@ -158,6 +167,7 @@ def builder_for(services: Services) -> TransactionBuilder:
         services.issuer_keys,
         services.owner_keys,
         secret_box_for(services),
+        hasher,
     )
 
 

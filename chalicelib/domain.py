@@ -186,6 +186,16 @@ class Slice(BaseModel):
         return self.state in LIVE_SLICE_STATES
 
 
+class HashedAttribute(BaseModel):
+    """An attribute the registry holds hashed: its value there, and the salt it was hashed
+    with, sealed (only the certificate's owners are shown the clear value)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    registry_value: str
+    salt: str
+
+
 class Certificate(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -197,6 +207,8 @@ class Certificate(BaseModel):
     quantity_wh: int
     owner: str  # the first owner, to whom it was issued
     attributes: dict[str, str] = Field(default_factory=dict)
+    # The HASHED ones among `attributes`, as the registry holds them (registry/attributes.py).
+    hashed_attributes: dict[str, HashedAttribute] = Field(default_factory=dict)
     status: CertificateStatus = CertificateStatus.ISSUING
     issued_by: str
     created_at: datetime
@@ -406,6 +418,8 @@ class Command(BaseModel):
     transactions: tuple[str, ...] = ()  # built and signed once, before the first send
     # slice id -> its seal (proto transactions only); None until built, like `transactions`
     sealed_slices: dict[str, SliceSeal] | None = None
+    # issue: its hashed attributes, by key; None until built, like `transactions`
+    sealed_attributes: dict[str, HashedAttribute] | None = None
     lease_until: datetime | None = None
     attempts: int = 0
     error: str | None = None
@@ -641,7 +655,15 @@ def apply_claim_stopped(
 
 def attach_seals(cert: Certificate, command: Command) -> Certificate:
     """Give the slices a committed command created their registry names and sealed secrets
-    (real registry crypto only; a command built without them changes nothing). Idempotent."""
+    (real registry crypto only; a command built without them changes nothing), and an
+    issued certificate its hashed attributes with their sealed salts. Idempotent."""
+    if (
+        command.kind == CommandKind.ISSUE
+        and command.certificate_id == cert.certificate_id
+        and command.sealed_attributes
+        and cert.hashed_attributes != command.sealed_attributes
+    ):
+        cert = cert.model_copy(update={"hashed_attributes": dict(command.sealed_attributes)})
     slices = dict(cert.slices)
     for slice_id, seal in (command.sealed_slices or {}).items():
         found = slices.get(slice_id)
@@ -831,7 +853,7 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
             "the periods of production and consumption do not match",
             field="consumption.certificate_id",
         )
-    if is_trial(production) != is_trial(consumption):
+    if not same_trial_type(trial_value(production), trial_value(consumption)):
         # The registry refuses the pair ("not of the same trial type") after the production
         # side may have committed: its quantity would be stranded for good.
         raise RuleViolation(
@@ -840,12 +862,24 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
         )
 
 
-def is_trial(cert: Certificate) -> bool:
-    """The registry's IsTrial: key compared ignoring case, a missing key is not trial."""
+def trial_value(cert: Certificate) -> str | None:
+    """The registry's IsTrial value: key compared ignoring case, the value as the registry
+    holds it (a hashed attribute's hash)."""
     for key, value in cert.attributes.items():
         if key.lower() == "istrial":
-            return value.strip().lower() == "true"
-    return False
+            hashed = cert.hashed_attributes.get(key)
+            return hashed.registry_value if hashed else value
+    return None
+
+
+def same_trial_type(production: str | None, consumption: str | None) -> bool:
+    """The registry's match (registry/rules.py): equal values exactly, or one missing and
+    the other "false"."""
+    return (
+        production == consumption
+        or (production is None and consumption == "false")
+        or (production == "false" and consumption is None)
+    )
 
 
 CLAIM_EXPIRY_MARGIN = timedelta(days=1)

@@ -287,6 +287,19 @@ class SliceView(BaseModel):
     state: SliceState
 
 
+class HashedAttributeView(BaseModel):
+    registry_value: str = Field(
+        description="The value the registry holds: base64(SHA-256(key + value + "
+        "certificate_id + HEX(salt)))"
+    )
+    salt: str | None = Field(
+        default=None,
+        description="base64 of the salt, for the certificate's owners in GET "
+        "/v1/certificates/{certificate_id}: with the value it shows the registry's hash "
+        "is of that value",
+    )
+
+
 class CertificateView(BaseModel):
     certificate_id: str
     type: CertificateType
@@ -297,6 +310,9 @@ class CertificateView(BaseModel):
     quantity_wh: int
     status: domain.CertificateStatus
     attributes: dict[str, str]
+    # Which attributes the registry holds hashed. Owners see their values in `attributes`;
+    # issuers and operators see the registry's hash there instead.
+    hashed_attributes: dict[str, HashedAttributeView] = Field(default_factory=dict)
     slices: list[SliceView]
     version: int = Field(
         default=0,
@@ -305,9 +321,12 @@ class CertificateView(BaseModel):
     )
 
     @classmethod
-    def of(cls, cert: Certificate, viewer: str | None) -> CertificateView:
+    def of(
+        cls, cert: Certificate, viewer: str | None, salts: dict[str, bytes] | None = None
+    ) -> CertificateView:
         """The certificate with the viewer's slices (every slice for viewer None: issuers and
-        operators). Slices cut into parts are history and are left out."""
+        operators). Slices cut into parts are history and are left out. Hashed attributes
+        are in clear for owners only; `salts` (opened, owners only) are shown with them."""
         slices = [
             SliceView(slice_id=s.slice_id, owner=s.owner, quantity_wh=s.quantity_wh, state=s.state)
             for s in cert.slices.values()
@@ -322,7 +341,21 @@ class CertificateView(BaseModel):
             end=cert.period.end,
             quantity_wh=cert.quantity_wh,
             status=cert.status,
-            attributes=cert.attributes,
+            attributes={
+                key: cert.hashed_attributes[key].registry_value
+                if viewer is None and key in cert.hashed_attributes
+                else value
+                for key, value in cert.attributes.items()
+            },
+            hashed_attributes={
+                key: HashedAttributeView(
+                    registry_value=hashed.registry_value,
+                    salt=base64.b64encode(salts[key]).decode()
+                    if viewer is not None and salts and key in salts
+                    else None,
+                )
+                for key, hashed in cert.hashed_attributes.items()
+            },
             slices=slices,
             version=cert.version,
         )

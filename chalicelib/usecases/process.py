@@ -248,6 +248,8 @@ class Worker:
             changes["transactions"] = built.transactions
             if built.sealed_slices:
                 changes["sealed_slices"] = dict(built.sealed_slices)
+            if built.sealed_attributes:
+                changes["sealed_attributes"] = dict(built.sealed_attributes)
             self._snapshots[command.command_id] = certificates
         # Raises StaleCommand when another worker took this step, or the snapshot was behind.
         # The transactions are stored only if none are yet: a retry sends the first ones.
@@ -256,7 +258,7 @@ class Worker:
             CommandStatus.ACCEPTED,
             CommandStatus.SENDING,
             changes,
-            set_once=frozenset({"transactions", "sealed_slices"}),
+            set_once=frozenset({"transactions", "sealed_slices", "sealed_attributes"}),
         )
 
     def _certificates(self, command: Command, delivery: Delivery) -> dict[str, Certificate]:
@@ -557,7 +559,7 @@ def apply_outcome(
     snapshots = snapshots or {}
 
     def sealed(cert: Certificate) -> Certificate:
-        return domain.attach_seals(cert, command) if command.sealed_slices else cert
+        return domain.attach_seals(cert, command) if _has_seals(command) else cert
 
     def change(certificate_id: str, effect: Callable[[Certificate], Certificate]) -> Certificate:
         return book.update_certificate(
@@ -604,9 +606,13 @@ def apply_outcome(
 
 def attach_seals(book: Book, command: Command) -> None:
     """The new slices' registry names and sealed secrets, from the command onto the slices."""
-    if command.sealed_slices:
+    if _has_seals(command):
         for certificate_id in command.certificate_ids():
             book.update_certificate(certificate_id, lambda c: domain.attach_seals(c, command))
+
+
+def _has_seals(command: Command) -> bool:
+    return bool(command.sealed_slices or command.sealed_attributes)
 
 
 def apply_partial(book: Book, command: Command) -> tuple[domain.StrandedAllocation, ...]:
