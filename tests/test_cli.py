@@ -13,6 +13,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,6 +307,19 @@ def test_slice_transfer_claim_and_withdraw_commit_and_show_in_the_lists(certs, t
     assert certs("--json", "cert", consumption, token=tokens["issuer"]).json()["status"] == (
         "withdrawn"
     )
+    # The withdrawn consumption was claimed: the service gives alice the production part back
+    # (an unclaim of her own, queued once the withdrawal committed).
+    deadline = time.monotonic() + 30
+    while not (
+        unclaims := certs("--json", "commands", "--kind", "unclaim", token=tokens["alice"]).json()[
+            "items"
+        ]
+    ):
+        assert time.monotonic() < deadline, "no unclaim was recorded"
+        time.sleep(0.05)
+    (unclaim,) = unclaims
+    assert unclaim["certificate_id"] == production
+    assert certs("show", unclaim["command_id"], "--wait", token=tokens["alice"]).code == 0
 
     sent = certs("transfers", token=tokens["alice"])
     assert sent.code == 0
@@ -324,7 +338,7 @@ def test_slice_transfer_claim_and_withdraw_commit_and_show_in_the_lists(certs, t
     assert listed.code == 0
     row = one_row(listed)
     assert row.split()[:3] == [production, "production", "DK1"]
-    assert row.split()[-2:] == ["350", "active"]
+    assert row.split()[-2:] == ["750", "active"]  # 350, and the 400 the unclaim gave back
 
     totals = certs(
         "aggregate", "--granularity", "day", "--type", "production", token=tokens["alice"]
@@ -332,8 +346,8 @@ def test_slice_transfer_claim_and_withdraw_commit_and_show_in_the_lists(certs, t
     assert totals.code == 0
     assert totals.out.splitlines() == [
         "DAY                   AVAILABLE_WH  CERTIFICATES",
-        "2026-06-01T00:00:00Z  350           1",
-        "total                 350           1",
+        "2026-06-01T00:00:00Z  750           1",
+        "total                 750           1",
     ]
 
 

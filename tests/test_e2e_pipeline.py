@@ -140,13 +140,18 @@ def test_issue_slice_transfer_claim_and_withdraw_go_from_202_to_committed(stack)
     withdrawn = _post(client, f"/v1/certificates/{consumption}/withdraw", {}, ISSUER, "withdraw-1")
     _committed(client, poller, withdrawn, ISSUER)
     assert _get(client, f"/v1/certificates/{consumption}", ISSUER)["status"] == "withdrawn"
+    # The consumption was claimed: its withdrawal gives alice the production part back, by an
+    # unclaim the service queued (the drain above delivered it too).
+    (unclaim,) = _get(client, "/v1/commands?kind=unclaim", ALICE)["items"]
+    assert (unclaim["status"], unclaim["certificate_id"]) == ("COMMITTED", production)
+    assert unclaim["claim_id"] == claimed["command_id"]
 
     listed = _get(client, "/v1/certificates", ALICE)["items"]
     assert {c["certificate_id"] for c in listed} == {production, consumption}
     totals = _get(client, "/v1/certificates/aggregate?granularity=day&type=production", ALICE)[
         "buckets"
     ]
-    assert [(b["quantity_wh"], b["certificates"]) for b in totals] == [(350, 1)]
+    assert [(b["quantity_wh"], b["certificates"]) for b in totals] == [(750, 1)]  # 350 + 400
     assert services.registry.duplicates() == []
 
 
