@@ -240,6 +240,16 @@ class Worker:
                 built = self.builder.build(command, certificates)
             except DomainError as refused:  # e.g. a slice without the secrets to spend it
                 return self._reject(command, refused.detail)
+            except RegistryUnavailable as exc:  # a chronicler: nothing stored, nothing sent
+                observability.event(
+                    "command.build_postponed",
+                    logging.WARNING,
+                    command_id=command.command_id,
+                    reason=str(exc),
+                )
+                return Outcome.RETRY
+            except RegistryRefused as exc:  # a chronicler refused the claim intent as such
+                return self._reject(command, f"the chronicler refused the claim: {exc}")
             changes["transactions"] = built.transactions
             if built.sealed_slices:
                 changes["sealed_slices"] = dict(built.sealed_slices)
