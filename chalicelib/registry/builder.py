@@ -77,6 +77,9 @@ class PlainTransactionBuilder:
         ]
         return Built(transactions=tuple(txs))
 
+    def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
+        return False
+
     # --- one function per command kind ------------------------------------------------------
 
     def _transactions(
@@ -309,6 +312,13 @@ class ProtoTransactionBuilder:
         return Built(
             transactions=tuple(base64.b64encode(tx).decode() for tx in txs),
             sealed_slices=dict(self._local.seals),
+        )
+
+    def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
+        """Whether building the command asks a chronicler (a claim in an area naming one)."""
+        return command.kind == CommandKind.CLAIM and any(
+            self._chroniclers.for_area(certificates[ref.certificate_id].grid_area) is not None
+            for ref in command.slices
         )
 
     def _transactions(self, command: Command, certs: Mapping[str, Certificate]) -> list[bytes]:

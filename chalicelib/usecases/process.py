@@ -66,6 +66,11 @@ _AWAITING_OUTCOME = (CommandStatus.SENDING, CommandStatus.SENT, CommandStatus.IN
 class TransactionBuilder(Protocol):
     def build(self, command: Command, certificates: Mapping[str, Certificate]): ...
 
+    def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
+        """Whether building calls out (a chronicler): then it is worth a read of the book
+        first, so that a stale snapshot builds nothing."""
+        ...
+
 
 @dataclass
 class Worker:
@@ -236,6 +241,16 @@ class Worker:
         }
         if not command.transactions:
             certificates = self._certificates(command, delivery)
+            if command is delivery.command and self.builder.asks_outside(command, certificates):
+                # The message's snapshot may be long behind (a redelivery): ask the book, so
+                # that a chronicler is asked only for a build that can be stored.
+                current = self.book.get_command(command.command_id)
+                if current is None or (current.status, current.step, current.transactions) != (
+                    command.status,
+                    command.step,
+                    command.transactions,
+                ):
+                    raise StaleCommand(current)
             try:
                 built = self.builder.build(command, certificates)
             except DomainError as refused:  # e.g. a slice without the secrets to spend it
