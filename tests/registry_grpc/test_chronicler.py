@@ -232,3 +232,34 @@ def test_a_chronicler_that_refuses_the_intent_rejects_the_claim_and_frees_its_sl
     assert len(p.simulator.log()) == received
     for cert, slice_id in (production, consumption):
         assert p.book.get_certificate(cert).slices[slice_id].state == SliceState.AVAILABLE
+
+
+def test_two_workers_building_one_claim_at_once_send_one_set_of_transactions() -> None:
+    """I1 under a race: while one worker waits for the chronicler, another builds, stores and
+    sends the same claim. The first one's build is dropped at the guard: its intents stay
+    unused at the chronicler, and nothing reaches the registry twice."""
+    p = ProtoPipeline(chronicler_areas=frozenset({"DK1"}))
+    production, consumption = _pair(p)
+    command = p.claim("alice", production, consumption, 500)
+    (message,) = p.queue.receive()
+    rival = p.make_worker()
+    asked = p.chronicler.register_claim_intent
+    raced: list = []
+
+    def slow_chronicler(*args):
+        if not raced:
+            raced.append("racing")
+            raced.append(rival.process([message.delivery]))  # overtakes the first worker
+        return asked(*args)
+
+    p.chronicler.register_claim_intent = slow_chronicler  # type: ignore[method-assign]
+    first = p.worker.process([message.delivery])
+    assert raced and first in ([Outcome.DONE], [Outcome.LATER])
+    p.queue.give_back([message])
+    p.run()
+    done = p.command(command.command_id)
+    assert done.status == CommandStatus.COMMITTED
+    assert len(p.chronicler.intents) == 4  # two builds asked; one was stored and sent
+    allocations = [e.data for e in p.simulator.log() if e.payload_type.endswith("AllocatedEvent")]
+    assert allocations == p.transactions_of(command.command_id)[:2]
+    p.check_never_twice()
