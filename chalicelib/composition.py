@@ -253,7 +253,7 @@ def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> R
     )
 
 
-def chronicler_keys_for(settings: Settings):
+def chronicler_keys_for(settings: Settings) -> Callable[[str], list[bytes]]:
     """grid area -> the keys of the chronicler it names (CERTS_CHRONICLERS' signer_keys)."""
 
     def keys(grid_area: str) -> list[bytes]:
