@@ -201,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
         "the commands you made (every kind), newest first: follow a batch without its ids",
         pages,
     )
-    p.add_argument("--kind", choices=["issue", "slice", "transfer", "claim", "withdraw"])
+    p.add_argument("--kind", choices=["issue", "slice", "transfer", "claim", "withdraw", "unclaim"])
     p.add_argument("--status", choices=STATUSES)
     p.add_argument("--created-after", metavar="TIME", help="RFC 3339, inclusive")
     p.add_argument("--created-before", metavar="TIME", help="RFC 3339, exclusive")

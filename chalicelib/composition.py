@@ -20,7 +20,11 @@ from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.adapters.sqs import SqsCommandQueue
 from chalicelib.api.auth import OidcVerifier, SharedSecretVerifier, TokenVerifier
 from chalicelib.ports import Book, Clock, CommandQueue
-from chalicelib.registry.builder import PlainTransactionBuilder, ProtoTransactionBuilder
+from chalicelib.registry.builder import (
+    AttributeHasher,
+    PlainTransactionBuilder,
+    ProtoTransactionBuilder,
+)
 from chalicelib.registry.chronicler import Chroniclers
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.custody import KmsOwnerKeys, StoredIssuerKeys
@@ -71,6 +75,7 @@ def worker(services: Services) -> Worker:
         commit_check_s=settings.commit_check_s,
         batch_size=settings.registry_batch_size,
         drift_check_one_in=settings.drift_check_one_in,
+        queue=services.queue,  # a withdrawal's unclaims go on at once
     )
 
 
@@ -147,8 +152,13 @@ def secret_box_for(services: Services) -> SecretBox:
 
 def builder_for(services: Services) -> TransactionBuilder:
     settings = services.settings
+    hasher = (
+        AttributeHasher(settings.registry_hashed_attributes, secret_box_for(services))
+        if settings.registry_hashed_attributes
+        else None
+    )
     if not uses_proto(settings):
-        return PlainTransactionBuilder(settings.registry_name)
+        return PlainTransactionBuilder(settings.registry_name, hasher)
     if services.issuer_keys is None:
         services.issuer_keys = issuer_keys_for(settings)
     if services.owner_keys is None:
@@ -160,6 +170,7 @@ def builder_for(services: Services) -> TransactionBuilder:
         services.issuer_keys,
         services.owner_keys,
         secret_box_for(services),
+        hasher,
         chroniclers=chroniclers_for(services),
     )
 

@@ -173,6 +173,9 @@ class Slice(BaseModel):
     # With real registry crypto: the slice's quantity, blinding and key path, sealed
     # (chalicelib/registry/secrets.py), so that a read of the book does not reveal them.
     secret: str | None = None
+    # The claim that claimed it: when the other side is withdrawn, the slice is given back
+    # by an unclaim of that claim's allocation.
+    claimed_by: str | None = None
 
     @property
     def ref(self) -> str:
@@ -181,6 +184,16 @@ class Slice(BaseModel):
     @property
     def is_live(self) -> bool:
         return self.state in LIVE_SLICE_STATES
+
+
+class HashedAttribute(BaseModel):
+    """An attribute the registry holds hashed: its value there, and the salt it was hashed
+    with, sealed (only the certificate's owners are shown the clear value)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    registry_value: str
+    salt: str
 
 
 class Certificate(BaseModel):
@@ -194,6 +207,8 @@ class Certificate(BaseModel):
     quantity_wh: int
     owner: str  # the first owner, to whom it was issued
     attributes: dict[str, str] = Field(default_factory=dict)
+    # The HASHED ones among `attributes`, as the registry holds them (registry/attributes.py).
+    hashed_attributes: dict[str, HashedAttribute] = Field(default_factory=dict)
     status: CertificateStatus = CertificateStatus.ISSUING
     issued_by: str
     created_at: datetime
@@ -278,6 +293,9 @@ class CommandKind(StrEnum):
     TRANSFER = "transfer"
     CLAIM = "claim"
     WITHDRAW = "withdraw"
+    # Made by the service, never asked for: a claimed slice given back to its owner because
+    # the certificate on the claim's other side was withdrawn.
+    UNCLAIM = "unclaim"
 
 
 class CommandStatus(StrEnum):
@@ -392,13 +410,16 @@ class Command(BaseModel):
     issue: IssueSpec | None = None
     slices: tuple[SliceRef, ...] = ()  # the slices it spends, in the order they are reserved
     quantities_wh: tuple[int, ...] = ()  # slice: the parts
-    quantity_wh: int | None = None  # transfer and claim: how much
+    quantity_wh: int | None = None  # transfer, claim and unclaim: how much
     receiver: str | None = None  # transfer
+    claim_id: str | None = None  # unclaim: the claim whose allocation it gives back
     # progress through the registry
     step: int = 0  # index of the transaction to send next (or being sent)
     transactions: tuple[str, ...] = ()  # built and signed once, before the first send
     # slice id -> its seal (proto transactions only); None until built, like `transactions`
     sealed_slices: dict[str, SliceSeal] | None = None
+    # issue: its hashed attributes, by key; None until built, like `transactions`
+    sealed_attributes: dict[str, HashedAttribute] | None = None
     lease_until: datetime | None = None
     attempts: int = 0
     error: str | None = None
@@ -526,7 +547,11 @@ def apply_claim_side(cert: Certificate, command: Command, ref: SliceRef) -> Cert
     slices = dict(cert.slices)
     if source.quantity_wh == command.quantity_wh:
         slices[source.slice_id] = source.model_copy(
-            update={"state": SliceState.CLAIMED, "reserved_by": None}
+            update={
+                "state": SliceState.CLAIMED,
+                "reserved_by": None,
+                "claimed_by": command.command_id,
+            }
         )
     else:
         side = 0 if ref == command.slices[0] else 1
@@ -535,6 +560,7 @@ def apply_claim_side(cert: Certificate, command: Command, ref: SliceRef) -> Cert
             owner=source.owner,
             quantity_wh=command.quantity_wh,
             state=SliceState.CLAIMED,
+            claimed_by=command.command_id,
         )
         rest = Slice(
             slice_id=slice_id_for(command.command_id, 2 * side + 1),
@@ -620,13 +646,24 @@ def apply_claim_stopped(
             subject=found.slice_id,
         )
     slices = dict(cert.slices)
-    slices[found.slice_id] = found.model_copy(update={"state": state, "reserved_by": None})
+    claimed_by = command.command_id if state == SliceState.CLAIMED else None
+    slices[found.slice_id] = found.model_copy(
+        update={"state": state, "reserved_by": None, "claimed_by": claimed_by}
+    )
     return cert.model_copy(update={"slices": slices})
 
 
 def attach_seals(cert: Certificate, command: Command) -> Certificate:
     """Give the slices a committed command created their registry names and sealed secrets
-    (real registry crypto only; a command built without them changes nothing). Idempotent."""
+    (real registry crypto only; a command built without them changes nothing), and an
+    issued certificate its hashed attributes with their sealed salts. Idempotent."""
+    if (
+        command.kind == CommandKind.ISSUE
+        and command.certificate_id == cert.certificate_id
+        and command.sealed_attributes
+        and cert.hashed_attributes != command.sealed_attributes
+    ):
+        cert = cert.model_copy(update={"hashed_attributes": dict(command.sealed_attributes)})
     slices = dict(cert.slices)
     for slice_id, seal in (command.sealed_slices or {}).items():
         found = slices.get(slice_id)
@@ -652,6 +689,66 @@ def apply_withdraw(cert: Certificate, command: Command) -> Certificate:
     return _applying(
         cert, command.command_id, status=CertificateStatus.WITHDRAWN, slices=slices, withdrawal=None
     )
+
+
+def unclaim_id_for(claim_id: str) -> str:
+    """The one unclaim a claim can have: made again (a redelivery, a crash, the reconciler),
+    it lands on the same record, so the slice is given back exactly once."""
+    return str(uuid.uuid5(_COMMAND_NAMESPACE, f"unclaim\x00{claim_id}"))
+
+
+def unclaim_for(
+    claim: Command, withdrawn: Certificate, other: Certificate, now: datetime
+) -> Command | None:
+    """The unclaim a claim owes once `withdrawn`, one of its sides, is withdrawn: it gives the
+    slice the claim claimed on `other` back to its owner. None when there is nothing to give
+    back: the other certificate is not active (the registry takes no event on it), or its
+    slice is no longer claimed by this claim (given back already, or never claimed)."""
+    if claim.kind != CommandKind.CLAIM or withdrawn.status != CertificateStatus.WITHDRAWN:
+        return None
+    if other.status != CertificateStatus.ACTIVE:
+        return None
+    claimed = next(
+        (
+            s
+            for s in other.slices.values()
+            if s.state == SliceState.CLAIMED and s.claimed_by == claim.command_id
+        ),
+        None,
+    )
+    if claimed is None:
+        return None
+    ref = SliceRef(certificate_id=other.certificate_id, slice_id=claimed.slice_id)
+    return Command(
+        command_id=unclaim_id_for(claim.command_id),
+        kind=CommandKind.UNCLAIM,
+        certificate_id=other.certificate_id,
+        caller=claimed.owner,  # signed by the slice's owner, and listed among its commands
+        request_hash=request_hash({"unclaim": claim.command_id, "slice": ref.model_dump()}),
+        created_at=now,
+        updated_at=now,
+        slices=(ref,),
+        quantity_wh=claimed.quantity_wh,
+        claim_id=claim.command_id,
+    )
+
+
+def apply_unclaim(cert: Certificate, command: Command) -> Certificate:
+    """The claimed slice is available to its owner again, as the registry restores it (same
+    commitment, same owner)."""
+    if command.command_id in cert.applied:
+        return cert
+    ref = command.slices[0]
+    found = cert.slices.get(ref.slice_id)
+    if found is not None and found.state == SliceState.AVAILABLE:
+        return _applying(cert, command.command_id)  # the reconciler aligned it first
+    if found is None or found.state != SliceState.CLAIMED:
+        raise Conflict(f"slice {ref.slice_id} is not claimed", subject=ref.slice_id)
+    slices = dict(cert.slices)
+    slices[found.slice_id] = found.model_copy(
+        update={"state": SliceState.AVAILABLE, "claimed_by": None}
+    )
+    return _applying(cert, command.command_id, slices=slices)
 
 
 def begin_withdrawal(cert: Certificate, command_id: str) -> Certificate:
@@ -756,7 +853,7 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
             "the periods of production and consumption do not match",
             field="consumption.certificate_id",
         )
-    if is_trial(production) != is_trial(consumption):
+    if not same_trial_type(trial_value(production), trial_value(consumption)):
         # The registry refuses the pair ("not of the same trial type") after the production
         # side may have committed: its quantity would be stranded for good.
         raise RuleViolation(
@@ -765,12 +862,24 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
         )
 
 
-def is_trial(cert: Certificate) -> bool:
-    """The registry's IsTrial: key compared ignoring case, a missing key is not trial."""
+def trial_value(cert: Certificate) -> str | None:
+    """The registry's IsTrial value: key compared ignoring case, the value as the registry
+    holds it (a hashed attribute's hash)."""
     for key, value in cert.attributes.items():
         if key.lower() == "istrial":
-            return value.strip().lower() == "true"
-    return False
+            hashed = cert.hashed_attributes.get(key)
+            return hashed.registry_value if hashed else value
+    return None
+
+
+def same_trial_type(production: str | None, consumption: str | None) -> bool:
+    """The registry's match (registry/rules.py): equal values exactly, or one missing and
+    the other "false"."""
+    return (
+        production == consumption
+        or (production is None and consumption == "false")
+        or (production == "false" and consumption is None)
+    )
 
 
 CLAIM_EXPIRY_MARGIN = timedelta(days=1)
@@ -926,7 +1035,10 @@ def align(
                 }
             )
         elif theirs.state != _use(mine.state):
-            slices[mine.slice_id] = mine.model_copy(update={"state": theirs.state})
+            claimed_by = mine.claimed_by if theirs.state == SliceState.CLAIMED else None
+            slices[mine.slice_id] = mine.model_copy(
+                update={"state": theirs.state, "claimed_by": claimed_by}
+            )
             repairs.append(
                 {
                     "action": "claim_state",

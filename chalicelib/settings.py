@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     owner_key_version: int = Field(default=1, ge=1, lt=2**31)
     owner_key_cache_s: float = Field(default=300.0, gt=0)
     registry_name: str = "certificates-registry"
+    # Attribute keys the registry holds HASHED, salted as upstream (registry/attributes.py),
+    # e.g. '["address"]'; the others stay CLEARTEXT. Only the owners are shown the value.
+    registry_hashed_attributes: frozenset[str] = frozenset()
     registry_queries: bool = True
     registry_timeout_s: float = 10.0
     registry_batch_size: int = 20

@@ -151,6 +151,19 @@ def withdraw_command(certificate_id: str, *, key: str = "withdraw-1") -> Command
     return command(CommandKind.WITHDRAW, certificate_id, caller=ISSUER, key=key)
 
 
+def unclaim_command(ref: SliceRef, claim_id: str, quantity_wh: int, *, owner="alice") -> Command:
+    """What the service records for a claim whose other side was withdrawn."""
+    return command(
+        CommandKind.UNCLAIM,
+        ref.certificate_id,
+        caller=owner,
+        key=f"unclaim-{claim_id}",
+        slices=(ref,),
+        quantity_wh=quantity_wh,
+        claim_id=claim_id,
+    )
+
+
 # --- books ------------------------------------------------------------------------------------
 
 

@@ -103,6 +103,7 @@ class Pipeline:
             clock=self.now,
             lease_s=120,
             commit_check_s=2.0,
+            queue=self.queue,
         )
 
     def make_reconciler(self, **overrides: Any) -> Reconciler:

@@ -589,7 +589,11 @@ def test_a_claim_of_a_trial_production_against_a_real_consumption_is_422_and_cha
     assert answer.status == 422 and answer.is_problem
     assert "trial type" in answer.body["detail"]
     assert api.snapshot() == before
-    also_trial = api.active(n=6, type="consumption", attributes={"IsTrial": "true"})
+    # Upstream compares the values exactly ("TRUE" is not "true"), keys ignoring case.
+    spelled_otherwise = api.active(n=7, type="consumption", attributes={"IsTrial": "true"})
+    answer = api.post("/v1/claims", claim_body(trial, spelled_otherwise))
+    assert answer.status == 422 and "trial type" in answer.body["detail"]
+    also_trial = api.active(n=6, type="consumption", attributes={"IsTrial": "TRUE"})
     accepted(api.post("/v1/claims", claim_body(trial, also_trial)), "claim")
 
 

@@ -81,6 +81,14 @@ def test_a_run_is_the_same_every_time_it_is_replayed(book: str) -> None:
     assert first.stats["commands"] > 20 and first.stats["deliveries"] > 0
 
 
+def test_a_pinned_schedule_runs_as_pinned_and_replays_with_it() -> None:
+    whole, sharded = run(3, True, 40, schedule="whole"), run(3, True, 40, schedule="sharded")
+    assert whole.stats["reconciler.shard_passes"] == 0 < whole.stats["reconciler.passes"]
+    assert sharded.stats["reconciler.shard_passes"] == sharded.stats["reconciler.passes"] > 0
+    assert sharded.replay.endswith("--schedule sharded")
+    assert "--schedule" not in run(3, True, 40).replay
+
+
 def test_the_ci_seeds_meet_every_fault_the_harness_can_inject() -> None:
     """So that a green run means something: crashes of each kind, timeouts, every fault."""
     totals: dict[str, int] = {}
@@ -88,6 +96,8 @@ def test_the_ci_seeds_meet_every_fault_the_harness_can_inject() -> None:
         for queries in (False, True):
             for name, n in run(seed, queries, STEPS).stats.items():
                 totals[name] = totals.get(name, 0) + n
+    # both schedules of the reconciler: whole-book passes, and one shard's pass (Lambda's fan-out)
+    assert 0 < totals["reconciler.shard_passes"] < totals["reconciler.passes"]
     for name in (
         "crashes.api",
         "crashes.worker",

@@ -358,7 +358,10 @@ def get_certificate(services: Services, call: Call) -> HttpResponse:
         services.book, call.actor, call.request.path_params["certificate_id"]
     )
     viewer = None if queries.sees_everything(call.actor) else call.actor.owner
-    return json_response(m.CertificateView.of(cert, viewer))
+    salts = None
+    if viewer is not None and cert.hashed_attributes:  # an owner: they may reveal the values
+        salts = queries.attribute_salts(composition.secret_box_for(services), cert)
+    return json_response(m.CertificateView.of(cert, viewer, salts))
 
 
 @operation(

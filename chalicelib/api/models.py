@@ -240,6 +240,11 @@ class CommandView(BaseModel):
         description="A claim refused after an allocation committed: each allocation it left "
         "in the registry for good, whose slice reads allocated (not usable).",
     )
+    claim_id: str | None = Field(
+        default=None,
+        description="An unclaim (made by the service when the certificate on a claim's other "
+        "side is withdrawn): the claim whose slice it gives back.",
+    )
 
     @classmethod
     def of(cls, command: Command) -> CommandView:
@@ -271,6 +276,7 @@ class CommandView(BaseModel):
                 transaction_id_of(base64.b64decode(tx)) for tx in command.transactions
             ],
             stranded=[StrandedAllocationView(**s.model_dump()) for s in command.stranded],
+            claim_id=command.claim_id,
         )
 
 
@@ -279,6 +285,19 @@ class SliceView(BaseModel):
     owner: str
     quantity_wh: int
     state: SliceState
+
+
+class HashedAttributeView(BaseModel):
+    registry_value: str = Field(
+        description="The value the registry holds: base64(SHA-256(key + value + "
+        "certificate_id + HEX(salt)))"
+    )
+    salt: str | None = Field(
+        default=None,
+        description="base64 of the salt, for the certificate's owners in GET "
+        "/v1/certificates/{certificate_id}: with the value it shows the registry's hash "
+        "is of that value",
+    )
 
 
 class CertificateView(BaseModel):
@@ -291,6 +310,9 @@ class CertificateView(BaseModel):
     quantity_wh: int
     status: domain.CertificateStatus
     attributes: dict[str, str]
+    # Which attributes the registry holds hashed. Owners see their values in `attributes`;
+    # issuers and operators see the registry's hash there instead.
+    hashed_attributes: dict[str, HashedAttributeView] = Field(default_factory=dict)
     slices: list[SliceView]
     version: int = Field(
         default=0,
@@ -299,9 +321,12 @@ class CertificateView(BaseModel):
     )
 
     @classmethod
-    def of(cls, cert: Certificate, viewer: str | None) -> CertificateView:
+    def of(
+        cls, cert: Certificate, viewer: str | None, salts: dict[str, bytes] | None = None
+    ) -> CertificateView:
         """The certificate with the viewer's slices (every slice for viewer None: issuers and
-        operators). Slices cut into parts are history and are left out."""
+        operators). Slices cut into parts are history and are left out. Hashed attributes
+        are in clear for owners only; `salts` (opened, owners only) are shown with them."""
         slices = [
             SliceView(slice_id=s.slice_id, owner=s.owner, quantity_wh=s.quantity_wh, state=s.state)
             for s in cert.slices.values()
@@ -316,7 +341,21 @@ class CertificateView(BaseModel):
             end=cert.period.end,
             quantity_wh=cert.quantity_wh,
             status=cert.status,
-            attributes=cert.attributes,
+            attributes={
+                key: cert.hashed_attributes[key].registry_value
+                if viewer is None and key in cert.hashed_attributes
+                else value
+                for key, value in cert.attributes.items()
+            },
+            hashed_attributes={
+                key: HashedAttributeView(
+                    registry_value=hashed.registry_value,
+                    salt=base64.b64encode(salts[key]).decode()
+                    if viewer is not None and salts and key in salts
+                    else None,
+                )
+                for key, hashed in cert.hashed_attributes.items()
+            },
             slices=slices,
             version=cert.version,
         )

@@ -22,7 +22,6 @@ book, once the command commits, names them exactly as these transactions did.
 from __future__ import annotations
 
 import base64
-import hashlib
 import threading
 import uuid
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from chalicelib import domain
 from chalicelib.domain import Certificate, CertificateType, Command, CommandKind, Slice
+from chalicelib.registry import attributes as attributes_
 from chalicelib.registry import envelope, keys, protocodec
 from chalicelib.registry import secrets as secrets_
 from chalicelib.registry.chronicler import Chroniclers
@@ -53,10 +53,53 @@ class Built:
     # The slices the transactions create, by book slice id: their registry names and sealed
     # secrets (ProtoTransactionBuilder only), stored with the command until it commits.
     sealed_slices: Mapping[str, domain.SliceSeal] = field(default_factory=dict)
+    # An issue's hashed attributes by key: the registry's value and the sealed salt.
+    sealed_attributes: Mapping[str, domain.HashedAttribute] = field(default_factory=dict)
+
+
+class AttributeHasher:
+    """Which attributes the registry holds hashed, and how (registry/attributes.py): a fresh
+    random salt per attribute per certificate, sealed so the owners can reveal the value.
+    An attribute not named stays CLEARTEXT. Without a box no attribute can be hashed."""
+
+    def __init__(self, keys: frozenset[str] = frozenset(), box: secrets_.SecretBox | None = None):
+        if keys and box is None:
+            raise ValueError("hashed attributes need a secret box to seal their salts")
+        self._keys = keys
+        self._box = box
+
+    def is_hashed(self, key: str) -> bool:
+        return key in self._keys
+
+    def hash(self, certificate_id: str, key: str, value: str) -> domain.HashedAttribute:
+        assert self._box is not None
+        salt = attributes_.new_salt()
+        return domain.HashedAttribute(
+            registry_value=attributes_.hashed_value(key, value, certificate_id, salt),
+            salt=attributes_.seal_salt(self._box, certificate_id, key, salt),
+        )
+
+    def issued(
+        self, command: Command
+    ) -> tuple[list[tuple[str, str, bool]], dict[str, domain.HashedAttribute]]:
+        """The issue's attributes as (key, registry value, hashed), sorted by key, and the
+        hashed ones with their sealed salts."""
+        spec = command.issue
+        assert spec is not None
+        rows, sealed = [], {}
+        for key, value in sorted(spec.attributes.items()):
+            if self.is_hashed(key):
+                sealed[key] = self.hash(command.certificate_id, key, value)
+                rows.append((key, sealed[key].registry_value, True))
+            else:
+                rows.append((key, value, False))
+        return rows, sealed
 
 
 def allocation_id_for(command: Command) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"allocation/{command.command_id}"))
+    """A claim's allocation (an unclaim's: the allocation of the claim it gives back)."""
+    claim_id = command.claim_id if command.kind == CommandKind.UNCLAIM else command.command_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"allocation/{claim_id}"))
 
 
 def issuer_of(cert: Certificate) -> str:
@@ -66,16 +109,18 @@ def issuer_of(cert: Certificate) -> str:
 class PlainTransactionBuilder:
     """Transactions in the envelope's JSON encoding, quantities in clear, signers by id."""
 
-    def __init__(self, registry_name: str, hashed_attributes: frozenset[str] = frozenset()):
+    def __init__(self, registry_name: str, hasher: AttributeHasher | None = None):
         self._registry = registry_name
-        self._hashed = hashed_attributes
+        self._hasher = hasher or AttributeHasher()
+        self._local = threading.local()  # the hashed attributes of the build in progress
 
     def build(self, command: Command, certificates: Mapping[str, Certificate]) -> Built:
+        self._local.attributes = {}
         txs = [
             base64.b64encode(tx.serialize()).decode()
             for tx in self._transactions(command, certificates)
         ]
-        return Built(transactions=tuple(txs))
+        return Built(transactions=tuple(txs), sealed_attributes=dict(self._local.attributes))
 
     def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
         return False
@@ -108,6 +153,16 @@ class PlainTransactionBuilder:
             case CommandKind.WITHDRAW:
                 cert = certs[command.certificate_id]
                 return [self._tx(cert.certificate_id, envelope.WITHDRAWN, {}, issuer_of(cert))]
+            case CommandKind.UNCLAIM:
+                cert, claimed = self._source(command, certs, 0)
+                return [
+                    self._tx(
+                        cert.certificate_id,
+                        envelope.UNCLAIMED,
+                        {"allocation_id": allocation_id_for(command)},
+                        claimed.owner,
+                    )
+                ]
         raise ValueError(f"no transactions for {command.kind}")
 
     def _transfer(self, command: Command, certs: Mapping[str, Certificate]) -> list[Transaction]:
@@ -195,18 +250,18 @@ class PlainTransactionBuilder:
     def _issued(self, command: Command) -> Transaction:
         spec = command.issue
         assert spec is not None
+        rows, self._local.attributes = self._hasher.issued(command)
         attributes = [
-            {"key": key, "value": hashlib.sha256(value.encode()).hexdigest(), "type": "HASHED"}
-            if key in self._hashed
-            else {"key": key, "value": value, "type": "CLEARTEXT"}
-            for key, value in sorted(spec.attributes.items())
+            {"key": key, "value": value, "type": "HASHED" if hashed else "CLEARTEXT"}
+            for key, value, hashed in rows
         ]
         payload = {
             "certificate_id": self._stream(command.certificate_id),
             "type": "PRODUCTION" if spec.type == CertificateType.PRODUCTION else "CONSUMPTION",
             "period": {"start": spec.period.start.isoformat(), "end": spec.period.end.isoformat()},
             "grid_area": spec.grid_area,
-            "asset_id_hash": hashlib.sha256(spec.gsrn.encode()).hexdigest(),
+            # Left empty as upstream's issuer does: a hash of an 18-digit GSRN is reversible.
+            "asset_id_hash": "",
             "quantity": {
                 "content": domain.slice_id_for(command.command_id, 0),
                 "quantity": spec.quantity_wh,
@@ -293,7 +348,7 @@ class ProtoTransactionBuilder:
         issuer_keys: keys.IssuerKeys,
         owner_keys: keys.OwnerKeys,
         secret_box: secrets_.SecretBox,
-        hashed_attributes: frozenset[str] = frozenset(),
+        hasher: AttributeHasher | None = None,
         range_prover: RangeProver = DEFAULT_RANGE_PROVER,
         chroniclers: Chroniclers | None = None,
     ) -> None:
@@ -302,16 +357,18 @@ class ProtoTransactionBuilder:
         self._issuers = issuer_keys
         self._owners = owner_keys
         self._box = secret_box
-        self._hashed = hashed_attributes
+        self._hasher = hasher or AttributeHasher()
         self._prover = range_prover
         self._local = threading.local()  # the seals of the build in progress, per thread
 
     def build(self, command: Command, certificates: Mapping[str, Certificate]) -> Built:
         self._local.seals = {}
+        self._local.attributes = {}
         txs = self._transactions(command, certificates)
         return Built(
             transactions=tuple(base64.b64encode(tx).decode() for tx in txs),
             sealed_slices=dict(self._local.seals),
+            sealed_attributes=dict(self._local.attributes),
         )
 
     def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
@@ -342,6 +399,12 @@ class ProtoTransactionBuilder:
                 return [
                     self._issuer_signed(cert.certificate_id, cert.grid_area, el.WithdrawnEvent())
                 ]
+            case CommandKind.UNCLAIM:  # signed by the owner of the slice it gives back
+                claimed = self._spendable(command, certs, 0)
+                event = el.UnclaimedEvent(
+                    allocation_id=common_pb2.Uuid(value=allocation_id_for(command))
+                )
+                return [self._owner_signed(claimed, event)]
         raise ValueError(f"no transactions for {command.kind}")
 
     # --- command kinds ----------------------------------------------------------------------
@@ -351,6 +414,7 @@ class ProtoTransactionBuilder:
         assert spec is not None
         slice_id = domain.slice_id_for(command.command_id, 0)
         new = self._new_slice(command.certificate_id, slice_id, spec.owner, spec.quantity_wh)
+        rows, self._local.attributes = self._hasher.issued(command)
         start, end = Timestamp(), Timestamp()
         start.FromDatetime(spec.period.start)
         end.FromDatetime(spec.period.end)
@@ -359,16 +423,13 @@ class ProtoTransactionBuilder:
             type=el.PRODUCTION if spec.type == CertificateType.PRODUCTION else el.CONSUMPTION,
             period=el.DateInterval(start=start, end=end),
             grid_area=spec.grid_area,
-            asset_id_hash=hashlib.sha256(spec.gsrn.encode()).digest(),
+            # Left empty as upstream's issuer does: a hash of an 18-digit GSRN is reversible.
+            asset_id_hash=b"",
             quantity_commitment=el.Commitment(content=new.commitment, range_proof=new.range_proof),
             owner_public_key=_owner_key(new.secret.owner_key),
             attributes=[
-                el.Attribute(
-                    key=key, value=hashlib.sha256(value.encode()).hexdigest(), type=el.HASHED
-                )
-                if key in self._hashed
-                else el.Attribute(key=key, value=value, type=el.CLEARTEXT)
-                for key, value in sorted(spec.attributes.items())
+                el.Attribute(key=key, value=value, type=el.HASHED if hashed else el.CLEARTEXT)
+                for key, value, hashed in rows
             ],
         )
         return self._issuer_signed(command.certificate_id, spec.grid_area, event)

@@ -44,6 +44,16 @@ AVAILABLE, ALLOCATED, CLAIMED = "available", "allocated", "claimed"
 IS_TRIAL = "istrial"  # attribute keys are compared ignoring case
 
 
+def same_trial_type(production: str | None, consumption: str | None) -> bool:
+    """Upstream Rules/IsTrial.Match: the values are equal (exactly: "TRUE" is not "true"), or
+    one is missing and the other is "false"."""
+    return (
+        production == consumption
+        or (production is None and consumption == "false")
+        or (production == "false" and consumption is None)
+    )
+
+
 class TransactionRefused(Exception):
     """A well-formed transaction that the registry's verifier rejects; the message says why."""
 
@@ -80,7 +90,7 @@ class Issue:
     ref: Any  # the slice's id
     value: Any  # what Checks judges: a quantity in clear, or a commitment
     owner: Any
-    attributes: dict[str, str]  # cleartext attributes, by key
+    attributes: dict[str, str]  # by key, CLEARTEXT and HASHED alike (as the registry holds them)
 
 
 @dataclass(frozen=True)
@@ -188,12 +198,13 @@ class Certificate:
     seen: set[Any] = field(default_factory=set)  # every slice ever made: never made again
     allocations: dict[str, Allocation] = field(default_factory=dict)
 
-    def is_trial(self) -> bool:
-        # Upstream: keys compared ignoring case; a missing key counts as not trial.
+    def trial_value(self) -> str | None:
+        # Upstream (GranularCertificate.GetAttribute): the attribute whose key is IsTrial
+        # ignoring case, CLEARTEXT or HASHED alike (a hashed one compares by its hash).
         for key, value in self.attributes.items():
             if key.lower() == IS_TRIAL:
-                return value.strip().lower() == "true"
-        return False
+                return value
+        return None
 
     def plain(self, slice_plain: Callable[[Any, Slice], dict[str, Any]]) -> dict[str, Any]:
         """The certificate as a sandbox's snapshot shows it; each format renders its own
@@ -369,7 +380,7 @@ class Rules:
             refuse("consumption certificate not found")
         if consumption.type != CONSUMPTION:
             refuse("consumption certificate is not CONSUMPTION")
-        if cert.is_trial() != consumption.is_trial():
+        if not same_trial_type(cert.trial_value(), consumption.trial_value()):
             refuse(
                 f"certificate {cert.certificate_id} and {consumption.certificate_id} "
                 "are not of the same trial type"

@@ -608,11 +608,7 @@ def _issue(p: dict[str, Any]) -> rules.Issue:
         ref=_get(p, "quantity", "content"),
         value=_get(p, "quantity", "quantity", kind=int),
         owner=_get(p, "owner_public_key", "content"),
-        attributes={
-            _get(a, "key"): _get(a, "value")
-            for a in attributes
-            if isinstance(a, dict) and a.get("type", "CLEARTEXT") == "CLEARTEXT"
-        },
+        attributes={_get(a, "key"): _get(a, "value") for a in attributes if isinstance(a, dict)},
     )
 
 

@@ -148,7 +148,7 @@ def _event(tx: Parsed) -> rules.Event:
                 ref=pedersen.slice_hash(e.quantity_commitment.content),
                 value=_stored(e.quantity_commitment),
                 owner=_owner(e.owner_public_key),
-                attributes={a.key: a.value for a in e.attributes if a.type == el.CLEARTEXT},
+                attributes={a.key: a.value for a in e.attributes},
             )
         case protocodec.SLICED:
             parts = [

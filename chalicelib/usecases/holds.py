@@ -69,6 +69,10 @@ def _take(book: Book, command: Command) -> dict[str, Certificate]:
             book.add_certificate(cert)
             book.add_holding(cert.owner, cert)
             return {cert.certificate_id: cert}
+        case CommandKind.UNCLAIM:
+            # Nothing to hold: its slice is claimed, which no other command can use, and the
+            # registry refuses it if the certificate is withdrawn first.
+            return {c.certificate_id: c for c in book.get_certificates(command.certificate_ids())}
         case CommandKind.WITHDRAW:
             cert = book.update_certificate(
                 command.certificate_id,
@@ -131,6 +135,8 @@ def release(book: Book, command: Command) -> None:
     if command.kind == CommandKind.ISSUE:
         _abandon_issue(book, command)
         return
+    if command.kind == CommandKind.UNCLAIM:
+        return  # it holds nothing
     for certificate_id in command.certificate_ids():
         if book.get_certificate(certificate_id) is not None:
             book.update_certificate(

@@ -34,7 +34,9 @@ from chalicelib import domain, observability
 from chalicelib.domain import Certificate, Command, CommandKind, CommandStatus, DomainError
 from chalicelib.ports import (
     Book,
+    CommandQueue,
     Delivery,
+    DependencyDown,
     Outcome,
     PoisonMessage,
     StaleCommand,
@@ -51,7 +53,7 @@ from chalicelib.registry.port import (
     RegistryUnavailable,
     TransactionStatus,
 )
-from chalicelib.usecases import holds
+from chalicelib.usecases import holds, unclaims
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ class Worker:
     # drift check of its certificates; the others leave it at their terminal write (settled
     # where they happen). 1: every command is checked.
     drift_check_one_in: int = 1
+    # Where the commands a committed command leads to go (a withdrawal's unclaims). None:
+    # they wait in the book for the reconciler to re-drive them.
+    queue: CommandQueue | None = None
     # The certificates each command's transactions were built from, kept for applying its
     # outcome without reading them again (only while this worker follows the command).
     _snapshots: dict[str, dict[str, Certificate]] = field(default_factory=dict, repr=False)
@@ -268,6 +273,8 @@ class Worker:
             changes["transactions"] = built.transactions
             if built.sealed_slices:
                 changes["sealed_slices"] = dict(built.sealed_slices)
+            if built.sealed_attributes:
+                changes["sealed_attributes"] = dict(built.sealed_attributes)
             self._snapshots[command.command_id] = certificates
         # Raises StaleCommand when another worker took this step, or the snapshot was behind.
         # The transactions are stored only if none are yet: a retry sends the first ones.
@@ -276,7 +283,7 @@ class Worker:
             CommandStatus.ACCEPTED,
             CommandStatus.SENDING,
             changes,
-            set_once=frozenset({"transactions", "sealed_slices"}),
+            set_once=frozenset({"transactions", "sealed_slices", "sealed_attributes"}),
         )
 
     def _certificates(self, command: Command, delivery: Delivery) -> dict[str, Certificate]:
@@ -380,7 +387,7 @@ class Worker:
             current = self.book.get_command(command.command_id)
             return self._drive(current) if drive and current else Outcome.DONE
         now = self.clock()  # the receiver's copy carries the time the command commits at
-        apply_outcome(self.book, command, self._snapshots.pop(command.command_id, None), now)
+        owed = apply_outcome(self.book, command, self._snapshots.pop(command.command_id, None), now)
         self._move(
             command,
             _AWAITING_OUTCOME,
@@ -388,7 +395,24 @@ class Worker:
             {"lease_until": None, "error": None},
             now=now,
         )
+        self._send_owed(owed)
         return Outcome.DONE
+
+    def _send_owed(self, owed: list[Command]) -> None:
+        """Queue what a committed command leads to. A send that fails (or a worker without a
+        queue) leaves them ACCEPTED in the book, where the reconciler re-drives them."""
+        if self.queue is None:
+            return
+        for command in owed:
+            try:
+                self.queue.send(command)
+            except DependencyDown as exc:
+                observability.event(
+                    "command.follow_up_not_queued",
+                    logging.WARNING,
+                    command_id=command.command_id,
+                    reason=str(exc),
+                )
 
     def step_committed(self, command: Command) -> Command:
         """The registry (or an operator) says the current step committed: apply it as the
@@ -405,7 +429,8 @@ class Worker:
         If the book already shows the command applied, only the last write was lost."""
         if is_applied(self.book, command):
             now = self.clock()
-            apply_outcome(self.book, command, committed_at=now)  # every certificate (a claim: two)
+            # every certificate (a claim: two)
+            owed = apply_outcome(self.book, command, committed_at=now)
             self._move(
                 command,
                 CommandStatus.SENDING,
@@ -413,6 +438,7 @@ class Worker:
                 {"lease_until": None},
                 now=now,
             )
+            self._send_owed(owed)
         else:
             self._in_doubt(
                 command,
@@ -547,16 +573,18 @@ def apply_outcome(
     command: Command,
     snapshots: Mapping[str, Certificate] | None = None,
     committed_at: datetime | None = None,
-) -> None:
+) -> list[Command]:
     """Write a committed command's effect into the book, the new slices' registry names and
     sealed secrets with it: one change per certificate. Idempotent. With `snapshots` (the
     certificates as the worker built from them) the book writes only what changes, without
     reading first. `committed_at`, the time the caller then marks the command COMMITTED at,
-    is the receiver's copy's `updated_at` (a transfer), so both lists show one time."""
+    is the receiver's copy's `updated_at` (a transfer), so both lists show one time.
+    Returns the commands it leads to, recorded in the book and still to be queued: a
+    withdrawal's unclaims."""
     snapshots = snapshots or {}
 
     def sealed(cert: Certificate) -> Certificate:
-        return domain.attach_seals(cert, command) if command.sealed_slices else cert
+        return domain.attach_seals(cert, command) if _has_seals(command) else cert
 
     def change(certificate_id: str, effect: Callable[[Certificate], Certificate]) -> Certificate:
         return book.update_certificate(
@@ -595,13 +623,21 @@ def apply_outcome(
                 )
         case CommandKind.WITHDRAW:
             change(command.certificate_id, lambda c: domain.apply_withdraw(c, command))
+            return unclaims.record_unclaims(book, command, committed_at or command.updated_at)
+        case CommandKind.UNCLAIM:
+            change(command.certificate_id, lambda c: domain.apply_unclaim(c, command))
+    return []
 
 
 def attach_seals(book: Book, command: Command) -> None:
     """The new slices' registry names and sealed secrets, from the command onto the slices."""
-    if command.sealed_slices:
+    if _has_seals(command):
         for certificate_id in command.certificate_ids():
             book.update_certificate(certificate_id, lambda c: domain.attach_seals(c, command))
+
+
+def _has_seals(command: Command) -> bool:
+    return bool(command.sealed_slices or command.sealed_attributes)
 
 
 def apply_partial(book: Book, command: Command) -> tuple[domain.StrandedAllocation, ...]:

@@ -22,6 +22,8 @@ from chalicelib.domain import (
     SliceState,
 )
 from chalicelib.ports import Book, ChangeFeeds, CommandQuery, HoldingQuery, Page
+from chalicelib.registry import attributes
+from chalicelib.registry.secrets import SecretBox, SecretUnreadable
 
 Granularity = Literal["hour", "day", "week", "month"]
 # An aggregate reads at most this many certificates; a wider one asks the caller to narrow.
@@ -48,6 +50,19 @@ def certificate(book: Book, actor: Actor, certificate_id: str) -> Certificate:
     ):
         raise domain.NotFound(f"certificate {certificate_id} not found", subject=certificate_id)
     return found
+
+
+def attribute_salts(box: SecretBox, cert: Certificate) -> dict[str, bytes]:
+    """The salts of the certificate's hashed attributes, opened: for its owners' eyes only.
+    A salt that does not open (sealed under a key this stage no longer has) is left out:
+    the owner still sees the value, only cannot prove it, and the read does not fail."""
+    opened = {}
+    for key, hashed in cert.hashed_attributes.items():
+        try:
+            opened[key] = attributes.open_salt(box, cert.certificate_id, key, hashed.salt)
+        except SecretUnreadable:
+            continue
+    return opened
 
 
 def certificates(book: Book, query: HoldingQuery) -> Page[Certificate]:

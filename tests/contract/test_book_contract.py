@@ -31,6 +31,9 @@ from chalicelib.ports import (
     StaleCommand,
     Transition,
 )
+from chalicelib.registry import attributes
+from chalicelib.registry.secrets import LocalSecretBox, SecretUnreadable
+from chalicelib.usecases import holds, process
 from tests.builders import (
     HOUR_START,
     T0,
@@ -856,3 +859,49 @@ def test_an_unsettled_pass_leaves_a_terminal_or_unknown_command_alone(book):
     book.note_unsettled("cmd-none", for_operator="late")
     assert book.get_command(cmd.command_id) == done
     assert book.get_command("cmd-none") is None
+
+
+def test_an_issues_sealed_attribute_salts_are_kept_once_and_move_onto_the_certificate(book):
+    # The salts of hashed attributes are made once, when the issue is built, sealed, and must
+    # survive the book: without its salt an owner can no longer show what the hash is of.
+    box = LocalSecretBox(bytes(range(32)))
+    spec = issue_spec().model_copy(update={"attributes": {"address": "Some road 1"}})
+    issue = issue_command(spec)
+    cert_id = issue.certificate_id
+    book.add_certificate(holds.certificate_to_issue(issue))
+    book.add_command(issue)
+
+    def sealed(salt: bytes) -> dict[str, domain.HashedAttribute]:
+        return {
+            "address": domain.HashedAttribute(
+                registry_value=attributes.hashed_value("address", "Some road 1", cert_id, salt),
+                salt=attributes.seal_salt(box, cert_id, "address", salt),
+            )
+        }
+
+    first, second = sealed(b"\x01" * 16), sealed(b"\x02" * 16)
+    once = frozenset({"transactions", "sealed_attributes"})
+    book.transition(
+        issue.command_id,
+        Transition(ACCEPTED, SENDING, at(1), changes={"sealed_attributes": first}, set_once=once),
+    )
+    book.transition(issue.command_id, Transition(SENDING, ACCEPTED, at(2)))
+    # A second build (a redelivery) does not replace the salts the first one sealed.
+    moved = book.transition(
+        issue.command_id,
+        Transition(ACCEPTED, SENDING, at(3), changes={"sealed_attributes": second}, set_once=once),
+    )
+    assert moved.sealed_attributes == first
+    stored = book.get_command(issue.command_id)
+    assert stored is not None and stored.sealed_attributes == first
+
+    process.apply_outcome(book, stored)
+    cert = book.get_certificate(cert_id)
+    assert cert is not None and cert.status == CertificateStatus.ACTIVE
+    assert cert.hashed_attributes == first
+    hashed = cert.hashed_attributes["address"]
+    assert attributes.open_salt(box, cert_id, "address", hashed.salt) == b"\x01" * 16
+    with pytest.raises(SecretUnreadable):  # bound to its certificate and key
+        attributes.open_salt(box, cert_id, "technology", hashed.salt)
+    process.apply_outcome(book, stored)  # idempotent
+    assert book.get_certificate(cert_id) == cert

@@ -35,6 +35,7 @@ from tests.builders import (
     put_active,
     slice_command,
     transfer_command,
+    unclaim_command,
     withdraw_command,
 )
 
@@ -46,6 +47,7 @@ KINDS = (
     "claim-equal",
     "claim-cut",
     "withdraw",
+    "unclaim",
 )
 USED_WH = 1000  # the slice the command uses
 OTHER_STATES = (
@@ -90,6 +92,14 @@ def _active(book: Book, others: list[tuple[SliceState, str]], **spec: Any) -> Ce
     return book.update_certificate(cert.certificate_id, lambda c: _with_other_slices(c, others))
 
 
+def _claimed(cert: Certificate, ref: SliceRef, claim_id: str) -> Certificate:
+    slices = dict(cert.slices)
+    slices[ref.slice_id] = slices[ref.slice_id].model_copy(
+        update={"state": SliceState.CLAIMED, "claimed_by": claim_id}
+    )
+    return cert.model_copy(update={"slices": slices})
+
+
 def _first(cert: Certificate) -> SliceRef:
     (first,) = [s for s in cert.slices.values() if not s.slice_id.startswith("other-")]
     return SliceRef(certificate_id=cert.certificate_id, slice_id=first.slice_id)
@@ -112,6 +122,9 @@ def _accepted(book: Book, kind: str, others: list[tuple[SliceState, str]]) -> Co
             consumption = _active(book, others, meter=gsrn(2), type_=CertificateType.CONSUMPTION)
             quantity = USED_WH if kind == "claim-equal" else 300
             command = claim_command(ref, _first(consumption), quantity)
+        case "unclaim":  # the slice a claim claimed, given back (the other side was withdrawn)
+            book.update_certificate(ref.certificate_id, lambda c: _claimed(c, ref, "claim-1"))
+            command = unclaim_command(ref, "claim-1", USED_WH)
         case _:
             command = withdraw_command(production.certificate_id)
     holds.take(book, command)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from chalicelib.domain import CertificateType, CommandStatus, SliceState
+from chalicelib.domain import CertificateType, CommandKind, CommandStatus, SliceState
 from chalicelib.registry import protocodec
 from chalicelib.registry.crypto.pedersen import commit
 from chalicelib.registry.port import TransactionStatus
@@ -52,11 +52,12 @@ def test_every_command_kind_commits_through_grpc_with_every_transaction_verified
     rest = _available(p, production)[500]
     claim = p.claim("alice", (production, rest), (consumption, used), 300)  # production is cut
     p.run()
-    withdraw = p.withdraw(consumption)
+    withdraw = p.withdraw(consumption)  # a claimed consumption: its claim is undone
     p.run()
+    (unclaim,) = [c for c in p.book.commands.values() if c.kind == CommandKind.UNCLAIM]
 
-    commands = [sliced, whole_transfer, part_transfer, claim, withdraw]
-    assert [p.command(c.command_id).status for c in commands] == [CommandStatus.COMMITTED] * 5
+    commands = [sliced, whole_transfer, part_transfer, claim, withdraw, unclaim]
+    assert [p.command(c.command_id).status for c in commands] == [CommandStatus.COMMITTED] * 6
     assert _kinds(p, sliced.command_id) == ["SlicedEvent"]
     assert _kinds(p, whole_transfer.command_id) == ["TransferredEvent"]
     assert _kinds(p, part_transfer.command_id) == ["SlicedEvent", "TransferredEvent"]
@@ -68,8 +69,9 @@ def test_every_command_kind_commits_through_grpc_with_every_transaction_verified
         "ClaimedEvent",
     ]
     assert _kinds(p, withdraw.command_id) == ["WithdrawnEvent"]
+    assert _kinds(p, unclaim.command_id) == ["UnclaimedEvent"]
     log = p.simulator.log()
-    assert len(log) == 2 + 1 + 1 + 2 + 5 + 1
+    assert len(log) == 2 + 1 + 1 + 2 + 5 + 1 + 1
     assert {e.verdict for e in log} == {TransactionStatus.COMMITTED}
     p.check_invariants()
     actions = p.reconcile()
@@ -81,7 +83,7 @@ def test_every_command_kind_commits_through_grpc_with_every_transaction_verified
     )
     assert owners == [
         ("alice", 200, "available"),
-        ("alice", 300, "claimed"),
+        ("alice", 300, "available"),  # claimed, and given back by the unclaim
         ("bob", 400, "available"),
         ("carol", 100, "available"),
     ]

@@ -120,7 +120,7 @@ def test_an_allocation_of_a_trial_production_against_a_real_consumption_is_refus
 
 def test_istrial_keys_compare_ignoring_case_and_a_missing_key_is_not_trial(p) -> None:
     production, consumption = _pair(
-        p, production_attributes={"istrial": "TRUE"}, consumption_attributes={"IsTrial": "true"}
+        p, production_attributes={"istrial": "true"}, consumption_attributes={"IsTrial": "true"}
     )
     txs = _claim_built(p, production, consumption)
     assert [_send(p, tx).status for tx in txs] == [COMMITTED] * 4

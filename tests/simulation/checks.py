@@ -251,20 +251,28 @@ def at_quiet(world: World) -> None:
                 f"{cert.certificate_id}: live slices sum to "
                 f"{cert.live_quantity()} of {cert.quantity_wh} Wh",
             )
-    # I4: a slice is spent by one committed command at most
-    spent: dict[tuple[str, str], str] = {}
-    for command in book.commands.values():
-        if command.status != domain.CommandStatus.COMMITTED:
+    # I4: a slice is spent by one committed command at most, once more for each unclaim that
+    # gave it back (the claim on it was undone: the other side was withdrawn)
+    committed = [c for c in book.commands.values() if c.status == domain.CommandStatus.COMMITTED]
+    given_back = Counter(
+        (ref.certificate_id, ref.slice_id)
+        for c in committed
+        if c.kind == CommandKind.UNCLAIM
+        for ref in c.slices
+    )
+    spent: dict[tuple[str, str], list[str]] = {}
+    for command in committed:
+        if command.kind == CommandKind.UNCLAIM:
             continue
         for ref in command.slices:
             key = (ref.certificate_id, ref.slice_id)
-            if key in spent:
+            spent.setdefault(key, []).append(command.command_id)
+            if len(spent[key]) > 1 + given_back[key]:
                 world.violate(
                     "I4",
                     f"slice {ref.slice_id} of {ref.certificate_id} spent by "
-                    f"{spent[key]} and {command.command_id}",
+                    + " and ".join(spent[key]),
                 )
-            spent[key] = command.command_id
     # I5: no stale holds
     for cert in book.certificates.values():
         for s in cert.slices.values():

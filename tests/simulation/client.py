@@ -276,6 +276,63 @@ class Clients:
             "withdraw" if actor == ISSUER else "withdraw.not-issuer",
         )
 
+    def claim_or_withdraw_claimed(self) -> ApiCall:
+        """What makes unclaims: the withdrawal of a claimed certificate when there is one, else
+        a claim that can commit, else a certificate to claim against (all from the seed's
+        unclaim generator)."""
+        from tests.simulation.world import ApiCall
+
+        rng, book = self.world.unclaim_rng, self.world.book
+        claimed = sorted(
+            c.certificate_id
+            for c in book.certificates.values()
+            if c.status == CertificateStatus.ACTIVE
+            and any(s.state == SliceState.CLAIMED for s in c.slices.values())
+        )
+        if claimed and rng.random() < 0.5:
+            return ApiCall(
+                "withdraw",
+                ISSUER,
+                {"certificate_id": rng.choice(claimed)},
+                {},
+                self.key(),
+                "withdraw.claimed",
+            )
+        pairs = [
+            (pc, ps, cc, cs)
+            for pc, ps in self.slices("alice", type_=CertificateType.PRODUCTION)
+            for cc, cs in self.slices("alice", type_=CertificateType.CONSUMPTION)
+            if CertificateStatus.ACTIVE == pc.status == cc.status
+            and pc.grid_area == cc.grid_area
+            and (cc.period.contains(pc.period) or pc.period.contains(cc.period))
+        ]
+        if pairs:
+            pc, ps, cc, cs = pairs[rng.randrange(len(pairs))]
+            amount = min(ps.quantity_wh, cs.quantity_wh)
+            return ApiCall(
+                "claim",
+                "alice",
+                {},
+                {
+                    "production": {"certificate_id": pc.certificate_id, "slice_id": ps.slice_id},
+                    "consumption": {"certificate_id": cc.certificate_id, "slice_id": cs.slice_id},
+                    "quantity_wh": amount if rng.random() < 0.5 else rng.randint(1, amount),
+                },
+                self.key(),
+                "claim.to-unclaim",
+            )
+        body = {
+            "type": rng.choice(["production", "consumption"]),
+            "gsrn": rng.choice(GSRNS),
+            "grid_area": "DK1",
+            "start": _iso(DAY + timedelta(hours=10)),
+            "end": _iso(DAY + timedelta(hours=11)),
+            "quantity_wh": rng.randint(1, 5000),
+            "owner": "alice",
+            "attributes": {"technology": "T010000"},
+        }
+        return ApiCall("issue_certificate", ISSUER, {}, body, self.key(), "issue.to-claim")
+
     def read(self) -> ApiCall:
         from tests.simulation.world import ApiCall
 

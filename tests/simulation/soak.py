@@ -55,7 +55,8 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
         f"shard {totals['reconciler.shard_passes']}); "
         f"operator resolutions: {totals['operator.resolutions']}; dead-lettered: "
         f"{totals['queue.dead_lettered']}; stale receipt handles: {totals['queue.stale_delete']}"
-        f"; claims that stranded an allocation: {totals['claims.stranded']}",
+        f"; claims that stranded an allocation: {totals['claims.stranded']}; unclaims "
+        f"committed {totals['unclaims.committed']}, rejected {totals['unclaims.rejected']}",
         f"violations: {sum(rules.values())} in {len(failed)} run(s)"
         + (f"  by rule: {dict(sorted(rules.items()))}" if rules else ""),
     ]

@@ -45,7 +45,7 @@ from chalicelib.api.auth import SharedSecretVerifier, mint_token
 from chalicelib.api.handlers import ENDPOINTS
 from chalicelib.api.http import HttpRequest, dispatch
 from chalicelib.composition import Services
-from chalicelib.domain import Command, CommandStatus
+from chalicelib.domain import Command, CommandKind, CommandStatus
 from chalicelib.ports import DependencyDown
 from chalicelib.registry import envelope
 from chalicelib.registry.builder import PlainTransactionBuilder
@@ -512,6 +512,8 @@ class World:
         # How the schedule runs the reconciler: one pass over the whole book (the embedded
         # stack), or, as on Lambda, one pass per shard (each fan-out invocation on its own, so
         # a shard's pass may run inside another's). Its own generator, as above.
+        self.unclaim_rng = random.Random(f"unclaim/{seed}")
+        self.withdraw_claimed_p = self.unclaim_rng.choice([0.0, 0.0, 0.6])
         self.shard_rng = random.Random(f"shards/{seed}")
         sharded = self.shard_rng.random() < 0.5 if schedule == "seed" else schedule == "sharded"
         self.schedule = schedule
@@ -656,10 +658,11 @@ class World:
         )
 
     def worker_for(self, inv: Invocation) -> Worker:
-        book, _, registry = self.wired(inv)
+        book, queue, registry = self.wired(inv)
         return Worker(
             book=book,
             registry=registry,
+            queue=queue,
             builder=self.builder,
             clock=self.now,
             lease_s=LEASE_S,
@@ -965,6 +968,11 @@ class World:
         if depth == 0 and self.faults_on and self.fault_rng.random() < self.refusal_p:
             self.refuse_one_command()
             return
+        if depth == 0 and self.unclaim_rng.random() < self.withdraw_claimed_p / 4:
+            # Claims that can commit, and withdrawals of claimed certificates: the unclaims
+            # they owe (their own generator: the seeds without them run as before).
+            self.clients.send(self.clients.claim_or_withdraw_claimed(), depth)
+            return
         actions: list[tuple[int, Callable[[], Any]]] = [
             (34, lambda: self.clients.act(depth)),
             (30, lambda: self.deliver(depth)),
@@ -1101,6 +1109,10 @@ class World:
                     self.checks.during_run(self)
                 self.quiet()
                 self.checks.at_quiet(self)
+                # a withdrawal's unclaims: made by the service, not asked for by a client
+                for command in self.book.commands.values():
+                    if command.kind == CommandKind.UNCLAIM:
+                        self.stats[f"unclaims.{command.status.value.lower()}"] += 1
             except Exception as exc:  # a bug of the harness, or one it did not expect
                 self.violate("harness", "".join(traceback.format_exception(exc))[-2000:])
         return Result(
