@@ -25,6 +25,7 @@ from chalicelib.registry.builder import (
     PlainTransactionBuilder,
     ProtoTransactionBuilder,
 )
+from chalicelib.registry.chronicler import Chroniclers
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.custody import KmsOwnerKeys, StoredIssuerKeys
 from chalicelib.registry.keys import IssuerKeys, OwnerKeys, SandboxOwnerKeys
@@ -57,6 +58,8 @@ class Services:
     # stage local and the tests; build() puts the ones in custody here on AWS.
     owner_keys: OwnerKeys | None = None
     issuer_keys: IssuerKeys | None = None
+    # The chronicler each grid area names (proto transactions); from settings if unset.
+    chroniclers: Chroniclers | None = None
 
 
 def worker(services: Services) -> Worker:
@@ -168,7 +171,31 @@ def builder_for(services: Services) -> TransactionBuilder:
         services.owner_keys,
         secret_box_for(services),
         hasher,
+        chroniclers=chroniclers_for(services),
     )
+
+
+def chroniclers_for(services: Services) -> Chroniclers:
+    """One gRPC client per chronicler target (CERTS_CHRONICLERS), built once per cold start."""
+    if services.chroniclers is None:
+        from chalicelib.registry.chronicler_grpc import GrpcChronicler
+
+        settings = services.settings
+        clients: dict[tuple, GrpcChronicler] = {}
+        by_area = {}
+        for area, named in settings.chroniclers.items():
+            key = (named.target, named.tls, named.signer_keys)
+            if key not in clients:
+                clients[key] = GrpcChronicler(
+                    named.target,
+                    tls=named.tls,
+                    timeout_s=settings.chronicler_timeout_s,
+                    connect_timeout_s=settings.registry_connect_timeout_s,
+                    public_keys=named.public_keys(),
+                )
+            by_area[area] = clients[key]
+        services.chroniclers = Chroniclers(by_area)
+    return services.chroniclers
 
 
 def codec_for(services: Services) -> TransactionCodec:
@@ -227,11 +254,24 @@ def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> R
     if uses_proto(settings):
         from chalicelib.registry.verifier import ProtoLedger
 
-        ledger = ProtoLedger((issuer_keys or issuer_keys_for(settings)).public_keys)
+        ledger = ProtoLedger(
+            (issuer_keys or issuer_keys_for(settings)).public_keys,
+            chronicler_keys=chronicler_keys_for(settings),
+        )
     return RegistrySimulator(
         SimulatorConfig(seed=settings.registry_seed, queries=settings.registry_queries),
         ledger=ledger,
     )
+
+
+def chronicler_keys_for(settings: Settings) -> Callable[[str], list[bytes]]:
+    """grid area -> the keys of the chronicler it names (CERTS_CHRONICLERS' signer_keys)."""
+
+    def keys(grid_area: str) -> list[bytes]:
+        named = settings.chroniclers.get(grid_area)
+        return named.public_keys() if named else []
+
+    return keys
 
 
 def build(settings: Settings | None = None, session: boto3.Session | None = None) -> Services:

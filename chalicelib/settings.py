@@ -7,12 +7,23 @@ start-up rather than at three in the morning.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
+import json
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVELOPMENT_JWT_SECRET = "certificates-domain-local-development-secret"
 # Local development only: derive sandbox issuer and owner keys, and seal slice secrets.
@@ -21,6 +32,41 @@ DEVELOPMENT_SECRETS_KEY = "Y2VydGlmaWNhdGVzLWRvbWFpbi1sb2NhbC1zZWFscyE="  # 32 b
 # The stages on which the development defaults above may be in effect; any other stage refuses
 # to build while one is (`development_defaults`).
 DEVELOPMENT_STAGES = frozenset({"local", "test"})
+
+
+class ChroniclerTarget(BaseModel):
+    """The chronicler a grid area's configuration names (registry/chronicler.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str  # host:port
+    tls: bool = True
+    # Its Ed25519 public keys (base64 of the 32 raw bytes): a signature that verifies under
+    # none is not used. Also what the in-process simulator verifies with.
+    signer_keys: tuple[str, ...] = ()
+
+    @field_validator("target")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or any(c in host for c in " /") or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port")
+        return value
+
+    @field_validator("signer_keys")
+    @classmethod
+    def _ed25519_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        for key in value:
+            try:
+                Ed25519PublicKey.from_public_bytes(base64.b64decode(key, validate=True))
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{key!r} is not the base64 of a raw Ed25519 public key") from None
+        return value
+
+    def public_keys(self) -> list[bytes]:
+        return [base64.b64decode(key) for key in self.signer_keys]
 
 
 class Settings(BaseSettings):
@@ -82,6 +128,11 @@ class Settings(BaseSettings):
     registry_timeout_s: float = 10.0
     registry_batch_size: int = 20
     registry_seed: int = 1
+    # {"DK1": {"target": "host:port", "tls": true, "signer_keys": ["<base64>"]}, ...}: the
+    # chronicler each grid area names; a claim asks it to sign its side's allocation. Empty:
+    # no area names one. Needs the registry's wire format (proto).
+    chroniclers: Annotated[dict[str, ChroniclerTarget], NoDecode] = Field(default_factory=dict)
+    chronicler_timeout_s: float = Field(default=5.0, gt=0)
 
     # the pipeline
     lambda_timeout_s: float = 60.0
@@ -135,6 +186,29 @@ class Settings(BaseSettings):
             raise ValueError(
                 "set CERTS_REGISTRY_ISSUER_KEYS or CERTS_REGISTRY_ISSUER_KEYS_SECRET, not both"
             )
+        return self
+
+    @field_validator("chroniclers", mode="before")
+    @classmethod
+    def _chroniclers_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError("not JSON: {grid area: {target, tls, signer_keys}}") from None
+        if isinstance(value, dict) and any(not str(area).strip() for area in value):
+            raise ValueError("a grid area name is empty")
+        return value
+
+    @model_validator(mode="after")
+    def check_chroniclers(self) -> Settings:
+        if self.chroniclers and not self.signs_transactions:
+            raise ValueError(
+                "CERTS_CHRONICLERS needs the registry's wire format: CERTS_REGISTRY=grpc or "
+                "CERTS_REGISTRY_TRANSACTIONS=proto"
+            )
+        if not self.chronicler_timeout_s < self.lambda_timeout_s:
+            raise ValueError("CERTS_CHRONICLER_TIMEOUT_S must be below CERTS_LAMBDA_TIMEOUT_S")
         return self
 
     @property
@@ -242,6 +316,8 @@ def describe(error: ValidationError) -> str:
         if item["loc"]:
             field = str(item["loc"][0])
             name = ENV_PREFIX + field.upper()
+            if len(item["loc"]) > 1:  # inside a JSON setting: say where
+                name += " at " + ".".join(str(part) for part in item["loc"][1:])
             secret = Settings.model_fields[field].annotation in (SecretStr, SecretStr | None)
             shown = "" if secret else f"={item.get('input')!r}"  # never echo a secret
             parts.append(f"{name}{shown}: {message}")

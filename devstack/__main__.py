@@ -68,6 +68,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "signatures (slower: a range proof takes tens of ms)",
     )
     parser.add_argument(
+        "--chronicler",
+        metavar="AREAS",
+        default="",
+        help="with --registry-protocol grpc: these grid areas (comma-separated, e.g. DK1,DK2) "
+        "name a simulated chronicler, whose signature the registry then requires on each side "
+        "of a claim (off by default)",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="one `access` line per request on stdout; every command's transition on stderr",
@@ -135,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 2
+    chronicler_areas = tuple(a.strip() for a in args.chronicler.split(",") if a.strip())
+    if chronicler_areas and args.registry_protocol != "grpc":
+        print("make run: --chronicler needs --registry-protocol grpc", file=sys.stderr)
+        return 2
     secret = os.environ.get("CERTS_JWT_SECRET") or DEVELOPMENT_JWT_SECRET
     started = time.monotonic()
     stack = Stack(
@@ -147,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             jwt_secret=secret,
             log_requests=args.verbose,
             registry_protocol=args.registry_protocol,
+            chronicler_areas=chronicler_areas,
         )
     )
     try:
@@ -169,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     registry_at = stack.registry_url
     if args.registry_protocol == "grpc":
         mode = "verifying, over gRPC at " + stack.registry_target
+        if chronicler_areas:
+            mode += f", chronicler of {','.join(chronicler_areas)} at {stack.chronicler.target}"
         registry_at += " (control)"
     print(f"""
 Certificates Domain is running ({time.monotonic() - started:.1f} s to start)

@@ -14,7 +14,9 @@ faults, mapped to what a client of the real registry would see:
     python -m devstack.registry_grpc --port 8101 --seed 1 --sandbox-secret <secret>
 
 verifies protobuf transactions (registry/verifier.py) with the sandbox issuer keys derived from
-the secret, as the service derives them from CERTS_REGISTRY_SANDBOX_SECRET.
+the secret, as the service derives them from CERTS_REGISTRY_SANDBOX_SECRET. With
+`--chronicler DK1,DK2 --chronicler-port 8102` it also serves a chronicler of its own (a fresh
+Ed25519 key, printed) and requires its signature on allocations in those grid areas.
 """
 
 from __future__ import annotations
@@ -112,8 +114,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--ambiguous-rate", type=float, default=0.0)
     parser.add_argument("--sandbox-secret", required=True, help="derives the issuer keys")
+    parser.add_argument("--chronicler", metavar="AREAS", default="", help="e.g. DK1,DK2")
+    parser.add_argument("--chronicler-port", type=int, default=8102)
     args = parser.parse_args(argv)
     issuers = IssuerKeys.sandbox(args.sandbox_secret.encode())
+    areas = {a.strip() for a in args.chronicler.split(",") if a.strip()}
+    chronicler = None
+    if areas:
+        import base64
+
+        from chalicelib.registry.chronicler import SimulatedChronicler
+        from devstack.chronicler_grpc import ChroniclerGrpcServer
+
+        chronicler = ChroniclerGrpcServer(SimulatedChronicler(), port=args.chronicler_port)
+        key = base64.b64encode(chronicler.chronicler.public_key).decode()
+        print(
+            f"chronicler of {','.join(sorted(areas))} on {chronicler.target}, key {key}",
+            flush=True,
+        )
     simulator = RegistrySimulator(
         SimulatorConfig(
             seed=args.seed,
@@ -121,7 +139,12 @@ def main(argv: list[str] | None = None) -> None:
             latency_s=args.latency_ms / 1000,
             ambiguous_rate=args.ambiguous_rate,
         ),
-        ledger=ProtoLedger(issuers.public_keys),
+        ledger=ProtoLedger(
+            issuers.public_keys,
+            chronicler_keys=lambda area: (
+                [chronicler.chronicler.public_key] if chronicler and area in areas else []
+            ),
+        ),
     )
     server = serve(simulator, port=args.port)
     print(f"registry simulator (gRPC, verifying) on {server.target}", flush=True)
@@ -129,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         server._server.wait_for_termination()
     except KeyboardInterrupt:
         server.stop()
+        if chronicler is not None:
+            chronicler.stop()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ class StackOptions:
     visibility_timeout_s: int = 15  # short locally, so a failed message comes back soon
     log_requests: bool = False
     registry_protocol: str = "http"  # or "grpc": real transactions, verified, over gRPC
+    # With grpc: these grid areas name a simulated chronicler (its own key), which the
+    # registry then requires on their allocations.
+    chronicler_areas: tuple[str, ...] = ()
 
 
 class Stack:
@@ -151,8 +154,15 @@ class Stack:
         # The issuers' keys of the very settings the service signs with (CERTS_REGISTRY_ISSUER_KEYS,
         # its secret, or CERTS_REGISTRY_SANDBOX_SECRET): one set on both sides of the stack.
         issuers = composition.issuer_keys_for(Settings(**common))
+        chroniclers = self._serve_chronicler()
         simulator = RegistrySimulator(
-            replace(self.options.registry, queries=True), ledger=ProtoLedger(issuers.public_keys)
+            replace(self.options.registry, queries=True),
+            ledger=ProtoLedger(
+                issuers.public_keys,
+                chronicler_keys=lambda area: (
+                    [chroniclers[area].public_keys()[0]] if area in chroniclers else []
+                ),
+            ),
         )
         self._grpc = registry_grpc.serve(simulator, HOST, 0)
         self._registry = registry_server.serve(simulator, HOST, self.options.registry_port)[0]
@@ -162,8 +172,24 @@ class Stack:
             registry_grpc_target=self._grpc.target,
             registry_grpc_tls=False,
             registry_queries=True,
+            chroniclers=chroniclers,
             **common,
         )
+
+    def _serve_chronicler(self) -> dict:
+        """The simulated chronicler of `chronicler_areas`, over gRPC: area -> its settings."""
+        if not self.options.chronicler_areas:
+            return {}
+        import base64
+
+        from chalicelib.registry.chronicler import SimulatedChronicler
+        from chalicelib.settings import ChroniclerTarget
+        from devstack.chronicler_grpc import ChroniclerGrpcServer
+
+        self.chronicler = ChroniclerGrpcServer(SimulatedChronicler(), HOST, 0)
+        key = base64.b64encode(self.chronicler.chronicler.public_key).decode()
+        named = ChroniclerTarget(target=self.chronicler.target, tls=False, signer_keys=(key,))
+        return {area: named for area in self.options.chronicler_areas}
 
     def _moto_server(self, service: str) -> str:
         process, url = motoserver.start(HOST, free_port())
@@ -240,6 +266,8 @@ class Stack:
             self._registry.server_close()
         if hasattr(self, "_grpc"):
             self._grpc.stop()
+        if hasattr(self, "chronicler"):
+            self.chronicler.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         for process in self._processes:

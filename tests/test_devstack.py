@@ -260,6 +260,8 @@ def _start_failing(
         ({"CERTS_REGISTRY_TIMEOUT_S": "ten"}, "CERTS_REGISTRY_TIMEOUT_S"),
         ({"CERTS_REGISTRY": "grpc"}, "CERTS_REGISTRY_GRPC_TARGET"),
         ({"CERTS_AUTH": "oidc"}, "CERTS_OIDC_ISSUER"),
+        ({"CERTS_CHRONICLERS": "{DK1"}, "CERTS_CHRONICLERS"),
+        ({"CERTS_CHRONICLERS": '{"DK1": {"target": "h:1"}}'}, "CERTS_CHRONICLERS"),
     ],
 )
 def test_a_settings_error_is_one_line_naming_it_and_starts_nothing(env, named) -> None:
@@ -267,6 +269,13 @@ def test_a_settings_error_is_one_line_naming_it_and_starts_nothing(env, named) -
     assert done.returncode == 2, done.stderr
     assert named in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # not a traceback
+    assert not servers
+
+
+def test_a_chronicler_without_the_grpc_registry_is_one_line_and_starts_nothing() -> None:
+    done, servers = _start_failing({}, "--chronicler", "DK1")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "make run: --chronicler needs --registry-protocol grpc"
     assert not servers
 
 

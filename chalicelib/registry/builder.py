@@ -7,7 +7,9 @@ Built once per command, before its first send, and stored with it (the worker ne
 - transfer: Transferred; a part of a slice: Sliced (the part, the rest), then Transferred
 - claim: on each side whose slice holds more than the claim, Sliced first; then Allocated on
   the production stream, Allocated on the consumption stream (the registry wants the
-  production side first), Claimed on production, Claimed on consumption
+  production side first), Claimed on production, Claimed on consumption. Where a side's grid
+  area names a chronicler, its Allocated carries that chronicler's signature, asked for while
+  building (registry/chronicler.py): before the transactions are stored, never on a retry
 - withdraw: Withdrawn
 
 Two builders: PlainTransactionBuilder (the JSON envelope, for the simulator's default mode)
@@ -34,6 +36,7 @@ from chalicelib.domain import Certificate, CertificateType, Command, CommandKind
 from chalicelib.registry import attributes as attributes_
 from chalicelib.registry import envelope, keys, protocodec
 from chalicelib.registry import secrets as secrets_
+from chalicelib.registry.chronicler import Chroniclers
 from chalicelib.registry.crypto import equality, pedersen
 from chalicelib.registry.crypto.interface import DEFAULT_RANGE_PROVER, RangeProver
 from chalicelib.registry.crypto.ristretto import L as ORDER
@@ -118,6 +121,9 @@ class PlainTransactionBuilder:
             for tx in self._transactions(command, certificates)
         ]
         return Built(transactions=tuple(txs), sealed_attributes=dict(self._local.attributes))
+
+    def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
+        return False
 
     # --- one function per command kind ------------------------------------------------------
 
@@ -326,7 +332,8 @@ class ProtoTransactionBuilder:
     certificate id; a slicing carries an equality proof of the source against the sum of the
     parts (commitments add up, so the sum's blinding is the sum of the parts' blindings); an
     allocation carries an equality proof of the production slice against the consumption slice,
-    labelled with the allocation id, the same event on both streams. Issuers sign with the
+    labelled with the allocation id, the same event on both streams but for the chronicler's
+    signature, which is each side's own (`chroniclers`: by grid area). Issuers sign with the
     grid area's Ed25519 key; owners with the slice's secp256k1 key (keys.py for the paths).
 
     Every proof and signature is checked again before the transactions leave the builder: the
@@ -343,8 +350,10 @@ class ProtoTransactionBuilder:
         secret_box: secrets_.SecretBox,
         hasher: AttributeHasher | None = None,
         range_prover: RangeProver = DEFAULT_RANGE_PROVER,
+        chroniclers: Chroniclers | None = None,
     ) -> None:
         self._registry = registry_name
+        self._chroniclers = chroniclers or Chroniclers()
         self._issuers = issuer_keys
         self._owners = owner_keys
         self._box = secret_box
@@ -360,6 +369,13 @@ class ProtoTransactionBuilder:
             transactions=tuple(base64.b64encode(tx).decode() for tx in txs),
             sealed_slices=dict(self._local.seals),
             sealed_attributes=dict(self._local.attributes),
+        )
+
+    def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
+        """Whether building the command asks a chronicler (a claim in an area naming one)."""
+        return command.kind == CommandKind.CLAIM and any(
+            self._chroniclers.for_area(certificates[ref.certificate_id].grid_area) is not None
+            for ref in command.slices
         )
 
     def _transactions(self, command: Command, certs: Mapping[str, Certificate]) -> list[bytes]:
@@ -472,18 +488,18 @@ class ProtoTransactionBuilder:
             ),
             "allocation equality proof",
         )
-        allocated = el.AllocatedEvent(
-            allocation_id=common_pb2.Uuid(value=allocation_id),
-            production_certificate_id=self._stream(production.cert),
-            consumption_certificate_id=self._stream(consumption.cert),
-            production_source_slice_hash=pedersen.slice_hash(production.commitment),
-            consumption_source_slice_hash=pedersen.slice_hash(consumption.commitment),
-            equality_proof=proof,
-            # REGISTRY.md names the field but not who the chronicler is nor what it signs: a
-            # registry that requires it will refuse these allocations (see grpc_client.py).
-            chronicler_signature=b"",
-        )
-        for side in sides:
+        # Asked last, once everything else is built and checked: a refused build asks nothing.
+        signatures = [self._chronicler_signature(side) for side in sides]
+        for side, signature in zip(sides, signatures, strict=True):
+            allocated = el.AllocatedEvent(
+                allocation_id=common_pb2.Uuid(value=allocation_id),
+                production_certificate_id=self._stream(production.cert),
+                consumption_certificate_id=self._stream(consumption.cert),
+                production_source_slice_hash=pedersen.slice_hash(production.commitment),
+                consumption_source_slice_hash=pedersen.slice_hash(consumption.commitment),
+                equality_proof=proof,
+                chronicler_signature=signature,
+            )
             txs.append(self._owner_signed(side, allocated))
         for side in sides:
             claimed = el.ClaimedEvent(
@@ -494,6 +510,16 @@ class ProtoTransactionBuilder:
         return txs
 
     # --- building blocks --------------------------------------------------------------------
+
+    def _chronicler_signature(self, side: _Spendable) -> bytes:
+        """The signature of the side's claim intent by its grid area's chronicler; none (empty)
+        where the area names none. Raises RegistryUnavailable or RegistryRefused."""
+        found = self._chroniclers.for_area(side.cert.grid_area)
+        if found is None:
+            return b""
+        return found.register_claim_intent(
+            self._registry, side.cert.certificate_id, side.secret.quantity, side.secret.blinding
+        )
 
     def _sliced(
         self, source: _Spendable, parts: list[int], ids: list[str]

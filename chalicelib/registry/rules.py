@@ -16,7 +16,9 @@ nothing. The rules follow REGISTRY.md (the upstream verifier's table and its "Mo
 - Transferred: source available and signed by its owner; new key parses;
 - Allocated: production side first. Each side: certificate live and not expired (against the
   registry's clock, when an expiry is configured), its slice available and signed by its
-  owner, its grid area configured ("Area does not exist"). Production side: the consumption
+  owner, its grid area configured ("Area does not exist"), and where the area names a
+  chronicler, the side's chronicler signature verifies over its claim intent ("Not signed by
+  Chronicler"; the two sides carry one each). Production side: the consumption
   certificate exists and is CONSUMPTION, both have the same IsTrial ("not of the same trial
   type"), periods enclose one another, the consumption slice exists, the slices are equal.
   Consumption side: the production side holds the same allocation already.
@@ -121,6 +123,7 @@ class Allocate:
     production_slice: Any
     consumption_slice: Any
     proof: Any
+    chronicler_signature: Any = b""  # this side's; each side's allocation carries its own
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,10 @@ class Checks(Protocol):
     def parts_add_up(self, source: Any, parts: Sequence[Any], proof: Any, label: str) -> None: ...
 
     def equal(self, production: Any, consumption: Any, proof: Any, label: str) -> None: ...
+
+    def signed_by_chronicler(
+        self, keys: list[bytes], signature: Any, certificate: StreamRef, value: Any
+    ) -> bool: ...
 
 
 # --- the registry's state ------------------------------------------------------------------
@@ -236,7 +243,9 @@ class Rules:
     """The registry's verifier and state. `registry`: this registry's name, None to accept any
     (the plain sandbox). `area_exists(grid_area)`: whether the registry has a configuration for
     the area (None: every area). `expiry`: how long after its period ends a certificate expires
-    (None: never, upstream's default); `now` is the registry's clock for it."""
+    (None: never, upstream's default); `now` is the registry's clock for it.
+    `chronicler_keys(grid_area)`: the keys of the chronicler the area's configuration names
+    (empty: none; None: no area names one)."""
 
     def __init__(
         self,
@@ -246,6 +255,7 @@ class Rules:
         area_exists: Callable[[str], bool] | None = None,
         expiry: timedelta | None = None,
         now: Callable[[], datetime] | None = None,
+        chronicler_keys: Callable[[str], list[bytes]] | None = None,
     ) -> None:
         if expiry is not None and now is None:
             raise ValueError("an expiry needs the registry's clock")
@@ -254,6 +264,7 @@ class Rules:
         self.area_exists = area_exists
         self.expiry = expiry
         self.now = now
+        self.chronicler_keys = chronicler_keys
         self.certificates: dict[str, Certificate] = {}
 
     def apply(self, tx: Envelope, event: Event) -> None:
@@ -337,8 +348,9 @@ class Rules:
         else:
             refuse("the stream is neither side of the allocation")
 
-    def _allocating(self, tx: Envelope, stream: str, kind: str, aid: str, ref: Any) -> Slice:
+    def _allocating(self, tx: Envelope, stream: str, kind: str, e: Allocate, ref: Any) -> Slice:
         """What both sides check of their own certificate and slice."""
+        aid = e.allocation_id
         cert = self._live(stream)
         if self._expired(cert):
             refuse("certificate has expired")
@@ -349,13 +361,18 @@ class Rules:
         own = self._spendable(tx, cert, ref)
         if self.area_exists is not None and not self.area_exists(cert.grid_area):
             refuse(f"Area does not exist: {cert.grid_area}")
+        keys = self.chronicler_keys(cert.grid_area) if self.chronicler_keys else []
+        if keys and not self.checks.signed_by_chronicler(
+            keys, e.chronicler_signature, StreamRef(cert.registry, cert.certificate_id), own.value
+        ):
+            refuse("Not signed by Chronicler")
         return own
 
     def _allocate_production(self, tx: Envelope, e: Allocate, new: Allocation) -> None:
         aid = e.allocation_id
         cert = self.certificates.get(new.production_id)
         production_slice = self._allocating(
-            tx, new.production_id, PRODUCTION, aid, new.production_slice
+            tx, new.production_id, PRODUCTION, e, new.production_slice
         )
         assert cert is not None
         consumption = self.certificates.get(new.consumption_id)
@@ -380,7 +397,7 @@ class Rules:
     def _allocate_consumption(self, tx: Envelope, e: Allocate, new: Allocation) -> None:
         aid = e.allocation_id
         consumption_slice = self._allocating(
-            tx, new.consumption_id, CONSUMPTION, aid, new.consumption_slice
+            tx, new.consumption_id, CONSUMPTION, e, new.consumption_slice
         )
         cert = self.certificates[new.consumption_id]
         production = self.certificates.get(new.production_id)

@@ -21,8 +21,9 @@ The rules themselves are registry/rules.py's, shared with the plain envelope; th
 turns protobuf transactions into its events and checks keys, signatures and proofs for it.
 Owner keys may be secp256k1 (what we sign with) or Ed25519 (KeyType.ED25519), as upstream.
 
-Not checked yet: the AllocatedEvent's chronicler_signature, and whether the real registry
-also bounds quantities or attribute sets.
+Where a grid area names a chronicler (`chronicler_keys`), each side's AllocatedEvent must carry
+that chronicler's Ed25519 signature over its ClaimIntent (registry/chronicler.py).
+Not checked yet: whether the real registry also bounds quantities or attribute sets.
 The equality proofs follow the transcript described in crypto/equality.py, an assumption.
 Unlike the real verifier, malformed proof bytes are refused here with a reason (the real one
 throws and leaves the transaction PENDING); the builder never sends them.
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chalicelib.registry import keys, protocodec, rules
+from chalicelib.registry import chronicler, keys, protocodec, rules
 from chalicelib.registry.crypto import equality, pedersen
 from chalicelib.registry.crypto.interface import DEFAULT_RANGE_PROVER, RangeProver
 from chalicelib.registry.crypto.ristretto import InvalidEncoding, Point
@@ -102,6 +103,13 @@ class _ProtoChecks:
         if not equality.verify_equality(production.content, consumption.content, proof, label):
             refuse("equality proof invalid: the slices do not hold the same quantity")
 
+    def signed_by_chronicler(
+        self, keys: list[bytes], signature: Any, certificate: rules.StreamRef, value: Any
+    ) -> bool:
+        return chronicler.signed_by_chronicler(
+            keys, signature, certificate.registry, certificate.stream, bytes(value.content)
+        )
+
 
 def _is_ed25519_key(content: bytes) -> bool:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -162,6 +170,7 @@ def _event(tx: Parsed) -> rules.Event:
                 production_slice=bytes(e.production_source_slice_hash),
                 consumption_slice=bytes(e.consumption_source_slice_hash),
                 proof=bytes(e.equality_proof),
+                chronicler_signature=bytes(e.chronicler_signature),
             )
         case protocodec.CLAIMED:
             return rules.Claim(_ref(e.certificate_id), e.allocation_id.value)
@@ -176,7 +185,7 @@ class ProtoLedger:
     """The simulator's `Ledger` for protobuf transactions. `issuer_keys(grid_area)` gives the
     raw Ed25519 public keys accepted for a grid area; an area without keys has no configuration
     ("Area does not exist" at allocation). `registry`: this registry's name (None: any).
-    `expiry` and `now`: see rules.Rules."""
+    `expiry`, `now` and `chronicler_keys`: see rules.Rules."""
 
     def __init__(
         self,
@@ -186,6 +195,7 @@ class ProtoLedger:
         registry: str | None = None,
         expiry: timedelta | None = None,
         now: Callable[[], datetime] | None = None,
+        chronicler_keys: Callable[[str], list[bytes]] | None = None,
     ) -> None:
         self.rules = rules.Rules(
             _ProtoChecks(issuer_keys, range_prover),
@@ -193,6 +203,7 @@ class ProtoLedger:
             area_exists=lambda area: bool(issuer_keys(area)),
             expiry=expiry,
             now=now,
+            chronicler_keys=chronicler_keys,
         )
 
     @property

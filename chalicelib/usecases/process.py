@@ -68,6 +68,11 @@ _AWAITING_OUTCOME = (CommandStatus.SENDING, CommandStatus.SENT, CommandStatus.IN
 class TransactionBuilder(Protocol):
     def build(self, command: Command, certificates: Mapping[str, Certificate]): ...
 
+    def asks_outside(self, command: Command, certificates: Mapping[str, Certificate]) -> bool:
+        """Whether building calls out (a chronicler): then it is worth a read of the book
+        first, so that a stale snapshot builds nothing."""
+        ...
+
 
 @dataclass
 class Worker:
@@ -241,10 +246,30 @@ class Worker:
         }
         if not command.transactions:
             certificates = self._certificates(command, delivery)
+            if command is delivery.command and self.builder.asks_outside(command, certificates):
+                # The message's snapshot may be long behind (a redelivery): ask the book, so
+                # that a chronicler is asked only for a build that can be stored.
+                current = self.book.get_command(command.command_id)
+                if current is None or (current.status, current.step, current.transactions) != (
+                    command.status,
+                    command.step,
+                    command.transactions,
+                ):
+                    raise StaleCommand(current)
             try:
                 built = self.builder.build(command, certificates)
             except DomainError as refused:  # e.g. a slice without the secrets to spend it
                 return self._reject(command, refused.detail)
+            except RegistryUnavailable as exc:  # a chronicler: nothing stored, nothing sent
+                observability.event(
+                    "command.build_postponed",
+                    logging.WARNING,
+                    command_id=command.command_id,
+                    reason=str(exc),
+                )
+                return Outcome.RETRY
+            except RegistryRefused as exc:  # a chronicler refused the claim intent as such
+                return self._reject(command, f"the chronicler refused the claim: {exc}")
             changes["transactions"] = built.transactions
             if built.sealed_slices:
                 changes["sealed_slices"] = dict(built.sealed_slices)

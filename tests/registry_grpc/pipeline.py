@@ -9,6 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 from chalicelib.registry.builder import ProtoTransactionBuilder
+from chalicelib.registry.chronicler import Chroniclers, SimulatedChronicler
+from chalicelib.registry.chronicler_grpc import GrpcChronicler
 from chalicelib.registry.grpc_client import GrpcRegistry
 from chalicelib.registry.keys import IssuerKeys, SandboxOwnerKeys
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
@@ -17,6 +19,7 @@ from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
 from chalicelib.registry.verifier import ProtoLedger
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler
+from devstack.chronicler_grpc import ChroniclerGrpcServer
 from devstack.registry_grpc import RegistryGrpcServer
 from tests.pipeline import Pipeline
 
@@ -26,7 +29,9 @@ REGISTRY = "test-registry"
 
 
 class ProtoPipeline(Pipeline):
-    """Set `grpc=True` to put real gRPC between the worker and the simulator. Call close()."""
+    """Set `grpc=True` to put real gRPC between the worker and the simulator (and between the
+    builder and the chronicler). `chronicler_areas`: grid areas that name a simulated
+    chronicler, which the registry then requires on their allocations. Call close()."""
 
     def __init__(
         self,
@@ -34,20 +39,38 @@ class ProtoPipeline(Pipeline):
         queries: bool = True,
         grpc: bool = False,
         registry_expiry: timedelta | None = None,
+        chronicler_areas: frozenset[str] = frozenset(),
         **faults: Any,
     ) -> None:
         super().__init__(queries=queries, **faults)
+        self.chronicler_areas = chronicler_areas
+        self.chronicler = SimulatedChronicler()
+        self.chronicler_server: ChroniclerGrpcServer | None = None
+        self.chronicler_client: GrpcChronicler | None = None
+        asked: Any = self.chronicler
+        if chronicler_areas and grpc:
+            self.chronicler_server = ChroniclerGrpcServer(self.chronicler)
+            self.chronicler_client = asked = GrpcChronicler(
+                self.chronicler_server.target, tls=False, timeout_s=5
+            )
+        self.chroniclers = Chroniclers({area: asked for area in chronicler_areas})
         self.retired_areas: set[str] = set()  # grid areas the registry no longer configures
         self.issuers = IssuerKeys.sandbox(SANDBOX_SECRET)
         self.owner_keys = SandboxOwnerKeys(SANDBOX_SECRET)
         self.box = LocalSecretBox(SECRETS_KEY)
-        self.builder = ProtoTransactionBuilder(REGISTRY, self.issuers, self.owner_keys, self.box)
+        self.builder = ProtoTransactionBuilder(
+            REGISTRY, self.issuers, self.owner_keys, self.box, chroniclers=self.chroniclers
+        )
         self.simulator = RegistrySimulator(
             SimulatorConfig(queries=queries, **faults),
             clock=self.vclock,
             sleep=self.vclock.sleep,
             ledger=ProtoLedger(
-                self._issuer_keys, registry=REGISTRY, expiry=registry_expiry, now=self.now
+                self._issuer_keys,
+                registry=REGISTRY,
+                expiry=registry_expiry,
+                now=self.now,
+                chronicler_keys=self._chronicler_keys,
             ),
         )
         self.server: RegistryGrpcServer | None = None
@@ -63,10 +86,17 @@ class ProtoPipeline(Pipeline):
     def _issuer_keys(self, grid_area: str) -> list[bytes]:
         return [] if grid_area in self.retired_areas else self.issuers.public_keys(grid_area)
 
+    def _chronicler_keys(self, grid_area: str) -> list[bytes]:
+        return [self.chronicler.public_key] if grid_area in self.chronicler_areas else []
+
     def close(self) -> None:
         if self.server is not None:
             self.client.close()
             self.server.stop()
+        if self.chronicler_server is not None:
+            assert self.chronicler_client is not None
+            self.chronicler_client.close()
+            self.chronicler_server.stop()
 
     def make_worker(self, book: Any = None, registry: Any = None) -> Worker:
         worker = super().make_worker(book, registry or getattr(self, "client", None))
