@@ -735,20 +735,29 @@ def unclaim_for(
 
 def apply_unclaim(cert: Certificate, command: Command) -> Certificate:
     """The claimed slice is available to its owner again, as the registry restores it (same
-    commitment, same owner)."""
+    commitment, same owner). Unless the certificate ended meanwhile: the unclaim took no hold,
+    so the certificate's own withdrawal may have committed after it in the registry and been
+    applied here first (an unclaim in doubt, settled later); then the slice is given back to
+    a withdrawn certificate, and is withdrawn (or expired) like its other free slices."""
     if command.command_id in cert.applied:
         return cert
     ref = command.slices[0]
+    restored = _ENDED_SLICE.get(cert.status, SliceState.AVAILABLE)
     found = cert.slices.get(ref.slice_id)
-    if found is not None and found.state == SliceState.AVAILABLE:
+    if found is not None and found.state == restored and found.claimed_by is None:
         return _applying(cert, command.command_id)  # the reconciler aligned it first
     if found is None or found.state != SliceState.CLAIMED:
         raise Conflict(f"slice {ref.slice_id} is not claimed", subject=ref.slice_id)
     slices = dict(cert.slices)
-    slices[found.slice_id] = found.model_copy(
-        update={"state": SliceState.AVAILABLE, "claimed_by": None}
-    )
+    slices[found.slice_id] = found.model_copy(update={"state": restored, "claimed_by": None})
     return _applying(cert, command.command_id, slices=slices)
+
+
+# What a free slice of an ended certificate is.
+_ENDED_SLICE = {
+    CertificateStatus.WITHDRAWN: SliceState.WITHDRAWN,
+    CertificateStatus.EXPIRED: SliceState.EXPIRED,
+}
 
 
 def begin_withdrawal(cert: Certificate, command_id: str) -> Certificate:

@@ -251,3 +251,32 @@ def test_an_unclaim_in_doubt_that_never_left_is_sent_by_an_operators_not_sent() 
     assert p.command(unclaim.command_id).status == CommandStatus.COMMITTED
     assert not _claimed_slices(p, production)
     p.check_never_twice()
+
+
+def test_an_unclaim_settled_after_its_certificate_was_withdrawn_leaves_the_slice_withdrawn() -> (
+    None
+):
+    """Soak seed 300291: the unclaim reached the registry but its worker died (in doubt); the
+    issuer then withdrew the production certificate, which committed after it; the operator
+    settled the unclaim as committed. The slice came back to a withdrawn certificate, so it
+    is withdrawn, not available (as the registry holds it: restored, then withdrawn)."""
+    p = Pipeline(queries=False)
+    production, consumption, _ = _claimed(p)
+    p.withdraw(consumption)
+    p.run(worker=_without_queue(p))
+    (unclaim,) = _unclaims(p)
+    counter = Counter(1, "after")  # the unclaim's send reached the registry, then death
+    crashing = p.make_worker(registry=Crashing(p.registry, counter))
+    with pytest.raises(Crash):
+        crashing.process([Delivery(unclaim.command_id, unclaim.certificate_id, False)])
+    p.withdraw(production)
+    p.run()
+    assert p.book.get_certificate(production).status == domain.CertificateStatus.WITHDRAWN
+    p.vclock.advance(300)
+    p.settle()  # the operator finds the unclaim in the registry's log: committed
+    assert p.command(unclaim.command_id).status == CommandStatus.COMMITTED
+    (given_back,) = [
+        s for s in p.book.get_certificate(production).slices.values() if s.claimed_by is None
+    ]
+    assert given_back.state == SliceState.WITHDRAWN
+    p.check_settled()
