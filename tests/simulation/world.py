@@ -583,6 +583,13 @@ class World:
         if inv.kind != "reconciler" or where not in REPAIR_WRITES:
             return None
         certificate_id = args[0]
+        if certificate_id in self.drifted:
+            # Changed behind the book's back: an agreement before the write may be chance (soak
+            # seed 300367: a transfer committed, then drift gave the slice back to its sender;
+            # the reconciler then rightly applied the committed transfer). The check at quiet
+            # still compares it, and audits a repair only where it drifted.
+            self.exempt["I6 at the reconciler's write: the certificate drifted"] += 1
+            return None
         if self._differences(certificate_id):
             return None  # differs already: drift (or a commit) for the reconciler to repair
 
