@@ -277,6 +277,7 @@ def _minus(a: Tally, b: Tally) -> Tally:
     out.sqs_requests -= b.sqs_requests
     out.sqs_messages -= b.sqs_messages
     out.wcu_table_small -= b.wcu_table_small
+    out.wcu_index_small.subtract(b.wcu_index_small)
     out.written_bytes -= b.written_bytes
     out.write_once_bytes -= b.write_once_bytes
     out.table_writes -= b.table_writes

@@ -107,6 +107,22 @@ def write_once_size(item: dict[str, Any] | None) -> int:
     return size
 
 
+def without_write_once(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The item as small writes would keep it: no write-once parts (write_once_size)."""
+    if not item:
+        return item
+    return {k: _strip(v) for k, v in item.items() if k not in WRITE_ONCE_ATTRIBUTES}
+
+
+def _strip(value: dict[str, Any]) -> dict[str, Any]:
+    ((kind, v),) = value.items()
+    if kind == "M":
+        return {"M": {k: _strip(e) for k, e in v.items() if k != SEALED}}
+    if kind == "L":
+        return {"L": [_strip(e) for e in v]}
+    return value
+
+
 def _nested_secrets(value: dict[str, Any]) -> int:
     ((kind, v),) = value.items()
     if kind == "M":
@@ -207,6 +223,7 @@ class Tally:
     # Table WCU if the write-once parts lived in items of their own (write_once_size): each
     # write charged on the rest of the item, plus one put of each new write-once part.
     wcu_table_small: float = 0.0
+    wcu_index_small: Counter = field(default_factory=Counter)
     written_bytes: int = 0  # sum over table writes of the item size charged (the larger)
     write_once_bytes: int = 0  # of which write-once parts (transactions, sealed secrets)
     table_writes: int = 0
@@ -228,6 +245,7 @@ class Tally:
         self.sqs_messages += other.sqs_messages
         self.failed_conditions += other.failed_conditions
         self.wcu_table_small += other.wcu_table_small
+        self.wcu_index_small.update(other.wcu_index_small)
         self.written_bytes += other.written_bytes
         self.write_once_bytes += other.write_once_bytes
         self.table_writes += other.table_writes
@@ -244,7 +262,8 @@ class Tally:
             "sqs_messages": self.sqs_messages * factor,
             "failed_conditions": self.failed_conditions * factor,
             "wcu_table_small": self.wcu_table_small * factor,
-            "wcu_small": (self.wcu_table_small + sum(self.wcu_index.values())) * factor,
+            "wcu_small": (self.wcu_table_small + sum(self.wcu_index_small.values())) * factor,
+            "wcu_index_small": {k: v * factor for k, v in sorted(self.wcu_index_small.items())},
             "written_bytes": self.written_bytes * factor,
             "write_once_bytes": self.write_once_bytes * factor,
             "table_writes": self.table_writes * factor,
@@ -399,9 +418,12 @@ class Meter:
             if once_new > once_old:  # new write-once parts: one put of an item of their own
                 own = once_new - once_old + WRITE_ONCE_KEY_BYTES
                 tally.wcu_table_small += factor * write_units(own)
+            small_old, small_new = without_write_once(old), without_write_once(new)
             for index in shape.indexes:
                 for units in index_writes(index, old, new, shape.keys):
                     tally.wcu_index[index.name] += factor * units
+                for units in index_writes(index, small_old, small_new, shape.keys):
+                    tally.wcu_index_small[index.name] += factor * units
 
     # --- DynamoDB reads ----------------------------------------------------------------------
 
