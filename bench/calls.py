@@ -375,6 +375,11 @@ def formats_of(option: str) -> tuple[str, ...]:
     raise argparse.ArgumentTypeError(f"--format is plain, proto or both, not {option!r}")
 
 
+def ordered(kinds: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A mode's kinds in KINDS order (the JSON file sorts its keys)."""
+    return sorted(kinds.items(), key=lambda kv: KINDS.index(kv[0]) if kv[0] in KINDS else 99)
+
+
 def _custody_calls(calls: dict[str, float]) -> float:
     return sum(n for op, n in calls.items() if op.split(".")[0] in ("kms", "secretsmanager", "ssm"))
 
@@ -389,7 +394,7 @@ def table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, data in result["modes"].items():
-        for kind, k in data["kinds"].items():
+        for kind, k in ordered(data["kinds"]):
             p = k["phases"]
             t = k["total"]
             calls = (
@@ -432,7 +437,7 @@ def custody_table(result: dict[str, Any]) -> str:
         + " | seed reads and puts (DynamoDB) | all AWS calls | WCU | RCU |",
         "|---|---|" + "---|" * len(ops) + "---|---|---|---|",
     ]
-    for kind in warm["kinds"]:
+    for kind, _ in ordered(warm["kinds"]):
         for label, data in (("warm", warm), ("a new one per invocation", cold)):
             k = data["kinds"].get(kind)
             if not k:
@@ -453,7 +458,7 @@ def breakdown(result: dict[str, Any], mode: str = "proto/queries") -> str:
         mode = next(iter(result["modes"]))
     lines = ["| kind | phase | calls by operation | WCU table | WCU by index | RCU |"]
     lines.append("|---|---|---|---|---|---|")
-    for kind, k in result["modes"][mode]["kinds"].items():
+    for kind, k in ordered(result["modes"][mode]["kinds"]):
         for phase in ("accept", "worker", "reconcile"):
             p = k["phases"][phase]
             ops = ", ".join(

@@ -39,6 +39,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.calls import ordered
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -348,7 +350,7 @@ def sensitivity(calls, prices, cpu_ms, a, memory) -> list[dict[str, Any]]:
         mm = {**memory, **mem}
         costs = _mode_costs(calls, mode, prices, cpu_ms, aa, mm, small)
         row = {"variant": name, "mode": mode}
-        for kind, cost in costs.items():
+        for kind, cost in ordered(costs):
             row[kind] = cost["usd_per_million"]["total_http"]
         rows.append(row)
     return rows
@@ -361,7 +363,7 @@ def table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, kinds in result["modes"].items():
-        for kind, c in kinds.items():
+        for kind, c in ordered(kinds):
             u = c["usd_per_million"]
             lines.append(
                 f"| {kind} | {mode} | {u['api_gateway_rest']:.2f} | {u['lambda']:.2f} "
@@ -380,13 +382,84 @@ def lambda_table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for mode, kinds in result["modes"].items():
-        for kind, c in kinds.items():
+        for kind, c in ordered(kinds):
             g, old = c["lambda_gb_s"], c["lambda_gb_s_if_sleeping"]
             saved = 1 - g["worker"] / old["worker"] if old["worker"] else 0.0
             lines.append(
                 f"| {kind} | {mode} | {g['api']:.4f} | {g['worker']:.4f} ({c['build_ms']:.0f}) "
                 f"| {old['worker']:.4f} | {saved:.0%} | {g['reconciler']:.4f} |"
             )
+    return "\n".join(lines)
+
+
+def targets_rows(result: dict[str, Any], calls: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per kind with a target: the measured cost in the targets' mode (HTTP API; REST and the
+    plain format beside), the verdict, what makes up the cost, and what small writes would
+    make of it."""
+    mode = target_mode(result)
+    plain = "plain/queries" if "plain/queries" in result["modes"] else None
+    rows = []
+    for kind, target in TARGETS.items():
+        c = result["modes"][mode].get(kind)
+        if c is None:
+            continue
+        u = c["usd_per_million"]
+        t = calls["modes"][mode]["kinds"][kind]["total"]
+        small = result["small_writes"][mode][kind]["usd_per_million"]
+        services = {
+            "DynamoDB writes": u["dynamodb_write"],
+            "DynamoDB reads": u["dynamodb"] - u["dynamodb_write"],
+            "Lambda": u["lambda"],
+            "KMS": u["kms"],
+            "SQS": u["sqs"],
+            "API Gateway (HTTP)": u["total_http"] - u["total_rest"] + u["api_gateway_rest"],
+            "Logs": u["logs"],
+        }
+        biggest = sorted(services.items(), key=lambda kv: -kv[1])[:3]
+        index = sorted(t["wcu_index"].items(), key=lambda kv: -kv[1])
+        rows.append(
+            {
+                "kind": kind,
+                "mode": mode,
+                "target": target,
+                "http": u["total_http"],
+                "rest": u["total_rest"],
+                "plain_http": (
+                    result["modes"][plain][kind]["usd_per_million"]["total_http"] if plain else None
+                ),
+                "met": u["total_http"] <= target,
+                "biggest": biggest,
+                "wcu": t["wcu"],
+                "wcu_table": t["wcu_table"],
+                "wcu_index": index,
+                "wcu_small": t.get("wcu_small", t["wcu"]),
+                "small_http": small["total_http"],
+            }
+        )
+    return rows
+
+
+def targets_table(result: dict[str, Any], calls: dict[str, Any]) -> str:
+    lines = [
+        "| kind | target (HTTP API) | measured, HTTP API (REST API; plain format) | verdict "
+        "| biggest items, USD per million | WCU: table + indexes | with small writes: WCU, "
+        "USD (HTTP) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in targets_rows(result, calls):
+        verdict = (
+            "met"
+            if r["met"]
+            else f"**missed by {r['http'] - r['target']:.2f} ({r['http'] / r['target']:.1f}x)**"
+        )
+        biggest = ", ".join(f"{name} {usd:.2f}" for name, usd in r["biggest"])
+        index = " + ".join(f"{name} {n:.0f}" for name, n in r["wcu_index"] if n >= 0.5)
+        plain = f"; {r['plain_http']:.2f}" if r["plain_http"] is not None else ""
+        lines.append(
+            f"| {r['kind']} | ≤ {r['target']:g} | **{r['http']:.2f}** ({r['rest']:.2f}{plain}) "
+            f"| {verdict} | {biggest} | {r['wcu']:.0f} = {r['wcu_table']:.0f} + {index or '0'} "
+            f"| {r['wcu_small']:.0f}, {r['small_http']:.2f} |"
+        )
     return "\n".join(lines)
 
 
