@@ -205,7 +205,8 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
     parts = [
         f"Run {meta['finished']} on {meta['machine']}, code at {meta['commit']}, "
         f"{meta['minutes']:.1f} minutes, load average {meta['load_before']:.1f} at the start "
-        f"(sections: {', '.join(meta['sections'])}{'; quick sizes' if meta['quick'] else ''}).",
+        f"(sections: {', '.join(meta['sections'])}{'; quick sizes' if meta['quick'] else ''})."
+        + (f" {meta['note']}" if meta.get("note") else ""),
         "",
         "### Targets",
         "",
