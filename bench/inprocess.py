@@ -108,19 +108,23 @@ class Harness:
             raise RuntimeError(f"POST {path} answered {answer.status_code}: {answer.body}")
         return json.loads(answer.body)
 
-    def drain(self, timeout_s: float = 120.0) -> None:
+    def drain(self, timeout_s: float = 60.0) -> None:
         """Feed the worker until the queue is empty. A message handed back to wait for a block
         (ChangeMessageVisibility) is in flight meanwhile: the block passes (the registry
         commits what it holds) and the message is received again once visible."""
         deadline = time.monotonic() + timeout_s
+        seen = self.poller.records
         while True:
             self.poller.drain()
+            if self.poller.records != seen:  # progress: the deadline is for a stuck queue
+                seen = self.poller.records
+                deadline = time.monotonic() + timeout_s
             # Asked twice: moto counts visible and in-flight messages at two moments, so a
             # message that becomes visible in between is in neither count (seen under load).
             if self.queue_depth is None or self.queue_depth() == self.queue_depth() == 0:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("messages handed back did not come back in time")
+                raise RuntimeError(f"messages handed back did not come back in {timeout_s:g} s")
             if self.commit_block is not None:
                 self.commit_block()
             time.sleep(0.2)
