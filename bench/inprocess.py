@@ -249,9 +249,9 @@ def harness(
     """The service over mock_aws. `before_build(session)` runs before the services build their
     clients (to hook the session); `esm_session_hook(session)` likewise for the poller's.
     `fmt`: "plain" or "proto" (module docstring). `cold`: every API request, worker invocation
-    and reconciler pass runs in a new container (services built anew, so nothing cached: the
-    KMS data key, opened data keys, owners' seeds, issuers' keys), the upper bound of what a
-    fleet of containers pays for custody."""
+    (of one message) and reconciler pass runs in a new container (services built anew, so
+    nothing cached: the KMS data key, opened data keys, owners' seeds, issuers' keys), the upper
+    bound of what a fleet of containers pays for custody."""
     if fmt not in ("plain", "proto"):
         raise ValueError(f"unknown transaction format {fmt!r}")
     local_aws_environment()
@@ -340,7 +340,8 @@ def harness(
             )["Attributes"]
             return sum(int(v) for v in attributes.values())
 
-        poller = QueuePoller(sqs, url, handler, wait_s=0)
+        # Cold: one message per invocation, so every delivery meets a new container.
+        poller = QueuePoller(sqs, url, handler, batch_size=1 if cold else 10, wait_s=0)
         try:
             with Client(app_module.app) as client:
                 h = Harness(
