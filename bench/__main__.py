@@ -246,10 +246,9 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             ]
         builds = ", ".join(
             f"{kind} {k['builds']:.1f} ({k['build_cpu_ms']:.0f} ms)"
-            for kind, k in results["calls"]["modes"]
-            .get("proto/queries", {})
-            .get("kinds", {})
-            .items()
+            for kind, k in calls.ordered(
+                results["calls"]["modes"].get("proto/queries", {}).get("kinds", {})
+            )
             if "builds" in k
         )
         if builds:
