@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench                      # everything; updates bench/README.md
     .venv/bin/python -m bench --only calls,cost    # some sections
+    .venv/bin/python -m bench --only calls,cost --format proto   # one transaction format
     .venv/bin/python -m bench --quick --out /tmp/b --no-readme   # tiny sizes (smoke)
 
 Sections: calls (AWS calls and capacity per command), profile (where the time goes), cost
@@ -32,8 +33,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 MAX_CALLS_SINGLE = 6
 MAX_WCU_SINGLE = 8
 MAX_CALLS_PER_BATCHED = 1.5
-MAX_USD_SINGLE = 10.0
-MAX_USD_BATCHED = 2.0
+# The USD targets per kind (issue 16) are in bench/cost.py (TARGETS): proto, queries, HTTP API.
 MIN_COMMANDS_PER_S = 50.0
 MIN_SIZE_RATIO = 0.8
 MIN_BOUND_RATIO = 0.95
@@ -68,6 +68,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     rows: list[tuple[str, str, str, bool]] = []
     if "calls" in results:
         for mode, data in results["calls"]["modes"].items():
+            if mode.endswith("no_queries"):
+                continue  # the registry answers queries: its no-queries mode is a fallback
             kinds = data["kinds"]
             singles = {k: v for k, v in kinds.items() if k != "batch_issue"}
             if singles:
@@ -106,31 +108,18 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                         value <= MAX_CALLS_PER_BATCHED,
                     )
                 )
-    if "cost" in results:
-        for mode, kinds in results["cost"]["modes"].items():
-            singles = {k: v for k, v in kinds.items() if k != "batch_issue"}
-            if singles:
-                worst = max(singles.items(), key=lambda kv: kv[1]["usd_per_million"]["total_rest"])
-                value = worst[1]["usd_per_million"]["total_rest"]
-                issue = singles.get("issue", worst[1])["usd_per_million"]["total_rest"]
-                rows.append(
-                    (
-                        f"< {MAX_USD_SINGLE:g} USD per million single commands ({mode}, REST API)",
-                        f"issue {issue:.2f}; up to {value:.2f} ({worst[0]})",
-                        _verdict(value, MAX_USD_SINGLE, False),
-                        value < MAX_USD_SINGLE,
-                    )
+    if "cost" in results and "calls" in results:
+        for r in cost.targets_rows(results["cost"], results["calls"]):
+            rows.append(
+                (
+                    f"≤ {r['target']:g} USD per million, {r['kind']} ({r['mode']}, HTTP API)",
+                    f"{r['http']:.2f} (REST API {r['rest']:.2f}"
+                    + (f"; plain format {r['plain_http']:.2f}" if r["plain_http"] else "")
+                    + ")",
+                    _verdict(r["http"], r["target"], False),
+                    r["met"],
                 )
-            if "batch_issue" in kinds:
-                value = kinds["batch_issue"]["usd_per_million"]["total_rest"]
-                rows.append(
-                    (
-                        f"< {MAX_USD_BATCHED:g} USD per million batch-issued certificates ({mode})",
-                        f"{value:.2f}",
-                        _verdict(value, MAX_USD_BATCHED, False),
-                        value < MAX_USD_BATCHED,
-                    )
-                )
+            )
     if "throughput" in results:
         tp = results["throughput"]
         for entry in tp["sizes"]:
@@ -216,7 +205,8 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
     parts = [
         f"Run {meta['finished']} on {meta['machine']}, code at {meta['commit']}, "
         f"{meta['minutes']:.1f} minutes, load average {meta['load_before']:.1f} at the start "
-        f"(sections: {', '.join(meta['sections'])}{'; quick sizes' if meta['quick'] else ''}).",
+        f"(sections: {', '.join(meta['sections'])}{'; quick sizes' if meta['quick'] else ''})."
+        + (f" {meta['note']}" if meta.get("note") else ""),
         "",
         "### Targets",
         "",
@@ -227,18 +217,47 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             "### 1. AWS calls and capacity per command, accept to COMMITTED",
             "",
-            "Our code's calls: accept (API) + worker + the reconciler's share per command. "
-            "ESM: the event source mapping's ReceiveMessage and DeleteMessageBatch per command "
-            "as measured here (5 commands drained together; 0.2 with full batches of 10, "
-            "which the cost model assumes). WCU and RCU computed by DynamoDB's rules from the "
-            "requests and the stored items (bench/capacity.py).",
+            "Our code's calls: accept (API) + worker + the reconciler's share per command "
+            "(KMS and Secrets Manager included, in containers kept warm through the run). WCU "
+            "and RCU computed by DynamoDB's rules from the requests and the stored items "
+            "(bench/capacity.py); with small writes: the same writes if the stored "
+            "transactions and sealed secrets were in items written once (one put each), the "
+            "index entries likewise. KB written: the item sizes the writes were charged on, "
+            "summed (of which the write-once parts). Deliveries: how often the worker got the "
+            "message (a step waiting for its block is handed back and comes again). Registry "
+            "tx: transactions sent, and their serialized bytes.",
             "",
             calls.table(results["calls"]),
             "",
-            "Where they go (registry with queries, as the real registry behaves):",
+            "Where they go (proto format, registry with queries, as a deployed stage runs):",
             "",
             calls.breakdown(results["calls"]),
         ]
+        custody = calls.custody_table(results["calls"])
+        if custody:
+            parts += [
+                "",
+                "Custody per command (proto, queries): in containers kept warm (as above), and "
+                "with a new container for every API request, worker invocation and reconciler "
+                "pass (nothing cached: the worst case). Seed reads and puts: an owner's sealed "
+                "seed (registry/custody.py), each read followed by a KMS Decrypt.",
+                "",
+                custody,
+            ]
+        builds = ", ".join(
+            f"{kind} {k['builds']:.1f} ({k['build_cpu_ms']:.0f} ms)"
+            for kind, k in calls.ordered(
+                results["calls"]["modes"].get("proto/queries", {}).get("kinds", {})
+            )
+            if "builds" in k
+        )
+        if builds:
+            parts += [
+                "",
+                "Transactions built per command in the worker (proto, queries), and the "
+                f"builder's CPU per command (noisy: a shared machine): {builds}.",
+            ]
+
     if "cost" in results:
         c = results["cost"]
         a = c["assumptions"]
@@ -253,19 +272,36 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v} MB" for k, v in c["memory_mb"].items())
             + " (.chalice/config.json, prod); our CPU per "
             f"command without moto {cpu} (on Lambda x {a['full_vcpu_mb']} / memory MB, a "
-            "function's share of a vCPU); DynamoDB call "
-            f"{a['dynamodb_call_ms']:g} ms, SQS call {a['sqs_call_ms']:g} ms; registry send "
-            f"{a['registry_send_s']:g} s, commit wait {a['commit_wait_s']:g} s (query mode), "
-            f"status {a['registry_query_s']:g} s; {a['batch_fill']} messages per worker "
-            "invocation. The reconciler's fixed cost (lease, listing, expiry sweep) is "
+            "function's share of a vCPU), plus with proto the builder's CPU as measured; "
+            f"DynamoDB call {a['dynamodb_call_ms']:g} ms, SQS call {a['sqs_call_ms']:g} ms, "
+            f"KMS call {a['kms_call_ms']:g} ms; registry send {a['registry_send_s']:g} s, "
+            f"status {a['registry_query_s']:g} s (the worker does not wait for the block: "
+            f"{a['commit_wait_s']:g} s, charged only in the 'if it waited' column); "
+            f"{a['batch_fill']} deliveries per worker invocation. KMS: warm calls as measured, "
+            f"plus {a['owner_seed_miss_share']:g} of the seed opens and "
+            f"{a['cold_container_share']:g} of the data-key and issuer-key calls that a new "
+            "container makes. The reconciler's fixed cost (lease, listing, expiry sweep) is "
             f"{c['reconciler_fixed']['usd_per_month']:.2f} USD a month on top.",
             "",
             cost.table(c),
+            "",
+            "Lambda GB-seconds per command: the worker as it runs now (a step that waits for "
+            "its block hands the message back) and as the worker that waited in Lambda would "
+            "have paid for the same steps:",
+            "",
+            cost.lambda_table(c),
             "",
             "What would change it:",
             "",
             cost.sensitivity_table(c),
         ]
+        if "calls" in results:
+            parts += [
+                "",
+                "Targets of issue 16 (proto, queries, HTTP API) and what makes up each cost:",
+                "",
+                cost.targets_table(c, results["calls"]),
+            ]
     if "throughput" in results:
         tp = results["throughput"]
         parts += [
@@ -355,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
     parser.add_argument("--sizes", default=None, help="book sizes for throughput")
     parser.add_argument(
+        "--format",
+        type=calls.formats_of,
+        default=calls.FORMATS,
+        help="transaction format of the calls section: plain, proto or both (default)",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="rebuild the tables from --out's JSON files"
     )
     args = parser.parse_args(argv)
@@ -419,7 +461,9 @@ def _cpus() -> int:
 def _run(section: str, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     quick = args.quick
     if section == "calls":
-        return calls.run(reps=1 if quick else 5, batch=3 if quick else 100, log=log)
+        return calls.run(
+            reps=1 if quick else 5, batch=3 if quick else 100, log=log, formats=args.format
+        )
     if section == "profile":
         return profile.run(commands=3 if quick else 40, log=log)
     if section == "cost":

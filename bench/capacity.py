@@ -40,6 +40,18 @@ READ_UNIT = 4096
 SQS_CHUNK = 64 * 1024
 WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 READS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
+# Counted (calls only, no capacity) besides DynamoDB and SQS: custody's KMS data keys and
+# Decrypts, the issuers' keys read from a secret store, the reconciler's fan-out.
+COUNTED_SERVICES = ("dynamodb", "sqs", "kms", "secretsmanager", "ssm", "lambda")
+# What "small writes" (issue 16) would move out of the items whose state changes, into items
+# written once: the stored transactions and sealed secrets of a command, and the sealed
+# secrets of a certificate's slices.
+WRITE_ONCE_ATTRIBUTES = ("transactions", "sealed_slices")
+SEALED = "secret"
+# An owner's sealed seed (registry/custody.py), read and put by the worker: counted apart
+# ("dynamodb.GetItem (seed)") to show what custody costs.
+SEED_SUFFIX = " (seed)"
+WRITE_ONCE_KEY_BYTES = 60  # the keys of such an item (pk, sk: names and values)
 
 
 # --- item sizes ---------------------------------------------------------------------------------
@@ -78,6 +90,49 @@ def item_size(item: dict[str, Any] | None) -> int:
     if not item:
         return 0
     return sum(len(name.encode()) + value_size(v) for name, v in item.items())
+
+
+def write_once_size(item: dict[str, Any] | None) -> int:
+    """Bytes of an item that small writes would keep in items of their own: the command's
+    stored transactions and sealed slices (whole attributes) and every sealed slice secret
+    nested in the item (a certificate's slices), with their names."""
+    if not item:
+        return 0
+    size = 0
+    for name, value in item.items():
+        if name in WRITE_ONCE_ATTRIBUTES:
+            size += len(name.encode()) + value_size(value)
+        else:
+            size += _nested_secrets(value)
+    return size
+
+
+def without_write_once(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The item as small writes would keep it: no write-once parts (write_once_size)."""
+    if not item:
+        return item
+    return {k: _strip(v) for k, v in item.items() if k not in WRITE_ONCE_ATTRIBUTES}
+
+
+def _strip(value: dict[str, Any]) -> dict[str, Any]:
+    ((kind, v),) = value.items()
+    if kind == "M":
+        return {"M": {k: _strip(e) for k, e in v.items() if k != SEALED}}
+    if kind == "L":
+        return {"L": [_strip(e) for e in v]}
+    return value
+
+
+def _nested_secrets(value: dict[str, Any]) -> int:
+    ((kind, v),) = value.items()
+    if kind == "M":
+        return sum(
+            (1 + len(k.encode()) + value_size(e)) if k == SEALED else _nested_secrets(e)
+            for k, e in v.items()
+        )
+    if kind == "L":
+        return sum(_nested_secrets(e) for e in v)
+    return 0
 
 
 def write_units(size: int) -> int:
@@ -165,6 +220,13 @@ class Tally:
     sqs_requests: int = 0  # billed SQS requests (64 KB chunks)
     sqs_messages: int = 0  # messages sent/received/deleted
     failed_conditions: int = 0
+    # Table WCU if the write-once parts lived in items of their own (write_once_size): each
+    # write charged on the rest of the item, plus one put of each new write-once part.
+    wcu_table_small: float = 0.0
+    wcu_index_small: Counter = field(default_factory=Counter)
+    written_bytes: int = 0  # sum over table writes of the item size charged (the larger)
+    write_once_bytes: int = 0  # of which write-once parts (transactions, sealed secrets)
+    table_writes: int = 0
 
     @property
     def wcu(self) -> float:
@@ -182,6 +244,11 @@ class Tally:
         self.sqs_requests += other.sqs_requests
         self.sqs_messages += other.sqs_messages
         self.failed_conditions += other.failed_conditions
+        self.wcu_table_small += other.wcu_table_small
+        self.wcu_index_small.update(other.wcu_index_small)
+        self.written_bytes += other.written_bytes
+        self.write_once_bytes += other.write_once_bytes
+        self.table_writes += other.table_writes
 
     def scaled(self, factor: float) -> dict[str, Any]:
         return {
@@ -194,6 +261,12 @@ class Tally:
             "sqs_requests": self.sqs_requests * factor,
             "sqs_messages": self.sqs_messages * factor,
             "failed_conditions": self.failed_conditions * factor,
+            "wcu_table_small": self.wcu_table_small * factor,
+            "wcu_small": (self.wcu_table_small + sum(self.wcu_index_small.values())) * factor,
+            "wcu_index_small": {k: v * factor for k, v in sorted(self.wcu_index_small.items())},
+            "written_bytes": self.written_bytes * factor,
+            "write_once_bytes": self.write_once_bytes * factor,
+            "table_writes": self.table_writes * factor,
         }
 
 
@@ -214,7 +287,7 @@ class Meter:
         def after(**kwargs: Any) -> None:
             self._after(channel=channel, **kwargs)
 
-        for service in ("dynamodb", "sqs"):
+        for service in COUNTED_SERVICES:
             session.events.register(f"before-parameter-build.{service}", self._before)
             session.events.register(f"after-call.{service}", after)
 
@@ -261,9 +334,11 @@ class Meter:
         service = model.service_model.service_name
         op = model.name
         tally = self.tally(self.phase, channel)
-        tally.calls[f"{service}.{op}"] += 1
         ok = http_response.status_code < 300
         params = context.get("bench_params") or {}
+        key = params.get("Key") or params.get("Item") or {}
+        seed = str(key.get("pk", {}).get("S", "")).startswith("SEED#")
+        tally.calls[f"{service}.{op}" + (SEED_SUFFIX if seed else "")] += 1
         if service == "sqs":
             self._sqs(tally, op, params, parsed)
             return
@@ -326,14 +401,29 @@ class Meter:
         for table, key, old in before:
             if not ok:  # a failed condition is charged on the existing item (or 1)
                 tally.wcu_table += factor * write_units(item_size(old))
+                small = item_size(old) - write_once_size(old)
+                tally.wcu_table_small += factor * write_units(small)
                 tally.failed_conditions += 1
                 continue
             shape = self._shape(table)
             new = self._read(table, key)
             tally.wcu_table += factor * write_units(max(item_size(old), item_size(new)))
+            once_old, once_new = write_once_size(old), write_once_size(new)
+            charged = max(item_size(old), item_size(new))
+            tally.table_writes += 1
+            tally.written_bytes += charged
+            tally.write_once_bytes += max(once_old, once_new) if charged else 0
+            rest = max(item_size(old) - once_old, item_size(new) - once_new)
+            tally.wcu_table_small += factor * write_units(rest)
+            if once_new > once_old:  # new write-once parts: one put of an item of their own
+                own = once_new - once_old + WRITE_ONCE_KEY_BYTES
+                tally.wcu_table_small += factor * write_units(own)
+            small_old, small_new = without_write_once(old), without_write_once(new)
             for index in shape.indexes:
                 for units in index_writes(index, old, new, shape.keys):
                     tally.wcu_index[index.name] += factor * units
+                for units in index_writes(index, small_old, small_new, shape.keys):
+                    tally.wcu_index_small[index.name] += factor * units
 
     # --- DynamoDB reads ----------------------------------------------------------------------
 

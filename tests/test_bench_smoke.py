@@ -7,6 +7,8 @@ throughput never beats the registry's capacity).
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from bench import __main__ as bench_main
@@ -36,9 +38,9 @@ def test_calls_cost_and_report_at_tiny_sizes() -> None:
     measured = {
         "reps": 1,
         "batch": 3,
-        "modes": {"queries": calls.measure_mode(True, reps=1, batch=3, kinds=kinds)},
+        "modes": {"plain/queries": calls.measure_mode(True, reps=1, batch=3, kinds=kinds)},
     }
-    data = measured["modes"]["queries"]
+    data = measured["modes"]["plain/queries"]
     assert data["registry_duplicates"] == 0
     issue, batch = data["kinds"]["issue"], data["kinds"]["batch_issue"]
     for kind in data["kinds"].values():
@@ -52,7 +54,7 @@ def test_calls_cost_and_report_at_tiny_sizes() -> None:
     assert data["kinds"]["transfer_partial"]["registry"]["transactions"] == 2
 
     priced = cost.run(measured)
-    per_million = priced["modes"]["queries"]
+    per_million = priced["modes"]["plain/queries"]
     assert all(c["usd_per_million"]["total_rest"] > 0 for c in per_million.values())
     assert (
         per_million["batch_issue"]["usd_per_million"]["api_gateway_rest"]
@@ -73,6 +75,66 @@ def test_calls_cost_and_report_at_tiny_sizes() -> None:
     assert "### Targets" in text and "issue" in text
     readme = (bench_main.HERE / "README.md").read_text()
     assert bench_main.START in readme and bench_main.END in readme
+
+
+def test_both_transaction_formats_measured_and_priced() -> None:
+    """--format proto measures what a deployed stage would run: protobuf transactions with
+    proofs, sealed secrets, KMS and Secrets Manager calls; and the cost model prices them."""
+    kinds = ("issue", "transfer_whole")
+    plain = calls.measure_mode(True, reps=1, batch=2, kinds=kinds, fmt="plain")
+    proto = calls.measure_mode(True, reps=1, batch=2, kinds=kinds, fmt="proto")
+    cold = calls.measure_mode(True, reps=1, batch=2, kinds=("issue",), fmt="proto", cold=True)
+    assert proto["format"] == "proto" and plain["format"] == "plain"
+    for data in (plain, proto, cold):
+        assert data["registry_duplicates"] == 0
+        issue = data["kinds"]["issue"]
+        # The registry commits in blocks: the worker's first status query finds the step
+        # PENDING, the message is handed back (ChangeMessageVisibility) and comes again.
+        assert issue["invocations"]["worker_records"] == 2
+        assert issue["phases"]["worker"]["calls"]["sqs.ChangeMessageVisibility"] == 1
+        total = issue["total"]
+        assert 0 < total["wcu_small"] <= total["wcu"]
+        assert 0 < total["write_once_bytes"] < total["written_bytes"]
+    # The real transactions: signed, with a range proof, larger than the JSON envelope's,
+    # and built by the proto builder (its proofs cost CPU; plain's nearly none).
+    assert (
+        proto["kinds"]["issue"]["registry"]["bytes"] > plain["kinds"]["issue"]["registry"]["bytes"]
+    )
+    assert proto["kinds"]["issue"]["builds"] >= 1
+    assert not any(op.startswith("kms.") for op in plain["kinds"]["issue"]["total"]["calls"])
+    # A new container per invocation: the data key, the owner's seed and the issuers' keys.
+    worker = cold["kinds"]["issue"]["phases"]["worker"]["calls"]
+    assert worker["kms.GenerateDataKey"] >= 1 and worker["kms.Decrypt"] >= 1
+    assert worker["dynamodb.GetItem (seed)"] >= 1
+    assert worker["secretsmanager.GetSecretValue"] >= 1
+
+    measured = {
+        "reps": 1,
+        "batch": 2,
+        "modes": {"plain/queries": plain, "proto/queries": proto},
+        "custody_cold": cold,
+    }
+    priced = cost.run(measured)
+    issue = priced["modes"]["proto/queries"]["issue"]
+    assert issue["usd_per_million"]["kms"] > 0
+    assert priced["modes"]["plain/queries"]["issue"]["usd_per_million"]["kms"] == 0
+    # Not waiting for COMMITTED in Lambda is cheaper than waiting, on the same calls.
+    assert issue["lambda_gb_s"]["worker"] < issue["lambda_gb_s_if_sleeping"]["worker"]
+    assert (
+        priced["small_writes"]["proto/queries"]["issue"]["usd_per_million"]["total_http"]
+        <= issue["usd_per_million"]["total_http"]
+    )
+    rows = {r["kind"]: r for r in cost.targets_rows(priced, measured)}
+    assert rows["issue"]["target"] == 8.0 and rows["issue"]["mode"] == "proto/queries"
+    assert "issue" in cost.targets_table(priced, measured)
+    assert "a new one per invocation" in calls.custody_table(measured)
+
+
+def test_format_option() -> None:
+    assert calls.formats_of("both") == ("plain", "proto")
+    assert calls.formats_of("proto") == ("proto",)
+    with pytest.raises(argparse.ArgumentTypeError):
+        calls.formats_of("json")
 
 
 def test_profile_at_tiny_size() -> None:
