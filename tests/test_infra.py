@@ -331,7 +331,8 @@ def test_each_role_allows_exactly_the_calls_its_function_makes(templates, stage)
     assert actions_of(template, "APIHandler", "dynamodb") == dynamodb(book | health_dynamodb)
     assert actions_of(template, "APIHandler", "sqs") == sqs(sends | health_sqs)
     assert actions_of(template, "Worker", "dynamodb") == dynamodb(book)
-    assert actions_of(template, "Worker", "sqs") == EVENT_SOURCE_MAPPING_SQS
+    # and it queues what a committed command leads to (a withdrawal's unclaims)
+    assert actions_of(template, "Worker", "sqs") == EVENT_SOURCE_MAPPING_SQS | sqs(sends)
     assert actions_of(template, "Reconciler", "dynamodb") == dynamodb(book)
     assert actions_of(template, "Reconciler", "sqs") == sqs(sends)
 
