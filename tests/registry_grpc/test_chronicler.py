@@ -8,13 +8,10 @@ chronicler adapter to a simulated chronicler with its own key."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from chalicelib import domain
-from chalicelib.domain import CertificateType, CommandKind, CommandStatus, SliceRef, SliceState
+from chalicelib.domain import CertificateType, CommandStatus, SliceState
 from chalicelib.ports import Outcome
 from chalicelib.registry import chronicler, keys, protocodec
 from chalicelib.registry.builder import ProtoTransactionBuilder
@@ -23,7 +20,7 @@ from chalicelib.registry.crypto import pedersen
 from chalicelib.registry.port import RegistryRefused, TransactionStatus
 from chalicelib.registry.secrets import open_slice
 from tests.registry_grpc.pipeline import REGISTRY, ProtoPipeline
-from tests.registry_grpc.test_verifier import _built, _owner_secret, _resigned
+from tests.registry_grpc.test_verifier import _claim_built, _owner_secret, _resigned
 
 COMMITTED, FAILED = TransactionStatus.COMMITTED, TransactionStatus.FAILED
 UPSTREAM_REASON = "Not signed by Chronicler"
@@ -51,26 +48,6 @@ def _pair(p: ProtoPipeline, grid_area: str = "DK1"):
         type_=CertificateType.CONSUMPTION,
     )
     return production, consumption
-
-
-def _claim_built(p: ProtoPipeline, production, consumption) -> list[bytes]:
-    """allocate production, allocate consumption, claim production, claim consumption."""
-    now = p.now()
-    command = domain.Command(
-        command_id=str(uuid.uuid4()),
-        kind=CommandKind.CLAIM,
-        certificate_id=production[0],
-        caller="alice",
-        request_hash="test",
-        created_at=now,
-        updated_at=now,
-        slices=(
-            SliceRef(certificate_id=production[0], slice_id=production[1]),
-            SliceRef(certificate_id=consumption[0], slice_id=consumption[1]),
-        ),
-        quantity_wh=500,
-    )
-    return _built(p, command)
 
 
 def _with_signature(p: ProtoPipeline, tx: bytes, side, signature: bytes) -> bytes:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import uuid
 
 import pytest
 
 from chalicelib import domain
-from chalicelib.domain import CertificateType, CommandKind, SliceRef
+from chalicelib.domain import CertificateType
 from chalicelib.registry import attributes, protocodec
 from chalicelib.registry.builder import AttributeHasher, ProtoTransactionBuilder
 from chalicelib.registry.port import TransactionStatus
@@ -34,7 +33,7 @@ from chalicelib.registry.proto.project_origin.electricity.v1 import electricity_
 from chalicelib.registry.secrets import LocalSecretBox, SecretUnreadable
 from chalicelib.usecases import queries
 from tests.registry_grpc.pipeline import REGISTRY, ProtoPipeline
-from tests.registry_grpc.test_verifier import _built
+from tests.registry_grpc.test_verifier import _built, _claim_built
 
 COMMITTED, FAILED = TransactionStatus.COMMITTED, TransactionStatus.FAILED
 
@@ -111,25 +110,6 @@ def test_an_issue_carries_salted_hashes_and_no_asset_id_hash_and_the_book_keeps_
     assert other.hashed_attributes["address"].registry_value != hashed.registry_value
     with pytest.raises(SecretUnreadable):  # a sealed salt copied onto another certificate
         attributes.open_salt(p.box, again, "address", hashed.salt)
-
-
-def _claim_built(p: ProtoPipeline, production, consumption) -> list[bytes]:
-    now = p.now()
-    command = domain.Command(
-        command_id=str(uuid.uuid4()),
-        kind=CommandKind.CLAIM,
-        certificate_id=production[0],
-        caller="alice",
-        request_hash="test",
-        created_at=now,
-        updated_at=now,
-        slices=(
-            SliceRef(certificate_id=production[0], slice_id=production[1]),
-            SliceRef(certificate_id=consumption[0], slice_id=consumption[1]),
-        ),
-        quantity_wh=500,
-    )
-    return _built(p, command)
 
 
 def _pair(p: ProtoPipeline, production_attributes=None, consumption_attributes=None, hour=0):

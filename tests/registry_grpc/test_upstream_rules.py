@@ -14,8 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from chalicelib import domain
-from chalicelib.domain import CertificateType, CommandKind, CommandStatus, SliceRef, SliceState
+from chalicelib.domain import CertificateType, CommandStatus, SliceState
 from chalicelib.registry import keys, protocodec
 from chalicelib.registry.crypto import pedersen
 from chalicelib.registry.port import TransactionStatus
@@ -23,7 +22,7 @@ from chalicelib.registry.proto.project_origin.common.v1 import common_pb2
 from chalicelib.registry.proto.project_origin.electricity.v1 import electricity_pb2 as el
 from chalicelib.registry.proto.project_origin.registry.v1 import registry_pb2 as reg
 from tests.registry_grpc.pipeline import REGISTRY, ProtoPipeline
-from tests.registry_grpc.test_verifier import _built, _owner_secret, _resigned
+from tests.registry_grpc.test_verifier import _built, _claim_built, _owner_secret, _resigned
 
 COMMITTED, FAILED = TransactionStatus.COMMITTED, TransactionStatus.FAILED
 
@@ -58,27 +57,6 @@ def _pair(p: ProtoPipeline, production_attributes=None, consumption_attributes=N
         attributes=consumption_attributes,
     )
     return (production, pslice), (consumption, cslice)
-
-
-def _claim_built(p: ProtoPipeline, production, consumption) -> list[bytes]:
-    """The four transactions of a claim, built without asking accept (which now refuses some
-    of the pairs the registry refuses): allocate x2, claim x2."""
-    now = p.now()
-    command = domain.Command(
-        command_id=str(uuid.uuid4()),
-        kind=CommandKind.CLAIM,
-        certificate_id=production[0],
-        caller="alice",
-        request_hash="test",
-        created_at=now,
-        updated_at=now,
-        slices=(
-            SliceRef(certificate_id=production[0], slice_id=production[1]),
-            SliceRef(certificate_id=consumption[0], slice_id=consumption[1]),
-        ),
-        quantity_wh=500,
-    )
-    return _built(p, command)
 
 
 def _header_for(template: bytes, payload_type: str, payload: bytes) -> reg.TransactionHeader:
