@@ -24,6 +24,7 @@ import grpc
 from chalicelib.registry import chronicler, protocodec
 from chalicelib.registry.crypto import pedersen
 from chalicelib.registry.crypto.ristretto import scalar_to_bytes
+from chalicelib.registry.grpc_client import open_channel
 from chalicelib.registry.port import RegistryRefused, RegistryUnavailable
 from chalicelib.registry.proto.project_origin.chronicler.v1 import chronicler_pb2 as ch
 
@@ -49,11 +50,7 @@ class GrpcChronicler:
         channel: grpc.Channel | None = None,
     ) -> None:
         if channel is None:
-            channel = (
-                grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
-                if tls
-                else grpc.insecure_channel(target)
-            )
+            channel = open_channel(target, tls, root_certificates)
         self.target = target
         self._channel = channel
         self._timeout_s = timeout_s

@@ -82,6 +82,13 @@ class RegistryCallRefused(Exception):
     answered with something this client does not understand: not a fault to retry."""
 
 
+def open_channel(target: str, tls: bool, root_certificates: bytes | None) -> grpc.Channel:
+    """A channel to a registry or a chronicler: TLS (with these roots, or the system's) or plain."""
+    if tls:
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+    return grpc.insecure_channel(target)
+
+
 class GrpcRegistry:
     def __init__(
         self,
@@ -98,11 +105,7 @@ class GrpcRegistry:
         channel: grpc.Channel | None = None,
     ) -> None:
         if channel is None:
-            channel = (
-                grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
-                if tls
-                else grpc.insecure_channel(target)
-            )
+            channel = open_channel(target, tls, root_certificates)
         self._channel = channel
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
