@@ -230,9 +230,7 @@ class Clients:
             partners = [
                 (c, s)
                 for c, s in self.slices(caller, type_=CertificateType.CONSUMPTION)
-                if c.status == CertificateStatus.ACTIVE
-                and c.grid_area == prod_cert.grid_area
-                and (c.period.contains(prod_cert.period) or prod_cert.period.contains(c.period))
+                if c.status == CertificateStatus.ACTIVE and _pairs_up(prod_cert, c)
             ]
             if partners:
                 c, s = rng.choice(partners)
@@ -302,9 +300,7 @@ class Clients:
             (pc, ps, cc, cs)
             for pc, ps in self.slices("alice", type_=CertificateType.PRODUCTION)
             for cc, cs in self.slices("alice", type_=CertificateType.CONSUMPTION)
-            if CertificateStatus.ACTIVE == pc.status == cc.status
-            and pc.grid_area == cc.grid_area
-            and (cc.period.contains(pc.period) or pc.period.contains(cc.period))
+            if CertificateStatus.ACTIVE == pc.status == cc.status and _pairs_up(pc, cc)
         ]
         if pairs:
             pc, ps, cc, cs = pairs[rng.randrange(len(pairs))]
@@ -430,3 +426,12 @@ class Clients:
         if reading:
             world.checks.read_isolated(world, call, answer)
         return answer
+
+
+def _pairs_up(production, consumption) -> bool:
+    """A claim's pair as accept checks it (domain.check_claim_pair): one grid area, and one
+    period inside the other."""
+    return production.grid_area == consumption.grid_area and (
+        production.period.contains(consumption.period)
+        or consumption.period.contains(production.period)
+    )
