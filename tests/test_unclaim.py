@@ -280,3 +280,44 @@ def test_an_unclaim_settled_after_its_certificate_was_withdrawn_leaves_the_slice
     ]
     assert given_back.state == SliceState.WITHDRAWN
     p.check_settled()
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["in-flight", "ended"])
+def test_an_unclaim_on_its_way_is_not_drift(settled: bool) -> None:
+    """Soak seed 416336: the unclaim reached the registry, its worker died before writing
+    the outcome; the reconciler, comparing the certificate meanwhile, found the slice claimed
+    in the book and free in the registry, "repaired" it and audited drift that never was. An
+    unclaim still on its way is work in flight; once it has ended (here: refused by hand, so
+    the book never gives the slice back), the same difference is drift, and is repaired."""
+    p = Pipeline(queries=True)
+    production, consumption, _ = _claimed(p)
+    p.withdraw(consumption)
+    p.run(worker=_without_queue(p))
+    (unclaim,) = _unclaims(p)
+    crashing = p.make_worker(registry=Crashing(p.registry, Counter(1, "after")))
+    with pytest.raises(Crash):
+        crashing.process([Delivery(unclaim.command_id, unclaim.certificate_id, False)])
+    p.vclock.advance(2)  # the registry has committed it, the book does not know
+    if settled:
+        ended = p.command(unclaim.command_id).model_copy(
+            update={"status": CommandStatus.REJECTED, "error": "refused by hand"}
+        )
+        p.book.commands[unclaim.command_id] = ended
+    before = p.book.get_certificate(production)
+
+    drift = p.make_reconciler()._align(production)
+
+    if settled:
+        assert drift == "drift_repaired"
+        assert [a["action"] for a in p.book.audits(production)] == ["claim_state"]
+        assert not _claimed_slices(p, production)
+    else:
+        assert drift == "aligned"
+        assert p.book.audits(production) == []
+        assert p.book.get_certificate(production) == before
+        p.vclock.advance(300)
+        p.settle()
+        assert p.command(unclaim.command_id).status == CommandStatus.COMMITTED
+        assert not _claimed_slices(p, production)
+        assert p.book.audits(production) == []
+        p.check_settled()

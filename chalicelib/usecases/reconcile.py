@@ -350,6 +350,8 @@ class Reconciler:
                 found.append({"action": "issued_in_registry", "book": cert.status.value})
                 cert = cert.model_copy(update={"status": domain.CertificateStatus.ACTIVE})
             aligned, repairs = domain.align(cert, views, truth.withdrawn)
+            if self._unclaim_in_flight(cert, repairs):
+                return cert  # its effect is on its way too (an unclaim holds nothing)
             found.extend(repairs)
             return aligned
 
@@ -369,6 +371,19 @@ class Reconciler:
             self.book.add_audit(certificate_id, now, entry)
             observability.event("drift.repaired", certificate_id=certificate_id, **entry)
         return "drift_repaired"
+
+    def _unclaim_in_flight(self, cert: domain.Certificate, repairs: list[dict]) -> bool:
+        """Whether a slice the registry has as no longer claimed is being given back by an
+        unclaim still on its way. Read only on such drift, so an aligned certificate costs
+        nothing more."""
+        for entry in repairs:
+            if entry["action"] != "claim_state" or entry["claimed"]:
+                continue
+            claim_id = cert.slices[entry["slice_id"]].claimed_by
+            unclaim = self.book.get_command(domain.unclaim_id_for(claim_id)) if claim_id else None
+            if unclaim is not None and not unclaim.is_terminal:
+                return True
+        return False
 
     # --- expiry ------------------------------------------------------------------------------
 
