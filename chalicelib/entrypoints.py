@@ -8,7 +8,7 @@ from typing import Any
 
 from chalicelib import observability
 from chalicelib.adapters.fanout import shard_of_event
-from chalicelib.adapters.sqs import batch_response, delivery_of
+from chalicelib.adapters.sqs import batch_response, delivery_of, receive_count
 from chalicelib.ports import Delivery, DependencyDown, Outcome, PoisonMessage
 from chalicelib.usecases import shards
 from chalicelib.usecases.process import Worker
@@ -36,7 +36,7 @@ def handle_queue_event(
             deliveries.append((i, delivery_of(record)))
         except PoisonMessage as exc:
             observability.event(
-                "delivery.poison", reason=str(exc), receive_count=_receive_count(record)
+                "delivery.poison", reason=str(exc), receive_count=receive_count(record)
             )
             outcomes[i] = Outcome.FAILED
             if group:
@@ -45,7 +45,7 @@ def handle_queue_event(
         deliveries, worker.process([d for _, d in deliveries]), strict=True
     ):
         outcomes[i] = outcome
-        if outcome == Outcome.FAILED and _receive_count(records[i]) >= max_receives:
+        if outcome == Outcome.FAILED and receive_count(records[i]) >= max_receives:
             worker.give_up(delivery, "processing failed on every receive")
     _check_again_later(records, outcomes, worker, max_receives, postpone)
     return batch_response(records, outcomes)
@@ -65,7 +65,7 @@ def _check_again_later(
     for i, record in enumerate(records):
         group = record.get("attributes", {}).get("MessageGroupId")
         if outcomes[i] == Outcome.LATER and group not in delays:
-            delay = worker.check_again_in(_receive_count(record), max_receives)
+            delay = worker.check_again_in(receive_count(record), max_receives)
             if delay is None:
                 outcomes[i] = Outcome.DONE
                 continue
@@ -75,13 +75,6 @@ def _check_again_later(
                 postpone(record["receiptHandle"], delays[group])
             except DependencyDown as exc:  # it comes back after the queue's own timeout
                 observability.event("delivery.postpone_failed", reason=str(exc))
-
-
-def _receive_count(record: dict[str, Any]) -> int:
-    try:
-        return int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
-    except (TypeError, ValueError):
-        return 1
 
 
 def handle_schedule(

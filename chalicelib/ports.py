@@ -270,6 +270,9 @@ class Delivery:
     holds_taken: bool = True  # False when re-driven: the API may have died before its holds
     command: Command | None = None  # the command as accepted, when the API queued it
     certificates: dict[str, Certificate] | None = None  # as its holds left them
+    # How often the queue has handed the message out (SQS's ApproximateReceiveCount). Past
+    # the first, the command may have moved on since the message was written.
+    receives: int = 1
 
 
 Clock = Callable[[], datetime]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,6 +75,7 @@ class FifoQueue:
         batch = [self.pending.popleft() for _ in range(min(limit, len(self.pending)))]
         for message in batch:
             message.receives += 1
+            message.delivery = replace(message.delivery, receives=message.receives)
         return batch
 
     def give_back(self, messages: list[Message]) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
 
-from chalicelib.domain import CertificateType, CommandKind, CommandStatus, SliceState
+from chalicelib.adapters.sqs import delivery_of
+from chalicelib.domain import CertificateType, Command, CommandKind, CommandStatus, SliceState
 from chalicelib.entrypoints import handle_queue_event
 from chalicelib.ports import Delivery, Outcome
 from tests.pipeline import Pipeline
@@ -405,3 +407,69 @@ def test_a_re_driven_command_whose_accept_died_before_its_holds_takes_them_first
     p.run()
     assert p.command(late.command_id).status == CommandStatus.COMMITTED
     p.check_invariants()
+
+
+# --- a message received again ----------------------------------------------------------------
+
+
+class _CountingBuilder:
+    """The worker's builder, counting the builds per command."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self.builds: Counter[str] = Counter()
+
+    def build(self, command: Command, certificates: Any) -> Any:
+        self.builds[command.command_id] += 1
+        return self._target.build(command, certificates)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+@pytest.mark.parametrize("kind", ["issue", "slice", "transfer", "part", "claim", "withdraw"])
+def test_a_command_is_built_once_however_often_its_message_comes_back(kind: str) -> None:
+    """A message comes back while its command waits for the registry (every step that is
+    PENDING at first), still carrying the command as accepted. Taken at its word, the
+    command was built again on every receive, only for the guard to find it moved on: the
+    bulletproofs of a claim, five times over. Past the first receive the book is read."""
+    p = Pipeline(queries=True)  # each step PENDING at first: the message comes back
+    worker = p.make_worker()
+    builder = worker.builder = _CountingBuilder(worker.builder)
+    cert = p.issued()
+    consumption = p.issued(gsrn="571313000000000002", type_=CertificateType.CONSUMPTION)
+    command = {
+        "issue": lambda: p.issue(hour=1),
+        "slice": lambda: p.slice("alice", *cert, [400, 600]),
+        "transfer": lambda: p.transfer("alice", *cert, "bob", 1000),
+        "part": lambda: p.transfer("alice", *cert, "bob", 400),
+        "claim": lambda: p.claim("alice", cert, consumption, 400),
+        "withdraw": lambda: p.withdraw(cert[0]),
+    }[kind]()
+    receives = []
+    real_receive = p.queue.receive
+
+    def receive(limit: int = 10) -> list:
+        batch = real_receive(limit)
+        receives.extend(m.receives for m in batch)
+        return batch
+
+    p.queue.receive = receive  # type: ignore[method-assign]
+    p.run(worker=worker)
+
+    done = p.command(command.command_id)
+    assert done.status == CommandStatus.COMMITTED, done.error
+    assert max(receives) > 1  # it did come back
+    assert builder.builds == Counter({command.command_id: 1})
+    p.check_invariants()
+
+
+@pytest.mark.parametrize(
+    ("attributes", "receives"),
+    [({"ApproximateReceiveCount": "3"}, 3), ({}, 1), ({"ApproximateReceiveCount": "x"}, 1)],
+)
+def test_a_delivery_knows_how_often_its_message_was_received(
+    attributes: dict, receives: int
+) -> None:
+    record = {"messageId": "m", "body": json.dumps({"command_id": "c", "certificate_id": "g"})}
+    assert delivery_of({**record, "attributes": attributes}).receives == receives

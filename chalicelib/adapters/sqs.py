@@ -59,6 +59,7 @@ def delivery_of(record: dict[str, Any]) -> Delivery:
             command_id=str(body["command_id"]),
             group=record.get("attributes", {}).get("MessageGroupId") or body["certificate_id"],
             holds_taken=bool(body.get("holds", True)),
+            receives=receive_count(record),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise PoisonMessage(f"unreadable message {record.get('messageId')}: {exc}") from exc
@@ -73,6 +74,14 @@ def delivery_of(record: dict[str, Any]) -> Delivery:
     if command is not None and command.command_id != delivery.command_id:
         return delivery
     return replace(delivery, command=command, certificates=certificates or None)
+
+
+def receive_count(record: dict[str, Any]) -> int:
+    """How often SQS has handed the record out (1 when it does not say)."""
+    try:
+        return int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def batch_response(records: list[dict[str, Any]], outcomes: list[Outcome | None]) -> dict:

@@ -202,10 +202,13 @@ class Worker:
         """Take the guard for the command's current step, or say why not.
 
         A message from the API carries the command as accepted and the certificates as its
-        holds left them: then the guard itself is the first call to the book, and its
-        condition (ACCEPTED, at step 0) says whether the snapshot is still the truth. A
-        re-driven message carries only the id: then the command is read first."""
-        command = delivery.command if delivery.holds_taken else None
+        holds left them: on its first receive the guard itself is the first call to the book,
+        and its condition (ACCEPTED, at step 0) says whether the snapshot is still the truth.
+        A message received again (a worker died or handed it back) most likely carries a
+        command that has moved on, whose step would be built for nothing before the guard
+        failed: then, as for a re-driven message (only the id), the command is read first."""
+        first_receive = delivery.holds_taken and delivery.receives <= 1
+        command = delivery.command if first_receive else None
         if command is None:
             command = self.book.get_command(delivery.command_id)
             if command is None:
