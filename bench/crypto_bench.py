@@ -28,8 +28,8 @@ from chalicelib.registry.crypto.interface import prove_range, verify_range
 from chalicelib.registry.crypto.pedersen import commit
 from chalicelib.registry.crypto.ristretto import random_scalar
 from chalicelib.registry.keys import IssuerKeys, SandboxOwnerKeys
+from chalicelib.registry.sandbox.verifier import ProtoLedger
 from chalicelib.registry.secrets import LocalSecretBox
-from chalicelib.registry.verifier import ProtoLedger
 from chalicelib.usecases import accept
 from chalicelib.usecases.process import apply_outcome
 

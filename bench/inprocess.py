@@ -261,7 +261,7 @@ def harness(
         import app as app_module
         from chalicelib import composition
         from chalicelib.api.auth import mint_token
-        from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+        from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
         from chalicelib.settings import Settings
         from devstack import resources
         from devstack.poller import QueuePoller
@@ -290,7 +290,7 @@ def harness(
         ledger = None
         if fmt == "proto":
             from chalicelib.registry.keys import IssuerKeys
-            from chalicelib.registry.verifier import ProtoLedger
+            from chalicelib.registry.sandbox.verifier import ProtoLedger
 
             root = settings.registry_sandbox_secret.get_secret_value().encode()
             ledger = ProtoLedger(IssuerKeys.sandbox(root).public_keys)

@@ -32,7 +32,7 @@ from bench.inprocess import harness
 
 ROOT = str(Path(__file__).resolve().parent.parent) + "/"
 OWNERS = (  # (bucket, path fragment), the first match wins
-    ("registry simulator", ROOT + "chalicelib/registry/simulator.py"),
+    ("registry simulator", ROOT + "chalicelib/registry/sandbox/simulator.py"),
     ("harness", ROOT + "devstack/poller.py"),
     ("harness", ROOT + "bench/"),
     ("ours", ROOT + "chalicelib/"),

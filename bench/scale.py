@@ -323,7 +323,7 @@ class World:
     def __init__(self, s: Scenario, seed: int = 1) -> None:
         from chalicelib.adapters.memory import InMemoryBook
         from chalicelib.registry.builder import PlainTransactionBuilder
-        from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+        from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
         from chalicelib.settings import Settings
         from chalicelib.usecases.process import Worker
 

@@ -409,7 +409,7 @@ def run(
     log: Callable = print,
 ) -> dict[str, Any]:
     from chalicelib import domain
-    from chalicelib.registry.simulator import SimulatorConfig
+    from chalicelib.registry.sandbox.simulator import SimulatorConfig
     from devstack.stack import Stack, StackOptions, free_port
 
     os.environ["CERTS_JWT_SECRET"] = SECRET

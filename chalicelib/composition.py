@@ -248,11 +248,11 @@ def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> R
         return HttpRegistry(
             settings.registry_url, settings.registry_timeout_s, settings.registry_queries
         )
-    from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+    from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 
     ledger = None
     if uses_proto(settings):
-        from chalicelib.registry.verifier import ProtoLedger
+        from chalicelib.registry.sandbox.verifier import ProtoLedger
 
         ledger = ProtoLedger(
             (issuer_keys or issuer_keys_for(settings)).public_keys,

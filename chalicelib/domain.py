@@ -882,7 +882,7 @@ def trial_value(cert: Certificate) -> str | None:
 
 
 def same_trial_type(production: str | None, consumption: str | None) -> bool:
-    """The registry's match (registry/rules.py): equal values exactly, or one missing and
+    """The registry's match (registry/sandbox/rules.py): equal values exactly, or one missing and
     the other "false"."""
     return (
         production == consumption

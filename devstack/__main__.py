@@ -16,7 +16,7 @@ import threading
 import time
 
 from chalicelib.api.auth import mint_token
-from chalicelib.registry.simulator import SimulatorConfig
+from chalicelib.registry.sandbox.simulator import SimulatorConfig
 from chalicelib.settings import (
     DEVELOPMENT_JWT_SECRET,
     Settings,

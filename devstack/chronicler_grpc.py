@@ -1,8 +1,9 @@
 """A simulated chronicler over gRPC (Project Origin's ChroniclerService), on 127.0.0.1 only.
 
-It signs claim intents with its own Ed25519 key (registry/chronicler.py, SimulatedChronicler);
-a registry simulator told that key for a grid area then refuses allocations there that it has
-not signed. `available = False` makes it answer UNAVAILABLE, as a chronicler that is down.
+It signs claim intents with its own Ed25519 key (SimulatedChronicler, in
+registry/sandbox/chronicler.py); a registry simulator told that key for a grid area then
+refuses allocations there that it has not signed. `available = False` makes it answer
+UNAVAILABLE, as a chronicler that is down.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from concurrent import futures
 
 import grpc
 
-from chalicelib.registry.chronicler import SimulatedChronicler
 from chalicelib.registry.port import RegistryRefused
 from chalicelib.registry.proto.project_origin.chronicler.v1 import chronicler_pb2 as ch
 from chalicelib.registry.proto.project_origin.chronicler.v1 import chronicler_pb2_grpc
+from chalicelib.registry.sandbox.chronicler import SimulatedChronicler
 
 
 class ChroniclerServicer(chronicler_pb2_grpc.ChroniclerServiceServicer):

@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--registry-protocol grpc needs the demo's own stack (no --url)")
     stack = None
     if args.url is None:
-        from chalicelib.registry.simulator import SimulatorConfig
+        from chalicelib.registry.sandbox.simulator import SimulatorConfig
         from devstack.stack import Stack, StackOptions, free_port
 
         print("starting a stack on 127.0.0.1 ...", file=sys.stderr)

@@ -13,8 +13,8 @@ faults, mapped to what a client of the real registry would see:
 
     python -m devstack.registry_grpc --port 8101 --seed 1 --sandbox-secret <secret>
 
-verifies protobuf transactions (registry/verifier.py) with the sandbox issuer keys derived from
-the secret, as the service derives them from CERTS_REGISTRY_SANDBOX_SECRET. With
+verifies protobuf transactions (registry/sandbox/verifier.py) with the sandbox issuer keys
+derived from the secret, as the service derives them from CERTS_REGISTRY_SANDBOX_SECRET. With
 `--chronicler DK1,DK2 --chronicler-port 8102` it also serves a chronicler of its own (a fresh
 Ed25519 key, printed) and requires its signature on allocations in those grid areas.
 """
@@ -36,7 +36,7 @@ from chalicelib.registry.port import (
 )
 from chalicelib.registry.proto.project_origin.registry.v1 import registry_pb2 as reg
 from chalicelib.registry.proto.project_origin.registry.v1 import registry_pb2_grpc
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -103,7 +103,7 @@ def serve(simulator: RegistrySimulator, host: str = "127.0.0.1", port: int = 0):
 
 def main(argv: list[str] | None = None) -> None:
     from chalicelib.registry.keys import IssuerKeys
-    from chalicelib.registry.verifier import ProtoLedger
+    from chalicelib.registry.sandbox.verifier import ProtoLedger
 
     parser = argparse.ArgumentParser(
         prog="python -m devstack.registry_grpc",
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if areas:
         import base64
 
-        from chalicelib.registry.chronicler import SimulatedChronicler
+        from chalicelib.registry.sandbox.chronicler import SimulatedChronicler
         from devstack.chronicler_grpc import ChroniclerGrpcServer
 
         chronicler = ChroniclerGrpcServer(SimulatedChronicler(), port=args.chronicler_port)

@@ -38,7 +38,7 @@ from chalicelib.registry.port import (
     RegistryRefused,
     RegistryUnavailable,
 )
-from chalicelib.registry.simulator import (
+from chalicelib.registry.sandbox.simulator import (
     CONFIG_FIELDS,
     LogEntry,
     RegistrySimulator,

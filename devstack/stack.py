@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 
 from chalicelib import composition
-from chalicelib.registry.simulator import SimulatorConfig
+from chalicelib.registry.sandbox.simulator import SimulatorConfig
 from chalicelib.settings import Settings
 from devstack import motoserver, ops_page, registry_server, resources
 from devstack.poller import QueuePoller
@@ -147,8 +147,8 @@ class Stack:
         """The verifying simulator over gRPC, as a real registry is reached, with real proofs
         and signatures; the same simulator also answers the HTTP control plane (faults, log)
         that the demo and tests use. A gRPC registry answers queries: sends are PENDING."""
-        from chalicelib.registry.simulator import RegistrySimulator
-        from chalicelib.registry.verifier import ProtoLedger
+        from chalicelib.registry.sandbox.simulator import RegistrySimulator
+        from chalicelib.registry.sandbox.verifier import ProtoLedger
         from devstack import registry_grpc
 
         # The issuers' keys of the very settings the service signs with (CERTS_REGISTRY_ISSUER_KEYS,
@@ -182,7 +182,7 @@ class Stack:
             return {}
         import base64
 
-        from chalicelib.registry.chronicler import SimulatedChronicler
+        from chalicelib.registry.sandbox.chronicler import SimulatedChronicler
         from chalicelib.settings import ChroniclerTarget
         from devstack.chronicler_grpc import ChroniclerGrpcServer
 

@@ -23,7 +23,7 @@ from chalicelib.domain import (
 )
 from chalicelib.ports import Delivery, DependencyDown, Outcome
 from chalicelib.registry.builder import PlainTransactionBuilder
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from chalicelib.usecases import accept
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler, resolve_by_operator

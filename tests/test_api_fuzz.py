@@ -36,7 +36,7 @@ import app as app_module
 from chalicelib import composition
 from chalicelib.adapters.memory import InMemoryBook, InMemoryQueue
 from chalicelib.api.auth import SharedSecretVerifier
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from tests.conftest import SECRET, token
 from tests.conftest import settings as service_settings
 

@@ -32,7 +32,7 @@ import app as app_module
 from certs_cli.__main__ import main
 from certs_cli.render import Progress
 from chalicelib.composition import utc_now
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from chalicelib.settings import DEVELOPMENT_JWT_SECRET
 from devstack.poller import QueuePoller
 from tests.conftest import SECRET

@@ -11,7 +11,7 @@ import pytest
 from chalice.test import Client
 
 import app as app_module
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from devstack.poller import QueuePoller
 from tests.conftest import token
 

@@ -15,7 +15,7 @@ from chalice.test import Client
 import app as app_module
 from chalicelib.registry import attributes
 from chalicelib.registry.envelope import Transaction
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from devstack.poller import QueuePoller
 from tests.conftest import token
 

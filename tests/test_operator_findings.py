@@ -116,7 +116,7 @@ def test_a_certificate_whose_issue_is_still_on_its_way_is_left_alone() -> None:
 
 @pytest.fixture
 def stack(moto_services, aws):
-    from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+    from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 
     # Every send applies and its answer is lost: every command ends IN_DOUBT.
     registry = RegistrySimulator(SimulatorConfig(queries=True, ambiguous_rate=1.0))

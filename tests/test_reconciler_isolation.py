@@ -13,7 +13,7 @@ from chalicelib import domain
 from chalicelib.api import models as m
 from chalicelib.domain import CommandStatus
 from chalicelib.registry.envelope import transaction_id_of
-from chalicelib.registry.simulator import RegistrySimulator
+from chalicelib.registry.sandbox.simulator import RegistrySimulator
 from tests.pipeline import Pipeline
 
 

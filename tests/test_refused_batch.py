@@ -14,7 +14,7 @@ import pytest
 from chalicelib.domain import CommandStatus, SliceState
 from chalicelib.registry.http_client import HttpRegistry
 from chalicelib.registry.port import RegistryRefused
-from chalicelib.registry.simulator import RegistrySimulator
+from chalicelib.registry.sandbox.simulator import RegistrySimulator
 from devstack.registry_server import serve
 from tests.pipeline import Pipeline
 from tests.registry_grpc.pipeline import ProtoPipeline

@@ -24,7 +24,7 @@ from moto import mock_aws
 
 import app as app_module
 from chalicelib import composition
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from devstack.poller import QueuePoller
 from tests.conftest import settings as service_settings
 from tests.conftest import token

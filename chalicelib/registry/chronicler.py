@@ -17,17 +17,13 @@ chronicler, so a chronicler call is safe to repeat and none of its failures is a
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from chalicelib.registry import protocodec
-from chalicelib.registry.crypto import pedersen
-from chalicelib.registry.crypto.ristretto import scalar_to_bytes
 from chalicelib.registry.port import RegistryRefused
 from chalicelib.registry.proto.project_origin.chronicler.v1 import chronicler_pb2 as ch
 
@@ -72,53 +68,6 @@ def check_quantity(quantity: int) -> None:
     if not 0 < quantity <= MAX_QUANTITY:
         # The wire field is an int32: a larger slice cannot be registered with a chronicler.
         raise RegistryRefused(f"a claim intent's quantity must be 1..{MAX_QUANTITY}")
-
-
-@dataclass(frozen=True)
-class Intent:
-    """A claim intent as a chronicler recorded it."""
-
-    registry: str
-    certificate_id: str
-    quantity: int
-    commitment: bytes
-
-
-class SimulatedChronicler:
-    """A chronicler with its own Ed25519 key: in-process for tests, served over gRPC by
-    devstack/chronicler_grpc.py. It records every intent, as the real one stores them."""
-
-    def __init__(self, signing_key: Ed25519PrivateKey | None = None) -> None:
-        self._key = signing_key or Ed25519PrivateKey.generate()
-        self._lock = threading.Lock()
-        self.intents: list[Intent] = []
-
-    def __repr__(self) -> str:  # never print key material
-        return f"SimulatedChronicler({self.public_key.hex()[:12]}..)"
-
-    @property
-    def public_key(self) -> bytes:
-        return self._key.public_key().public_bytes_raw()
-
-    def register_claim_intent(
-        self, registry: str, certificate_id: str, quantity: int, blinding: int
-    ) -> bytes:
-        check_quantity(quantity)
-        return self.sign_request(registry, certificate_id, quantity, scalar_to_bytes(blinding))
-
-    def sign_request(
-        self, registry: str, certificate_id: str, quantity: int, random_r: bytes
-    ) -> bytes:
-        """What the service does with a ClaimIntentRequest: the commitment from the quantity
-        and blinding, recorded, and the intent signed."""
-        if len(random_r) != 32:
-            raise RegistryRefused("random_r must be a 32-byte scalar")
-        check_quantity(quantity)
-        blinding = int.from_bytes(random_r, "little")
-        commitment = pedersen.commit(quantity, blinding)
-        with self._lock:
-            self.intents.append(Intent(registry, certificate_id, quantity, commitment))
-        return self._key.sign(claim_intent(registry, certificate_id, commitment))
 
 
 class Chroniclers:

@@ -26,7 +26,7 @@ from chalicelib.registry.port import (
     RegistryUnavailable,
     TransactionStatus,
 )
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from devstack.registry_server import RegistryServer, serve
 from tests.registry.builders import issue, new_id, transfer
 

@@ -14,7 +14,7 @@ from chalicelib.registry.port import (
     RegistryUnavailable,
     TransactionStatus,
 )
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from tests.registry.builders import issue, new_id, slice_, transfer
 
 S = TransactionStatus

@@ -6,7 +6,7 @@ import pytest
 
 from chalicelib.registry.envelope import ISSUED, TRANSFERRED, Transaction
 from chalicelib.registry.port import TransactionStatus
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from chalicelib.registry.stream import fold
 from tests.registry.builders import (
     HOUR,

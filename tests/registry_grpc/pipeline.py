@@ -9,14 +9,15 @@ from datetime import timedelta
 from typing import Any
 
 from chalicelib.registry.builder import ProtoTransactionBuilder
-from chalicelib.registry.chronicler import Chroniclers, SimulatedChronicler
+from chalicelib.registry.chronicler import Chroniclers
 from chalicelib.registry.chronicler_grpc import GrpcChronicler
 from chalicelib.registry.grpc_client import GrpcRegistry
 from chalicelib.registry.keys import IssuerKeys, SandboxOwnerKeys
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
+from chalicelib.registry.sandbox.chronicler import SimulatedChronicler
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.verifier import ProtoLedger
 from chalicelib.registry.secrets import LocalSecretBox
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
-from chalicelib.registry.verifier import ProtoLedger
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler
 from devstack.chronicler_grpc import ChroniclerGrpcServer

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 import app as app_module
 from chalicelib import composition
 from chalicelib.domain import Command, CommandKind, SliceRef
-from chalicelib.registry.chronicler import SimulatedChronicler
 from chalicelib.registry.chronicler_grpc import GrpcChronicler
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
-from chalicelib.registry.verifier import ProtoLedger
+from chalicelib.registry.sandbox.chronicler import SimulatedChronicler
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.verifier import ProtoLedger
 from chalicelib.settings import Settings, describe
 from devstack.chronicler_grpc import ChroniclerGrpcServer
 from devstack.poller import QueuePoller

@@ -15,8 +15,8 @@ from chalicelib.registry.builder import ProtoTransactionBuilder
 from chalicelib.registry.grpc_client import GrpcRegistry
 from chalicelib.registry.port import TransactionStatus
 from chalicelib.registry.protocodec import ProtoCodec
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
-from chalicelib.registry.verifier import ProtoLedger
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.verifier import ProtoLedger
 from devstack.poller import QueuePoller
 from devstack.registry_grpc import RegistryGrpcServer
 from tests.conftest import token

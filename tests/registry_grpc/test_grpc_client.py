@@ -22,7 +22,7 @@ from chalicelib.registry.port import (
 )
 from chalicelib.registry.proto.project_origin.electricity.v1 import electricity_pb2 as el
 from chalicelib.registry.proto.project_origin.registry.v1 import registry_pb2 as reg
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from devstack.registry_grpc import RegistryGrpcServer
 
 

@@ -51,7 +51,7 @@ from chalicelib.registry import envelope
 from chalicelib.registry.builder import PlainTransactionBuilder
 from chalicelib.registry.envelope import transaction_id_of
 from chalicelib.registry.port import RegistryAmbiguous, RegistryUnavailable
-from chalicelib.registry.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
+from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from chalicelib.settings import Settings
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler

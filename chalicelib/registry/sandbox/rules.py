@@ -1,6 +1,6 @@
 """The registry's rules, once, for both of the simulator's wire formats.
 
-The plain envelope (registry/simulator.py) and the real protobuf format (registry/verifier.py)
+The plain envelope (sandbox/simulator.py) and the real protobuf format (sandbox/verifier.py)
 parse their bytes into the events below and hand them to `Rules`; what differs between the two
 is only how a signature, a key, a quantity and a proof are checked, which each format supplies
 as `Checks`. So a rule added here holds for both.

@@ -24,7 +24,6 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from chalicelib.registry import rules
 from chalicelib.registry.envelope import (
     ALLOCATED,
     CLAIMED,
@@ -44,7 +43,8 @@ from chalicelib.registry.port import (
     RegistryUnavailable,
     TransactionStatus,
 )
-from chalicelib.registry.rules import TransactionRefused
+from chalicelib.registry.sandbox import rules
+from chalicelib.registry.sandbox.rules import TransactionRefused
 
 MAX_QUANTITY = 2**32 - 1  # quantities are committed as 32-bit integers
 MIN_PERIOD = timedelta(minutes=1)
@@ -185,7 +185,7 @@ class RegistrySimulator:
         self._hits = {"calls": 0, "outage": 0, "ambiguous": 0, "lost": 0, "oversized": 0}
         self._rules = _Rules(signatures or SignerIds())
         # What the registry verifies and holds: the plain envelope's rules by default, or the
-        # real wire format's verifier (registry/verifier.py). The drift helpers below
+        # real wire format's verifier (registry/sandbox/verifier.py). The drift helpers below
         # (set_owner, split_slice, withdraw) speak the plain envelope only.
         self._ledger: Ledger = ledger or _PlainLedger(self._rules)
         self._log: list[LogEntry] = []
@@ -464,7 +464,7 @@ class RegistrySimulator:
         return receipt
 
 
-# --- the registry's state and verifier: the plain envelope's side of registry/rules.py -------
+# --- the registry's state and verifier: the plain envelope's side of sandbox/rules.py -----------
 
 
 class Ledger(Protocol):
@@ -573,7 +573,7 @@ class _PlainChecks:
 
 
 class _Rules(rules.Rules):
-    """registry/rules.py over the plain envelope: its JSON payloads made into the rules' events."""
+    """sandbox/rules.py over the plain envelope: its JSON payloads made into the rules' events."""
 
     def __init__(self, signatures: SignatureCheck) -> None:
         super().__init__(_PlainChecks(signatures))

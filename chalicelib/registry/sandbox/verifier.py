@@ -17,7 +17,7 @@ and changes state last). Per event:
   certificate withdrawn; signed by the owner of this side's slice. Withdrawn: issuer-signed,
   not withdrawn yet.
 
-The rules themselves are registry/rules.py's, shared with the plain envelope; this module
+The rules themselves are registry/sandbox/rules.py's, shared with the plain envelope; this module
 turns protobuf transactions into its events and checks keys, signatures and proofs for it.
 Owner keys may be secp256k1 (what we sign with) or Ed25519 (KeyType.ED25519), as upstream.
 
@@ -35,13 +35,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chalicelib.registry import chronicler, keys, protocodec, rules
+from chalicelib.registry import chronicler, keys, protocodec
 from chalicelib.registry.crypto import equality, pedersen
 from chalicelib.registry.crypto.interface import DEFAULT_RANGE_PROVER, RangeProver
 from chalicelib.registry.crypto.ristretto import InvalidEncoding, Point
 from chalicelib.registry.proto.project_origin.electricity.v1 import electricity_pb2 as el
 from chalicelib.registry.protocodec import Parsed
-from chalicelib.registry.rules import TransactionRefused, refuse
+from chalicelib.registry.sandbox import rules
+from chalicelib.registry.sandbox.rules import TransactionRefused, refuse
 
 MIN_PERIOD, MAX_PERIOD = rules.MIN_PERIOD, rules.MAX_PERIOD
 AVAILABLE, ALLOCATED, CLAIMED = rules.AVAILABLE, rules.ALLOCATED, rules.CLAIMED
