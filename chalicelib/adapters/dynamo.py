@@ -14,6 +14,12 @@ Items (pk / sk):
   expire. The shard (crc32 of the id) spreads one day's certificates over partitions: at Danish
   volume a day's issuance would pass one key's 1,000 WCU/s. Items written before the shard
   (a bare day) are still swept by the unsharded listing.
+- CMD#<command id> / BUILT#<created_at>: the command's transactions and sealed secrets, put
+  once when it is first built and never written again ("small writes"): every later write of
+  the command item (a state change, its copy in `by_change`) is then charged on a few hundred
+  bytes instead of kilobytes of proofs. The command item says `built`; the sort key names
+  the command's incarnation (its created_at), so that a command forgotten after a failed send
+  and accepted again under the same id never inherits a build left by the first one.
 - CMD#<command id> / RECEIVED: a committed transfer as its receiver sees it (by_caller index).
 - OWNER#<owner> / HOLD#<period start>#<certificate id>: the owner holds or held slices of that
   certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
@@ -35,6 +41,7 @@ import contextlib
 import json
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -193,10 +200,46 @@ def _by_caller_pk(caller: str, kind: CommandKind, command_id: str) -> str:
     return f"{caller}#{kind.value}"
 
 
-def _command_from(item: dict[str, Any]) -> Command:
-    command = Command.model_validate(_from_item(item))
+# What a build adds to a command, kept in its BUILT item (see the module's docstring).
+_BUILT_FIELDS = ("transactions", "sealed_slices", "sealed_attributes")
+_BUILT_CACHE = 4096  # builds kept per book (a container): written once, so never stale
+
+
+def _built_key(command_id: str, created_at: str) -> dict[str, Any]:
+    return _command_key(command_id, f"BUILT#{created_at}")
+
+
+def _built_key_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {"pk": item["pk"], "sk": {"S": f"BUILT#{item['created_at']['S']}"}}
+
+
+def command_from(item: dict[str, Any], build: dict[str, Any] | None) -> Command:
+    """The command of a CMD or RECEIVED item and its build (the BUILT item's fields, or the
+    item itself), which it must have if the item says `built`."""
+    values = _from_item(item)
+    if values.pop("built", None):
+        if build is None:  # put before the item said so: a book that lost data
+            raise RuntimeError(f"the build of command {item['pk']['S']} is missing")
+        if "pk" in build:
+            build = {k: v for k, v in _from_item(build).items() if k in _BUILT_FIELDS}
+        values.update(build)
+    command = Command.model_validate(values)
     # A RECEIVED item is the receiver's copy: the slice they got, not the one the sender spent.
     return domain.as_received(command) if item["sk"]["S"] == "RECEIVED" else command
+
+
+def _built(command: Command) -> dict[str, Any]:
+    """What the command's BUILT item holds."""
+    values = command.model_dump(mode="json", include=set(_BUILT_FIELDS), exclude_none=True)
+    return {k: v for k, v in values.items() if v}
+
+
+def _unbuilt(command: Command) -> dict[str, Any]:
+    """The command's own item: without its build, which only `built` mentions."""
+    values = command.model_dump(mode="json", exclude_none=True, exclude=set(_BUILT_FIELDS))
+    if _built(command):
+        values["built"] = True
+    return values
 
 
 class DynamoBook:
@@ -216,6 +259,7 @@ class DynamoBook:
         self._feed_lag = timedelta(seconds=feed_lag_s)
         self.shards = open_shards  # the reconciler's shards: one pass per open-commands shard
         self._expiry_shards = expiry_shards
+        self._builds: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     # --- low-level calls, with AWS errors translated in one place ----------------------------
 
@@ -232,10 +276,13 @@ class DynamoBook:
     def _get(self, key: dict[str, Any]) -> dict[str, Any] | None:
         return self._call("get_item", Key=key, ConsistentRead=True).get("Item")
 
-    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _batch_get(
+        self, keys: list[dict[str, Any]], consistent: bool = False
+    ) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), 100):  # BatchGetItem takes at most 100 keys
-            pending: dict[str, Any] = {self._table: {"Keys": keys[start : start + 100]}}
+            batch = {"Keys": keys[start : start + 100], "ConsistentRead": consistent}
+            pending: dict[str, Any] = {self._table: batch}
             while pending:
                 try:
                     answer = self._db.batch_get_item(RequestItems=pending)
@@ -248,9 +295,7 @@ class DynamoBook:
     # --- commands ----------------------------------------------------------------------------
 
     def _command_item(self, command: Command) -> dict[str, Any]:
-        values = command.model_dump(mode="json", exclude_none=True)
-        if not values.get("transactions"):
-            values.pop("transactions", None)  # absent until built: see Transition.set_once
+        values = _unbuilt(command)
         values.update(pk=f"CMD#{command.command_id}", sk="CMD")
         # Every kind is listed per caller (GET /v1/commands): one index write unit per
         # command, at this put only (the index holds keys, which never change).
@@ -275,6 +320,9 @@ class DynamoBook:
         }
 
     def add_command(self, command: Command) -> None:
+        if _built(command):  # built already (never so at accept): its build goes first
+            created_at = command.model_dump(mode="json", include={"created_at"})["created_at"]
+            self._put_built(command.command_id, created_at, _built(command))
         try:
             self._call(
                 "put_item",
@@ -283,11 +331,73 @@ class DynamoBook:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            raise DuplicateCommand(_command_from(exc.response["Item"])) from exc
+            raise DuplicateCommand(self._command_from(exc.response["Item"])) from exc
 
     def get_command(self, command_id: str) -> Command | None:
-        item = self._get(_command_key(command_id))
-        return _command_from(item) if item else None
+        item = self._command_record(command_id)
+        return self._command_from(item) if item else None
+
+    def _command_record(self, command_id: str) -> dict[str, Any] | None:
+        """The command's item, its build remembered: one read, as BUILT#... sorts before CMD."""
+        answer = self._call(
+            "query",
+            KeyConditionExpression="pk = :pk AND sk <= :cmd",
+            ExpressionAttributeValues={":pk": {"S": f"CMD#{command_id}"}, ":cmd": {"S": "CMD"}},
+            ConsistentRead=True,
+        )
+        items = {i["sk"]["S"]: i for i in answer.get("Items", [])}
+        item = items.get("CMD")
+        if item is None:
+            return None
+        built = items.get(_built_key_of(item)["sk"]["S"])
+        if built is not None:
+            self._remember_build(item, built)
+        return item
+
+    # --- builds: written once, in items of their own -----------------------------------------
+
+    def _put_built(self, command_id: str, created_at: str, fields: dict[str, Any]) -> bool:
+        """Store a build of the command's incarnation unless one is stored; whether it was."""
+        item = {**_built_key(command_id, created_at), **_to_item(fields)}
+        try:
+            self._call("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError:
+            return False
+        return True
+
+    def _remember_build(self, item: dict[str, Any], built: dict[str, Any]) -> None:
+        key = (item["pk"]["S"], item["created_at"]["S"])
+        self._builds[key] = {k: v for k, v in _from_item(built).items() if k in _BUILT_FIELDS}
+        self._builds.move_to_end(key)
+        while len(self._builds) > _BUILT_CACHE:
+            self._builds.popitem(last=False)
+
+    def _commands_from(self, items: list[dict[str, Any]]) -> list[Command]:
+        """Command (and RECEIVED) items as commands, their builds read in one batch."""
+        self._read_builds(items)
+        return [self._command_from(i) for i in items]
+
+    def _read_builds(self, items: list[dict[str, Any]]) -> None:
+        missing = {
+            (i["pk"]["S"], i["created_at"]["S"]): _built_key_of(i)
+            for i in items
+            if "built" in i and (i["pk"]["S"], i["created_at"]["S"]) not in self._builds
+        }
+        if missing:
+            found = {
+                (b["pk"]["S"], b["sk"]["S"]): b
+                for b in self._batch_get(list(missing.values()), consistent=True)
+            }
+            for item in items:
+                built = found.get((item["pk"]["S"], _built_key_of(item)["sk"]["S"]))
+                if built is not None:
+                    self._remember_build(item, built)
+
+    def _command_from(self, item: dict[str, Any]) -> Command:
+        key = (item["pk"]["S"], item["created_at"]["S"])
+        if "built" in item and key not in self._builds:  # from a write's answer, or an index
+            self._read_builds([item])
+        return command_from(item, self._builds.get(key))
 
     def transition(self, command_id: str, change: Transition) -> Command:
         expected = (
@@ -300,6 +410,10 @@ class DynamoBook:
         # Serialize the changed fields through the model so types match what is stored.
         probe = Command.model_construct(**change.changes)
         dumped = probe.model_dump(mode="json", include=set(change.changes))
+        build = {k: v for k in _BUILT_FIELDS if (v := dumped.pop(k, None))}
+        if build:  # stored apart, once (a build is never replaced); the item only says so
+            self._store_build(command_id, build)
+            dumped["built"] = True
         sets = {
             **dumped,
             "status": change.target.value,
@@ -310,7 +424,9 @@ class DynamoBook:
         names = {f"#f{i}": name for i, name in enumerate(sets)}
         values = {f":v{i}": value for i, value in enumerate(sets.values())}
         expression = "SET " + ", ".join(
-            f"#f{i} = if_not_exists(#f{i}, :v{i})" if name in change.set_once else f"#f{i} = :v{i}"
+            f"#f{i} = if_not_exists(#f{i}, :v{i})"
+            if name in change.set_once or name == "built"
+            else f"#f{i} = :v{i}"
             for i, name in enumerate(sets)
         )
         if change.reconciled and change.target in domain.TERMINAL_STATUSES:
@@ -336,8 +452,21 @@ class DynamoBook:
             )
         except ClientError as exc:
             old = exc.response.get("Item")
-            raise StaleCommand(_command_from(old) if old else None) from exc
-        return _command_from(answer["Attributes"])
+            raise StaleCommand(self._command_from(old) if old else None) from exc
+        return self._command_from(answer["Attributes"])
+
+    def _store_build(self, command_id: str, build: dict[str, Any]) -> None:
+        """Put the build for the command as it is now, unless it has one (then that one stays,
+        as `if_not_exists` kept the first build when it was an attribute). Before the command
+        item says `built`: a crash in between leaves a build that the next guard uses."""
+        current = self._command_record(command_id)
+        if current is None or "built" in current:
+            return  # gone (the guard will say so), or built: the stored build stays
+        created_at = current["created_at"]["S"]
+        if self._put_built(command_id, created_at, build):
+            key = (f"CMD#{command_id}", created_at)
+            self._builds[key] = build
+            self._builds.move_to_end(key)
 
     def forget_command(self, command: Command) -> None:
         # If a worker took it meanwhile, the condition fails and the worker, finding the holds
@@ -354,7 +483,7 @@ class DynamoBook:
     def note_receipt(self, command: Command) -> None:
         """Let the receiver of a committed transfer see it in their list."""
         assert command.receiver is not None
-        values = command.model_dump(mode="json", exclude_none=True)
+        values = _unbuilt(command)  # its build is the command's (same key, same created_at)
         values.update(
             pk=f"CMD#{command.command_id}",
             sk="RECEIVED",
@@ -393,11 +522,8 @@ class DynamoBook:
         # at every state change): the commands themselves come in one batch read, in order.
         keys = [{"pk": i["pk"], "sk": i["sk"]} for i in answer.get("Items", [])]
         found = {(i["pk"]["S"], i["sk"]["S"]): i for i in self._batch_get(keys)}
-        items = [
-            _command_from(found[(k["pk"]["S"], k["sk"]["S"])])
-            for k in keys
-            if (k["pk"]["S"], k["sk"]["S"]) in found
-        ]
+        in_order = [found.get((k["pk"]["S"], k["sk"]["S"])) for k in keys]
+        items = self._commands_from([i for i in in_order if i is not None])
         return Page(items=items, next_cursor=_encode_cursor(answer.get("LastEvaluatedKey")))
 
     def own_commands(self, query: CommandQuery) -> Page[Command]:
@@ -441,8 +567,10 @@ class DynamoBook:
             for start in range(0, len(keys), query.limit):
                 chunk = keys[start : start + query.limit]
                 got = {
-                    i["pk"]["S"]: _command_from(i)
-                    for i in self._batch_get([{"pk": k["pk"], "sk": k["sk"]} for k in chunk])
+                    f"CMD#{c.command_id}": c
+                    for c in self._commands_from(
+                        self._batch_get([{"pk": k["pk"], "sk": k["sk"]} for k in chunk])
+                    )
                 }
                 for key in chunk:
                     command = got.get(key["pk"]["S"])
@@ -489,7 +617,7 @@ class DynamoBook:
             while len(mine) < limit:
                 answer = self._call("query", **args)
                 keys = [{"pk": i["pk"], "sk": i["sk"]} for i in answer.get("Items", [])]
-                mine += [c for c in map(_command_from, self._batch_get(keys)) if wanted(c)]
+                mine += [c for c in self._commands_from(self._batch_get(keys)) if wanted(c)]
                 if "LastEvaluatedKey" not in answer:
                     break
                 args["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
@@ -574,7 +702,7 @@ class DynamoBook:
             args["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
         found = {
             c.command_id: c
-            for c in map(_command_from, self._batch_get([_command_key(i) for i in ids[:limit]]))
+            for c in self._commands_from(self._batch_get([_command_key(i) for i in ids[:limit]]))
         }
         return [found[i] for i in ids[:limit] if i in found]
 
@@ -1131,4 +1259,4 @@ class DynamoBook:
         self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Command]:
         entries, position = self._changes(f"FEED#{owner}#{kind.value}", since, cursor, limit)
-        return Page(items=[_command_from(e) for e in entries], next_cursor=changes.encode(position))
+        return Page(items=self._commands_from(entries), next_cursor=changes.encode(position))

@@ -27,7 +27,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.dynamo_type import DynamoType
 
-from chalicelib.adapters.dynamo import DynamoBook, _certificate_from, _command_from
+from chalicelib.adapters.dynamo import DynamoBook, _certificate_from, command_from
 from chalicelib.domain import Certificate, Command, SliceRef
 
 TABLE = "simulation-book"
@@ -118,8 +118,10 @@ class DynamoView:
         item = self._stored(f"CMD#{command_id}", "CMD")
         if item is None:
             self.commands.pop(command_id, None)
-        else:
-            self.commands[command_id] = _command_from(item)
+            return
+        # Its build, in an item of its own (small writes), put before the item says `built`.
+        build = self._stored(f"CMD#{command_id}", f"BUILT#{item['created_at']['S']}")
+        self.commands[command_id] = command_from(item, build)
 
     def _certificate(self, certificate_id: str) -> None:
         item = self._stored(f"CERT#{certificate_id}", "CERT")

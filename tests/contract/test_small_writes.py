@@ -1,0 +1,127 @@
+"""The DynamoDB book's small writes: a command's build (its transactions and sealed secrets)
+is put once in an item of its own, so that every later write of the command item, and its
+copy in the `by_change` index, is charged on the command's few hundred bytes, not on its
+proofs. Against the table as infra/ defines it, on moto."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from chalicelib.adapters.dynamo import DynamoBook
+from chalicelib.domain import CommandStatus
+from chalicelib.ports import StaleCommand, Transition
+from tests.conftest import settings
+from tests.contract.test_book_contract import a_command, at
+
+ACCEPTED, SENDING, SENT = CommandStatus.ACCEPTED, CommandStatus.SENDING, CommandStatus.SENT
+ONCE = frozenset({"transactions", "sealed_slices", "sealed_attributes"})
+# About what a part transfer's proto build weighs: three transactions with range proofs.
+PROOFS = tuple(base64.b64encode(bytes([n]) * 6_000).decode() for n in range(3))
+
+
+@pytest.fixture
+def book(aws) -> DynamoBook:
+    return DynamoBook(aws.client("dynamodb"), settings().table_name)
+
+
+def _items(book: DynamoBook, command_id: str) -> dict[str, dict]:
+    answer = book._db.query(
+        TableName=book._table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"CMD#{command_id}"}},
+    )
+    return {i["sk"]["S"].split("#")[0]: i for i in answer["Items"]}
+
+
+def _size(item: dict) -> int:
+    return sum(len(k) + len(str(v)) for k, v in item.items())
+
+
+def _built(book: DynamoBook, command_id: str, transactions=PROOFS, minutes: int = 1):
+    return book.transition(
+        command_id,
+        Transition(
+            ACCEPTED,
+            SENDING,
+            at(minutes),
+            step=0,
+            changes={"transactions": transactions, "attempts": 1},
+            set_once=ONCE,
+        ),
+    )
+
+
+def test_the_build_is_stored_apart_and_the_command_item_stays_small(book) -> None:
+    cmd = a_command()
+    book.add_command(cmd)
+    moved = _built(book, cmd.command_id)
+    assert moved.transactions == PROOFS
+    book.transition(cmd.command_id, Transition(SENDING, SENT, at(2)))
+
+    items = _items(book, cmd.command_id)
+    assert set(items) == {"CMD", "BUILT"}
+    assert "transactions" not in items["CMD"] and items["CMD"]["built"] == {"BOOL": True}
+    assert _size(items["CMD"]) < 1_024 < 18_000 < _size(items["BUILT"])
+    fresh = DynamoBook(book._db, book._table)  # another container: nothing remembered
+    assert fresh.get_command(cmd.command_id) == book.get_command(cmd.command_id)
+    assert fresh.get_command(cmd.command_id).transactions == PROOFS
+
+
+def test_the_first_build_stays_whoever_builds_again(book) -> None:
+    cmd = a_command()
+    book.add_command(cmd)
+    _built(book, cmd.command_id)
+    book.transition(cmd.command_id, Transition(SENDING, ACCEPTED, at(2)))
+    again = _built(book, cmd.command_id, transactions=("b3RoZXI=",), minutes=3)
+    assert again.transactions == PROOFS
+    assert DynamoBook(book._db, book._table).get_command(cmd.command_id).transactions == PROOFS
+
+
+def test_a_build_whose_guard_lost_is_the_one_the_next_guard_uses(book) -> None:
+    """A worker stored its build, then lost the guard (or died): the build stays, unsent, and
+    the next worker's guard sends it rather than its own, as when the build was an attribute
+    written `if_not_exists`."""
+    cmd = a_command()
+    book.add_command(cmd)
+    book.transition(cmd.command_id, Transition(ACCEPTED, SENDING, at(1), step=0))
+    with pytest.raises(StaleCommand):
+        _built(book, cmd.command_id, minutes=2)  # stored, then the guard failed
+    book.transition(cmd.command_id, Transition(SENDING, ACCEPTED, at(3)))
+    assert book.get_command(cmd.command_id).transactions == ()  # nothing says built yet
+    assert _built(book, cmd.command_id, ("bmV3",), minutes=4).transactions == PROOFS
+
+
+def test_a_command_accepted_again_under_its_id_never_inherits_an_old_build(book) -> None:
+    """The API forgets a command whose message could not be queued; a worker may still have
+    stored a build for it (the send was ambiguous and the message got through). The client's
+    retry records the command again, created anew: its build is its own."""
+    first = a_command(minutes=0)
+    book.add_command(first)
+    book._store_build(first.command_id, {"transactions": list(PROOFS)})
+    book.forget_command(first)
+    assert _items(book, first.command_id).keys() == {"BUILT"}  # left behind
+
+    again = a_command(minutes=5)
+    assert again.command_id == first.command_id
+    book.add_command(again)
+    assert book.get_command(again.command_id).transactions == ()
+    mine = ("bWluZQ==",)
+    assert _built(book, again.command_id, mine, minutes=6).transactions == mine
+    assert DynamoBook(book._db, book._table).get_command(again.command_id).transactions == mine
+
+
+def test_lists_and_feeds_carry_the_build(book) -> None:
+    cmd = a_command()
+    book.add_command(cmd)
+    _built(book, cmd.command_id)
+    fresh = DynamoBook(book._db, book._table, feed_lag_s=0)
+    (listed,) = fresh.commands_of(cmd.caller, cmd.kind, 10, None).items
+    (opened,) = DynamoBook(book._db, book._table).open_commands(at(60), 10)
+    (fed,) = (
+        DynamoBook(book._db, book._table, feed_lag_s=0)
+        .command_changes(cmd.caller, cmd.kind, None, None, 10)
+        .items
+    )
+    assert listed.transactions == opened.transactions == fed.transactions == PROOFS
