@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import threading
 import uuid
 import zlib
 from collections import OrderedDict
@@ -260,6 +261,7 @@ class DynamoBook:
         self.shards = open_shards  # the reconciler's shards: one pass per open-commands shard
         self._expiry_shards = expiry_shards
         self._builds: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._builds_lock = threading.Lock()  # a book may serve threads (the embedded stack)
 
     # --- low-level calls, with AWS errors translated in one place ----------------------------
 
@@ -366,11 +368,15 @@ class DynamoBook:
         return True
 
     def _remember_build(self, item: dict[str, Any], built: dict[str, Any]) -> None:
-        key = (item["pk"]["S"], item["created_at"]["S"])
-        self._builds[key] = {k: v for k, v in _from_item(built).items() if k in _BUILT_FIELDS}
-        self._builds.move_to_end(key)
-        while len(self._builds) > _BUILT_CACHE:
-            self._builds.popitem(last=False)
+        fields = {k: v for k, v in _from_item(built).items() if k in _BUILT_FIELDS}
+        self._keep_build((item["pk"]["S"], item["created_at"]["S"]), fields)
+
+    def _keep_build(self, key: tuple[str, str], fields: dict[str, Any]) -> None:
+        with self._builds_lock:
+            self._builds[key] = fields
+            self._builds.move_to_end(key)
+            while len(self._builds) > _BUILT_CACHE:
+                self._builds.popitem(last=False)
 
     def _commands_from(self, items: list[dict[str, Any]]) -> list[Command]:
         """Command (and RECEIVED) items as commands, their builds read in one batch."""
@@ -465,8 +471,7 @@ class DynamoBook:
         created_at = current["created_at"]["S"]
         if self._put_built(command_id, created_at, build):
             key = (f"CMD#{command_id}", created_at)
-            self._builds[key] = build
-            self._builds.move_to_end(key)
+            self._keep_build(key, build)
 
     def forget_command(self, command: Command) -> None:
         # If a worker took it meanwhile, the condition fails and the worker, finding the holds
