@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
-import app as app_module
-from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from devstack.poller import QueuePoller
+from tests.app_on_moto import app_on_moto, post_accepted
 from tests.conftest import token
 
 ISSUER = {"Authorization": "Bearer " + token("issuer-dk", "issuer")}
@@ -22,27 +21,8 @@ BOB = {"Authorization": "Bearer " + token("bob")}
 
 @pytest.fixture(params=[False, True], ids=["no-queries", "queries"])
 def stack(request, moto_services, aws):
-    moto_services.registry = RegistrySimulator(
-        SimulatorConfig(queries=request.param, commit_delay_s=0.0)
-    )
-    moto_services.settings = moto_services.settings.model_copy(update={"commit_check_s": 1.0})
-    app_module.use_services(moto_services)
-    sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName=moto_services.settings.queue_name)["QueueUrl"]
-    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
-    with Client(app_module.app) as client:
-        yield client, poller, moto_services
-    app_module.use_services(None)
-
-
-def _post(client: Client, path: str, body: Any, headers: dict, key: str) -> Any:
-    answer = client.http.post(
-        path,
-        body=json.dumps(body),
-        headers={**headers, "Content-Type": "application/json", "Idempotency-Key": key},
-    )
-    assert answer.status_code == 202, answer.body
-    return json.loads(answer.body)
+    with app_on_moto(moto_services, aws, queries=request.param) as running:
+        yield running
 
 
 def _get(client: Client, path: str, headers: dict) -> Any:
@@ -59,7 +39,7 @@ def _committed(client: Client, poller: QueuePoller, accepted: Any, headers: dict
 
 
 def _issue(client, poller, owner: str, type_: str, gsrn: str, quantity: int) -> str:
-    accepted = _post(
+    accepted = post_accepted(
         client,
         "/v1/certificates",
         {
@@ -90,7 +70,7 @@ def test_issue_slice_transfer_claim_and_withdraw_go_from_202_to_committed(stack)
     consumption = _issue(client, poller, "alice", "consumption", "571313000000000002", 400)
     (whole,) = _slices(client, production, ALICE).values()
 
-    sliced = _post(
+    sliced = post_accepted(
         client,
         f"/v1/certificates/{production}/slices",
         {"slice_id": whole, "quantities_wh": [600, 400]},
@@ -101,7 +81,7 @@ def test_issue_slice_transfer_claim_and_withdraw_go_from_202_to_committed(stack)
     parts = _slices(client, production, ALICE)
     assert set(parts) == {600, 400}
 
-    moved = _post(
+    moved = post_accepted(
         client,
         "/v1/transfers",
         {
@@ -121,7 +101,7 @@ def test_issue_slice_transfer_claim_and_withdraw_go_from_202_to_committed(stack)
     ]
 
     (consumed,) = _slices(client, consumption, ALICE).values()
-    claimed = _post(
+    claimed = post_accepted(
         client,
         "/v1/claims",
         {
@@ -137,7 +117,9 @@ def test_issue_slice_transfer_claim_and_withdraw_go_from_202_to_committed(stack)
     assert [(s["quantity_wh"], s["state"]) for s in view["slices"]] == [(400, "claimed")]
     assert len(_get(client, "/v1/claims", ALICE)["items"]) == 1
 
-    withdrawn = _post(client, f"/v1/certificates/{consumption}/withdraw", {}, ISSUER, "withdraw-1")
+    withdrawn = post_accepted(
+        client, f"/v1/certificates/{consumption}/withdraw", {}, ISSUER, "withdraw-1"
+    )
     _committed(client, poller, withdrawn, ISSUER)
     assert _get(client, f"/v1/certificates/{consumption}", ISSUER)["status"] == "withdrawn"
     # The consumption was claimed: its withdrawal gives alice the production part back, by an
@@ -163,7 +145,7 @@ def test_a_withdrawal_leaves_no_slice_of_the_certificate_usable(stack) -> None:
     client, poller, _ = stack
     production = _issue(client, poller, "alice", "production", "571313000000000001", 1000)
     (whole,) = _slices(client, production, ALICE).values()
-    sliced = _post(
+    sliced = post_accepted(
         client,
         f"/v1/certificates/{production}/slices",
         {"slice_id": whole, "quantities_wh": [600, 400]},
@@ -172,7 +154,9 @@ def test_a_withdrawal_leaves_no_slice_of_the_certificate_usable(stack) -> None:
     )
     _committed(client, poller, sliced, ALICE)
 
-    withdrawn = _post(client, f"/v1/certificates/{production}/withdraw", {}, ISSUER, "withdraw-1")
+    withdrawn = post_accepted(
+        client, f"/v1/certificates/{production}/withdraw", {}, ISSUER, "withdraw-1"
+    )
     _committed(client, poller, withdrawn, ISSUER)
 
     view = _get(client, f"/v1/certificates/{production}", ALICE)

@@ -12,11 +12,9 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
-import app as app_module
 from chalicelib.registry import attributes
 from chalicelib.registry.envelope import Transaction
-from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
-from devstack.poller import QueuePoller
+from tests.app_on_moto import app_on_moto, post_accepted
 from tests.conftest import token
 
 ISSUER = {"Authorization": "Bearer " + token("issuer-dk", "issuer")}
@@ -27,27 +25,9 @@ BOB = {"Authorization": "Bearer " + token("bob")}
 
 @pytest.fixture
 def stack(moto_services, aws):
-    moto_services.registry = RegistrySimulator(SimulatorConfig(commit_delay_s=0.0))
-    moto_services.settings = moto_services.settings.model_copy(
-        update={"commit_check_s": 1.0, "registry_hashed_attributes": frozenset({"address"})}
-    )
-    app_module.use_services(moto_services)
-    sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName=moto_services.settings.queue_name)["QueueUrl"]
-    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
-    with Client(app_module.app) as client:
-        yield client, poller, moto_services
-    app_module.use_services(None)
-
-
-def _post(client: Client, path: str, body: Any, headers: dict, key: str) -> Any:
-    answer = client.http.post(
-        path,
-        body=json.dumps(body),
-        headers={**headers, "Content-Type": "application/json", "Idempotency-Key": key},
-    )
-    assert answer.status_code == 202, answer.body
-    return json.loads(answer.body)
+    hashed = frozenset({"address"})
+    with app_on_moto(moto_services, aws, registry_hashed_attributes=hashed) as running:
+        yield running
 
 
 def _get(client: Client, path: str, headers: dict) -> tuple[int, Any]:
@@ -57,7 +37,7 @@ def _get(client: Client, path: str, headers: dict) -> tuple[int, Any]:
 
 def test_owners_see_hashed_attributes_in_clear_and_others_see_the_registrys_hash(stack):
     client, poller, services = stack
-    accepted = _post(
+    accepted = post_accepted(
         client,
         "/v1/certificates",
         {
