@@ -201,11 +201,19 @@ def targets_table(results: dict[str, Any]) -> str:
 # --- the report --------------------------------------------------------------------------------
 
 
+def _carried(meta: dict[str, Any]) -> str:
+    rerun = set(meta.get("rerun", meta["sections"]))
+    older = [f"{s} ({meta['measured'][s]})" for s in meta.get("measured", {}) if s not in rerun]
+    return f" Carried over from earlier runs: {', '.join(older)}." if older else ""
+
+
 def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
     parts = [
         f"Run {meta['finished']} on {meta['machine']}, code at {meta['commit']}, "
         f"{meta['minutes']:.1f} minutes, load average {meta['load_before']:.1f} at the start "
-        f"(sections: {', '.join(meta['sections'])}{'; quick sizes' if meta['quick'] else ''})."
+        f"(sections: {', '.join(meta.get('rerun', meta['sections']))}"
+        f"{'; quick sizes' if meta['quick'] else ''})."
+        + _carried(meta)
         + (f" {meta['note']}" if meta.get("note") else ""),
         "",
         "### Targets",
@@ -427,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{section} done in {time.monotonic() - t0:.0f} s")
     meta["minutes"] = (time.monotonic() - started) / 60
     meta["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if not args.quick:
+        _carry_over(args.out, results, meta)
     text = report(results, meta)
     (args.out / "RESULTS.md").write_text(text)
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -435,6 +445,23 @@ def main(argv: list[str] | None = None) -> int:
     print(targets_table(results))
     log(f"all done in {meta['minutes']:.1f} minutes; tables in {args.out / 'RESULTS.md'}")
     return 0
+
+
+def _carry_over(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A run of some sections (--only) keeps the others' results, from their files, and says
+    when and at which commit each was measured: the tables in bench/README.md stay whole."""
+    earlier = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    measured = dict(earlier.get("measured", {}))
+    for section in earlier.get("sections", []):
+        measured.setdefault(section, f"{earlier.get('finished')} at {earlier.get('commit')}")
+    for section in meta["sections"]:
+        measured[section] = f"{meta['finished']} at {meta['commit']}"
+    for section in SECTIONS:
+        if section not in results and (out / f"{section}.json").exists():
+            results[section] = json.loads((out / f"{section}.json").read_text())
+    meta["rerun"] = list(meta["sections"])
+    meta["sections"] = [s for s in SECTIONS if s in results]
+    meta["measured"] = {s: measured[s] for s in meta["sections"] if s in measured}
 
 
 def report_only(args: argparse.Namespace) -> int:

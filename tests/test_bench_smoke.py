@@ -165,3 +165,25 @@ def test_throughput_on_the_embedded_stack() -> None:
         assert run["statuses"] == {"COMMITTED": 3}, run
         assert run["refused"] == 0
         assert run["commands_per_s"] > 0
+
+
+def test_a_run_of_some_sections_keeps_the_others_and_says_when_they_were_measured(
+    tmp_path,
+) -> None:
+    """`--only calls,cost` used to write a README with only those sections' tables."""
+    import json
+
+    (tmp_path / "meta.json").write_text(
+        json.dumps({"sections": ["scale"], "finished": "2026-11-28 03:38 UTC", "commit": "old"})
+    )
+    (tmp_path / "scale.json").write_text(json.dumps({"rows": []}))
+    results = {"calls": {"modes": {}}}
+    meta = {"sections": ["calls"], "finished": "2026-11-29 10:44 UTC", "commit": "new"}
+    bench_main._carry_over(tmp_path, results, meta)
+    assert set(results) == {"calls", "scale"}
+    assert meta["rerun"] == ["calls"] and meta["sections"] == ["calls", "scale"]
+    assert meta["measured"] == {
+        "calls": "2026-11-29 10:44 UTC at new",
+        "scale": "2026-11-28 03:38 UTC at old",
+    }
+    assert "scale (2026-11-28 03:38 UTC at old)" in bench_main._carried(meta)
