@@ -336,25 +336,10 @@ class DynamoBook:
             raise DuplicateCommand(self._command_from(exc.response["Item"])) from exc
 
     def get_command(self, command_id: str) -> Command | None:
-        item = self._command_record(command_id)
+        # Its build is read by key when the item says `built` and it is not remembered: not
+        # both in one Query, which costs the embedded stack's moto a sort of the whole table.
+        item = self._get(_command_key(command_id))
         return self._command_from(item) if item else None
-
-    def _command_record(self, command_id: str) -> dict[str, Any] | None:
-        """The command's item, its build remembered: one read, as BUILT#... sorts before CMD."""
-        answer = self._call(
-            "query",
-            KeyConditionExpression="pk = :pk AND sk <= :cmd",
-            ExpressionAttributeValues={":pk": {"S": f"CMD#{command_id}"}, ":cmd": {"S": "CMD"}},
-            ConsistentRead=True,
-        )
-        items = {i["sk"]["S"]: i for i in answer.get("Items", [])}
-        item = items.get("CMD")
-        if item is None:
-            return None
-        built = items.get(_built_key_of(item)["sk"]["S"])
-        if built is not None:
-            self._remember_build(item, built)
-        return item
 
     # --- builds: written once, in items of their own -----------------------------------------
 
@@ -465,7 +450,7 @@ class DynamoBook:
         """Put the build for the command as it is now, unless it has one (then that one stays,
         as `if_not_exists` kept the first build when it was an attribute). Before the command
         item says `built`: a crash in between leaves a build that the next guard uses."""
-        current = self._command_record(command_id)
+        current = self._get(_command_key(command_id))
         if current is None or "built" in current:
             return  # gone (the guard will say so), or built: the stored build stays
         created_at = current["created_at"]["S"]
