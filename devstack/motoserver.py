@@ -1,4 +1,4 @@
-"""moto's DynamoDB and SQS servers for the embedded stack: moto, with four costs taken off the
+"""moto's DynamoDB and SQS servers for the embedded stack: moto, with five costs taken off the
 hot path and a server that keeps connections open. What moto answers is unchanged.
 
 Profiled under `make run` load (bench/README.md, section 3), moto spent its time on work that
@@ -18,6 +18,10 @@ does not depend on the request:
 - The clock. Every visibility check asks for the time through datetime arithmetic (three
   datetime objects per message per scan); a server has no frozen clock, so `time.time()`
   gives the same number.
+- Queries. moto answers every Query, of the table or of an index, by sorting every item of
+  the table first, then sorting what matched: O(N log N) per Query, and the reconciler lists
+  its indexes many times a pass. Within a Query the items come unsorted (the matches are still
+  sorted, on keys that are unique, so the answer and its pages are the same).
 - Routing. For every request moto lists its own package directory (a `listdir` and ~60
   `stat`s, under the lock all requests take); the list cannot change while it runs.
 - Connections. moto's werkzeug server closes the connection after every answer (and starts a
@@ -87,6 +91,38 @@ def _install_fast_attribute_values() -> None:
     cls._certs_fast_attribute_values = True
 
 
+def _install_fast_query() -> None:
+    """moto answers every Query by first sorting every item of the table (`Table.query` over
+    `all_items()`), then sorts what matched again: O(N log N) per Query, which the reconciler's
+    many index listings pay at every pass. Within a Query the first sort decides nothing (the
+    matches are sorted again on keys that are unique), so there the items come unsorted."""
+    from moto.dynamodb.models.table import Table
+
+    if getattr(Table, "_certs_fast_query", False):
+        return
+    generic_query, sorted_items = Table.query, Table.all_items
+    in_query = threading.local()
+
+    def all_items(self: Any) -> list[Any]:
+        if not getattr(in_query, "active", False):
+            return sorted_items(self)
+        if not self.range_key_attr:
+            return list(self.items.values())
+        return [item for by_range in self.items.values() for item in by_range.values()]
+
+    @functools.wraps(generic_query)
+    def query(self: Any, *args: Any, **kwargs: Any) -> Any:
+        in_query.active = True
+        try:
+            return generic_query(self, *args, **kwargs)
+        finally:
+            in_query.active = False
+
+    Table.all_items, Table.query = all_items, query
+    Table._certs_generic_query = generic_query
+    Table._certs_fast_query = True
+
+
 def _now_s(dt: Any = None) -> float:
     if dt is None:  # the hot path: every message of every scan
         return time.time()
@@ -109,11 +145,12 @@ def _retained(self: Any, queue_name: str, message: Any) -> bool:
 
 
 def install() -> None:
-    """The four changes to moto itself (idempotent)."""
+    """The five changes to moto itself (idempotent)."""
     from moto import backends
     from moto.sqs import models as sqs_models
 
     _install_fast_attribute_values()
+    _install_fast_query()
     if not isinstance(backends.list_of_moto_modules, functools.partial):
         modules = tuple(backends.list_of_moto_modules())
         backends.list_of_moto_modules = functools.partial(iter, modules)

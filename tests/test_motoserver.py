@@ -95,6 +95,99 @@ def test_binary_values_still_take_the_generic_path():
     assert json.loads(after)["Item"]["b"] == {"B": "AP8="}  # encoded, as DynamoDB sends it
 
 
+# --- queries without sorting the whole table -------------------------------------------------
+
+
+@contextlib.contextmanager
+def _fast_query():
+    """The query shortcut installed for a while, moto's own restored after it."""
+    from moto.dynamodb.models.table import Table
+
+    generic = Table.__dict__["query"], Table.__dict__["all_items"]
+    motoserver._install_fast_query()
+    try:
+        yield
+    finally:
+        Table.query, Table.all_items = generic
+        del Table._certs_fast_query, Table._certs_generic_query
+
+
+_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),  # pk
+        st.text("xyz", min_size=1, max_size=3),  # sk
+        st.sampled_from(["g1", "g2", None]),  # the index's key, absent from some items
+        st.integers(0, 9),  # the index's sort key
+    ),
+    max_size=25,
+    unique_by=lambda row: row[:2],
+)
+
+
+def _all_pages(db, **query) -> list:
+    pages, start = [], None
+    while True:
+        answer = db.query(TableName="t", **query, **({"ExclusiveStartKey": start} if start else {}))
+        pages.append(answer["Items"])
+        start = answer.get("LastEvaluatedKey")
+        if not start:
+            return pages
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=_rows, limit=st.integers(1, 5), forward=st.booleans())
+def test_queries_answer_the_same_pages_without_sorting_the_whole_table(rows, limit, forward):
+    with mock_aws():
+        db = boto3.client("dynamodb", region_name="eu-west-1")
+        db.create_table(
+            TableName="t",
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": n, "AttributeType": t}
+                for n, t in (("pk", "S"), ("sk", "S"), ("g", "S"), ("n", "N"))
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by_g",
+                    "KeySchema": [
+                        {"AttributeName": "g", "KeyType": "HASH"},
+                        {"AttributeName": "n", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for pk, sk, g, n in rows:
+            item = {"pk": {"S": pk}, "sk": {"S": sk}, "n": {"N": str(n)}}
+            db.put_item(TableName="t", Item=item | ({"g": {"S": g}} if g else {}))
+        queries = [
+            {
+                "KeyConditionExpression": "pk = :p",
+                "ExpressionAttributeValues": {":p": {"S": "a"}},
+            },
+            {
+                "KeyConditionExpression": "pk = :p AND sk <= :s",
+                "ExpressionAttributeValues": {":p": {"S": "b"}, ":s": {"S": "y"}},
+            },
+            {
+                "IndexName": "by_g",
+                "KeyConditionExpression": "g = :g AND n > :n",
+                "ExpressionAttributeValues": {":g": {"S": "g1"}, ":n": {"N": "2"}},
+            },
+        ]
+        common = {"Limit": limit, "ScanIndexForward": forward}
+        generic = [_all_pages(db, **q, **common) for q in queries]
+        with _fast_query():
+            fast = [_all_pages(db, **q, **common) for q in queries]
+            scanned = db.scan(TableName="t")["Items"]  # a Scan keeps moto's order
+        assert fast == generic
+        assert scanned == db.scan(TableName="t")["Items"]
+
+
 # --- the server as the stack starts it, against in-process moto ------------------------------
 
 
