@@ -12,8 +12,9 @@ from chalice.test import Client
 
 import app as app_module
 from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
+from tests.app_on_moto import post_accepted
 from tests.conftest import token
-from tests.test_e2e_pipeline import ISSUER, _post
+from tests.test_e2e_pipeline import ISSUER
 
 OPERATOR = {"Authorization": "Bearer " + token("ops", "operator")}
 ALICE = {"Authorization": "Bearer " + token("alice")}
@@ -46,7 +47,7 @@ def stack(moto_services, aws):
 
 
 def _in_doubt_command(client, poller) -> str:
-    accepted = _post(
+    accepted = post_accepted(
         client,
         "/v1/certificates",
         {
