@@ -17,22 +17,31 @@ from devstack.poller import QueuePoller
 
 
 @contextlib.contextmanager
-def app_on_moto(
-    services: Any, aws: Any, queries: bool = False, **settings: Any
-) -> Iterator[tuple[Client, QueuePoller, Any]]:
-    """The app's test client, the poller that drains its queue into `app.worker`, and the
-    services (the `moto_services` fixture's, with `settings` changed)."""
-    services.registry = RegistrySimulator(SimulatorConfig(queries=queries, commit_delay_s=0.0))
-    services.settings = services.settings.model_copy(update={"commit_check_s": 1.0, **settings})
+def serving(services: Any, aws: Any, registry: Any) -> Iterator[tuple[Client, QueuePoller]]:
+    """The app over `services` and `registry`: a test client, and a poller whose drain runs
+    the worker on what the queue holds."""
+    services.registry = registry
     app_module.use_services(services)
     sqs = aws.client("sqs")
     url = sqs.get_queue_url(QueueName=services.settings.queue_name)["QueueUrl"]
     poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
     try:
         with Client(app_module.app) as client:
-            yield client, poller, services
+            yield client, poller
     finally:
         app_module.use_services(None)
+
+
+@contextlib.contextmanager
+def app_on_moto(
+    services: Any, aws: Any, queries: bool = False, **settings: Any
+) -> Iterator[tuple[Client, QueuePoller, Any]]:
+    """`serving` with a simulator that commits at once, and the services (the `moto_services`
+    fixture's, with `settings` changed)."""
+    services.settings = services.settings.model_copy(update={"commit_check_s": 1.0, **settings})
+    registry = RegistrySimulator(SimulatorConfig(queries=queries, commit_delay_s=0.0))
+    with serving(services, aws, registry) as (client, poller):
+        yield client, poller, services
 
 
 def post_accepted(client: Client, path: str, body: Any, headers: dict, key: str) -> Any:

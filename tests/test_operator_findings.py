@@ -10,9 +10,10 @@ import pytest
 from chalicelib import domain
 from chalicelib.domain import Actor, CommandStatus, Role
 from chalicelib.usecases.reconcile import resend_by_operator, resolve_by_operator
+from tests.app_on_moto import serving
 from tests.pipeline import Pipeline
 from tests.test_ops_api import OPERATOR as OPERATOR_HEADERS
-from tests.test_ops_api import _in_doubt_command, _resolve, serving
+from tests.test_ops_api import _in_doubt_command, _resolve
 
 OPERATOR = Actor(owner="ops", roles=frozenset({Role.OPERATOR}))
 

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from chalice.test import Client
 
 import app as app_module
 from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
-from tests.app_on_moto import post_accepted
+from tests.app_on_moto import post_accepted, serving
 from tests.conftest import token
 from tests.test_e2e_pipeline import ISSUER
 
 OPERATOR = {"Authorization": "Bearer " + token("ops", "operator")}
 ALICE = {"Authorization": "Bearer " + token("alice")}
-
-
-@contextlib.contextmanager
-def serving(services, aws, registry) -> Iterator[tuple[Client, Any]]:
-    """The app over `services` and `registry`: a test client, and a poller whose drain runs
-    the worker on what the queue holds."""
-    from devstack.poller import QueuePoller
-
-    services.registry = registry
-    app_module.use_services(services)
-    sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName=services.settings.queue_name)["QueueUrl"]
-    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
-    try:
-        with Client(app_module.app) as client:
-            yield client, poller
-    finally:
-        app_module.use_services(None)
 
 
 @pytest.fixture

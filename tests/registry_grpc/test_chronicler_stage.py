@@ -11,7 +11,6 @@ import pytest
 from chalice.test import Client
 from pydantic import ValidationError
 
-import app as app_module
 from chalicelib import composition
 from chalicelib.domain import Command, CommandKind, SliceRef
 from chalicelib.registry.chronicler_grpc import GrpcChronicler
@@ -22,6 +21,7 @@ from chalicelib.settings import Settings, describe
 from devstack.chronicler_grpc import ChroniclerGrpcServer
 from devstack.poller import QueuePoller
 from devstack.registry_grpc import RegistryGrpcServer
+from tests.app_on_moto import post_accepted, serving
 from tests.conftest import token
 
 ISSUER = {"Authorization": "Bearer " + token("issuer-dk", "issuer")}
@@ -166,28 +166,12 @@ def stage(moto_services, aws):
         }
     )
     moto_services.settings = settings
-    moto_services.registry = composition.registry_for(settings)
-    app_module.use_services(moto_services)
-    sqs = aws.client("sqs")
-    url = sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"]
-    poller = QueuePoller(sqs, url, lambda event: app_module.worker(event, None), wait_s=0)
-    with Client(app_module.app) as client:
+    with serving(moto_services, aws, composition.registry_for(settings)) as (client, poller):
         yield client, poller, simulator, served
-    app_module.use_services(None)
     moto_services.registry.close()
     moto_services.chroniclers.for_area("DK1").close()
     server.stop()
     served.stop()
-
-
-def _accepted(client: Client, path: str, body, headers: dict, key: str) -> dict:
-    answer = client.http.post(
-        path,
-        body=json.dumps(body),
-        headers={**headers, "Content-Type": "application/json", "Idempotency-Key": key},
-    )
-    assert answer.status_code == 202, answer.body
-    return json.loads(answer.body)
 
 
 def _status(client: Client, poller: QueuePoller, accepted: dict, headers: dict) -> dict:
@@ -206,7 +190,7 @@ def _issued(client: Client, poller: QueuePoller, type_: str, gsrn: str) -> tuple
         "quantity_wh": 1000,
         "owner": "alice",
     }
-    issued = _accepted(client, "/v1/certificates", body, ISSUER, f"issue-{gsrn}")
+    issued = post_accepted(client, "/v1/certificates", body, ISSUER, f"issue-{gsrn}")
     assert _status(client, poller, issued, ISSUER)["status"] == "COMMITTED"
     cert = issued["certificate_id"]
     view = json.loads(client.http.get(f"/v1/certificates/{cert}", headers=ALICE).body)
@@ -223,7 +207,7 @@ def test_a_claim_on_a_stage_with_a_chronicler_commits_through_post_claims(stage)
         "consumption": {"certificate_id": consumption[0], "slice_id": consumption[1]},
         "quantity_wh": 400,
     }
-    claimed = _accepted(client, "/v1/claims", body, ALICE, "claim-1")
+    claimed = post_accepted(client, "/v1/claims", body, ALICE, "claim-1")
     status = _status(client, poller, claimed, ALICE)
     assert status["status"] == "COMMITTED", status
     assert [(i.certificate_id, i.quantity) for i in served.chronicler.intents] == [
