@@ -214,6 +214,16 @@ def _built_key_of(item: dict[str, Any]) -> dict[str, Any]:
     return {"pk": item["pk"], "sk": {"S": f"BUILT#{item['created_at']['S']}"}}
 
 
+def _incarnation(item: dict[str, Any]) -> tuple[str, str]:
+    """Whose build a command item's is: its key and created_at (see BUILT# above)."""
+    return item["pk"]["S"], item["created_at"]["S"]
+
+
+def _build_fields(built: dict[str, Any]) -> dict[str, Any]:
+    """The command's fields a BUILT item holds."""
+    return {k: v for k, v in _from_item(built).items() if k in _BUILT_FIELDS}
+
+
 def command_from(item: dict[str, Any], build: dict[str, Any] | None) -> Command:
     """The command of a CMD or RECEIVED item and its build (the BUILT item's fields, or the
     item itself), which it must have if the item says `built`."""
@@ -221,9 +231,7 @@ def command_from(item: dict[str, Any], build: dict[str, Any] | None) -> Command:
     if values.pop("built", None):
         if build is None:  # put before the item said so: a book that lost data
             raise RuntimeError(f"the build of command {item['pk']['S']} is missing")
-        if "pk" in build:
-            build = {k: v for k, v in _from_item(build).items() if k in _BUILT_FIELDS}
-        values.update(build)
+        values.update(_build_fields(build) if "pk" in build else build)
     command = Command.model_validate(values)
     # A RECEIVED item is the receiver's copy: the slice they got, not the one the sender spent.
     return domain.as_received(command) if item["sk"]["S"] == "RECEIVED" else command
@@ -322,13 +330,13 @@ class DynamoBook:
         }
 
     def add_command(self, command: Command) -> None:
-        if _built(command):  # built already (never so at accept): its build goes first
-            created_at = command.model_dump(mode="json", include={"created_at"})["created_at"]
-            self._put_built(command.command_id, created_at, _built(command))
+        item = self._command_item(command)
+        if "built" in item:  # built already (never so at accept): its build goes first
+            self._put_built(command.command_id, item["created_at"]["S"], _built(command))
         try:
             self._call(
                 "put_item",
-                Item=self._command_item(command),
+                Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -352,10 +360,6 @@ class DynamoBook:
             return False
         return True
 
-    def _remember_build(self, item: dict[str, Any], built: dict[str, Any]) -> None:
-        fields = {k: v for k, v in _from_item(built).items() if k in _BUILT_FIELDS}
-        self._keep_build((item["pk"]["S"], item["created_at"]["S"]), fields)
-
     def _keep_build(self, key: tuple[str, str], fields: dict[str, Any]) -> None:
         with self._builds_lock:
             self._builds[key] = fields
@@ -369,26 +373,26 @@ class DynamoBook:
         return [self._command_from(i) for i in items]
 
     def _read_builds(self, items: list[dict[str, Any]]) -> None:
+        """Read, in one batch, the builds of the items that say `built` and are not remembered."""
         missing = {
-            (i["pk"]["S"], i["created_at"]["S"]): _built_key_of(i)
+            _incarnation(i): _built_key_of(i)
             for i in items
-            if "built" in i and (i["pk"]["S"], i["created_at"]["S"]) not in self._builds
+            if "built" in i and _incarnation(i) not in self._builds
         }
-        if missing:
-            found = {
-                (b["pk"]["S"], b["sk"]["S"]): b
-                for b in self._batch_get(list(missing.values()), consistent=True)
-            }
-            for item in items:
-                built = found.get((item["pk"]["S"], _built_key_of(item)["sk"]["S"]))
-                if built is not None:
-                    self._remember_build(item, built)
+        if not missing:
+            return
+        found = {
+            (b["pk"]["S"], b["sk"]["S"]): b
+            for b in self._batch_get(list(missing.values()), consistent=True)
+        }
+        for incarnation, key in missing.items():
+            built = found.get((key["pk"]["S"], key["sk"]["S"]))
+            if built is not None:
+                self._keep_build(incarnation, _build_fields(built))
 
     def _command_from(self, item: dict[str, Any]) -> Command:
-        key = (item["pk"]["S"], item["created_at"]["S"])
-        if "built" in item and key not in self._builds:  # from a write's answer, or an index
-            self._read_builds([item])
-        return command_from(item, self._builds.get(key))
+        self._read_builds([item])  # from a write's answer, or an index: nothing if remembered
+        return command_from(item, self._builds.get(_incarnation(item)))
 
     def transition(self, command_id: str, change: Transition) -> Command:
         expected = (
@@ -453,10 +457,8 @@ class DynamoBook:
         current = self._get(_command_key(command_id))
         if current is None or "built" in current:
             return  # gone (the guard will say so), or built: the stored build stays
-        created_at = current["created_at"]["S"]
-        if self._put_built(command_id, created_at, build):
-            key = (f"CMD#{command_id}", created_at)
-            self._keep_build(key, build)
+        if self._put_built(command_id, current["created_at"]["S"], build):
+            self._keep_build(_incarnation(current), build)
 
     def forget_command(self, command: Command) -> None:
         # If a worker took it meanwhile, the condition fails and the worker, finding the holds
