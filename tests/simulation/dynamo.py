@@ -37,12 +37,14 @@ REGION = "eu-west-1"
 @contextlib.contextmanager
 def moto_table() -> Iterator[Any]:
     """A DynamoDB client on a fresh in-process moto, with the book's table of infra/."""
-    from devstack.motoserver import _install_fast_attribute_values
+    from devstack.motoserver import _install_fast_attribute_values, _install_fast_query
     from devstack.resources import table_definition
 
-    # moto's generic response serializer takes a quarter of a run; the shortcut the embedded
-    # stack uses writes the same bytes (tests/test_motoserver.py proves it over any item).
+    # moto's generic response serializer takes a quarter of a run, and it sorts the whole table
+    # for every Query; the embedded stack's shortcuts write the same bytes and answer the same
+    # pages (tests/test_motoserver.py proves both over any item and table).
     _install_fast_attribute_values()
+    _install_fast_query()
     for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
         os.environ.pop(key, None)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
