@@ -24,6 +24,12 @@ does not depend on the request:
   sorted, on keys that are unique, so the answer and its pages are the same).
 - Routing. For every request moto lists its own package directory (a `listdir` and ~60
   `stat`s, under the lock all requests take); the list cannot change while it runs.
+- Lookups that depend only on their input. For every request moto lists the handler class's
+  methods with `inspect.getmembers` (a few hundred attributes), parses the UpdateExpression
+  twice (once to check it, once to apply it), and its SQS converts each attribute name from
+  camelCase afresh for every message it describes. These are remembered: a class's methods
+  do not change, an expression's parse tree is only read (the validator works on a deep copy),
+  and a name's conversion is a pure function of the name.
 - Connections. moto's werkzeug server closes the connection after every answer (and starts a
   thread per connection); waitress keeps them open, with a fixed pool of threads.
 
@@ -123,6 +129,25 @@ def _install_fast_query() -> None:
     Table._certs_fast_query = True
 
 
+def _install_lookup_caches() -> None:
+    """Remember what depends only on its input (module docstring: "Lookups")."""
+    from moto.core import responses, utils
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.sqs import models as sqs_models
+
+    if getattr(responses, "_certs_lookup_caches", False):
+        return
+    responses.method_names_from_class = functools.lru_cache(maxsize=None)(
+        utils.method_names_from_class
+    )
+    sqs_models.camelcase_to_underscores = functools.lru_cache(maxsize=4096)(
+        utils.camelcase_to_underscores
+    )
+    parse = UpdateExpressionParser.make.__func__
+    UpdateExpressionParser.make = classmethod(functools.lru_cache(maxsize=1024)(parse))
+    responses._certs_lookup_caches = True
+
+
 def _now_s(dt: Any = None) -> float:
     if dt is None:  # the hot path: every message of every scan
         return time.time()
@@ -151,6 +176,7 @@ def install() -> None:
 
     _install_fast_attribute_values()
     _install_fast_query()
+    _install_lookup_caches()
     if not isinstance(backends.list_of_moto_modules, functools.partial):
         modules = tuple(backends.list_of_moto_modules())
         backends.list_of_moto_modules = functools.partial(iter, modules)

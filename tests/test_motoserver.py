@@ -191,6 +191,82 @@ def test_queries_answer_the_same_pages_without_sorting_the_whole_table(rows, lim
 # --- the server as the stack starts it, against in-process moto ------------------------------
 
 
+# --- lookups remembered -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _lookup_caches():
+    """The caches installed for a while, moto's own lookups restored after them."""
+    from moto.core import responses
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.sqs import models as sqs_models
+
+    generic = (
+        responses.method_names_from_class,
+        sqs_models.camelcase_to_underscores,
+        UpdateExpressionParser.__dict__["make"],
+    )
+    motoserver._install_lookup_caches()
+    try:
+        yield
+    finally:
+        (
+            responses.method_names_from_class,
+            sqs_models.camelcase_to_underscores,
+            UpdateExpressionParser.make,
+        ) = generic
+        del responses._certs_lookup_caches
+
+
+def _updates(db) -> list:
+    """One UpdateExpression applied to items of different shapes, names and values: a parse
+    tree shared between the calls must not carry one call's names or values into the next."""
+    db.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    expression = "SET #a = :v, #m.#k = if_not_exists(#m.#k, :w) ADD #c :one REMOVE #gone"
+    answers = []
+    for n, (a, k, gone) in enumerate([("x", "k1", "g"), ("y", "k2", "h"), ("x", "k1", "g")]):
+        db.put_item(
+            TableName="t",
+            Item={"pk": {"S": f"p{n % 2}"}, "m": {"M": {}}, "g": {"S": "1"}, "h": {"S": "2"}},
+        )
+        answers.append(
+            db.update_item(
+                TableName="t",
+                Key={"pk": {"S": f"p{n % 2}"}},
+                UpdateExpression=expression,
+                ExpressionAttributeNames={
+                    "#a": a,
+                    "#m": "m",
+                    "#k": k,
+                    "#c": "count",
+                    "#gone": gone,
+                },
+                ExpressionAttributeValues={
+                    ":v": {"S": f"v{n}"},
+                    ":w": {"N": str(n)},
+                    ":one": {"N": "1"},
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        )
+    return answers
+
+
+def test_remembered_parse_trees_give_every_update_its_own_names_and_values():
+    with mock_aws():
+        expected = _updates(boto3.client("dynamodb", region_name="eu-west-1"))
+    with _lookup_caches(), mock_aws():
+        remembered = _updates(boto3.client("dynamodb", region_name="eu-west-1"))
+    assert remembered == expected
+    assert remembered[1]["y"] == {"S": "v1"} and "h" not in remembered[1]
+    assert remembered[2]["x"] == {"S": "v2"} and remembered[2]["m"]["M"]["k1"] == {"N": "2"}
+
+
 @pytest.fixture(scope="module")
 def server_url():
     process, url = motoserver.start(HOST, free_port())
