@@ -8,6 +8,11 @@ A failing seed prints the one command that replays it, e.g.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +39,26 @@ def _seeds(chunk: int) -> list[int]:
     if "SIM_SEED" in os.environ:
         return [int(os.environ["SIM_SEED"])] if chunk == 0 else []
     return list(range(chunk, CI_SEEDS, CHUNKS))
+
+
+def test_a_soak_stopped_early_prints_what_it_finished_and_where_to_go_on() -> None:
+    soak = subprocess.Popen(
+        [sys.executable, "-m", "tests.simulation", "--seeds", "5000", "--steps", "20"],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(6)  # long enough for some runs, far too short for 10,000
+    soak.send_signal(signal.SIGTERM)
+    out, err = soak.communicate(timeout=60)
+    assert soak.returncode == 130, err
+    assert "stopped early: " in err and "go on with --start " in err, err
+    runs = int(out.split("runs: ")[1].split()[0])
+    assert 0 < runs < 10_000
+    first_missing = int(err.split("go on with --start ")[1].split()[0])
+    # every seed before it in both modes, and perhaps the first mode of that one
+    assert 2 * first_missing <= runs <= 2 * first_missing + 1
 
 
 @pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])

@@ -7,7 +7,9 @@ soak depend only on the seeds, and every failing run is printed with the command
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -21,6 +23,10 @@ SHOWN_FAILURES = 20
 
 def _one(job: tuple[int, bool, int, str]) -> Result:
     return run(*job)
+
+
+def _leave_interrupts_to_the_soak() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process of the group
 
 
 def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
@@ -82,7 +88,11 @@ def soak(
     results: list[Result] = []
     violations = 0
     tty = sys.stderr.isatty()
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # SIGTERM as Ctrl-C: a soak stopped early still prints the summary of the runs it finished.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_leave_interrupts_to_the_soak)
+    stopped = False
+    try:
         for done, result in enumerate(pool.map(_one, jobs_list, chunksize=4), start=1):
             results.append(result)
             violations += len(result.violations)
@@ -96,8 +106,30 @@ def soak(
                     f"violations {violations}  {rate:.1f} runs/s"
                 )
                 print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
+    except KeyboardInterrupt:
+        stopped = True
+        for worker in multiprocessing.active_children():
+            worker.terminate()  # the runs under way are not waited for, nor counted
+        print(("\n" if tty else "") + _stopped_early(results, jobs_list), file=sys.stderr)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        signal.signal(signal.SIGTERM, previous)
     if tty:
         print(file=sys.stderr)
     summary, _ = summarize(results, time.monotonic() - started)
     print(summary)
-    return 1 if violations else 0
+    return 1 if violations else 130 if stopped else 0
+
+
+def _stopped_early(results: Sequence[Result], jobs: Sequence[tuple[int, bool, int, str]]) -> str:
+    """Which seeds a stopped soak finished: results come in the order of the jobs, so they are
+    every run of the seeds before the first one missing, and the next soak can start there."""
+    if len(results) == len(jobs):
+        return "stopped after its last run"
+    first_missing = jobs[len(results)][0]
+    first = jobs[0][0]
+    finished = f"seeds {first}-{first_missing - 1}" if first_missing > first else "no seed"
+    return (
+        f"stopped early: {len(results)} of {len(jobs)} runs; {finished} complete in every "
+        f"mode and book; go on with --start {first_missing}"
+    )
