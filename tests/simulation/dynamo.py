@@ -37,14 +37,19 @@ REGION = "eu-west-1"
 @contextlib.contextmanager
 def moto_table() -> Iterator[Any]:
     """A DynamoDB client on a fresh in-process moto, with the book's table of infra/."""
-    from devstack.motoserver import _install_fast_attribute_values, _install_fast_query
+    from devstack.motoserver import (
+        _install_fast_attribute_values,
+        _install_fast_query,
+        _install_lookup_caches,
+    )
     from devstack.resources import table_definition
 
-    # moto's generic response serializer takes a quarter of a run, and it sorts the whole table
-    # for every Query; the embedded stack's shortcuts write the same bytes and answer the same
-    # pages (tests/test_motoserver.py proves both over any item and table).
+    # moto's generic response serializer takes a quarter of a run, it sorts the whole table for
+    # every Query, and it looks up what never changes on every request; the embedded stack's
+    # shortcuts give the same answers (tests/test_motoserver.py proves each of them).
     _install_fast_attribute_values()
     _install_fast_query()
+    _install_lookup_caches()
     for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
         os.environ.pop(key, None)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
