@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -838,7 +838,8 @@ def reserve(
 
 
 def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
-    """A claim matches production and consumption of the same grid area and period."""
+    """A claim matches production and consumption of one period and trial type. Their grid
+    areas are a rule of ours, not the registry's: `check_matching_boundary`."""
     if production.type != CertificateType.PRODUCTION:
         raise RuleViolation(
             "the production side must be a production certificate",
@@ -847,11 +848,6 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
     if consumption.type != CertificateType.CONSUMPTION:
         raise RuleViolation(
             "the consumption side must be a consumption certificate",
-            field="consumption.certificate_id",
-        )
-    if production.grid_area != consumption.grid_area:
-        raise RuleViolation(
-            "production and consumption are in different grid areas",
             field="consumption.certificate_id",
         )
     if not (
@@ -869,6 +865,24 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
             "production and consumption are not of the same trial type (IsTrial)",
             field="consumption.certificate_id",
         )
+
+
+def check_matching_boundary(
+    production: Certificate,
+    consumption: Certificate,
+    boundary: Mapping[str, Collection[str]],
+) -> None:
+    """A claim matches production and consumption of one grid area, or of two grid areas
+    within one group of the matching boundary (e.g. {"DK": ["DK1", "DK2"]}). The registry
+    requires neither: its verifier checks the pair's periods, trial type and areas' existence."""
+    a, b = production.grid_area, consumption.grid_area
+    if a == b or any(a in group and b in group for group in boundary.values()):
+        return
+    raise RuleViolation(
+        f"production in grid area {a} and consumption in {b} may not be matched"
+        + ("" if boundary else " (claims match within one grid area)"),
+        field="consumption.certificate_id",
+    )
 
 
 def trial_value(cert: Certificate) -> str | None:

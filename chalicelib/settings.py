@@ -69,6 +69,27 @@ class ChroniclerTarget(BaseModel):
         return [base64.b64decode(key) for key in self.signer_keys]
 
 
+class RegistryTarget(BaseModel):
+    """One registry of a federation (CERTS_REGISTRIES), reached with CERTS_REGISTRY's protocol."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # grpc: host:port; http: the simulator's URL; simulator: none (one in-process each)
+    target: str | None = None
+    tls: bool = True
+    queries: bool = True
+
+
+def _json_setting(value: Any, shape: str) -> Any:
+    """A setting given as JSON text in the environment (or already parsed)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ValueError(f"not JSON: {shape}") from None
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CERTS_", extra="ignore")
 
@@ -133,6 +154,14 @@ class Settings(BaseSettings):
     # no area names one. Needs the registry's wire format (proto).
     chroniclers: Annotated[dict[str, ChroniclerTarget], NoDecode] = Field(default_factory=dict)
     chronicler_timeout_s: float = Field(default=5.0, gt=0)
+    # Federation: the registries by name, and the registry each grid area's issuer uses.
+    # Empty: one registry, CERTS_REGISTRY_NAME, reached as CERTS_REGISTRY_* say, for every
+    # grid area. A certificate keeps the registry it was issued in (its stream ids name it).
+    registries: Annotated[dict[str, RegistryTarget], NoDecode] = Field(default_factory=dict)
+    grid_area_registries: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Which grid areas a claim may match, e.g. {"DK": ["DK1", "DK2"]}: production and
+    # consumption in one group. Empty: the same grid area only (the registry requires none).
+    matching_boundary: Annotated[dict[str, frozenset[str]], NoDecode] = Field(default_factory=dict)
 
     # the pipeline
     lambda_timeout_s: float = 60.0
@@ -199,6 +228,66 @@ class Settings(BaseSettings):
         if isinstance(value, dict) and any(not str(area).strip() for area in value):
             raise ValueError("a grid area name is empty")
         return value
+
+    @field_validator("registries", mode="before")
+    @classmethod
+    def _registries_json(cls, value: Any) -> Any:
+        value = _json_setting(value, "{name: {target, tls, queries}}")
+        if isinstance(value, dict) and any(not str(name).strip() for name in value):
+            raise ValueError("a registry name is empty")
+        return value
+
+    @field_validator("grid_area_registries", mode="before")
+    @classmethod
+    def _grid_areas_json(cls, value: Any) -> Any:
+        return _json_setting(value, "{grid area: registry name}")
+
+    @field_validator("matching_boundary", mode="before")
+    @classmethod
+    def _boundary_json(cls, value: Any) -> Any:
+        return _json_setting(value, "{boundary: [grid area, ...]}")
+
+    @model_validator(mode="after")
+    def check_federation(self) -> Settings:
+        names = set(self.registries) or {self.registry_name}
+        unknown = sorted(
+            f"{area} -> {name}"
+            for area, name in self.grid_area_registries.items()
+            if name not in names
+        )
+        if unknown:
+            raise ValueError(
+                f"CERTS_GRID_AREA_REGISTRIES names a registry that is not configured: "
+                f"{', '.join(unknown)} (registries: {', '.join(sorted(names))})"
+            )
+        if len(names) > 1 and not self.grid_area_registries:
+            raise ValueError(
+                "CERTS_REGISTRIES names several registries: set CERTS_GRID_AREA_REGISTRIES, "
+                "the registry each grid area's issuer uses"
+            )
+        if self.grid_area_registries:
+            for setting, areas in (
+                ("CERTS_MATCHING_BOUNDARY", set().union(*self.matching_boundary.values())),
+                ("CERTS_CHRONICLERS", set(self.chroniclers)),
+            ):
+                strangers = sorted(areas - set(self.grid_area_registries))
+                if strangers:
+                    raise ValueError(
+                        f"{setting} names grid areas no registry issues in: "
+                        f"{', '.join(strangers)} (CERTS_GRID_AREA_REGISTRIES)"
+                    )
+        for name, registry in self.registries.items():
+            if self.registry == "grpc" and not registry.target:
+                raise ValueError(f"registry {name!r} needs a target host:port (registry=grpc)")
+            if self.registry == "http" and not registry.target:
+                raise ValueError(f"registry {name!r} needs a target URL (registry=http)")
+        return self
+
+    def registry_of_grid_area(self, grid_area: str) -> str | None:
+        """The registry a grid area's certificates are issued in; None when none is."""
+        if not self.grid_area_registries:
+            return next(iter(self.registries), self.registry_name)
+        return self.grid_area_registries.get(grid_area)
 
     @model_validator(mode="after")
     def check_chroniclers(self) -> Settings:

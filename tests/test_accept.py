@@ -330,10 +330,41 @@ def test_a_claim_of_certificates_in_different_grid_areas_is_refused_and_holds_no
         key="dk2",
     )
     before = state_of(book)
-    with pytest.raises(RuleViolation, match="grid areas"):
+    with pytest.raises(RuleViolation, match="may not be matched"):
         accept.claim(book, queue, request(), ref_of(production), ref_of(elsewhere), 1000)
     assert state_of(book) == before
     assert queue.messages == []
+    # nor when a matching boundary groups other areas
+    with pytest.raises(RuleViolation, match="may not be matched"):
+        accept.claim(
+            book,
+            queue,
+            request(),
+            ref_of(production),
+            ref_of(elsewhere),
+            1000,
+            boundary={"SE": ["SE3", "SE4"], "DK": ["DK1"]},
+        )
+    assert state_of(book) == before
+
+
+def test_a_claim_across_grid_areas_of_one_matching_boundary_is_accepted(book, queue, production):
+    elsewhere = put_active(
+        book,
+        issue_spec(meter=gsrn(3), type_=CertificateType.CONSUMPTION, grid_area="DK2"),
+        key="dk2",
+    )
+    claim = accept.claim(
+        book,
+        queue,
+        request(),
+        ref_of(production),
+        ref_of(elsewhere),
+        1000,
+        boundary={"DK": ["DK1", "DK2"]},
+    )
+    assert claim.status == CommandStatus.ACCEPTED
+    assert queue.messages == [claim]
 
 
 def test_a_claim_whose_consumption_slice_is_unknown_leaves_the_production_slice_untouched(

@@ -644,7 +644,6 @@ def test_a_quarter_inside_the_hour_matches_the_hour_either_way_round():
     [
         ({"type_": CertificateType.CONSUMPTION}, {}, "production.certificate_id"),
         ({}, {"type_": CertificateType.PRODUCTION}, "consumption.certificate_id"),
-        ({}, {"grid_area": "DK2"}, "consumption.certificate_id"),
         ({}, {"start": HOUR_START + timedelta(hours=1)}, "consumption.certificate_id"),
         (
             {"start": HOUR_START, "minutes": 30},
@@ -652,7 +651,7 @@ def test_a_quarter_inside_the_hour_matches_the_hour_either_way_round():
             "consumption.certificate_id",
         ),
     ],
-    ids=["production-is-consumption", "consumption-is-production", "areas", "hours", "overlap"],
+    ids=["production-is-consumption", "consumption-is-production", "hours", "overlap"],
 )
 def test_a_claim_pair_of_other_types_areas_or_periods_is_refused(
     production_spec, consumption_spec, field
@@ -671,6 +670,41 @@ def test_a_claim_pair_of_other_types_areas_or_periods_is_refused(
     with pytest.raises(RuleViolation) as refused:
         domain.check_claim_pair(production, consumption)
     assert refused.value.field == field
+
+
+BOUNDARY = {"DK": ["DK1", "DK2"], "SE": ["SE3", "SE4"]}
+
+
+@pytest.mark.parametrize(
+    ("production_area", "consumption_area", "boundary", "matched"),
+    [
+        ("DK1", "DK1", {}, True),
+        ("DK1", "DK2", {}, False),
+        ("DK1", "DK2", BOUNDARY, True),
+        ("DK2", "DK1", BOUNDARY, True),
+        ("DK1", "SE3", BOUNDARY, False),
+        ("DK1", "DE1", BOUNDARY, False),
+        ("DE1", "DE1", BOUNDARY, True),  # one grid area needs no boundary
+    ],
+)
+def test_a_claim_matches_one_grid_area_or_two_within_one_boundary(
+    production_area, consumption_area, boundary, matched
+):
+    production = active_certificate(issue_spec(grid_area=production_area), key="p")
+    consumption = active_certificate(
+        issue_spec(
+            type_=CertificateType.CONSUMPTION,
+            meter="571234567890000002",
+            grid_area=consumption_area,
+        ),
+        key="c",
+    )
+    if matched:
+        domain.check_matching_boundary(production, consumption, boundary)
+        return
+    with pytest.raises(domain.RuleViolation, match="may not be matched") as refused:
+        domain.check_matching_boundary(production, consumption, boundary)
+    assert refused.value.field == "consumption.certificate_id"
 
 
 # --- conservation under random work -----------------------------------------------------------

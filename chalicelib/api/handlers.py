@@ -197,6 +197,7 @@ def claim(services: Services, call: Call) -> HttpResponse:
             body.quantity_wh,
             expiry=timedelta(days=services.settings.certificate_expiry_days),
             expiry_margin=timedelta(hours=services.settings.claim_expiry_margin_hours),
+            boundary=services.settings.matching_boundary,
         )
     )
 

@@ -16,7 +16,7 @@ it sends anything (see holds.take), so nothing is lost and nothing is spent twic
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -262,7 +262,10 @@ def claim(
     quantity_wh: int,
     expiry: timedelta | None = None,
     expiry_margin: timedelta = domain.CLAIM_EXPIRY_MARGIN,
+    boundary: Mapping[str, Collection[str]] | None = None,
 ) -> Command:
+    """`boundary`: the grid areas a claim may match (settings.matching_boundary); decided when
+    the claim is accepted, as the expiry margin is."""
     if production.certificate_id == consumption.certificate_id:
         raise domain.RuleViolation(
             "a claim matches two different certificates", field="consumption.certificate_id"
@@ -276,20 +279,23 @@ def claim(
         slices=(production, consumption),
         quantity_wh=quantity_wh,
     )
-    if expiry is not None and book.get_command(command.command_id) is None:  # not on a replay
-        _check_in_time(book, command, expiry, expiry_margin)
+    if book.get_command(command.command_id) is None:  # not on a replay
+        pair = _pair(book, command)
+        if pair is not None:  # else holds.take answers NotFound
+            domain.check_matching_boundary(*pair, boundary or {})
+            if expiry is not None:
+                domain.check_claim_in_time(*pair, command.created_at, expiry, expiry_margin)
     return record(book, queue, command)
 
 
-def _check_in_time(book: Book, command: Command, expiry: timedelta, margin: timedelta) -> None:
+def _pair(book: Book, command: Command) -> tuple[Certificate, Certificate] | None:
     production, consumption = command.slices
     found = {
         c.certificate_id: c
         for c in book.get_certificates([production.certificate_id, consumption.certificate_id])
     }
     pair = found.get(production.certificate_id), found.get(consumption.certificate_id)
-    if pair[0] is not None and pair[1] is not None:  # else holds.take answers NotFound
-        domain.check_claim_in_time(pair[0], pair[1], command.created_at, expiry, margin)
+    return (pair[0], pair[1]) if pair[0] is not None and pair[1] is not None else None
 
 
 def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: str) -> Command:
