@@ -207,6 +207,9 @@ class Certificate(BaseModel):
     quantity_wh: int
     owner: str  # the first owner, to whom it was issued
     attributes: dict[str, str] = Field(default_factory=dict)
+    # The registry that holds its stream, for good (every transaction of it goes there);
+    # None: the service's one registry (a certificate recorded before federation).
+    registry: str | None = None
     # The HASHED ones among `attributes`, as the registry holds them (registry/attributes.py).
     hashed_attributes: dict[str, HashedAttribute] = Field(default_factory=dict)
     status: CertificateStatus = CertificateStatus.ISSUING
@@ -390,6 +393,9 @@ class IssueSpec(BaseModel):
     quantity_wh: int
     owner: str
     attributes: dict[str, str] = Field(default_factory=dict)
+    # The registry it is issued in (its grid area's, CERTS_GRID_AREA_REGISTRIES), chosen at
+    # accept; None: the service's one registry.
+    registry: str | None = None
 
 
 class Command(BaseModel):

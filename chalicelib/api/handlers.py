@@ -74,7 +74,11 @@ def _accepted(command: domain.Command) -> HttpResponse:
 def issue_certificate(services: Services, call: Call) -> HttpResponse:
     return _accepted(
         accept.issue(
-            services.book, services.queue, _accept_request(services, call), call.body.to_spec()
+            services.book,
+            services.queue,
+            _accept_request(services, call),
+            call.body.to_spec(),
+            registry_of=services.settings.registry_of_grid_area,
         )
     )
 
@@ -107,7 +111,11 @@ def _issue_spec(raw: dict) -> domain.IssueSpec | domain.DomainError:
 def issue_batch(services: Services, call: Call) -> HttpResponse:
     specs = [_issue_spec(raw) for raw in call.body.certificates]
     results = accept.issue_batch(
-        services.book, services.queue, _accept_request(services, call), specs
+        services.book,
+        services.queue,
+        _accept_request(services, call),
+        specs,
+        registry_of=services.settings.registry_of_grid_area,
     )
     answers = [
         m.BatchItemAnswer(index=r.index, command=m.CommandAccepted.of(r.command))
@@ -362,7 +370,7 @@ def get_certificate(services: Services, call: Call) -> HttpResponse:
     salts = None
     if viewer is not None and cert.hashed_attributes:  # an owner: they may reveal the values
         salts = queries.attribute_salts(composition.secret_box_for(services), cert)
-    return json_response(m.CertificateView.of(cert, viewer, salts))
+    return json_response(m.CertificateView.of(cert, viewer, salts, _registry(services)))
 
 
 @operation(
@@ -396,7 +404,10 @@ def list_certificates(services: Services, call: Call) -> HttpResponse:
         ]
         return json_response(
             m.CertificatePage(
-                items=[m.CertificateView.of(c, call.actor.owner) for c in wanted],
+                items=[
+                    m.CertificateView.of(c, call.actor.owner, None, _registry(services))
+                    for c in wanted
+                ],
                 next_cursor=page.next_cursor,
             )
         )
@@ -414,7 +425,10 @@ def list_certificates(services: Services, call: Call) -> HttpResponse:
     )
     return json_response(
         m.CertificatePage(
-            items=[m.CertificateView.of(c, call.actor.owner) for c in page.items],
+            items=[
+                m.CertificateView.of(c, call.actor.owner, None, _registry(services))
+                for c in page.items
+            ],
             next_cursor=page.next_cursor,
         )
     )
@@ -661,3 +675,8 @@ QUERY_MODELS: dict[str, type[BaseModel]] = {
     "stuck_commands": _StuckQuery,
     "matching_report": _MatchingQuery,
 }
+
+
+def _registry(services: Services) -> str:
+    """The registry a certificate recorded before federation is in: the service's one."""
+    return services.settings.registry_name

@@ -309,6 +309,9 @@ class CertificateView(BaseModel):
     end: datetime
     quantity_wh: int
     status: domain.CertificateStatus
+    registry: str | None = Field(
+        default=None, description="The registry that holds the certificate's stream."
+    )
     attributes: dict[str, str]
     # Which attributes the registry holds hashed. Owners see their values in `attributes`;
     # issuers and operators see the registry's hash there instead.
@@ -322,7 +325,11 @@ class CertificateView(BaseModel):
 
     @classmethod
     def of(
-        cls, cert: Certificate, viewer: str | None, salts: dict[str, bytes] | None = None
+        cls,
+        cert: Certificate,
+        viewer: str | None,
+        salts: dict[str, bytes] | None = None,
+        registry: str | None = None,
     ) -> CertificateView:
         """The certificate with the viewer's slices (every slice for viewer None: issuers and
         operators). Slices cut into parts are history and are left out. Hashed attributes
@@ -341,6 +348,8 @@ class CertificateView(BaseModel):
             end=cert.period.end,
             quantity_wh=cert.quantity_wh,
             status=cert.status,
+            # `registry`: the service's one registry, for a certificate recorded before any other
+            registry=cert.registry or registry,
             attributes={
                 key: cert.hashed_attributes[key].registry_value
                 if viewer is None and key in cert.hashed_attributes

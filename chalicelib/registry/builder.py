@@ -152,11 +152,16 @@ class PlainTransactionBuilder:
                 return self._claim(command, certs)
             case CommandKind.WITHDRAW:
                 cert = certs[command.certificate_id]
-                return [self._tx(cert.certificate_id, envelope.WITHDRAWN, {}, issuer_of(cert))]
+                return [
+                    self._tx(
+                        cert.registry, cert.certificate_id, envelope.WITHDRAWN, {}, issuer_of(cert)
+                    )
+                ]
             case CommandKind.UNCLAIM:
                 cert, claimed = self._source(command, certs, 0)
                 return [
                     self._tx(
+                        cert.registry,
                         cert.certificate_id,
                         envelope.UNCLAIMED,
                         {"allocation_id": allocation_id_for(command)},
@@ -177,10 +182,11 @@ class PlainTransactionBuilder:
             given_ref = ids[0]
         txs.append(
             self._tx(
+                cert.registry,
                 cert.certificate_id,
                 envelope.TRANSFERRED,
                 {
-                    "certificate_id": self._stream(cert.certificate_id),
+                    "certificate_id": self._stream(cert.registry, cert.certificate_id),
                     "source_slice_hash": given_ref,
                     "new_owner": {"content": command.receiver},
                 },
@@ -207,22 +213,29 @@ class PlainTransactionBuilder:
         allocation_id = allocation_id_for(command)
         allocated = {
             "allocation_id": allocation_id,
-            "production_certificate_id": self._stream(production.certificate_id),
-            "consumption_certificate_id": self._stream(consumption.certificate_id),
+            "production_certificate_id": self._stream(
+                production.registry, production.certificate_id
+            ),
+            "consumption_certificate_id": self._stream(
+                consumption.registry, consumption.certificate_id
+            ),
             "production_source_slice_hash": refs[0],
             "consumption_source_slice_hash": refs[1],
             "equality_proof": "",
             "chronicler_signature": "",
         }
         for cert, owner in ((production, owners[0]), (consumption, owners[1])):
-            txs.append(self._tx(cert.certificate_id, envelope.ALLOCATED, allocated, owner))
+            txs.append(
+                self._tx(cert.registry, cert.certificate_id, envelope.ALLOCATED, allocated, owner)
+            )
         for cert, owner in ((production, owners[0]), (consumption, owners[1])):
             txs.append(
                 self._tx(
+                    cert.registry,
                     cert.certificate_id,
                     envelope.CLAIMED,
                     {
-                        "certificate_id": self._stream(cert.certificate_id),
+                        "certificate_id": self._stream(cert.registry, cert.certificate_id),
                         "allocation_id": allocation_id,
                     },
                     owner,
@@ -239,13 +252,20 @@ class PlainTransactionBuilder:
         cert = certs[ref.certificate_id]
         return cert, cert.slices[ref.slice_id]
 
-    def _stream(self, certificate_id: str) -> dict[str, str]:
-        return {"registry": self._registry, "stream_id": certificate_id}
+    def _stream(self, registry: str | None, certificate_id: str) -> dict[str, str]:
+        return {"registry": registry or self._registry, "stream_id": certificate_id}
 
     def _tx(
-        self, stream: str, payload_type: str, payload: dict[str, Any], signer: str
+        self,
+        registry: str | None,
+        stream: str,
+        payload_type: str,
+        payload: dict[str, Any],
+        signer: str,
     ) -> Transaction:
-        return Transaction.build(self._registry, stream, payload_type, payload, signer)
+        """A transaction of the stream, in the certificate's registry (None: the one)."""
+        name = registry or self._registry
+        return Transaction.build(name, stream, payload_type, payload, signer)
 
     def _issued(self, command: Command) -> Transaction:
         spec = command.issue
@@ -256,7 +276,7 @@ class PlainTransactionBuilder:
             for key, value, hashed in rows
         ]
         payload = {
-            "certificate_id": self._stream(command.certificate_id),
+            "certificate_id": self._stream(spec.registry, command.certificate_id),
             "type": "PRODUCTION" if spec.type == CertificateType.PRODUCTION else "CONSUMPTION",
             "period": {"start": spec.period.start.isoformat(), "end": spec.period.end.isoformat()},
             "grid_area": spec.grid_area,
@@ -270,15 +290,20 @@ class PlainTransactionBuilder:
             "attributes": attributes,
         }
         return self._tx(
-            command.certificate_id, envelope.ISSUED, payload, f"issuer/{spec.grid_area}"
+            spec.registry,
+            command.certificate_id,
+            envelope.ISSUED,
+            payload,
+            f"issuer/{spec.grid_area}",
         )
 
     def _sliced(self, cert: Certificate, source: Slice, parts: Any, ids: list[str]) -> Transaction:
         return self._tx(
+            cert.registry,
             cert.certificate_id,
             envelope.SLICED,
             {
-                "certificate_id": self._stream(cert.certificate_id),
+                "certificate_id": self._stream(cert.registry, cert.certificate_id),
                 "source_slice_hash": source.ref,
                 "new_slices": [
                     {
@@ -397,7 +422,9 @@ class ProtoTransactionBuilder:
             case CommandKind.WITHDRAW:
                 cert = certs[command.certificate_id]
                 return [
-                    self._issuer_signed(cert.certificate_id, cert.grid_area, el.WithdrawnEvent())
+                    self._issuer_signed(
+                        cert.registry, cert.certificate_id, cert.grid_area, el.WithdrawnEvent()
+                    )
                 ]
             case CommandKind.UNCLAIM:  # signed by the owner of the slice it gives back
                 claimed = self._spendable(command, certs, 0)
@@ -419,7 +446,9 @@ class ProtoTransactionBuilder:
         start.FromDatetime(spec.period.start)
         end.FromDatetime(spec.period.end)
         event = el.IssuedEvent(
-            certificate_id=protocodec.stream_ref(self._registry, command.certificate_id),
+            certificate_id=protocodec.stream_ref(
+                spec.registry or self._registry, command.certificate_id
+            ),
             type=el.PRODUCTION if spec.type == CertificateType.PRODUCTION else el.CONSUMPTION,
             period=el.DateInterval(start=start, end=end),
             grid_area=spec.grid_area,
@@ -432,7 +461,7 @@ class ProtoTransactionBuilder:
                 for key, value, hashed in rows
             ],
         )
-        return self._issuer_signed(command.certificate_id, spec.grid_area, event)
+        return self._issuer_signed(spec.registry, command.certificate_id, spec.grid_area, event)
 
     def _transfer(self, command: Command, certs: Mapping[str, Certificate]) -> list[bytes]:
         assert command.receiver is not None and command.quantity_wh is not None
@@ -518,7 +547,10 @@ class ProtoTransactionBuilder:
         if found is None:
             return b""
         return found.register_claim_intent(
-            self._registry, side.cert.certificate_id, side.secret.quantity, side.secret.blinding
+            side.cert.registry or self._registry,
+            side.cert.certificate_id,
+            side.secret.quantity,
+            side.secret.blinding,
         )
 
     def _sliced(
@@ -598,13 +630,18 @@ class ProtoTransactionBuilder:
         return _Spendable(cert, found, secret, private.secret)
 
     def _stream(self, cert: Certificate) -> common_pb2.FederatedStreamId:
-        return protocodec.stream_ref(self._registry, cert.certificate_id)
+        return protocodec.stream_ref(cert.registry or self._registry, cert.certificate_id)
 
-    def _header(self, certificate_id: str, event: Message) -> tuple:
-        return protocodec.new_header(self._registry, certificate_id, event, str(uuid.uuid4()))
+    def _header(self, registry: str | None, certificate_id: str, event: Message) -> tuple:
+        """The header of a transaction of the stream, in the certificate's registry (None: the
+        one): the registry a federation routes it to."""
+        name = registry or self._registry
+        return protocodec.new_header(name, certificate_id, event, str(uuid.uuid4()))
 
-    def _issuer_signed(self, certificate_id: str, grid_area: str, event: Message) -> bytes:
-        header, payload = self._header(certificate_id, event)
+    def _issuer_signed(
+        self, registry: str | None, certificate_id: str, grid_area: str, event: Message
+    ) -> bytes:
+        header, payload = self._header(registry, certificate_id, event)
         signed = protocodec.header_bytes(header)
         signature = self._issuers.sign(grid_area, signed)
         _check(
@@ -614,7 +651,7 @@ class ProtoTransactionBuilder:
         return protocodec.serialize(header, signature, payload)
 
     def _owner_signed(self, source: _Spendable, event: Message) -> bytes:
-        header, payload = self._header(source.cert.certificate_id, event)
+        header, payload = self._header(source.cert.registry, source.cert.certificate_id, event)
         signed = protocodec.header_bytes(header)
         signature = keys.sign_as_owner(source.signing_key, signed)
         _check(keys.signed_by_owner(source.secret.owner_key, signature, signed), "owner signature")

@@ -16,7 +16,7 @@ it sends anything (see holds.take), so nothing is lost and nothing is spent twic
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -144,11 +144,35 @@ def enqueue(
 # --- one function per write of the API ------------------------------------------------------
 
 
-def issue(book: Book, queue: CommandQueue, request: Request, spec: IssueSpec) -> Command:
+def issue(
+    book: Book,
+    queue: CommandQueue,
+    request: Request,
+    spec: IssueSpec,
+    registry_of: RegistryOf | None = None,
+) -> Command:
+    """`registry_of`: the registry a grid area's certificates are issued in (settings)."""
     request.actor.require(Role.ISSUER)
     request.actor.require_grid_area(spec.grid_area)
+    spec = in_registry(spec, registry_of)
     certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
     return record(book, queue, _new_command(request, CommandKind.ISSUE, certificate_id, issue=spec))
+
+
+RegistryOf = Callable[[str], str | None]
+
+
+def in_registry(spec: IssueSpec, registry_of: RegistryOf | None) -> IssueSpec:
+    """The spec with the registry its grid area's certificates are issued in; without
+    `registry_of`, the service's one registry (None)."""
+    if registry_of is None:
+        return spec
+    registry = registry_of(spec.grid_area)
+    if registry is None:
+        raise domain.RuleViolation(
+            f"no registry issues certificates of grid area {spec.grid_area}", field="grid_area"
+        )
+    return spec.model_copy(update={"registry": registry})
 
 
 @dataclass(frozen=True)
@@ -159,7 +183,11 @@ class BatchItem:
 
 
 def issue_batch(
-    book: Book, queue: CommandQueue, request: Request, specs: Sequence[IssueSpec | DomainError]
+    book: Book,
+    queue: CommandQueue,
+    request: Request,
+    specs: Sequence[IssueSpec | DomainError],
+    registry_of: RegistryOf | None = None,
 ) -> list[BatchItem]:
     """One command per certificate; an item refused (or invalid) does not stop the others."""
     request.actor.require(Role.ISSUER)
@@ -171,6 +199,7 @@ def issue_batch(
             continue
         try:
             request.actor.require_grid_area(spec.grid_area)
+            spec = in_registry(spec, registry_of)
         except DomainError as refused:
             results.append(BatchItem(index=index, error=refused))
             continue

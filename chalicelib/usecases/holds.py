@@ -32,6 +32,7 @@ def certificate_to_issue(command: Command) -> Certificate:
         quantity_wh=spec.quantity_wh,
         owner=spec.owner,
         attributes=spec.attributes,
+        registry=spec.registry,
         issued_by=command.caller,
         issue_command=command.command_id,
         created_at=command.created_at,

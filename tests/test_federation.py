@@ -1,0 +1,126 @@
+"""A certificate lives in one registry for good: chosen from its grid area when it is issued,
+named in every transaction of it (the header's FederatedStreamId is what a federation routes
+by), and shown in the API. A claim may span two registries: each side's transactions name
+their own certificate's registry."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from chalicelib.adapters.memory import InMemoryBook, InMemoryQueue
+from chalicelib.api import models as m
+from chalicelib.domain import Actor, CertificateType, Role, RuleViolation
+from chalicelib.registry import protocodec
+from chalicelib.registry.builder import PlainTransactionBuilder
+from chalicelib.registry.envelope import Transaction
+from chalicelib.usecases import accept
+from tests.builders import (
+    active_certificate,
+    claim_command,
+    issue_spec,
+    ref_of,
+    transfer_command,
+)
+from tests.test_accept import request
+
+AREAS = {"DK1": "dk1", "DK2": "dk2"}
+ISSUER = Actor(owner="issuer-dk", roles=frozenset({Role.ISSUER}))
+
+
+def _registries(transactions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(header registry, payload stream registry) of each plain transaction."""
+    found = []
+    for tx in transactions:
+        parsed = Transaction.parse(base64.b64decode(tx))
+        payload = parsed.payload
+        stream = payload.get("certificate_id") or payload.get("production_certificate_id")
+        found.append((parsed.header.registry, stream["registry"] if stream else None))
+    return found
+
+
+def test_an_issue_is_in_the_registry_of_its_grid_area() -> None:
+    command = accept.issue(
+        InMemoryBook(),
+        InMemoryQueue(),
+        _issuer_request(),
+        issue_spec(grid_area="DK2"),
+        registry_of=AREAS.get,
+    )
+    assert command.issue is not None and command.issue.registry == "dk2"
+    built = PlainTransactionBuilder("the-one").build(command, {})
+    assert _registries(built.transactions) == [("dk2", "dk2")]
+
+
+def test_an_issue_in_a_grid_area_no_registry_issues_in_is_refused_and_records_nothing() -> None:
+    book, queue = InMemoryBook(), InMemoryQueue()
+    spec = issue_spec(grid_area="SE3")
+    with pytest.raises(RuleViolation, match="no registry issues certificates of grid area SE3"):
+        accept.issue(book, queue, _issuer_request(), spec, registry_of=AREAS.get)
+    assert queue.messages == []
+    assert book.get_certificates([domain_id(spec)]) == []
+
+
+def test_a_certificate_of_before_federation_stays_in_the_one_registry() -> None:
+    cert = active_certificate(issue_spec())
+    assert cert.registry is None
+    transfer = transfer_command(ref_of(cert), cert.quantity_wh)
+    built = PlainTransactionBuilder("the-one").build(transfer, {cert.certificate_id: cert})
+    assert _registries(built.transactions) == [("the-one", "the-one")]
+    assert m.CertificateView.of(cert, None, registry="the-one").registry == "the-one"
+
+
+def test_a_claim_across_registries_sends_each_side_to_its_own() -> None:
+    production = active_certificate(
+        issue_spec(grid_area="DK1").model_copy(update={"registry": "dk1"}), key="p"
+    )
+    consumption = active_certificate(
+        issue_spec(
+            grid_area="DK2", type_=CertificateType.CONSUMPTION, meter="571234567890000002"
+        ).model_copy(update={"registry": "dk2"}),
+        key="c",
+    )
+    claim = claim_command(
+        ref_of(production), ref_of(consumption), quantity_wh=production.quantity_wh
+    )
+    certs = {production.certificate_id: production, consumption.certificate_id: consumption}
+    built = PlainTransactionBuilder("the-one").build(claim, certs)
+    # allocation on each side, then the claimed events: each in its certificate's registry;
+    # the allocation names both certificates with their registries
+    headers = [Transaction.parse(base64.b64decode(t)) for t in built.transactions]
+    assert [h.header.registry for h in headers] == ["dk1", "dk2", "dk1", "dk2"]
+    allocated = headers[0].payload
+    assert allocated["production_certificate_id"]["registry"] == "dk1"
+    assert allocated["consumption_certificate_id"]["registry"] == "dk2"
+    assert m.CertificateView.of(consumption, "alice", registry="the-one").registry == "dk2"
+
+
+def test_the_proto_builder_names_the_certificates_registry_in_header_and_event() -> None:
+    from tests.registry_grpc.pipeline import ProtoPipeline
+
+    p = ProtoPipeline()
+    try:
+        command = accept.issue(
+            p.book,
+            p.queue,
+            p.request(ISSUER),
+            issue_spec(grid_area="DK1"),
+            registry_of={"DK1": "dk1"}.get,
+        )
+        built = p.builder.build(command, {})
+        parsed = protocodec.parse(base64.b64decode(built.transactions[0]))
+        assert parsed.transaction.header.federated_stream_id.registry == "dk1"
+        assert parsed.event.certificate_id.registry == "dk1"
+    finally:
+        p.close()
+
+
+def _issuer_request():
+    return request("issuer-dk", "key-1", "body", Role.ISSUER)
+
+
+def domain_id(spec) -> str:
+    from chalicelib import domain
+
+    return domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
