@@ -124,3 +124,61 @@ def domain_id(spec) -> str:
     from chalicelib import domain
 
     return domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
+
+
+# --- one registry's trouble stays its own ------------------------------------------------------
+
+
+@pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])
+def test_a_registry_down_for_30_minutes_holds_back_none_of_the_others_commands(queries) -> None:
+    from chalicelib.domain import CommandStatus
+    from chalicelib.registry.federation import Registries
+    from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
+    from chalicelib.usecases.reconcile import Reconciler
+    from tests.pipeline import ISSUER, T0, Pipeline
+
+    p = Pipeline(queries=queries)  # its simulator is DK2's registry
+    outage_end = 30 * 60
+    dk1 = RegistrySimulator(
+        SimulatorConfig(queries=queries, outages=((0, outage_end),)),
+        clock=p.vclock,
+        sleep=p.vclock.sleep,
+    )
+    # The builder names the one registry "test-registry": DK1's, the default.
+    registries = Registries({"test-registry": dk1, "dk2": p.registry}, "test-registry")
+    p.worker = p.make_worker(registry=registries)
+    areas = {"DK1": "test-registry", "DK2": "dk2"}
+    commands = [
+        accept.issue(
+            p.book,
+            p.queue,
+            p.request(ISSUER),
+            issue_spec(grid_area=area, meter=f"57131300000000{n:04d}"),
+            registry_of=areas.get,
+        )
+        for n, area in enumerate(["DK1", "DK2"] * 4)
+    ]
+    p.run()
+    # DK1's steps outlived their message's receives (sent as the outage ended, still PENDING):
+    # the reconciler asks DK1's registry about them, not DK2's.
+    reconciler = Reconciler(
+        book=p.book, queue=p.queue, registry=registries, worker=p.worker, clock=p.now
+    )
+    p.vclock.advance(301)
+    reconciler.run()
+    p.run()
+    done = {c.command_id: p.command(c.command_id) for c in commands}
+    assert {(c.status, c.error) for c in done.values()} == {(CommandStatus.COMMITTED, None)}
+    for command in commands:
+        committed_s = (done[command.command_id].updated_at - T0).total_seconds()
+        if command.issue.grid_area == "DK2":
+            assert committed_s < 60, "DK2's commands waited for DK1's registry"
+        else:
+            assert committed_s >= outage_end
+    # each registry took its own transactions, once each
+    assert sorted(e.stream_id for e in dk1.log()) == sorted(
+        c.certificate_id for c in commands if c.issue.grid_area == "DK1"
+    )
+    assert sorted(e.stream_id for e in p.registry.log()) == sorted(
+        c.certificate_id for c in commands if c.issue.grid_area == "DK2"
+    )

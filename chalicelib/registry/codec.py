@@ -24,6 +24,10 @@ class TransactionCodec(Protocol):
         """The certificate (stream UUID) a serialized transaction targets."""
         ...
 
+    def registry(self, data: bytes) -> str:
+        """The registry its header names: where a federation sends it (federation.py)."""
+        ...
+
     def fold(self, certificate_id: str, transactions: list[bytes]) -> RegistryCertificate | None:
         """The certificate as its stream leaves it; None when the stream is empty."""
         ...
@@ -32,6 +36,9 @@ class TransactionCodec(Protocol):
 class PlainCodec:
     def stream_id(self, data: bytes) -> str:
         return Transaction.parse(data).header.stream_id
+
+    def registry(self, data: bytes) -> str:
+        return Transaction.parse(data).header.registry
 
     def fold(self, certificate_id: str, transactions: list[bytes]) -> RegistryCertificate | None:
         return stream.fold(certificate_id, transactions)

@@ -179,6 +179,9 @@ class ProtoCodec:
     def stream_id(self, data: bytes) -> str:
         return parse(data).stream_id
 
+    def registry(self, data: bytes) -> str:
+        return parse(data).transaction.header.federated_stream_id.registry
+
     def fold(self, certificate_id: str, transactions: list[bytes]) -> RegistryCertificate | None:
         if not transactions:
             return None

@@ -43,7 +43,9 @@ from chalicelib.ports import (
     Transition,
 )
 from chalicelib.registry.builder import allocation_id_for
+from chalicelib.registry.codec import PLAIN
 from chalicelib.registry.envelope import transaction_id_of
+from chalicelib.registry.federation import Registries
 from chalicelib.registry.port import (
     QueriesNotSupported,
     Receipt,
@@ -77,7 +79,9 @@ class TransactionBuilder(Protocol):
 @dataclass
 class Worker:
     book: Book
-    registry: Registry
+    # One registry, or the registries of a federation (each transaction goes to the one its
+    # header names: registry/federation.py).
+    registry: Registry | Registries
     builder: TransactionBuilder
     clock: Callable[[], datetime]
     lease_s: float = 120.0
@@ -95,6 +99,17 @@ class Worker:
     # The certificates each command's transactions were built from, kept for applying its
     # outcome without reading them again (only while this worker follows the command).
     _snapshots: dict[str, dict[str, Certificate]] = field(default_factory=dict, repr=False)
+    _one: tuple[Registry, Registries] | None = field(default=None, repr=False)
+
+    @property
+    def registries(self) -> Registries:
+        """`registry` as a federation (of one, unless it is one): read on every use, since a
+        test may swap the registry of a built worker."""
+        if isinstance(self.registry, Registries):
+            return self.registry
+        if self._one is None or self._one[0] is not self.registry:
+            self._one = (self.registry, Registries.one(self.registry, codec=PLAIN))
+        return self._one[1]
 
     # --- a batch of deliveries ---------------------------------------------------------------
 
@@ -140,8 +155,21 @@ class Worker:
     def _send_first_steps(self, commands: list[Command]) -> list[Outcome]:
         if not commands:
             return []
+        by_registry: dict[str, list[Command]] = {}
+        for command in commands:
+            by_registry.setdefault(self.registries.name_of(_transaction(command)), []).append(
+                command
+            )
+        if len(by_registry) > 1:  # one call per registry: one's trouble stays its own
+            outcomes = {
+                c.command_id: outcome
+                for group in by_registry.values()
+                for c, outcome in zip(group, self._send_first_steps(group), strict=True)
+            }
+            return [outcomes[c.command_id] for c in commands]
+        registry = self.registries.for_transaction(_transaction(commands[0]))
         try:
-            receipts = self.registry.send([_transaction(c) for c in commands])
+            receipts = registry.send([_transaction(c) for c in commands])
         except RegistryUnavailable as exc:
             for command in commands:
                 self._back_to_accepted(command, f"registry unavailable: {exc}")
@@ -312,7 +340,7 @@ class Worker:
             except StaleCommand:
                 return Outcome.DONE
             try:
-                (receipt,) = self.registry.send([_transaction(command)])
+                (receipt,) = self._registry_of(command).send([_transaction(command)])
             except RegistryUnavailable as exc:
                 self._back_to_accepted(command, f"registry unavailable: {exc}")
                 return Outcome.RETRY
@@ -330,6 +358,10 @@ class Worker:
             ):
                 return outcome
             command = current
+
+    def _registry_of(self, command: Command) -> Registry:
+        """Where the command's current step goes: the registry its transaction names."""
+        return self.registries.for_transaction(_transaction(command))
 
     def _follow(self, command: Command, receipt: Receipt, drive: bool = True) -> Outcome:
         """Act on the registry's receipt for the command's current step."""
@@ -349,7 +381,7 @@ class Worker:
         comes back later (LATER), its certificate's group waiting and no one else; a worker
         never sleeps in Lambda waiting for a block."""
         try:
-            receipt = self.registry.status(_transaction_id(command))
+            receipt = self._registry_of(command).status(_transaction_id(command))
         except QueriesNotSupported:
             return self._in_doubt(
                 command, "the registry took the transaction but answers no status queries"
@@ -474,7 +506,7 @@ class Worker:
                 set_once=set_once,
                 # Without registry queries the reconciler cannot compare a settled command's
                 # certificates with the registry: the terminal write takes it off its list.
-                reconciled=not self.registry.supports_queries
+                reconciled=not self.registries.any_supports_queries(_transactions(command))
                 or (
                     target == CommandStatus.COMMITTED
                     and not drift_checked(command.command_id, self.drift_check_one_in)
@@ -562,6 +594,10 @@ def drift_checked(command_id: str, one_in: int) -> bool:
 
 def _transaction(command: Command) -> bytes:
     return base64.b64decode(command.transactions[command.step])
+
+
+def _transactions(command: Command) -> list[bytes]:
+    return [base64.b64decode(t) for t in command.transactions]
 
 
 def _transaction_id(command: Command) -> str:

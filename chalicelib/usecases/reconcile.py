@@ -46,6 +46,7 @@ from chalicelib.ports import (
 )
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.envelope import transaction_id_of
+from chalicelib.registry.federation import Registries
 from chalicelib.registry.port import (
     QueriesNotSupported,
     Registry,
@@ -77,7 +78,8 @@ class Report:
 class Reconciler:
     book: Book
     queue: CommandQueue
-    registry: Registry
+    # One registry, or a federation's (each command and certificate compared with its own).
+    registry: Registry | Registries
     worker: Worker
     clock: Callable[[], datetime]
     redrive_after_s: float = 300.0
@@ -93,6 +95,17 @@ class Reconciler:
     pending_in_doubt_after_s: float = 900.0
     lease: str = LEASE  # a shard's pass has a lease of its own (usecases.shards)
     expiry_limit: int | None = None  # certificates per expiry listing (None: max_commands)
+    _one: tuple[Registry, Registries] | None = field(default=None, repr=False)
+
+    @property
+    def registries(self) -> Registries:
+        """`registry` as a federation (of one, unless it is one): read on every use, since a
+        test may swap the registry of a built reconciler."""
+        if isinstance(self.registry, Registries):
+            return self.registry
+        if self._one is None or self._one[0] is not self.registry:
+            self._one = (self.registry, Registries.one(self.registry, codec=self.codec))
+        return self._one[1]
 
     def run(self) -> Report:
         now = self.clock()
@@ -215,13 +228,18 @@ class Reconciler:
 
     def _resolve(self, command: Command) -> str:
         """Settle a step whose outcome is not known from the registry's word on it."""
-        if not self.registry.supports_queries:
+        registry = (
+            self.registries.for_transaction(base64.b64decode(command.transactions[command.step]))
+            if command.transactions
+            else self.registries.named(None)
+        )
+        if not registry.supports_queries:
             return self._still_in_doubt(
                 command,
                 "the registry answers no queries: an "
                 "operator must check the registry and resolve it",
             )
-        word = registry_word(self.registry, self.codec, command)
+        word = registry_word(registry, self.codec, command)
         if word is None:
             return "registry_unreachable"
         status = word.status
@@ -306,7 +324,7 @@ class Reconciler:
             self.book.mark_reconciled(command.command_id)
 
     def _align(self, certificate_id: str) -> str:
-        if not self.registry.supports_queries:
+        if not any(registry.supports_queries for _, registry in self.registries):
             return "drift_not_checkable"
         # The book first, then the registry: the repair is written only if the certificate is
         # still at the version read here. Read after the stream, a commit landing in between
@@ -314,8 +332,11 @@ class Reconciler:
         seen = self.book.get_certificate(certificate_id)
         if seen is None:
             return "aligned"
+        registry = self.registries.named(seen.registry)  # each compared with its own
+        if not registry.supports_queries:
+            return "drift_not_checkable"
         try:
-            truth = self.codec.fold(certificate_id, self.registry.stream(certificate_id))
+            truth = self.codec.fold(certificate_id, registry.stream(certificate_id))
         except (RegistryUnavailable, RegistryAmbiguous, QueriesNotSupported):
             return "registry_unreachable"
         if truth is None:
@@ -457,12 +478,17 @@ class RegistryWord:
 
 
 def registry_word(
-    registry: Registry | None, codec: TransactionCodec, command: Command
+    registry: Registry | Registries | None, codec: TransactionCodec, command: Command
 ) -> RegistryWord | None:
-    """The registry's word on the command's current step; None where it cannot answer."""
-    if registry is None or not registry.supports_queries or not command.transactions:
+    """The registry's word on the command's current step (asked of the registry its
+    transaction names, in a federation); None where it cannot answer."""
+    if registry is None or not command.transactions:
         return None
     data = base64.b64decode(command.transactions[command.step])
+    if isinstance(registry, Registries):
+        registry = registry.for_transaction(data)
+    if not registry.supports_queries:
+        return None
     transaction_id = transaction_id_of(data)
     try:
         status = registry.status(transaction_id).status
@@ -508,7 +534,7 @@ def resolve_by_operator(
     command_id: str,
     committed: bool,
     reason: str,
-    registry: Registry | None = None,
+    registry: Registry | Registries | None = None,
     codec: TransactionCodec = PLAIN,
 ) -> Command:
     """An operator's finding on an IN_DOUBT step, applied exactly as the worker would have,
@@ -543,7 +569,7 @@ def resend_by_operator(
     command_id: str,
     reason: str,
     now: datetime,
-    registry: Registry | None = None,
+    registry: Registry | Registries | None = None,
     codec: TransactionCodec = PLAIN,
 ) -> Command:
     """An operator's finding that an IN_DOUBT step never reached the registry (its transaction
