@@ -843,9 +843,18 @@ def reserve(
     return cert.model_copy(update={"slices": slices})
 
 
-def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
-    """A claim matches production and consumption of one period and trial type. Their grid
-    areas are a rule of ours, not the registry's: `check_matching_boundary`."""
+# Groups of grid areas whose certificates a claim may match, e.g. {"DK": ["DK1", "DK2"]}.
+MatchingBoundary = Mapping[str, Collection[str]]
+
+
+def check_claim_pair(
+    production: Certificate,
+    consumption: Certificate,
+    boundary: MatchingBoundary | None = None,
+) -> None:
+    """A claim matches production and consumption of one period and trial type, and grid
+    areas the matching boundary allows (`check_matching_boundary`; None: not checked, as when
+    a claim accepted earlier takes its holds again)."""
     if production.type != CertificateType.PRODUCTION:
         raise RuleViolation(
             "the production side must be a production certificate",
@@ -856,6 +865,8 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
             "the consumption side must be a consumption certificate",
             field="consumption.certificate_id",
         )
+    if boundary is not None:
+        check_matching_boundary(production, consumption, boundary)
     if not (
         production.period.contains(consumption.period)
         or consumption.period.contains(production.period)
@@ -876,7 +887,7 @@ def check_claim_pair(production: Certificate, consumption: Certificate) -> None:
 def check_matching_boundary(
     production: Certificate,
     consumption: Certificate,
-    boundary: Mapping[str, Collection[str]],
+    boundary: MatchingBoundary,
 ) -> None:
     """A claim matches production and consumption of one grid area, or of two grid areas
     within one group of the matching boundary (e.g. {"DK": ["DK1", "DK2"]}). The registry

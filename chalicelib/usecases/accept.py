@@ -16,7 +16,7 @@ it sends anything (see holds.take), so nothing is lost and nothing is spent twic
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -77,14 +77,20 @@ def _new_command(
     )
 
 
-def record(book: Book, queue: CommandQueue, command: Command) -> Command:
-    """Steps 1-3 above. Returns the command to answer with (the first one, on a replay)."""
+def record(
+    book: Book,
+    queue: CommandQueue,
+    command: Command,
+    boundary: domain.MatchingBoundary | None = None,
+) -> Command:
+    """Steps 1-3 above. Returns the command to answer with (the first one, on a replay).
+    `boundary`: a claim's matching boundary (holds.take)."""
     try:
         book.add_command(command)
     except DuplicateCommand as dup:
         return _replay(book, queue, command, dup.existing)
     try:
-        certificates = holds.take(book, command)
+        certificates = holds.take(book, command, boundary)
     except DomainError:
         book.forget_command(command)
         raise
@@ -291,7 +297,7 @@ def claim(
     quantity_wh: int,
     expiry: timedelta | None = None,
     expiry_margin: timedelta = domain.CLAIM_EXPIRY_MARGIN,
-    boundary: Mapping[str, Collection[str]] | None = None,
+    boundary: domain.MatchingBoundary | None = None,
 ) -> Command:
     """`boundary`: the grid areas a claim may match (settings.matching_boundary); decided when
     the claim is accepted, as the expiry margin is."""
@@ -308,23 +314,20 @@ def claim(
         slices=(production, consumption),
         quantity_wh=quantity_wh,
     )
-    if book.get_command(command.command_id) is None:  # not on a replay
-        pair = _pair(book, command)
-        if pair is not None:  # else holds.take answers NotFound
-            domain.check_matching_boundary(*pair, boundary or {})
-            if expiry is not None:
-                domain.check_claim_in_time(*pair, command.created_at, expiry, expiry_margin)
-    return record(book, queue, command)
+    if expiry is not None and book.get_command(command.command_id) is None:  # not on a replay
+        _check_in_time(book, command, expiry, expiry_margin)
+    return record(book, queue, command, boundary or {})
 
 
-def _pair(book: Book, command: Command) -> tuple[Certificate, Certificate] | None:
+def _check_in_time(book: Book, command: Command, expiry: timedelta, margin: timedelta) -> None:
     production, consumption = command.slices
     found = {
         c.certificate_id: c
         for c in book.get_certificates([production.certificate_id, consumption.certificate_id])
     }
     pair = found.get(production.certificate_id), found.get(consumption.certificate_id)
-    return (pair[0], pair[1]) if pair[0] is not None and pair[1] is not None else None
+    if pair[0] is not None and pair[1] is not None:  # else holds.take answers NotFound
+        domain.check_claim_in_time(pair[0], pair[1], command.created_at, expiry, margin)
 
 
 def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: str) -> Command:

@@ -39,11 +39,15 @@ def certificate_to_issue(command: Command) -> Certificate:
     )
 
 
-def take(book: Book, command: Command) -> dict[str, Certificate]:
+def take(
+    book: Book, command: Command, boundary: domain.MatchingBoundary | None = None
+) -> dict[str, Certificate]:
     """Take every hold the command needs, or release what was taken and raise the reason.
-    Returns the command's certificates as its holds left them (what the worker builds from)."""
+    Returns the command's certificates as its holds left them (what the worker builds from).
+    `boundary`: the grid areas a claim may match, checked when it is accepted (None: taken
+    again later, when that was decided)."""
     try:
-        return _take(book, command)
+        return _take(book, command, boundary)
     except DomainError:
         release(book, command)
         raise
@@ -63,7 +67,9 @@ def take_while_open(book: Book, command: Command) -> dict[str, Certificate] | No
     return certificates
 
 
-def _take(book: Book, command: Command) -> dict[str, Certificate]:
+def _take(
+    book: Book, command: Command, boundary: domain.MatchingBoundary | None
+) -> dict[str, Certificate]:
     match command.kind:
         case CommandKind.ISSUE:
             cert = certificate_to_issue(command)
@@ -86,12 +92,14 @@ def _take(book: Book, command: Command) -> dict[str, Certificate]:
             # as it was (no reservation taken and released, no version bumped). Only a race
             # lost after this read still reserves, then releases.
             found = {c.certificate_id: c for c in book.get_certificates(command.certificate_ids())}
-            _check(command, [_reserved_copy(found, ref, command) for ref in command.slices])
+            _check(
+                command, [_reserved_copy(found, ref, command) for ref in command.slices], boundary
+            )
             reserved = [
                 book.reserve(ref, command.command_id, command.caller, _least_wh(command))
                 for ref in command.slices
             ]
-            _check(command, reserved)
+            _check(command, reserved, boundary)
             return {cert.certificate_id: cert for cert in reserved}
 
 
@@ -114,7 +122,11 @@ def _reserved_copy(found: dict[str, Certificate], ref: SliceRef, command: Comman
     return domain.reserve(cert, ref, command.command_id, command.caller, _least_wh(command))
 
 
-def _check(command: Command, reserved: list[Certificate]) -> None:
+def _check(
+    command: Command,
+    reserved: list[Certificate],
+    boundary: domain.MatchingBoundary | None = None,
+) -> None:
     """The rules the certificates of a command must meet once its slices are reserved."""
     match command.kind:
         case CommandKind.SLICE:
@@ -125,7 +137,7 @@ def _check(command: Command, reserved: list[Certificate]) -> None:
             domain.check_slice_room(reserved[0], 3)
         case CommandKind.CLAIM:
             production, consumption = reserved
-            domain.check_claim_pair(production, consumption)
+            domain.check_claim_pair(production, consumption, boundary)
             domain.check_slice_room(production, 2)
             domain.check_slice_room(consumption, 2)
 

@@ -429,8 +429,8 @@ class Clients:
 
 
 def _pairs_up(production, consumption) -> bool:
-    """A claim's pair as accept checks it (domain.check_claim_pair, and check_matching_boundary
-    with no boundary): one grid area, and one period inside the other."""
+    """A claim's pair as accept checks it (domain.check_claim_pair, with no matching boundary):
+    one grid area, and one period inside the other."""
     return production.grid_area == consumption.grid_area and (
         production.period.contains(consumption.period)
         or consumption.period.contains(production.period)
