@@ -182,6 +182,9 @@ class Allocation:
     production_slice: Any
     consumption_slice: Any
     claimed: bool = False
+    # The registries of the two sides (federation): where the other side is looked up.
+    production_registry: str | None = None
+    consumption_registry: str | None = None
 
 
 @dataclass
@@ -245,7 +248,9 @@ class Rules:
     the area (None: every area). `expiry`: how long after its period ends a certificate expires
     (None: never, upstream's default); `now` is the registry's clock for it.
     `chronicler_keys(grid_area)`: the keys of the chronicler the area's configuration names
-    (empty: none; None: no area names one)."""
+    (empty: none; None: no area names one). `peers(registry, stream)`: a certificate of another
+    registry of the federation, as that registry holds it (None: unknown there, or no peers):
+    upstream's verifier loads the other side of an allocation from its own registry."""
 
     def __init__(
         self,
@@ -256,6 +261,7 @@ class Rules:
         expiry: timedelta | None = None,
         now: Callable[[], datetime] | None = None,
         chronicler_keys: Callable[[str], list[bytes]] | None = None,
+        peers: Callable[[str, str], Certificate | None] | None = None,
     ) -> None:
         if expiry is not None and now is None:
             raise ValueError("an expiry needs the registry's clock")
@@ -265,7 +271,14 @@ class Rules:
         self.expiry = expiry
         self.now = now
         self.chronicler_keys = chronicler_keys
+        self.peers = peers
         self.certificates: dict[str, Certificate] = {}
+
+    def lookup(self, registry: str | None, stream: str) -> Certificate | None:
+        """A certificate this registry holds, or (another registry named) its peer holds."""
+        if registry is None or self.registry is None or registry == self.registry:
+            return self.certificates.get(stream)
+        return self.peers(registry, stream) if self.peers else None
 
     def apply(self, tx: Envelope, event: Event) -> None:
         if self.registry is not None and tx.registry != self.registry:
@@ -339,7 +352,12 @@ class Rules:
         if not e.allocation_id:
             refuse("allocation id is not set")
         new = Allocation(
-            e.production.stream, e.consumption.stream, e.production_slice, e.consumption_slice
+            e.production.stream,
+            e.consumption.stream,
+            e.production_slice,
+            e.consumption_slice,
+            production_registry=e.production.registry,
+            consumption_registry=e.consumption.registry,
         )
         if tx.stream == new.production_id:
             self._allocate_production(tx, e, new)
@@ -375,7 +393,7 @@ class Rules:
             tx, new.production_id, PRODUCTION, e, new.production_slice
         )
         assert cert is not None
-        consumption = self.certificates.get(new.consumption_id)
+        consumption = self.lookup(new.consumption_registry, new.consumption_id)
         if consumption is None:
             refuse("consumption certificate not found")
         if consumption.type != CONSUMPTION:
@@ -400,7 +418,7 @@ class Rules:
             tx, new.consumption_id, CONSUMPTION, e, new.consumption_slice
         )
         cert = self.certificates[new.consumption_id]
-        production = self.certificates.get(new.production_id)
+        production = self.lookup(new.production_registry, new.production_id)
         production_side = production.allocations.get(aid) if production else None
         if production is None or production_side is None:
             refuse("production side not allocated")
@@ -423,8 +441,10 @@ class Rules:
             refuse("allocation not found")
         if allocation.claimed:
             refuse("allocation already claimed")
-        production = self.certificates[allocation.production_id]
-        consumption = self.certificates[allocation.consumption_id]
+        production = self.lookup(allocation.production_registry, allocation.production_id)
+        consumption = self.lookup(allocation.consumption_registry, allocation.consumption_id)
+        if production is None or consumption is None:
+            refuse("the other side's certificate is not found")
         if production.withdrawn or consumption.withdrawn:
             refuse("certificate withdrawn")
         on_production = stream == allocation.production_id
@@ -449,8 +469,11 @@ class Rules:
         claimed_slice = cert.slices[ref]
         if not self.checks.signed_by_owner(tx, claimed_slice.owner):
             refuse("not signed by the claimed slice's owner")
-        opposite_id = allocation.consumption_id if on_production else allocation.production_id
-        opposite = self.certificates.get(opposite_id)
+        opposite = (
+            self.lookup(allocation.consumption_registry, allocation.consumption_id)
+            if on_production
+            else self.lookup(allocation.production_registry, allocation.production_id)
+        )
         if opposite is None:
             refuse("opposite certificate does not exist")
         if not opposite.withdrawn:

@@ -19,7 +19,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -316,6 +316,22 @@ class RegistrySimulator:
 
     # --- what tests and the reconciler look at -----------------------------------------------
 
+    def federate(self, name: str, registries: Mapping[str, RegistrySimulator]) -> None:
+        """Be registry `name` of a federation: take only transactions for `name`, and look up a
+        certificate of another registry (the other side of an allocation) in `registries`, as
+        upstream's verifier asks the registry that holds it."""
+        rules_ = self._ledger.rules  # type: ignore[attr-defined]
+        rules_.registry = name
+
+        def peer(registry: str, stream: str) -> Any:
+            other = registries.get(registry)
+            if other is None or other is self:
+                return None
+            with other._lock:
+                return other._ledger.rules.certificates.get(stream)  # type: ignore[attr-defined]
+
+        rules_.peers = peer
+
     def snapshot(self, certificate_id: str) -> dict[str, Any] | None:
         """The certificate's state as the registry holds it now, or None if it does not exist.
         Unlike `stream`, this includes transactions that have not settled yet."""
@@ -483,6 +499,7 @@ class Ledger(Protocol):
 class _PlainLedger:
     def __init__(self, rules: _Rules) -> None:
         self._rules = rules
+        self.rules = rules  # what a federated peer looks certificates up in
 
     def parse(self, data: bytes) -> tuple[str, str, Any]:
         tx = Transaction.parse(data)
