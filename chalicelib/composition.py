@@ -28,6 +28,7 @@ from chalicelib.registry.builder import (
 from chalicelib.registry.chronicler import Chroniclers
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.custody import KmsOwnerKeys, StoredIssuerKeys
+from chalicelib.registry.federation import Registries
 from chalicelib.registry.keys import IssuerKeys, OwnerKeys, SandboxOwnerKeys
 from chalicelib.registry.measured import MeasuredRegistry
 from chalicelib.registry.port import Registry
@@ -48,7 +49,8 @@ class Services:
     book: Book
     queue: CommandQueue
     verifier: TokenVerifier
-    registry: Registry | None = None
+    # The registry, or a federation's registries (CERTS_REGISTRIES), each measured by name.
+    registry: Registry | Registries | None = None
     clock: Clock = utc_now
     # name -> a call that raises when that dependency is unhealthy
     health_checks: dict[str, Callable[[], Any]] = field(default_factory=dict)
@@ -158,7 +160,7 @@ def builder_for(services: Services) -> TransactionBuilder:
         else None
     )
     if not uses_proto(settings):
-        return PlainTransactionBuilder(settings.registry_name, hasher)
+        return PlainTransactionBuilder(settings.default_registry, hasher)
     if services.issuer_keys is None:
         services.issuer_keys = issuer_keys_for(settings)
     if services.owner_keys is None:
@@ -166,7 +168,7 @@ def builder_for(services: Services) -> TransactionBuilder:
             settings.registry_sandbox_secret.get_secret_value().encode()
         )
     return ProtoTransactionBuilder(
-        settings.registry_name,
+        settings.default_registry,
         services.issuer_keys,
         services.owner_keys,
         secret_box_for(services),
@@ -196,6 +198,11 @@ def chroniclers_for(services: Services) -> Chroniclers:
             by_area[area] = clients[key]
         services.chroniclers = Chroniclers(by_area)
     return services.chroniclers
+
+
+def codec_of(settings: Settings) -> TransactionCodec:
+    """What reads a transaction's header (its registry, its stream) in the builders' format."""
+    return ProtoCodec() if uses_proto(settings) else PLAIN
 
 
 def codec_for(services: Services) -> TransactionCodec:
@@ -230,17 +237,10 @@ def verifier_for(settings: Settings) -> TokenVerifier:
 
 
 def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> Registry:
+    """The one registry (no CERTS_REGISTRIES)."""
     if settings.registry == "grpc":
-        from chalicelib.registry.grpc_client import GrpcRegistry
-
         assert settings.registry_grpc_target
-        return GrpcRegistry(
-            settings.registry_grpc_target,
-            tls=settings.registry_grpc_tls,
-            timeout_s=settings.registry_timeout_s,
-            connect_timeout_s=settings.registry_connect_timeout_s,
-            max_batch=settings.registry_batch_size,
-        )
+        return _grpc_registry(settings, settings.registry_grpc_target, settings.registry_grpc_tls)
     if settings.registry == "http":
         from chalicelib.registry.http_client import HttpRegistry
 
@@ -248,6 +248,53 @@ def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> R
         return HttpRegistry(
             settings.registry_url, settings.registry_timeout_s, settings.registry_queries
         )
+    return _simulator(settings, settings.registry_queries, None, issuer_keys)
+
+
+def registries_for(
+    settings: Settings, issuer_keys: IssuerKeys | None = None
+) -> Registry | Registries:
+    """The one registry, or a federation's, each measured under its name. Simulated registries
+    of one federation know one another (the other side of an allocation is looked up there)."""
+    if not settings.registries:
+        return MeasuredRegistry(registry_for(settings, issuer_keys), settings.registry_name)
+    built: dict[str, Registry] = {}
+    for name, target in settings.registries.items():
+        if settings.registry == "grpc":
+            assert target.target
+            built[name] = _grpc_registry(settings, target.target, target.tls)
+        elif settings.registry == "http":
+            from chalicelib.registry.http_client import HttpRegistry
+
+            assert target.target
+            built[name] = HttpRegistry(target.target, settings.registry_timeout_s, target.queries)
+        else:
+            built[name] = _simulator(settings, target.queries, name, issuer_keys)
+    if settings.registry == "simulator":
+        for name, simulator in built.items():
+            simulator.federate(name, built)  # type: ignore[attr-defined]
+    return Registries(
+        {name: MeasuredRegistry(registry, name) for name, registry in built.items()},
+        settings.default_registry,
+        codec_of(settings),
+    )
+
+
+def _grpc_registry(settings: Settings, target: str, tls: bool) -> Registry:
+    from chalicelib.registry.grpc_client import GrpcRegistry
+
+    return GrpcRegistry(
+        target,
+        tls=tls,
+        timeout_s=settings.registry_timeout_s,
+        connect_timeout_s=settings.registry_connect_timeout_s,
+        max_batch=settings.registry_batch_size,
+    )
+
+
+def _simulator(
+    settings: Settings, queries: bool, name: str | None, issuer_keys: IssuerKeys | None
+) -> Registry:
     from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 
     ledger = None
@@ -256,11 +303,11 @@ def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> R
 
         ledger = ProtoLedger(
             (issuer_keys or issuer_keys_for(settings)).public_keys,
+            registry=name,
             chronicler_keys=chronicler_keys_for(settings),
         )
     return RegistrySimulator(
-        SimulatorConfig(seed=settings.registry_seed, queries=settings.registry_queries),
-        ledger=ledger,
+        SimulatorConfig(seed=settings.registry_seed, queries=queries), ledger=ledger
     )
 
 
@@ -293,7 +340,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
             version=settings.owner_key_version,
             cache_s=settings.owner_key_cache_s,
         )
-    registry = MeasuredRegistry(registry_for(settings, issuer_keys), settings.registry_name)
+    registry = registries_for(settings, issuer_keys)
     return Services(
         settings=settings,
         book=DynamoBook(

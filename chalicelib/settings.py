@@ -283,10 +283,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"registry {name!r} needs a target URL (registry=http)")
         return self
 
+    @property
+    def default_registry(self) -> str:
+        """The registry of a certificate that names none (recorded before federation), and of
+        every grid area without CERTS_GRID_AREA_REGISTRIES: CERTS_REGISTRY_NAME, or the first
+        of CERTS_REGISTRIES when that does not name it."""
+        if not self.registries or self.registry_name in self.registries:
+            return self.registry_name
+        return next(iter(self.registries))
+
     def registry_of_grid_area(self, grid_area: str) -> str | None:
         """The registry a grid area's certificates are issued in; None when none is."""
         if not self.grid_area_registries:
-            return next(iter(self.registries), self.registry_name)
+            return self.default_registry
         return self.grid_area_registries.get(grid_area)
 
     @model_validator(mode="after")

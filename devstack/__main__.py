@@ -76,6 +76,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "of a claim (off by default)",
     )
     parser.add_argument(
+        "--registries",
+        type=_registries,
+        default=1,
+        metavar="N",
+        help="a federation of N registries (dk1..dkN): grid area DKn's issuer on dkn, claims "
+        "matched across all of them; the fault options apply to dk1 (default 1)",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="one `access` line per request on stdout; every command's transition on stderr",
@@ -86,6 +94,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="the log lines on stderr as JSON, as the deployed service writes them",
     )
     return parser.parse_args(argv)
+
+
+def _registries(value: str) -> int:
+    count = int(value)
+    if not 1 <= count <= 9:
+        raise argparse.ArgumentTypeError("between 1 and 9 registries")
+    return count
 
 
 class _Readable(logging.Formatter):
@@ -160,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             log_requests=args.verbose,
             registry_protocol=args.registry_protocol,
             chronicler_areas=chronicler_areas,
+            registries=args.registries,
         )
     )
     try:
@@ -185,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         if chronicler_areas:
             mode += f", chronicler of {','.join(chronicler_areas)} at {stack.chronicler.target}"
         registry_at += " (control)"
+    if args.registries > 1:
+        federation = stack.settings.grid_area_registries
+        registry_at = "; ".join(
+            f"{name} {server.url} (control, {area}'s issuer)"
+            for (area, name), server in zip(federation.items(), stack.http_servers, strict=True)
+        )
+        mode += f"; claims matched across {'/'.join(federation)}"
     print(f"""
 Certificates Domain is running ({time.monotonic() - started:.1f} s to start)
   API        {stack.api_url}   (OpenAPI: {stack.api_url}/v1/openapi.json)

@@ -59,6 +59,14 @@ class StackOptions:
     # With grpc: these grid areas name a simulated chronicler (its own key), which the
     # registry then requires on their allocations.
     chronicler_areas: tuple[str, ...] = ()
+    # A federation: this many registries (dk1, dk2, ...), grid area DKn's issuer on the n-th,
+    # and a matching boundary over all of them. The fault options apply to the first only.
+    registries: int = 1
+
+
+def federation_areas(registries: int) -> dict[str, str]:
+    """Grid area -> registry name of an embedded federation: DK1 -> dk1, DK2 -> dk2, ..."""
+    return {f"DK{n}": f"dk{n}" for n in range(1, registries + 1)}
 
 
 class Stack:
@@ -72,6 +80,15 @@ class Stack:
         self.api_url = f"http://{HOST}:{options.port}"
         self.registry_url = ""
         self.services: composition.Services | None = None
+        # Every registry's simulator by name (one unless federated); each serves its own
+        # control plane (faults, log) over HTTP.
+        self.simulators: dict[str, Any] = {}
+        self._servers: list[Any] = []
+
+    @property
+    def http_servers(self) -> list[Any]:
+        """Each registry's control plane (HTTP), in the order of `simulators`."""
+        return [s for s in self._servers if hasattr(s, "url")] or [self._registry]
 
     @property
     def simulator(self):
@@ -101,7 +118,9 @@ class Stack:
         common = {"stage": "local", "registry_timeout_s": 5, "lambda_timeout_s": 10, "lease_s": 20}
         if self.options.jwt_secret:
             common["jwt_secret"] = self.options.jwt_secret
-        if self.options.registry_protocol == "grpc":
+        if self.options.registries > 1:
+            settings = self._serve_federation(common)
+        elif self.options.registry_protocol == "grpc":
             settings = self._serve_grpc_registry(common)
         else:
             self._registry = registry_server.serve(
@@ -114,6 +133,7 @@ class Stack:
                 **common,
             )
         self.registry_url = self._registry.url
+        self.simulators = self.simulators or {settings.registry_name: self._registry.simulator}
         session = boto3.Session(region_name=settings.region)
         sqs = session.client("sqs")
         urls = resources.create(session.client("dynamodb"), sqs, settings)
@@ -173,6 +193,61 @@ class Stack:
             registry_grpc_tls=False,
             registry_queries=True,
             chroniclers=chroniclers,
+            **common,
+        )
+
+    def _serve_federation(self, common: dict) -> Settings:
+        """Registries dk1..dkN, each a simulator of its own that knows the others (the other
+        side of an allocation is looked up in its registry), over HTTP or gRPC as the single
+        registry would be; grid area DKn's issuer uses dkn, and a claim may match any two."""
+        from chalicelib.registry.sandbox.simulator import RegistrySimulator
+        from chalicelib.registry.sandbox.verifier import ProtoLedger
+        from chalicelib.settings import RegistryTarget
+
+        grpc = self.options.registry_protocol == "grpc"
+        areas = federation_areas(self.options.registries)
+        issuers = composition.issuer_keys_for(Settings(**common)) if grpc else None
+        targets = {}
+        for n, name in enumerate(areas.values()):
+            config = (
+                self.options.registry
+                if n == 0
+                else replace(self.options.registry, outages=(), ambiguous_rate=0.0, lost_rate=0.0)
+            )
+            if grpc:
+                assert issuers is not None
+                config = replace(config, queries=True)
+            simulator = RegistrySimulator(
+                config,
+                ledger=ProtoLedger(issuers.public_keys, registry=name) if issuers else None,
+            )
+            self.simulators[name] = simulator
+            port = self.options.registry_port if n == 0 else 0
+            server = registry_server.serve(simulator, HOST, port)[0]
+            self._servers.append(server)
+            if grpc:
+                from devstack import registry_grpc
+
+                served = registry_grpc.serve(simulator, HOST, 0)
+                self._servers.append(served)
+                targets[name] = RegistryTarget(target=served.target, tls=False, queries=True)
+            else:
+                targets[name] = RegistryTarget(target=server.url, queries=config.queries)
+        for name, simulator in self.simulators.items():
+            simulator.federate(name, self.simulators)
+        self._registry = self._servers[0]
+        first = next(iter(targets.values()))
+        self.registry_target = first.target or ""
+        return Settings(
+            registry="grpc" if grpc else "http",
+            registry_url=None if grpc else first.target,
+            registry_grpc_target=first.target if grpc else None,
+            registry_grpc_tls=False,
+            registry_queries=first.queries,
+            registry_name=next(iter(targets)),
+            registries=targets,
+            grid_area_registries=areas,
+            matching_boundary={"DK": frozenset(areas)},
             **common,
         )
 
@@ -261,7 +336,13 @@ class Stack:
         if hasattr(self, "_api"):
             self._api.server.shutdown()
             self._api.server.server_close()
-        if hasattr(self, "_registry"):
+        for server in self._servers:  # a federation's
+            if hasattr(server, "shutdown"):
+                server.shutdown()
+                server.server_close()
+            else:
+                server.stop()
+        if hasattr(self, "_registry") and not self._servers:
             self._registry.shutdown()
             self._registry.server_close()
         if hasattr(self, "_grpc"):

@@ -72,7 +72,9 @@ def healthy(url: str, process: subprocess.Popen, within_s: float) -> bool:
 
 
 @contextlib.contextmanager
-def _started_stack(protocol: str) -> Iterator[tuple[str, subprocess.Popen, float, set[int]]]:
+def _started_stack(
+    protocol: str, *args: str
+) -> Iterator[tuple[str, subprocess.Popen, float, set[int]]]:
     """`make run` in a process of its own: its URL, the process, its start-up time and its moto
     servers (killed at the end, with the stack, whatever state a test left it in)."""
     port = free_port()
@@ -85,7 +87,7 @@ def _started_stack(protocol: str) -> Iterator[tuple[str, subprocess.Popen, float
             {area: base64.b64encode(os.urandom(32)).decode() for area in ("DK1", "DK2")}
         )
     process = subprocess.Popen(
-        [sys.executable, "-m", "devstack", "--registry-protocol", protocol],
+        [sys.executable, "-m", "devstack", "--registry-protocol", protocol, *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -163,6 +165,51 @@ def _certs(url: str, token: str, *args: str) -> dict:
 def _available(url: str, certificate_id: str, token: str) -> dict[int, str]:
     _, view = _http(url, "GET", f"/v1/certificates/{certificate_id}", token)
     return {s["quantity_wh"]: s["slice_id"] for s in view["slices"] if s["state"] == "available"}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_make_run_with_two_registries_claims_across_them(protocol: str) -> None:
+    """Issue 17: `make run ARGS="--registries 2"`. A DK1 production slice claimed against a
+    DK2 consumption slice reaches COMMITTED, and each certificate shows its own registry (that
+    each registry takes only its own side is tests/test_federation.py's)."""
+    with contextlib.ExitStack() as stack:
+        url, process, _, _ = stack.enter_context(_started_stack(protocol, "--registries", "2"))
+        refs = {}
+        for area, type_, gsrn in (
+            ("DK1", "production", "571313000000000011"),
+            ("DK2", "consumption", "571313000000000012"),
+        ):
+            body = {
+                "type": type_,
+                "gsrn": gsrn,
+                "grid_area": area,
+                "start": "2026-06-01T10:00:00Z",
+                "end": "2026-06-01T11:00:00Z",
+                "quantity_wh": 1000,
+                "owner": "alice",
+            }
+            _, accepted = _http(url, "POST", "/v1/certificates", ISSUER, body, f"issue-{area}")
+            assert _wait(url, accepted["command_id"], ISSUER)["status"] == "COMMITTED"
+            certificate_id = accepted["certificate_id"]
+            _, view = _http(url, "GET", f"/v1/certificates/{certificate_id}", ALICE)
+            assert view["registry"] == area.lower(), view
+            refs[type_] = {
+                "certificate_id": certificate_id,
+                "slice_id": view["slices"][0]["slice_id"],
+            }
+        claim = {
+            "production": refs["production"],
+            "consumption": refs["consumption"],
+            "quantity_wh": 400,
+        }
+        status, accepted = _http(url, "POST", "/v1/claims", ALICE, claim, "claim-across")
+        assert status == 202, accepted
+        done = _wait(url, accepted["command_id"], ALICE)
+        assert done["status"] == "COMMITTED", done
+        for type_ in refs:
+            _, view = _http(url, "GET", f"/v1/certificates/{refs[type_]['certificate_id']}", ALICE)
+            assert "claimed" in {s["state"] for s in view["slices"]}, view
+        assert process.poll() is None
 
 
 def test_make_run_serves_the_whole_pipeline_over_http_and_the_cli(running_stack) -> None:

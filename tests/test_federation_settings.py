@@ -107,3 +107,34 @@ def test_each_registry_needs_a_target_for_a_protocol_that_reaches_it(monkeypatch
         CERTS_REGISTRIES={"dk1": {}, "dk2": {}},
     )
     assert set(settings.registries) == {"dk1", "dk2"}
+
+
+def test_a_federation_of_simulators_is_built_with_each_registry_measured_by_name(
+    monkeypatch,
+) -> None:
+    from chalicelib import composition
+    from chalicelib.registry.federation import Registries
+
+    settings = _settings(
+        monkeypatch,
+        CERTS_REGISTRY="simulator",
+        CERTS_REGISTRIES={"dk1": {}, "dk2": {"queries": False}},
+        CERTS_GRID_AREA_REGISTRIES=AREAS,
+    )
+    registries = composition.registries_for(settings)
+    assert isinstance(registries, Registries)
+    assert [(name, r.name, r.supports_queries) for name, r in registries] == [
+        ("dk1", "dk1", True),
+        ("dk2", "dk2", False),
+    ]
+    assert settings.default_registry == "dk1"  # CERTS_REGISTRY_NAME is not one of them
+    registries.reachable()
+
+
+def test_without_registries_the_one_registry_is_built_as_before(monkeypatch) -> None:
+    from chalicelib import composition
+    from chalicelib.registry.measured import MeasuredRegistry
+
+    settings = _settings(monkeypatch, CERTS_REGISTRY="simulator")
+    one = composition.registries_for(settings)
+    assert isinstance(one, MeasuredRegistry) and one.name == settings.registry_name

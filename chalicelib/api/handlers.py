@@ -679,4 +679,4 @@ QUERY_MODELS: dict[str, type[BaseModel]] = {
 
 def _registry(services: Services) -> str:
     """The registry a certificate recorded before federation is in: the service's one."""
-    return services.settings.registry_name
+    return services.settings.default_registry

@@ -68,6 +68,14 @@ class Registries:
         except KeyError:
             raise UnknownRegistry(f"registry {name!r} is not configured") from None
 
+    def reachable(self) -> None:
+        """Raise, naming it, when one of the registries cannot be reached (the health check)."""
+        for name, registry in self._by_name.items():
+            try:
+                registry.reachable()  # type: ignore[attr-defined]
+            except Exception as exc:
+                raise type(exc)(f"registry {name!r}: {exc}") from exc
+
     def any_supports_queries(self, transactions: list[bytes]) -> bool:
         """Whether the registry of any of the transactions answers queries (the default's
         word when there are none yet)."""
