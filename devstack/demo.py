@@ -9,7 +9,14 @@ a check of invariants I1-I6 against the registry simulator's log and the book. T
 is 1 if any invariant fails.
 
     python -m devstack.demo                     # starts its own stack
+    python -m devstack.demo --registries 2      # a federation: DK1 on dk1, DK2 on dk2
     python -m devstack.demo --url http://127.0.0.1:8000 --registry-url http://127.0.0.1:8100
+
+With `--registries 2` producers and consumers alternate between grid areas DK1 and DK2, whose
+certificates live in registries dk1 and dk2; claims match across them. The outage takes dk1
+down only: dk2's commands must keep committing meanwhile, and the report says how many did.
+The invariants are checked against each registry's log, and every transaction must be in the
+log of its certificate's registry and no other.
 """
 
 from __future__ import annotations
@@ -114,6 +121,20 @@ class Market:
     commands: dict[str, str] = field(default_factory=dict)  # command id -> the caller's token
     resolutions: Counter = field(default_factory=Counter)
     final: dict[str, dict[str, Any]] = field(default_factory=dict)  # terminal views, cached
+    # A federation's registries by name (control planes), the outage's first; {} for one.
+    federation: dict[str, Http] = field(default_factory=dict)
+    # Commands of the other registries that committed while the first one was down.
+    committed_in_outage: int = 0
+
+    @property
+    def logs(self) -> dict[str, list[dict[str, Any]]]:
+        """Each registry's log, by name (the one registry's under "")."""
+        registries = self.federation or {"": self.registry}
+        return {name: r.call("GET", "/v1/log")[1]["entries"] for name, r in registries.items()}
+
+    def grid_area(self, index: int) -> str:
+        """Owners alternate between the federation's grid areas (DK1 alone without one)."""
+        return f"DK{index % len(self.federation) + 1}" if self.federation else "DK1"
 
     def token(self, owner: str, *roles: str) -> str:
         return mint_token(self.secret, owner, roles)
@@ -131,7 +152,12 @@ class Market:
                 quantity = int(20_000 + 180_000 * sun * self.rng.uniform(0.7, 1.0))
                 rows.append(
                     self._row(
-                        "production", f"57131310{tag:06d}{p:04d}", start, quantity, f"producer-{p}"
+                        "production",
+                        f"57131310{tag:06d}{p:04d}",
+                        start,
+                        quantity,
+                        f"producer-{p}",
+                        self.grid_area(p),
                     )
                 )
             for c in range(self.consumers):
@@ -143,16 +169,19 @@ class Market:
                         start,
                         int(load * self.rng.uniform(0.8, 1.2)),
                         f"consumer-{c}",
+                        self.grid_area(c),
                     )
                 )
         return rows
 
     @staticmethod
-    def _row(type_: str, gsrn: str, start: datetime, quantity: int, owner: str) -> dict:
+    def _row(
+        type_: str, gsrn: str, start: datetime, quantity: int, owner: str, grid_area: str
+    ) -> dict:
         return {
             "type": type_,
             "gsrn": gsrn,
-            "grid_area": "DK1",
+            "grid_area": grid_area,
             "start": start.isoformat(),
             "end": (start + timedelta(hours=1)).isoformat(),
             "quantity_wh": quantity,
@@ -213,12 +242,16 @@ class Market:
                 sales.append((owner, buyer, cert, mine[0], want))
         progress = Progress("transfers (registry outage)", len(sales))
         down_from, down_until = len(sales) // 3, None
+        outage_started: dict[str, int] = {}
         accepted = []
         for i, (owner, buyer, cert, slice_, want) in enumerate(sales):
             if i == down_from and outage_s:
                 self.registry.call("POST", "/v1/faults", {"available": False})
                 down_until = time.monotonic() + outage_s
+                outage_started = self._logged_elsewhere()
             if down_until and time.monotonic() >= down_until:
+                if self.federation:
+                    self.committed_in_outage = self._committed_elsewhere(outage_started)
                 self.registry.call("POST", "/v1/faults", {"available": True})
                 down_until = None
             status, body = self.api.call(
@@ -239,6 +272,8 @@ class Market:
             progress.update(i + 1, "registry down" if down_until else "")
         if down_until:
             time.sleep(max(0.0, down_until - time.monotonic()))
+            if self.federation:
+                self.committed_in_outage = self._committed_elsewhere(outage_started)
             self.registry.call("POST", "/v1/faults", {"available": True})
         progress.finish()
         self.settle("transfers settling")
@@ -286,6 +321,23 @@ class Market:
                 self.commands[body["command_id"]] = token
             progress.update(i + 1)
         progress.finish()
+
+    def _logged_elsewhere(self) -> dict[str, int]:
+        """How many entries each registry but the first has logged so far."""
+        names = list(self.federation)[1:]
+        return {
+            name: len(self.federation[name].call("GET", "/v1/log")[1]["entries"]) for name in names
+        }
+
+    def _committed_elsewhere(self, since: dict[str, int]) -> int:
+        """Transactions the other registries committed since `since` (while the first was down)."""
+        now = {name: self.federation[name].call("GET", "/v1/log")[1]["entries"] for name in since}
+        return sum(
+            1
+            for name, entries in now.items()
+            for e in entries[since[name] :]
+            if e["verdict"] == "COMMITTED" and e["origin"] == "client"
+        )
 
     # --- settling ------------------------------------------------------------------------
 
@@ -362,9 +414,10 @@ def check_invariants(
     market: Market, views: dict[str, dict[str, Any]], codec: TransactionCodec = PLAIN
 ) -> dict[str, str]:
     issuer = market.token("issuer-dk", "issuer")
-    _, log = market.registry.call("GET", "/v1/log")
+    logs = market.logs
+    entries = [e for log in logs.values() for e in log]
     results: dict[str, str] = {}
-    client = [e for e in log["entries"] if e["origin"] == "client"]
+    client = [e for e in entries if e["origin"] == "client"]
     ids = Counter(e["transaction_id"] for e in client)
     twice = [i for i, n in ids.items() if n > 1]
     results["I1 never twice"] = "ok" if not twice else f"FAILED: {len(twice)} sent twice"
@@ -403,10 +456,14 @@ def check_invariants(
     reserved = [c for c, v in book.items() if any(s["state"] == "reserved" for s in v["slices"])]
     results["I5 no stale lock"] = "ok" if not reserved else f"FAILED: {len(reserved)}"
     streams: dict[str, list[bytes]] = defaultdict(list)
-    for entry in log["entries"]:
-        if entry["verdict"] == "COMMITTED":
-            data = base64.b64decode(entry["transaction"])
-            streams[codec.stream_id(data)].append(data)
+    elsewhere = []  # a transaction in the log of a registry that does not hold its stream
+    for name, log in logs.items():
+        for entry in log:
+            if entry["verdict"] == "COMMITTED":
+                data = base64.b64decode(entry["transaction"])
+                streams[codec.stream_id(data)].append(data)
+                if name and book.get(codec.stream_id(data), {}).get("registry", name) != name:
+                    elsewhere.append(entry["transaction_id"])
     drift = []
     for certificate_id, cert in book.items():
         truth = codec.fold(certificate_id, streams.get(certificate_id, []))
@@ -423,6 +480,10 @@ def check_invariants(
         if mine != theirs:
             drift.append(certificate_id)
     results["I6 alignment"] = "ok" if not drift else f"FAILED: {len(drift)} differ"
+    if market.federation:
+        results["each in its registry"] = (
+            "ok" if not elsewhere else f"FAILED: {len(elsewhere)} in another registry's log"
+        )
     return results
 
 
@@ -504,6 +565,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage-s", type=float, default=5)
     parser.add_argument("--no-queries", action="store_true")
     parser.add_argument(
+        "--registries",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="a federation of N registries (own stack only): owners alternate between grid "
+        "areas DK1..DKN, the outage takes dk1 down only",
+    )
+    parser.add_argument(
         "--registry-protocol",
         choices=("http", "grpc"),
         default="http",
@@ -514,7 +584,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--url and --registry-url go together")
     if args.url and args.registry_protocol == "grpc":
         parser.error("--registry-protocol grpc needs the demo's own stack (no --url)")
+    if args.url and args.registries > 1:
+        parser.error("--registries needs the demo's own stack (no --url)")
     stack = None
+    federation: dict[str, Http] = {}
     if args.url is None:
         from chalicelib.registry.sandbox.simulator import SimulatorConfig
         from devstack.stack import Stack, StackOptions, free_port
@@ -529,9 +602,15 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed, queries=not args.no_queries, commit_delay_s=0.0
                 ),
                 registry_protocol=args.registry_protocol,
+                registries=args.registries,
             )
         ).start()
         api_url, registry_url = stack.api_url, stack.registry_url
+        if args.registries > 1:
+            federation = {
+                name: Http(server.url)
+                for name, server in zip(stack.simulators, stack.http_servers, strict=True)
+            }
     else:
         api_url, registry_url = args.url, args.registry_url
     market = Market(
@@ -542,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         args.consumers,
         args.hours,
         random.Random(args.seed),
+        federation=federation,
     )
     try:
         market.registry.call(
@@ -574,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         "ambiguous_rate": args.ambiguous_rate,
         "outage_s": args.outage_s,
     }
+    if market.federation:
+        others = ", ".join(list(market.federation)[1:])
+        print(
+            f"  federation: {', '.join(market.federation)}; while "
+            f"{next(iter(market.federation))} was down, {others} committed "
+            f"{market.committed_in_outage} transactions"
+        )
     for line in report_lines(
         views, market.resolutions, faults, settings, elapsed, workers=2 if stack else None
     ):
