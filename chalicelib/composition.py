@@ -28,7 +28,7 @@ from chalicelib.registry.builder import (
 from chalicelib.registry.chronicler import Chroniclers
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.custody import KmsOwnerKeys, StoredIssuerKeys
-from chalicelib.registry.federation import Registries
+from chalicelib.registry.federation import Guarded, Registries
 from chalicelib.registry.keys import IssuerKeys, OwnerKeys, SandboxOwnerKeys
 from chalicelib.registry.measured import MeasuredRegistry
 from chalicelib.registry.port import Registry
@@ -257,7 +257,8 @@ def registries_for(
     """The one registry, or a federation's, each measured under its name. Simulated registries
     of one federation know one another (the other side of an allocation is looked up there)."""
     if not settings.registries:
-        return MeasuredRegistry(registry_for(settings, issuer_keys), settings.registry_name)
+        name = settings.registry_name
+        return MeasuredRegistry(_guarded(settings, registry_for(settings, issuer_keys), name), name)
     built: dict[str, Registry] = {}
     for name, target in settings.registries.items():
         if settings.registry == "grpc":
@@ -274,9 +275,23 @@ def registries_for(
         for name, simulator in built.items():
             simulator.federate(name, built)  # type: ignore[attr-defined]
     return Registries(
-        {name: MeasuredRegistry(registry, name) for name, registry in built.items()},
+        {
+            name: MeasuredRegistry(_guarded(settings, registry, name), name)
+            for name, registry in built.items()
+        },
         settings.default_registry,
         codec_of(settings),
+    )
+
+
+def _guarded(settings: Settings, registry: Registry, name: str) -> Registry:
+    """A bound on what this process has in flight to the registry, and a back-off after it
+    refused a call (registry/federation.Guarded)."""
+    return Guarded(
+        registry,
+        name,
+        max_in_flight=settings.registry_max_in_flight,
+        backoff_s=settings.registry_backoff_s,
     )
 
 

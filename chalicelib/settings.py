@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     registry_queries: bool = True
     registry_timeout_s: float = 10.0
     registry_batch_size: int = 20
+    # Per registry and process: transactions in flight at most, and the first back-off after
+    # the registry refused a call (doubling while refusals go on, up to 30 s).
+    registry_max_in_flight: int = Field(default=200, ge=1)
+    registry_backoff_s: float = Field(default=1.0, ge=0)
     registry_seed: int = 1
     # {"DK1": {"target": "host:port", "tls": true, "signer_keys": ["<base64>"]}, ...}: the
     # chronicler each grid area names; a claim asks it to sign its side's allocation. Empty:

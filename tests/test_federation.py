@@ -249,3 +249,79 @@ def test_a_claim_across_two_registries_commits_each_side_in_its_own(queries) -> 
     for ref in (production, consumption):
         cert = p.book.get_certificate(ref.certificate_id)
         assert any(s.state == SliceState.CLAIMED for s in cert.slices.values())
+
+
+# --- a bound on what is in flight, a back-off after a refusal ------------------------------------
+
+
+class _Refusing:
+    """A registry that refuses (or takes) each call as told, and counts the calls it got."""
+
+    supports_queries = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.refuse = True
+        self.during = None  # a call made while this one is in flight
+
+    def send(self, transactions):
+        from chalicelib.registry.port import Receipt, RegistryUnavailable, TransactionStatus
+
+        self.calls += 1
+        if self.during:
+            during, self.during = self.during, None
+            during()
+        if self.refuse:
+            raise RegistryUnavailable("RESOURCE_EXHAUSTED")
+        return [Receipt(str(i), TransactionStatus.COMMITTED) for i, _ in enumerate(transactions)]
+
+
+def test_after_a_refusal_sends_back_off_doubling_without_calling_the_registry() -> None:
+    from chalicelib.registry.federation import Guarded
+    from chalicelib.registry.port import RegistryUnavailable
+
+    now = [0.0]
+    inner = _Refusing()
+    guarded = Guarded(inner, "dk1", backoff_s=1.0, max_backoff_s=4.0, clock=lambda: now[0])
+    # refused at 0, then each time its back-off has passed: 1, 2, 4 and (the most) 4 s later
+    for refused_at, backing_off_at in ((0, 0.5), (1, 2.9), (3, 6.9), (7, 10.9), (11, None)):
+        now[0] = refused_at
+        with pytest.raises(RegistryUnavailable, match="RESOURCE_EXHAUSTED"):
+            guarded.send([b"tx"])
+        if backing_off_at is not None:
+            now[0] = backing_off_at
+            with pytest.raises(RegistryUnavailable, match="backing off for"):
+                guarded.send([b"tx"])
+    assert inner.calls == 5  # one call per back-off, none during one
+    inner.refuse = False
+    now[0] += 4.0
+    assert len(guarded.send([b"a", b"b"])) == 2
+    inner.refuse = True  # a success started the back-off over: 1 s again
+    with pytest.raises(RegistryUnavailable):
+        guarded.send([b"tx"])
+    now[0] += 1.0
+    with pytest.raises(RegistryUnavailable, match="RESOURCE_EXHAUSTED"):
+        guarded.send([b"tx"])
+
+
+def test_a_send_beyond_the_bound_in_flight_is_refused_without_a_call() -> None:
+    from chalicelib.registry.federation import Guarded
+    from chalicelib.registry.port import RegistryUnavailable
+
+    inner = _Refusing()
+    inner.refuse = False
+    guarded = Guarded(inner, "dk1", max_in_flight=3)
+    refused = []
+
+    def meanwhile() -> None:  # another poller, while two are in flight
+        try:
+            guarded.send([b"c", b"d"])
+        except RegistryUnavailable as exc:
+            refused.append(str(exc))
+        guarded.send([b"e"])  # within the bound
+
+    inner.during = meanwhile
+    assert len(guarded.send([b"a", b"b"])) == 2
+    assert refused == ["registry 'dk1' has 2 transactions in flight from here (at most 3)"]
+    assert inner.calls == 2  # the first and the one within the bound
+    assert len(guarded.send([b"a", b"b", b"c"])) == 3  # nothing in flight any more

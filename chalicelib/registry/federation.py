@@ -12,10 +12,13 @@ as before federation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from chalicelib.registry.codec import PLAIN, TransactionCodec
-from chalicelib.registry.port import Registry
+from chalicelib.registry.port import Receipt, Registry, RegistryUnavailable
 
 
 class UnknownRegistry(LookupError):
@@ -82,3 +85,78 @@ class Registries:
         if not transactions:
             return self.named(None).supports_queries
         return any(self.for_transaction(t).supports_queries for t in transactions)
+
+
+class Guarded:
+    """One registry behind a bound on the transactions this process has in flight to it, and a
+    back-off after it refused a call (RESOURCE_EXHAUSTED, UNAVAILABLE before receiving, HTTP
+    429/503): for `backoff_s`, doubling up to `max_backoff_s` while refusals go on, a send is
+    refused here without a call. Both refusals are `RegistryUnavailable`, "certainly not sent":
+    the worker puts the commands back and their messages come again later, so one busy or
+    down registry costs its own commands a wait and no one else's anything.
+
+    The bound is per process (a Lambda container sends one batch at a time, the embedded stack
+    from several pollers); across a fleet, the worker's reserved concurrency times its batch
+    size bounds what is in flight to all registries together (docs/DEPLOY.md, "Concurrency")."""
+
+    def __init__(
+        self,
+        inner: Registry,
+        name: str,
+        max_in_flight: int = 200,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self.name = name
+        self._max_in_flight = max_in_flight
+        self._backoff_s, self._max_backoff_s = backoff_s, max_backoff_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._refusals = 0  # in a row
+        self._until = 0.0  # refused here until then
+
+    @property
+    def supports_queries(self) -> bool:
+        return self._inner.supports_queries
+
+    def send(self, transactions: Sequence[bytes]) -> list[Receipt]:
+        with self._lock:
+            now = self._clock()
+            if now < self._until:
+                raise RegistryUnavailable(
+                    f"registry {self.name!r} refused a call: backing off for "
+                    f"{self._until - now:.1f} s more"
+                )
+            if self._in_flight + len(transactions) > self._max_in_flight:
+                raise RegistryUnavailable(
+                    f"registry {self.name!r} has {self._in_flight} transactions in flight "
+                    f"from here (at most {self._max_in_flight})"
+                )
+            self._in_flight += len(transactions)
+        try:
+            receipts = self._inner.send(transactions)
+        except RegistryUnavailable:
+            with self._lock:
+                self._refusals += 1
+                wait = min(self._backoff_s * 2 ** (self._refusals - 1), self._max_backoff_s)
+                self._until = self._clock() + wait
+            raise
+        else:
+            with self._lock:
+                self._refusals = 0
+            return receipts
+        finally:
+            with self._lock:
+                self._in_flight -= len(transactions)
+
+    def status(self, transaction_id: str) -> Receipt:
+        return self._inner.status(transaction_id)
+
+    def stream(self, certificate_id: str) -> list[bytes]:
+        return self._inner.stream(certificate_id)
+
+    def __getattr__(self, name: str) -> Any:  # reachable, tallies, the simulator's controls
+        return getattr(self._inner, name)
