@@ -88,13 +88,15 @@ class OpsPage:
             reconciler=self._last_pass,
             reconciler_failures=(self.failed_passes, self.last_failure),
             registry={
-                call: {
+                # a federation's calls by registry and call ("dk1 send"), one registry's by call
+                (f"{name} {call}" if name else call): {
                     "calls": t.calls,
                     "errors": t.errors,
                     "mean_ms": t.mean_ms,
                     "last_ms": t.last_ms,
                 }
-                for call, t in sorted(getattr(services.registry, "tallies", {}).items())
+                for name, registry in _registries(services.registry)
+                for call, t in sorted(getattr(registry, "tallies", {}).items())
             },
         )
 
@@ -104,7 +106,20 @@ class OpsPage:
         return {n: int(found.get(n, 0)) for n in names}
 
     def render(self, now: datetime | None = None) -> str:
-        return render(self.figures(now), getattr(self.services().registry, "name", "registry"))
+        registry = self.services().registry
+        name = (
+            ", ".join(name for name, _ in registry)
+            if getattr(registry, "federated", False)
+            else getattr(registry, "name", "registry")
+        )
+        return render(self.figures(now), name)
+
+
+def _registries(registry: Any) -> list[tuple[str, Any]]:
+    """(name, registry) of a federation, or ("", the one registry)."""
+    if getattr(registry, "federated", False):
+        return list(registry)
+    return [("", registry)]
 
 
 def reason_stuck(command: Command, now: datetime, redrive_after_s: float) -> str | None:
