@@ -41,6 +41,23 @@ def _seeds(chunk: int) -> list[int]:
     return list(range(chunk, CI_SEEDS, CHUNKS))
 
 
+def test_federated_runs_aim_faults_at_each_registry_and_claim_across_them() -> None:
+    """Issue 17: half the runs have two registries (DK2's certificates in their own); the
+    registry faults of a step aim at one of them, and claims match across the two. Every
+    transaction is checked to have reached its own certificate's registry (checks.py)."""
+    from collections import Counter
+
+    totals: Counter = Counter()
+    for seed in range(60):
+        for queries in (False, True):
+            result = run(seed, queries, STEPS)
+            assert not result.violations, result.report()
+            totals.update(result.stats)
+    assert 0 < totals["federated_runs"] < 120
+    assert totals["faults.aimed_at.dk2"] > 0 and totals["faults.aimed_at.certificates-registry"] > 0
+    assert totals["claims.across_registries"] > 0
+
+
 def test_a_soak_stopped_early_prints_what_it_finished_and_where_to_go_on() -> None:
     soak = subprocess.Popen(
         [sys.executable, "-m", "tests.simulation", "--seeds", "5000", "--steps", "20"],

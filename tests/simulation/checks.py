@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib import domain
 from chalicelib.adapters.memory import InMemoryBook
-from chalicelib.domain import CertificateStatus, Command, CommandKind, SliceState
+from chalicelib.domain import CertificateStatus, Command, CommandKind, CommandStatus, SliceState
 from chalicelib.registry.builder import allocation_id_for
 from chalicelib.registry.envelope import transaction_id_of
 
@@ -228,6 +228,8 @@ def at_quiet(world: World) -> None:
                 f"{call.operation} answered 202 for {item['command_id']}, "
                 "which is gone from the book",
             )
+    if world.federated:
+        in_its_own_registry(world)
     # I1: each transaction reached the registry at most once, and only transactions that a
     # command stores (a rebuilt transaction is a second send of the same step)
     sent = [e for e in registry.log() if e.origin == "client"]
@@ -426,3 +428,24 @@ def _allocated_by(world: World, snapshot: dict[str, Any], ref: str) -> Command |
 
 def _cert(cert: domain.Certificate | None) -> str:
     return "nothing" if cert is None else cert.status.value
+
+
+def in_its_own_registry(world: World) -> None:
+    """A federated run (issue 17): every transaction reached the registry of its certificate
+    and no other, and claims that matched the two registries' certificates are counted."""
+    book = world.book
+    for name, member in world.registry.members.items():
+        for entry in member.log():
+            cert = book.get_certificate(entry.stream_id) if entry.stream_id else None
+            if cert is not None and (cert.registry or world.settings.default_registry) != name:
+                world.violate_once(
+                    "FED",
+                    f"transaction {entry.transaction_id} of {cert.certificate_id} (in "
+                    f"{cert.registry}) reached registry {name}",
+                )
+    for command in book.commands.values():
+        if command.kind != CommandKind.CLAIM or command.status != CommandStatus.COMMITTED:
+            continue
+        sides = [book.get_certificate(ref.certificate_id) for ref in command.slices]
+        if len({c.registry for c in sides if c is not None}) > 1:
+            world.stats["claims.across_registries"] += 1

@@ -230,7 +230,8 @@ class Clients:
             partners = [
                 (c, s)
                 for c, s in self.slices(caller, type_=CertificateType.CONSUMPTION)
-                if c.status == CertificateStatus.ACTIVE and _pairs_up(prod_cert, c)
+                if c.status == CertificateStatus.ACTIVE
+                and _pairs_up(prod_cert, c, self.world.settings.matching_boundary)
             ]
             if partners:
                 c, s = rng.choice(partners)
@@ -300,7 +301,8 @@ class Clients:
             (pc, ps, cc, cs)
             for pc, ps in self.slices("alice", type_=CertificateType.PRODUCTION)
             for cc, cs in self.slices("alice", type_=CertificateType.CONSUMPTION)
-            if CertificateStatus.ACTIVE == pc.status == cc.status and _pairs_up(pc, cc)
+            if CertificateStatus.ACTIVE == pc.status == cc.status
+            and _pairs_up(pc, cc, self.world.settings.matching_boundary)
         ]
         if pairs:
             pc, ps, cc, cs = pairs[rng.randrange(len(pairs))]
@@ -428,10 +430,12 @@ class Clients:
         return answer
 
 
-def _pairs_up(production, consumption) -> bool:
-    """A claim's pair as accept checks it (domain.check_claim_pair, with no matching boundary):
-    one grid area, and one period inside the other."""
-    return production.grid_area == consumption.grid_area and (
+def _pairs_up(production, consumption, boundary) -> bool:
+    """A claim's pair as accept checks it (domain.check_claim_pair): grid areas the matching
+    boundary allows (one, without a boundary), and one period inside the other."""
+    a, b = production.grid_area, consumption.grid_area
+    matched = a == b or any(a in group and b in group for group in boundary.values())
+    return matched and (
         production.period.contains(consumption.period)
         or consumption.period.contains(production.period)
     )

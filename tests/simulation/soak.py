@@ -63,6 +63,8 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
         f"{totals['queue.dead_lettered']}; stale receipt handles: {totals['queue.stale_delete']}"
         f"; claims that stranded an allocation: {totals['claims.stranded']}; unclaims "
         f"committed {totals['unclaims.committed']}, rejected {totals['unclaims.rejected']}",
+        f"federated runs (two registries): {totals['federated_runs']}; claims committed across "
+        f"the two: {totals['claims.across_registries']}",
         f"violations: {sum(rules.values())} in {len(failed)} run(s)"
         + (f"  by rule: {dict(sorted(rules.items()))}" if rules else ""),
     ]

@@ -50,6 +50,7 @@ from chalicelib.ports import DependencyDown
 from chalicelib.registry import envelope
 from chalicelib.registry.builder import PlainTransactionBuilder
 from chalicelib.registry.envelope import transaction_id_of
+from chalicelib.registry.federation import Registries
 from chalicelib.registry.port import RegistryAmbiguous, RegistryUnavailable
 from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from chalicelib.settings import Settings
@@ -63,6 +64,15 @@ MAX_RECEIVES = 10  # infra/resources.json: the command queue's redrive maxReceiv
 LAMBDA_TIMEOUT_S = 60.0
 LEASE_S = 120.0
 REGISTRY_TIMEOUT_S = 10.0
+# A federated run's registries: DK1's is the service's default one, DK2's its own, and a claim
+# may match the two grid areas.
+DEFAULT_REGISTRY = Settings.model_fields["registry_name"].default
+SECOND_REGISTRY = "dk2"
+FEDERATION = {
+    "registries": {DEFAULT_REGISTRY: {}, SECOND_REGISTRY: {}},
+    "grid_area_registries": {"DK1": DEFAULT_REGISTRY, "DK2": SECOND_REGISTRY},
+    "matching_boundary": {"DK": ["DK1", "DK2"]},
+}
 REDRIVE_AFTER_S = 300.0
 MAX_DEPTH = 2  # how deep invocations nest inside one another's pauses
 DEFAULT_STEPS = 100
@@ -224,6 +234,57 @@ class RegistryClient:
 
     def stream(self, certificate_id: str) -> Any:
         return self._timed(lambda: self._registry.stream(certificate_id), RegistryUnavailable)
+
+
+class SimulatedFederation:
+    """The registries of a federated run, as the harness drives them (issue 17): the faults of
+    a step aim at one of them (drawn), drift and the checks see them all, and a change to a
+    stream goes to the registry that holds it."""
+
+    def __init__(self, members: dict[str, RegistrySimulator], rng: random.Random) -> None:
+        self.members = members
+        self._rng = rng
+        self.target = next(iter(members.values()))
+
+    def aim(self) -> str:
+        """Aim the next fault at one registry; its name."""
+        name = self._rng.choice(sorted(self.members))
+        self.target = self.members[name]
+        return name
+
+    def log(self) -> list[Any]:
+        return [entry for member in self.members.values() for entry in member.log()]
+
+    def holder(self, stream: str) -> RegistrySimulator:
+        for member in self.members.values():
+            if member.snapshot(stream) is not None:
+                return member
+        return self.target
+
+    def snapshot(self, stream: str) -> Any:
+        return self.holder(stream).snapshot(stream)
+
+    def withdraw(self, stream: str, *args: Any) -> Any:
+        return self.holder(stream).withdraw(stream, *args)
+
+    def set_owner(self, stream: str, *args: Any) -> Any:
+        return self.holder(stream).set_owner(stream, *args)
+
+    def split_slice(self, stream: str, *args: Any) -> Any:
+        return self.holder(stream).split_slice(stream, *args)
+
+    def is_available(self) -> bool:
+        return self.target.is_available()
+
+    def set_available(self, up: bool) -> None:
+        self.target.set_available(up)
+
+    def configure(self, **changes: Any) -> None:
+        self.target.configure(**changes)
+
+    @property
+    def config(self) -> Any:
+        return self.target.config
 
 
 # --- SQS FIFO -----------------------------------------------------------------------------
@@ -477,12 +538,36 @@ class World:
             sleep=self.clock.sleep,
         )
         self.registry_client = RegistryClient(self.registry, self.clock, self.stats)
+        # A federation (issue 17) in half the runs: DK2's certificates in a registry of their
+        # own, with faults of its own, and claims across the two. Its own generator, so that the
+        # other draws of a seed stay as they were.
+        self.federation_rng = random.Random(f"federation/{seed}")
+        self.federated = self.federation_rng.random() < 0.5
+        self.registry_clients = {DEFAULT_REGISTRY: self.registry_client}
+        if self.federated:
+            second = RegistrySimulator(
+                SimulatorConfig(
+                    seed=self.federation_rng.randrange(2**31),
+                    queries=queries,
+                    commit_delay_s=self.federation_rng.choice([0.0, 1.0, 30.0, 400.0]),
+                    **self.base_faults,
+                ),
+                clock=self.clock,
+                sleep=self.clock.sleep,
+            )
+            members = {DEFAULT_REGISTRY: self.registry, SECOND_REGISTRY: second}
+            for name, member in members.items():
+                member.federate(name, members)
+            self.registry_clients[SECOND_REGISTRY] = RegistryClient(second, self.clock, self.stats)
+            self.registry = SimulatedFederation(members, self.federation_rng)
+            self.stats["federated_runs"] = 1
         # Claims stranded on purpose: the issuer withdraws the consumption certificate in the
         # registry just before a claim's consumption allocation (its own generator, so that
         # the other draws of a seed stay as they were).
         self.strand_rng = random.Random(f"strand/{seed}")
         self.strand_p = self.strand_rng.choice([0.0, 0.5, 1.0])
-        self.registry_client.before_send = self.strand_a_claim
+        for client in self.registry_clients.values():
+            client.before_send = self.strand_a_claim
         self.worker_batch = rng.choice([1, 3, 10, 20])
         self.settings = Settings(
             jwt_secret=SECRET,
@@ -493,6 +578,7 @@ class World:
             commit_check_s=2.0,
             redrive_after_s=REDRIVE_AFTER_S,
             certificate_expiry_days=self.expiry_days,
+            **(FEDERATION if self.federated else {}),
         )
         self.verifier = SharedSecretVerifier(SECRET)
         self.tokens = {user: mint_token(SECRET, user, roles) for user, roles in USERS.items()}
@@ -658,10 +744,19 @@ class World:
         raise Crash(where)
 
     def wired(self, inv: Invocation) -> tuple[Any, Any, Any]:
+        registry: Any = Wired(self.registry_client, inv, self, "registry")
+        if self.federated:
+            registry = Registries(
+                {
+                    name: Wired(client, inv, self, "registry")
+                    for name, client in self.registry_clients.items()
+                },
+                DEFAULT_REGISTRY,
+            )
         return (
             Wired(self.book, inv, self, "book"),
             Wired(self.queue, inv, self, "queue"),
-            Wired(self.registry_client, inv, self, "registry"),
+            registry,
         )
 
     def worker_for(self, inv: Invocation) -> Worker:
@@ -887,6 +982,10 @@ class World:
 
     def registry_fault(self) -> None:
         rng = self.rng
+        if self.federated:
+            aimed = self.registry.aim()
+            self.stats[f"faults.aimed_at.{aimed}"] += 1
+            self.note(f"fault aimed at registry {aimed}")
         match rng.randrange(5):
             case 0:
                 was_up = self.registry.is_available()
@@ -1040,15 +1139,17 @@ class World:
 
     def heal(self) -> None:
         self.faults_on = False
-        self.registry.configure(
-            ambiguous_rate=0.0,
-            lost_rate=0.0,
-            latency_s=0.0,
-            latency_jitter_s=0.0,
-            max_batch=100,
-            outages=(),
-        )
-        self.registry.set_available(True)
+        members = self.registry.members.values() if self.federated else [self.registry]
+        for member in members:
+            member.configure(
+                ambiguous_rate=0.0,
+                lost_rate=0.0,
+                latency_s=0.0,
+                latency_jitter_s=0.0,
+                max_batch=100,
+                outages=(),
+            )
+            member.set_available(True)
         self.queue.available = True
         self.refused.clear()
 
