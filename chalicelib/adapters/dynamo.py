@@ -865,7 +865,7 @@ class DynamoBook:
             self._mark_changed(replayed)
             return replayed
         reserved = _certificate_from(answer["Attributes"])
-        self._mark_changed(reserved)
+        self._mark_changed(reserved, moved={caller})  # their slice is now reserved
         return reserved
 
     def update_certificate(
@@ -875,9 +875,10 @@ class DynamoBook:
         snapshot: Certificate | None = None,
     ) -> Certificate:
         if snapshot is not None:
-            patched = self._patch(snapshot, change(snapshot))
+            changed = change(snapshot)
+            patched = self._patch(snapshot, changed)
             if patched is not None:
-                self._mark_changed(patched)
+                self._mark_changed(patched, moved=domain.viewers_of_change(snapshot, changed))
                 return patched
         for _ in range(_OPTIMISTIC_RETRIES):
             current = self.get_certificate(certificate_id)
@@ -897,7 +898,7 @@ class DynamoBook:
                     ConditionExpression="version = :seen",
                     ExpressionAttributeValues={":seen": {"N": str(current.version)}},
                 )
-                self._mark_changed(changed)
+                self._mark_changed(changed, moved=domain.viewers_of_change(current, changed))
                 return changed
             except ClientError as exc:
                 if not _condition_failed(exc):
@@ -1157,55 +1158,72 @@ class DynamoBook:
     def _feed_position(self, item_id: str) -> str:
         return f"{changes.stamp(self._clock())}#{item_id}"
 
-    def _mark_changed(self, stored: Certificate, new: bool = False) -> None:
+    def _mark_changed(
+        self, stored: Certificate, new: bool = False, moved: set[str] | None = None
+    ) -> None:
         """Bring each viewer's feed up to the certificate as stored: after every write of a
         certificate, and again on a replay, which repairs what a crash cut short between the
         write and these. Each viewer has one mark: their view of the certificate, the version
         it is of, and its position in their feed. A mark never goes back to an older version.
         When the viewer's view did not change, the mark takes the new version where it is; when
         it did, it moves to the end of the feed. So a mark read from the feed index is one
-        state, given at one position, once."""
+        state, given at one position, once.
+
+        `moved`, the viewers whose view this write changed (`domain.viewers_of_change`), says
+        which of the two each mark most likely needs, so that it is tried first: one write per
+        viewer, not a refused update and then a put. A mark that is not as expected (a write
+        cut short before it) is answered by the other."""
         for owner in sorted(domain.viewers(stored)):
-            view = domain.view_of(stored, owner)
-            digest = domain.view_digest(stored, owner)
-            snapshot = view.model_dump_json(exclude_none=True)
-            key = {"pk": {"S": f"FEED#{owner}"}, "sk": {"S": f"CERT#{stored.certificate_id}"}}
-            old = None
-            # A new certificate has no marks yet: straight to the put.
-            if not new:
-                try:
+            first = "move" if new or (moved is not None and owner in moved) else "keep"
+            self._mark(stored, owner, domain.view_digest(stored, owner), first)
+
+    def _mark(self, stored: Certificate, owner: str, digest: str, attempt: str) -> None:
+        """One viewer's mark: "keep" updates it where it is if it shows the same view, "move"
+        puts it at the end of the feed if it shows another view (or there is none). A refusal
+        answers with the mark as it is, which says whether the other is due."""
+        key = {"pk": {"S": f"FEED#{owner}"}, "sk": {"S": f"CERT#{stored.certificate_id}"}}
+        snapshot = domain.view_of(stored, owner).model_dump_json(exclude_none=True)
+        values = {":v": stored.version, ":d": digest}
+        for _ in range(3):  # each refusal names the other; a third is a race lost: leave it
+            try:
+                if attempt == "keep":
                     self._call(
                         "update_item",
                         Key=key,
                         UpdateExpression="SET feed_version = :v, certificate = :c",
                         ConditionExpression="feed_version < :v AND view_digest = :d",
-                        ExpressionAttributeValues=_to_item(
-                            {":v": stored.version, ":c": snapshot, ":d": digest}
-                        ),
+                        ExpressionAttributeValues=_to_item(values | {":c": snapshot}),
                         ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     )
-                    continue
-                except ClientError as exc:
-                    old = exc.response.get("Item")
-            if old is not None and int(old["feed_version"]["N"]) >= stored.version:
-                continue  # a newer state is marked already
-            with contextlib.suppress(ClientError):  # unless one was marked meanwhile
-                self._call(
-                    "put_item",
-                    Item=_to_item(
-                        {
-                            "pk": f"FEED#{owner}",
-                            "sk": f"CERT#{stored.certificate_id}",
-                            "feed_pk": f"FEED#{owner}#certificates",
-                            "feed_sk": self._feed_position(stored.certificate_id),
-                            "feed_version": stored.version,
-                            "view_digest": digest,
-                            "certificate": snapshot,
-                        }
-                    ),
-                    ConditionExpression="attribute_not_exists(pk) OR feed_version < :v",
-                    ExpressionAttributeValues={":v": {"N": str(stored.version)}},
-                )
+                else:
+                    self._call(
+                        "put_item",
+                        Item=_to_item(
+                            {
+                                "pk": f"FEED#{owner}",
+                                "sk": f"CERT#{stored.certificate_id}",
+                                "feed_pk": f"FEED#{owner}#certificates",
+                                "feed_sk": self._feed_position(stored.certificate_id),
+                                "feed_version": stored.version,
+                                "view_digest": digest,
+                                "certificate": snapshot,
+                            }
+                        ),
+                        ConditionExpression=(
+                            "attribute_not_exists(pk) OR (feed_version < :v AND view_digest <> :d)"
+                        ),
+                        ExpressionAttributeValues=_to_item(values),
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                return
+            except ClientError as exc:
+                if not _condition_failed(exc):
+                    return  # the next write of the certificate (or its replay) marks it
+                old = exc.response.get("Item")
+                if old is not None and int(old["feed_version"]["N"]) >= stored.version:
+                    return  # a newer state is marked already
+                same_view = old is not None and old["view_digest"]["S"] == digest
+                attempt = "keep" if same_view else "move"
 
     def _changes(
         self, feed: str, since: datetime | None, cursor: str | None, limit: int

@@ -1,0 +1,117 @@
+"""The DynamoDB book's feed marks: one write per viewer and change, and still right when a mark
+is not as the write expected (a write cut short before its marks). On moto, with the table of
+infra/; what a follower of the feed sees is the contract suite's (test_change_feeds.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib import domain
+from chalicelib.adapters.dynamo import DynamoBook
+from tests.builders import T0, issue_spec, put_active, ref_of, transfer_command
+from tests.conftest import Clock, settings
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def book(aws, clock) -> DynamoBook:
+    return DynamoBook(aws.client("dynamodb"), settings().table_name, clock=clock, feed_lag_s=0)
+
+
+def _calls(book: DynamoBook, monkeypatch) -> list[tuple[str, str]]:
+    """The book's calls on feed marks from now on, as (operation, owner)."""
+    seen: list[tuple[str, str]] = []
+    call = book._call
+
+    def recording(operation: str, **kwargs):
+        key = kwargs.get("Key") or kwargs.get("Item") or {}
+        if key.get("pk", {}).get("S", "").startswith("FEED#"):
+            seen.append((operation, key["pk"]["S"].removeprefix("FEED#")))
+        return call(operation, **kwargs)
+
+    monkeypatch.setattr(book, "_call", recording)
+    return seen
+
+
+def _mark(book: DynamoBook, owner: str, certificate_id: str) -> dict:
+    return book._db.get_item(
+        TableName=book._table,
+        Key={"pk": {"S": f"FEED#{owner}"}, "sk": {"S": f"CERT#{certificate_id}"}},
+    )["Item"]
+
+
+def test_a_change_of_the_owners_view_moves_their_mark_with_one_put(
+    book, clock, monkeypatch
+) -> None:
+    cert = put_active(book, issue_spec(owner="alice"))
+    before = _mark(book, "alice", cert.certificate_id)
+    clock.advance(1)
+    calls = _calls(book, monkeypatch)
+    reserved = book.reserve(ref_of(cert), "cmd-1", "alice", cert.live_quantity())
+    assert calls == [("put_item", "alice")]
+    after = _mark(book, "alice", cert.certificate_id)
+    assert int(after["feed_version"]["N"]) == reserved.version
+    assert after["feed_sk"]["S"] > before["feed_sk"]["S"]  # at the end of the feed
+
+
+def test_a_transfer_moves_both_owners_marks_with_one_put_each(book, monkeypatch) -> None:
+    cert = put_active(book, issue_spec(owner="alice"))
+    transfer = transfer_command(ref_of(cert), cert.live_quantity())
+    book.reserve(ref_of(cert), transfer.command_id, "alice", cert.live_quantity())
+    calls = _calls(book, monkeypatch)
+    book.update_certificate(cert.certificate_id, lambda c: domain.apply_transfer(c, transfer))
+    assert calls == [("put_item", "alice"), ("put_item", "bob")]
+
+
+def test_a_write_that_leaves_a_view_as_it_was_updates_the_mark_where_it_is(
+    book, clock, monkeypatch
+) -> None:
+    cert = put_active(book, issue_spec(owner="alice"))
+    before = _mark(book, "alice", cert.certificate_id)
+    clock.advance(1)
+    calls = _calls(book, monkeypatch)
+    # A field no owner sees: the version moves on, alice's view does not.
+    changed = book.update_certificate(
+        cert.certificate_id, lambda c: c.model_copy(update={"applied": (*c.applied, "x")})
+    )
+    assert calls == [("update_item", "alice")]
+    after = _mark(book, "alice", cert.certificate_id)
+    assert int(after["feed_version"]["N"]) == changed.version
+    assert after["feed_sk"]["S"] == before["feed_sk"]["S"]  # where it was
+
+
+def test_a_mark_that_missed_a_write_still_ends_at_the_newest_state(
+    book, clock, monkeypatch
+) -> None:
+    """A reservation whose marks were cut short, then its release: alice's mark still shows
+    the view from before both, which is the view after them. The release expects her view to
+    change and puts first; refused (same view), it updates the mark where it is."""
+    cert = put_active(book, issue_spec(owner="alice"))
+    before = _mark(book, "alice", cert.certificate_id)
+    monkeypatch.setattr(book, "_mark_changed", lambda *a, **k: None)  # the crash
+    book.reserve(ref_of(cert), "cmd-1", "alice", cert.live_quantity())
+    monkeypatch.undo()
+    clock.advance(1)
+    calls = _calls(book, monkeypatch)
+    released = book.update_certificate(cert.certificate_id, lambda c: domain.release(c, "cmd-1"))
+    assert calls == [("put_item", "alice"), ("update_item", "alice")]
+    after = _mark(book, "alice", cert.certificate_id)
+    assert int(after["feed_version"]["N"]) == released.version
+    assert after["feed_sk"]["S"] == before["feed_sk"]["S"]  # never shown as changed: it is not
+    assert after["view_digest"]["S"] == domain.view_digest(released, "alice")
+
+
+def test_an_older_write_marked_late_leaves_the_newer_mark(book, monkeypatch) -> None:
+    cert = put_active(book, issue_spec(owner="alice"))
+    reserved = book.reserve(ref_of(cert), "cmd-1", "alice", cert.live_quantity())
+    newest = _mark(book, "alice", cert.certificate_id)
+    calls = _calls(book, monkeypatch)
+    book._mark_changed(cert, moved={"alice"})  # the issue's marks, replayed late
+    book._mark_changed(cert)
+    assert calls == [("put_item", "alice"), ("update_item", "alice")]  # each refused once
+    assert _mark(book, "alice", cert.certificate_id) == newest
+    assert int(newest["feed_version"]["N"]) == reserved.version
