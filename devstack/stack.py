@@ -207,6 +207,7 @@ class Stack:
         grpc = self.options.registry_protocol == "grpc"
         areas = federation_areas(self.options.registries)
         issuers = composition.issuer_keys_for(Settings(**common)) if grpc else None
+        chroniclers = self._serve_chronicler() if grpc else {}
         targets = {}
         for n, name in enumerate(areas.values()):
             config = (
@@ -219,7 +220,15 @@ class Stack:
                 config = replace(config, queries=True)
             simulator = RegistrySimulator(
                 config,
-                ledger=ProtoLedger(issuers.public_keys, registry=name) if issuers else None,
+                ledger=ProtoLedger(
+                    issuers.public_keys,
+                    registry=name,
+                    chronicler_keys=lambda area: (
+                        [chroniclers[area].public_keys()[0]] if area in chroniclers else []
+                    ),
+                )
+                if issuers
+                else None,
             )
             self.simulators[name] = simulator
             port = self.options.registry_port if n == 0 else 0
@@ -248,6 +257,7 @@ class Stack:
             registries=targets,
             grid_area_registries=areas,
             matching_boundary={"DK": frozenset(areas)},
+            chroniclers=chroniclers,
             **common,
         )
 

@@ -172,8 +172,12 @@ def test_make_run_with_two_registries_claims_across_them(protocol: str) -> None:
     """Issue 17: `make run ARGS="--registries 2"`. A DK1 production slice claimed against a
     DK2 consumption slice reaches COMMITTED, and each certificate shows its own registry (that
     each registry takes only its own side is tests/test_federation.py's)."""
+    # over gRPC, each grid area also names a chronicler, which signs each side's allocation
+    chronicled = ("--chronicler", "DK1,DK2") if protocol == "grpc" else ()
     with contextlib.ExitStack() as stack:
-        url, process, _, _ = stack.enter_context(_started_stack(protocol, "--registries", "2"))
+        url, process, _, _ = stack.enter_context(
+            _started_stack(protocol, "--registries", "2", *chronicled)
+        )
         refs = {}
         for area, type_, gsrn in (
             ("DK1", "production", "571313000000000011"),
