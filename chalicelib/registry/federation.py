@@ -87,6 +87,26 @@ class Registries:
         return any(self.for_transaction(t).supports_queries for t in transactions)
 
 
+class RegistriesOf:
+    """The `registry` attribute of a worker or reconciler as Registries: itself when it is
+    one, else a federation of that one registry, remembered while it is the same object (a
+    test may swap the registry of a built worker). `codec`: the attribute naming the codec."""
+
+    def __init__(self, codec: str | None = None) -> None:
+        self._codec = codec
+
+    def __get__(self, owner: Any, kind: Any = None) -> Registries:
+        registry = owner.registry
+        if isinstance(registry, Registries):
+            return registry
+        remembered = owner.__dict__.get("_registries_of")
+        if remembered is None or remembered[0] is not registry:
+            codec = getattr(owner, self._codec) if self._codec else PLAIN
+            remembered = (registry, Registries.one(registry, codec=codec))
+            owner.__dict__["_registries_of"] = remembered
+        return remembered[1]
+
+
 class Guarded:
     """One registry behind a bound on the transactions this process has in flight to it, and a
     back-off after it refused a call (RESOURCE_EXHAUSTED, UNAVAILABLE before receiving, HTTP

@@ -43,9 +43,8 @@ from chalicelib.ports import (
     Transition,
 )
 from chalicelib.registry.builder import allocation_id_for
-from chalicelib.registry.codec import PLAIN
 from chalicelib.registry.envelope import transaction_id_of
-from chalicelib.registry.federation import Registries
+from chalicelib.registry.federation import Registries, RegistriesOf
 from chalicelib.registry.port import (
     QueriesNotSupported,
     Receipt,
@@ -99,17 +98,8 @@ class Worker:
     # The certificates each command's transactions were built from, kept for applying its
     # outcome without reading them again (only while this worker follows the command).
     _snapshots: dict[str, dict[str, Certificate]] = field(default_factory=dict, repr=False)
-    _one: tuple[Registry, Registries] | None = field(default=None, repr=False)
 
-    @property
-    def registries(self) -> Registries:
-        """`registry` as a federation (of one, unless it is one): read on every use, since a
-        test may swap the registry of a built worker."""
-        if isinstance(self.registry, Registries):
-            return self.registry
-        if self._one is None or self._one[0] is not self.registry:
-            self._one = (self.registry, Registries.one(self.registry, codec=PLAIN))
-        return self._one[1]
+    registries = RegistriesOf()  # `registry` as Registries (one, unless federated)
 
     # --- a batch of deliveries ---------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from chalicelib.ports import (
 )
 from chalicelib.registry.codec import PLAIN, TransactionCodec
 from chalicelib.registry.envelope import transaction_id_of
-from chalicelib.registry.federation import Registries
+from chalicelib.registry.federation import Registries, RegistriesOf
 from chalicelib.registry.port import (
     QueriesNotSupported,
     Registry,
@@ -95,17 +95,8 @@ class Reconciler:
     pending_in_doubt_after_s: float = 900.0
     lease: str = LEASE  # a shard's pass has a lease of its own (usecases.shards)
     expiry_limit: int | None = None  # certificates per expiry listing (None: max_commands)
-    _one: tuple[Registry, Registries] | None = field(default=None, repr=False)
 
-    @property
-    def registries(self) -> Registries:
-        """`registry` as a federation (of one, unless it is one): read on every use, since a
-        test may swap the registry of a built reconciler."""
-        if isinstance(self.registry, Registries):
-            return self.registry
-        if self._one is None or self._one[0] is not self.registry:
-            self._one = (self.registry, Registries.one(self.registry, codec=self.codec))
-        return self._one[1]
+    registries = RegistriesOf("codec")  # `registry` as Registries (one, unless federated)
 
     def run(self) -> Report:
         now = self.clock()
