@@ -63,8 +63,9 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
         f"{totals['queue.dead_lettered']}; stale receipt handles: {totals['queue.stale_delete']}"
         f"; claims that stranded an allocation: {totals['claims.stranded']}; unclaims "
         f"committed {totals['unclaims.committed']}, rejected {totals['unclaims.rejected']}",
-        f"federated runs (two registries): {totals['federated_runs']}; claims committed across "
-        f"the two: {totals['claims.across_registries']}",
+        f"federated runs (two registries): {totals['federated_runs']}; registry faults aimed "
+        f"at each: {_aimed(totals)}; claims committed across the two: "
+        f"{totals['claims.across_registries']}",
         f"violations: {sum(rules.values())} in {len(failed)} run(s)"
         + (f"  by rule: {dict(sorted(rules.items()))}" if rules else ""),
     ]
@@ -73,6 +74,12 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
     for result in failed[:SHOWN_FAILURES]:
         lines.append(result.report())
     return "\n".join(lines), totals
+
+
+def _aimed(totals: Counter) -> str:
+    prefix = "registry_faults_aimed_at."
+    aimed = {k.removeprefix(prefix): n for k, n in totals.items() if k.startswith(prefix)}
+    return ", ".join(f"{name} {n}" for name, n in sorted(aimed.items())) or "none"
 
 
 def soak(

@@ -984,7 +984,7 @@ class World:
         rng = self.rng
         if self.federated:
             aimed = self.registry.aim()
-            self.stats[f"faults.aimed_at.{aimed}"] += 1
+            self.stats[f"registry_faults_aimed_at.{aimed}"] += 1  # not a fault: where one went
             self.note(f"fault aimed at registry {aimed}")
         match rng.randrange(5):
             case 0:
