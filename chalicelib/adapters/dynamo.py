@@ -927,6 +927,8 @@ class DynamoBook:
             )
         except ClientError as exc:  # written since it was read: the caller looks again later
             raise CertificateMoved(f"certificate {certificate_id} moved past {version}") from exc
+        # A repair is a change its owners follow in their feeds, as any other write.
+        self._mark_changed(changed, moved=domain.viewers_of_change(current, changed))
         return changed
 
     def _patch(self, before: Certificate, after: Certificate) -> Certificate | None:

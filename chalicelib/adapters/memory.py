@@ -364,6 +364,7 @@ class InMemoryBook:
             if changed != cert:
                 changed = changed.model_copy(update={"version": cert.version + 1})
                 self.certificates[certificate_id] = changed
+                self._certificate_changed(cert, changed)  # a repair is a change owners follow
             return changed
 
     def expiring_certificates(self, day: date, limit: int, shard: int | None = None) -> list[str]:

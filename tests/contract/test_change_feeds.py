@@ -130,6 +130,33 @@ def test_a_change_to_someone_elses_slice_does_not_reach_my_feed(clock_and_book):
     assert [c.certificate_id for c in follow(book, "carol", None)[0]] == [cert.certificate_id]
 
 
+def test_an_alignment_repair_reaches_the_feeds_of_those_it_changes(clock_and_book):
+    """The reconciler repairs a certificate to the registry's word with a write conditional on
+    the version it read (update_certificate_at): that is a change like any other to the
+    owners whose view it changes. Missed once: their feeds kept the state from before."""
+    clock, book = clock_and_book
+    cert = put_active(book, issue_spec(owner="alice"))
+    settle(clock)
+    _, alice_at = follow(book, "alice", None)
+    (slice_,) = cert.slices.values()
+
+    def to_bob(c):  # the registry says bob holds the slice (it moved behind the book's back)
+        moved = slice_.model_copy(update={"owner": "bob"})
+        return c.model_copy(update={"slices": {slice_.slice_id: moved}})
+
+    repaired = book.update_certificate_at(cert.certificate_id, cert.version, to_bob)
+    settle(clock)
+    alices, _ = follow(book, "alice", alice_at)
+    assert [(c.certificate_id, c.version) for c in alices] == [
+        (cert.certificate_id, repaired.version)
+    ]
+    assert [s.owner for s in alices[0].slices.values()] == []  # none of hers any more
+    bobs, _ = follow(book, "bob", None)
+    assert [(c.certificate_id, c.version) for c in bobs] == [
+        (cert.certificate_id, repaired.version)
+    ]
+
+
 def test_a_replayed_write_does_not_give_the_same_state_again(clock_and_book):
     clock, book = clock_and_book
     cert = put_active(book, issue_spec())
