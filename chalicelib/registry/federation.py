@@ -12,6 +12,7 @@ as before federation.
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -79,12 +80,12 @@ class Registries:
             except Exception as exc:
                 raise type(exc)(f"registry {name!r}: {exc}") from exc
 
-    def any_supports_queries(self, transactions: list[bytes]) -> bool:
-        """Whether the registry of any of the transactions answers queries (the default's
-        word when there are none yet)."""
-        if not transactions:
+    def any_supports_queries(self, transactions: Sequence[str]) -> bool:
+        """Whether the registry of any of a command's stored transactions (base64) answers
+        queries; the default's word when there are none yet, or there is one registry."""
+        if not self.federated or not transactions:
             return self.named(None).supports_queries
-        return any(self.for_transaction(t).supports_queries for t in transactions)
+        return any(self.for_transaction(base64.b64decode(t)).supports_queries for t in transactions)
 
 
 class RegistriesOf:

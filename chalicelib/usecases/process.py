@@ -496,7 +496,7 @@ class Worker:
                 set_once=set_once,
                 # Without registry queries the reconciler cannot compare a settled command's
                 # certificates with the registry: the terminal write takes it off its list.
-                reconciled=not self.registries.any_supports_queries(_transactions(command))
+                reconciled=not self.registries.any_supports_queries(command.transactions)
                 or (
                     target == CommandStatus.COMMITTED
                     and not drift_checked(command.command_id, self.drift_check_one_in)
@@ -584,10 +584,6 @@ def drift_checked(command_id: str, one_in: int) -> bool:
 
 def _transaction(command: Command) -> bytes:
     return base64.b64decode(command.transactions[command.step])
-
-
-def _transactions(command: Command) -> list[bytes]:
-    return [base64.b64decode(t) for t in command.transactions]
 
 
 def _transaction_id(command: Command) -> str:
