@@ -242,12 +242,8 @@ def registry_for(settings: Settings, issuer_keys: IssuerKeys | None = None) -> R
         assert settings.registry_grpc_target
         return _grpc_registry(settings, settings.registry_grpc_target, settings.registry_grpc_tls)
     if settings.registry == "http":
-        from chalicelib.registry.http_client import HttpRegistry
-
         assert settings.registry_url
-        return HttpRegistry(
-            settings.registry_url, settings.registry_timeout_s, settings.registry_queries
-        )
+        return _http_registry(settings, settings.registry_url, settings.registry_queries)
     return _simulator(settings, settings.registry_queries, None, issuer_keys)
 
 
@@ -265,10 +261,8 @@ def registries_for(
             assert target.target
             built[name] = _grpc_registry(settings, target.target, target.tls)
         elif settings.registry == "http":
-            from chalicelib.registry.http_client import HttpRegistry
-
             assert target.target
-            built[name] = HttpRegistry(target.target, settings.registry_timeout_s, target.queries)
+            built[name] = _http_registry(settings, target.target, target.queries)
         else:
             built[name] = _simulator(settings, target.queries, name, issuer_keys)
     if settings.registry == "simulator":
@@ -305,6 +299,12 @@ def _grpc_registry(settings: Settings, target: str, tls: bool) -> Registry:
         connect_timeout_s=settings.registry_connect_timeout_s,
         max_batch=settings.registry_batch_size,
     )
+
+
+def _http_registry(settings: Settings, url: str, queries: bool) -> Registry:
+    from chalicelib.registry.http_client import HttpRegistry
+
+    return HttpRegistry(url, settings.registry_timeout_s, queries)
 
 
 def _simulator(

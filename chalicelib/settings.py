@@ -90,6 +90,13 @@ def _json_setting(value: Any, shape: str) -> Any:
     return value
 
 
+def _named(value: Any, empty: str) -> Any:
+    """A mapping by name whose names are all given (`empty`: what to say of one that is not)."""
+    if isinstance(value, dict) and any(not str(name).strip() for name in value):
+        raise ValueError(empty)
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CERTS_", extra="ignore")
 
@@ -224,22 +231,14 @@ class Settings(BaseSettings):
     @field_validator("chroniclers", mode="before")
     @classmethod
     def _chroniclers_json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except ValueError:
-                raise ValueError("not JSON: {grid area: {target, tls, signer_keys}}") from None
-        if isinstance(value, dict) and any(not str(area).strip() for area in value):
-            raise ValueError("a grid area name is empty")
-        return value
+        value = _json_setting(value, "{grid area: {target, tls, signer_keys}}")
+        return _named(value, "a grid area name is empty")
 
     @field_validator("registries", mode="before")
     @classmethod
     def _registries_json(cls, value: Any) -> Any:
         value = _json_setting(value, "{name: {target, tls, queries}}")
-        if isinstance(value, dict) and any(not str(name).strip() for name in value):
-            raise ValueError("a registry name is empty")
-        return value
+        return _named(value, "a registry name is empty")
 
     @field_validator("grid_area_registries", mode="before")
     @classmethod

@@ -777,16 +777,15 @@ class DynamoBook:
         condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
         version = 1
         for _ in range(_OPTIMISTIC_RETRIES):
+            stored = certificate.model_copy(update={"version": version})
             try:
                 self._call(
                     "put_item",
-                    Item=self._certificate_item(
-                        certificate.model_copy(update={"version": version})
-                    ),
+                    Item=self._certificate_item(stored),
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     **condition,
                 )
-                self._mark_changed(certificate.model_copy(update={"version": version}), new=True)
+                self._mark_changed(stored, moved=domain.viewers(stored))  # every view is new
                 return
             except ClientError as exc:
                 existing = _certificate_from(exc.response["Item"])
@@ -1160,9 +1159,7 @@ class DynamoBook:
     def _feed_position(self, item_id: str) -> str:
         return f"{changes.stamp(self._clock())}#{item_id}"
 
-    def _mark_changed(
-        self, stored: Certificate, new: bool = False, moved: set[str] | None = None
-    ) -> None:
+    def _mark_changed(self, stored: Certificate, moved: set[str] | None = None) -> None:
         """Bring each viewer's feed up to the certificate as stored: after every write of a
         certificate, and again on a replay, which repairs what a crash cut short between the
         write and these. Each viewer has one mark: their view of the certificate, the version
@@ -1176,7 +1173,7 @@ class DynamoBook:
         viewer, not a refused update and then a put. A mark that is not as expected (a write
         cut short before it) is answered by the other."""
         for owner in sorted(domain.viewers(stored)):
-            first = "move" if new or (moved is not None and owner in moved) else "keep"
+            first = "move" if moved is not None and owner in moved else "keep"
             self._mark(stored, owner, domain.view_digest(stored, owner), first)
 
     def _mark(self, stored: Certificate, owner: str, digest: str, attempt: str) -> None:

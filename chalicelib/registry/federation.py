@@ -72,13 +72,20 @@ class Registries:
         except KeyError:
             raise UnknownRegistry(f"registry {name!r} is not configured") from None
 
+    def of_step(self, transactions: Sequence[str], step: int) -> Registry:
+        """Where a command's current step goes: the registry its stored transaction (base64)
+        names; the default before the command is built."""
+        if not self.federated or not transactions:
+            return self.named(None)
+        return self.for_transaction(base64.b64decode(transactions[step]))
+
     def reachable(self) -> None:
         """Raise, naming it, when one of the registries cannot be reached (the health check)."""
         for name, registry in self._by_name.items():
             try:
                 registry.reachable()  # type: ignore[attr-defined]
-            except Exception as exc:
-                raise type(exc)(f"registry {name!r}: {exc}") from exc
+            except Exception as exc:  # whatever the client raised, said with the registry
+                raise RegistryUnavailable(f"registry {name!r}: {exc}") from exc
 
     def any_supports_queries(self, transactions: Sequence[str]) -> bool:
         """Whether the registry of any of a command's stored transactions (base64) answers

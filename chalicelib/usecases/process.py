@@ -157,7 +157,8 @@ class Worker:
                 for c, outcome in zip(group, self._send_first_steps(group), strict=True)
             }
             return [outcomes[c.command_id] for c in commands]
-        registry = self.registries.for_transaction(_transaction(commands[0]))
+        (name,) = by_registry
+        registry = self.registries.named(name)
         try:
             receipts = registry.send([_transaction(c) for c in commands])
         except RegistryUnavailable as exc:
@@ -351,7 +352,7 @@ class Worker:
 
     def _registry_of(self, command: Command) -> Registry:
         """Where the command's current step goes: the registry its transaction names."""
-        return self.registries.for_transaction(_transaction(command))
+        return self.registries.of_step(command.transactions, command.step)
 
     def _follow(self, command: Command, receipt: Receipt, drive: bool = True) -> Outcome:
         """Act on the registry's receipt for the command's current step."""

@@ -219,11 +219,7 @@ class Reconciler:
 
     def _resolve(self, command: Command) -> str:
         """Settle a step whose outcome is not known from the registry's word on it."""
-        registry = (
-            self.registries.for_transaction(base64.b64decode(command.transactions[command.step]))
-            if command.transactions
-            else self.registries.named(None)
-        )
+        registry = self.registries.of_step(command.transactions, command.step)
         if not registry.supports_queries:
             return self._still_in_doubt(
                 command,
@@ -475,11 +471,11 @@ def registry_word(
     transaction names, in a federation); None where it cannot answer."""
     if registry is None or not command.transactions:
         return None
-    data = base64.b64decode(command.transactions[command.step])
     if isinstance(registry, Registries):
-        registry = registry.for_transaction(data)
+        registry = registry.of_step(command.transactions, command.step)
     if not registry.supports_queries:
         return None
+    data = base64.b64decode(command.transactions[command.step])
     transaction_id = transaction_id_of(data)
     try:
         status = registry.status(transaction_id).status
