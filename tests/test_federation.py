@@ -187,26 +187,14 @@ def test_a_registry_down_for_30_minutes_holds_back_none_of_the_others_commands(q
 # --- a claim across two registries ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])
-def test_a_claim_across_two_registries_commits_each_side_in_its_own(queries) -> None:
-    """DK1's production in its registry, DK2's consumption in another: the production
-    allocation goes to the first, the consumption allocation to the second, whose verifier
-    finds the production side allocated by asking the first (federated simulators)."""
-    from chalicelib.domain import CommandStatus, SliceRef, SliceState
-    from chalicelib.registry.federation import Registries
-    from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
-    from tests.pipeline import ISSUER, Pipeline
+def claim_across_registries(p, areas: dict[str, str], settle):
+    """Alice's DK1 production and DK2 consumption, each issued in its grid area's registry
+    (`areas`) and settled, then a claim of 400 Wh across the two, accepted and settled:
+    (the claim, the production slice, the consumption slice)."""
+    from chalicelib.domain import SliceRef
+    from tests.pipeline import ISSUER
 
-    p = Pipeline(queries=queries)  # its simulator is DK1's registry, "test-registry"
-    dk2 = RegistrySimulator(SimulatorConfig(queries=queries), clock=p.vclock, sleep=p.vclock.sleep)
-    simulators = {"test-registry": p.registry, "dk2": dk2}
-    for name, simulator in simulators.items():
-        simulator.federate(name, simulators)
-    registries = Registries(simulators, "test-registry")
-    p.worker = p.make_worker(registry=registries)
-    areas = {"DK1": "test-registry", "DK2": "dk2"}
-
-    def issued(area: str, type_: CertificateType, meter: str):
+    def issued(area: str, type_: CertificateType, meter: str) -> SliceRef:
         command = accept.issue(
             p.book,
             p.queue,
@@ -214,9 +202,9 @@ def test_a_claim_across_two_registries_commits_each_side_in_its_own(queries) -> 
             issue_spec(grid_area=area, type_=type_, meter=meter, owner="alice"),
             registry_of=areas.get,
         )
-        p.run()
+        settle()
         cert = p.book.get_certificate(command.certificate_id)
-        assert cert is not None and cert.registry == areas[area]
+        assert cert is not None and cert.registry == areas[area], cert
         return SliceRef(certificate_id=cert.certificate_id, slice_id=next(iter(cert.slices)))
 
     production = issued("DK1", CertificateType.PRODUCTION, "571313000000000001")
@@ -230,15 +218,42 @@ def test_a_claim_across_two_registries_commits_each_side_in_its_own(queries) -> 
         400,
         boundary={"DK": ["DK1", "DK2"]},
     )
-    p.run()
-    if queries:  # a step still PENDING when its message ran out: the reconciler settles it
-        from chalicelib.usecases.reconcile import Reconciler
+    settle()
+    return claim, production, consumption
 
-        p.vclock.advance(301)
-        Reconciler(
-            book=p.book, queue=p.queue, registry=registries, worker=p.worker, clock=p.now
-        ).run()
+
+@pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])
+def test_a_claim_across_two_registries_commits_each_side_in_its_own(queries) -> None:
+    """DK1's production in its registry, DK2's consumption in another: the production
+    allocation goes to the first, the consumption allocation to the second, whose verifier
+    finds the production side allocated by asking the first (federated simulators)."""
+    from chalicelib.domain import CommandStatus, SliceState
+    from chalicelib.registry.federation import Registries
+    from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
+    from tests.pipeline import Pipeline
+
+    p = Pipeline(queries=queries)  # its simulator is DK1's registry, "test-registry"
+    dk2 = RegistrySimulator(SimulatorConfig(queries=queries), clock=p.vclock, sleep=p.vclock.sleep)
+    simulators = {"test-registry": p.registry, "dk2": dk2}
+    for name, simulator in simulators.items():
+        simulator.federate(name, simulators)
+    registries = Registries(simulators, "test-registry")
+    p.worker = p.make_worker(registry=registries)
+
+    def settle() -> None:
         p.run()
+        if queries:  # a step still PENDING when its message ran out: the reconciler settles it
+            from chalicelib.usecases.reconcile import Reconciler
+
+            p.vclock.advance(301)
+            Reconciler(
+                book=p.book, queue=p.queue, registry=registries, worker=p.worker, clock=p.now
+            ).run()
+            p.run()
+
+    claim, production, consumption = claim_across_registries(
+        p, {"DK1": "test-registry", "DK2": "dk2"}, settle
+    )
     done = p.command(claim.command_id)
     assert (done.status, done.error) == (CommandStatus.COMMITTED, None)
     # each side's transactions went to its own registry, and both committed there

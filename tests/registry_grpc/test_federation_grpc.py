@@ -5,17 +5,15 @@ production side's allocation in the other registry (issue 17)."""
 
 from __future__ import annotations
 
-from chalicelib.domain import Actor, CertificateType, CommandStatus, SliceRef, SliceState
+from chalicelib.domain import CommandStatus, SliceState
 from chalicelib.registry.federation import Registries
 from chalicelib.registry.grpc_client import GrpcRegistry
 from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig
 from chalicelib.registry.sandbox.verifier import ProtoLedger
-from chalicelib.usecases import accept
 from chalicelib.usecases.reconcile import Reconciler
 from devstack.registry_grpc import RegistryGrpcServer
-from tests.builders import issue_spec
-from tests.pipeline import ISSUER
 from tests.registry_grpc.pipeline import REGISTRY, ProtoPipeline
+from tests.test_federation import claim_across_registries
 
 AREAS = {"DK1": REGISTRY, "DK2": "dk2"}
 
@@ -37,31 +35,9 @@ def test_a_claim_across_two_registries_over_grpc_is_verified_by_both() -> None:
         registries = Registries({REGISTRY: p.client, "dk2": client}, REGISTRY, p.codec)
         p.worker = p.make_worker(registry=registries)
 
-        def issued(area: str, type_: CertificateType, meter: str) -> SliceRef:
-            command = accept.issue(
-                p.book,
-                p.queue,
-                p.request(ISSUER),
-                issue_spec(grid_area=area, type_=type_, meter=meter, owner="alice"),
-                registry_of=AREAS.get,
-            )
-            _settle(p, registries)
-            cert = p.book.get_certificate(command.certificate_id)
-            assert cert is not None and cert.registry == AREAS[area], cert
-            return SliceRef(certificate_id=cert.certificate_id, slice_id=next(iter(cert.slices)))
-
-        production = issued("DK1", CertificateType.PRODUCTION, "571313000000000001")
-        consumption = issued("DK2", CertificateType.CONSUMPTION, "571313000000000002")
-        claim = accept.claim(
-            p.book,
-            p.queue,
-            p.request(Actor(owner="alice")),
-            production,
-            consumption,
-            400,
-            boundary={"DK": ["DK1", "DK2"]},
+        claim, production, consumption = claim_across_registries(
+            p, AREAS, lambda: _settle(p, registries)
         )
-        _settle(p, registries)
 
         done = p.command(claim.command_id)
         assert (done.status, done.error) == (CommandStatus.COMMITTED, None)
