@@ -59,6 +59,22 @@ def test_federated_runs_aim_faults_at_each_registry_and_claim_across_them() -> N
     assert totals["claims.across_registries"] > 0
 
 
+def test_a_soak_worker_dies_of_sigterm_rather_than_going_on_to_its_next_run() -> None:
+    """The pool's workers fork with the soak's SIGTERM handler (an interrupt): the pool would
+    report it as one run's failure and the worker would run on, holding the soak's exit."""
+    from tests.simulation import soak
+
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous_int = signal.getsignal(signal.SIGINT)
+    try:
+        soak._leave_interrupts_to_the_soak()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
 def test_a_soak_stopped_early_prints_what_it_finished_and_where_to_go_on() -> None:
     soak = subprocess.Popen(
         [sys.executable, "-m", "tests.simulation", "--seeds", "5000", "--steps", "20"],

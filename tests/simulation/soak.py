@@ -27,6 +27,9 @@ def _one(job: tuple[int, bool, int, str]) -> Result:
 
 def _leave_interrupts_to_the_soak() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process of the group
+    # A worker forks with the soak's SIGTERM handler (an interrupt), which the pool catches as
+    # one run's failure and goes on to the next: the worker must die of it instead.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
