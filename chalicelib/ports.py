@@ -93,6 +93,10 @@ class Transition:
     # A terminal change that also takes the command off the reconciler's list at once: for a
     # registry that answers no queries, the reconciler has nothing to compare it with.
     reconciled: bool = False
+    # The command's incarnation (its created_at) as the caller read it; when set, the change
+    # holds only for that one, not for a command forgotten and accepted again under its id.
+    # A build stored with it needs no read of the command first (the DynamoDB book).
+    created_at: datetime | None = None
 
 
 class Book(Protocol):

@@ -403,11 +403,18 @@ class DynamoBook:
         for status in expected:
             domain.check_transition(status, change.target)
         # Serialize the changed fields through the model so types match what is stored.
-        probe = Command.model_construct(**change.changes)
-        dumped = probe.model_dump(mode="json", include=set(change.changes))
+        incarnation = {"created_at": change.created_at} if change.created_at else {}
+        probe = Command.model_construct(**change.changes, **incarnation)
+        dumped = probe.model_dump(mode="json", include=set(change.changes) | set(incarnation))
+        created_at = dumped.pop("created_at", None)
         build = {k: v for k in _BUILT_FIELDS if (v := dumped.pop(k, None))}
         if build:  # stored apart, once (a build is never replaced); the item only says so
-            self._store_build(command_id, build)
+            if created_at is None:
+                self._store_build(command_id, build)
+            elif self._put_built(command_id, created_at, build):
+                # The incarnation is known, so the put needs no read of the command: the
+                # update's condition on created_at says whether it was this command's.
+                self._keep_build((f"CMD#{command_id}", created_at), build)
             dumped["built"] = True
         sets = {
             **dumped,
@@ -434,6 +441,9 @@ class DynamoBook:
             condition += " AND #step = :step"
             names["#step"] = "step"
             values[":step"] = change.step
+        if created_at is not None:
+            condition += " AND created_at = :created_at"
+            values[":created_at"] = created_at
         try:
             answer = self._call(
                 "update_item",

@@ -75,6 +75,7 @@ def apply_transition(current: Command | None, change: Transition) -> Command:
         current is None
         or current.status not in expected
         or (change.step is not None and current.step != change.step)
+        or (change.created_at is not None and current.created_at != change.created_at)
     ):
         raise StaleCommand(current)
     changes = {

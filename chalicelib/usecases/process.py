@@ -306,6 +306,8 @@ class Worker:
             CommandStatus.SENDING,
             changes,
             set_once=frozenset({"transactions", "sealed_slices", "sealed_attributes"}),
+            # A build is stored for the incarnation the worker read, without reading it again.
+            created_at=command.created_at if "transactions" in changes else None,
         )
 
     def _certificates(self, command: Command, delivery: Delivery) -> dict[str, Certificate]:
@@ -485,6 +487,7 @@ class Worker:
         reason: str | None = None,
         set_once: frozenset[str] = frozenset(),
         now: datetime | None = None,
+        created_at: datetime | None = None,
     ) -> Command:
         moved = self.book.transition(
             command.command_id,
@@ -495,6 +498,7 @@ class Worker:
                 step=command.step,
                 changes=changes,
                 set_once=set_once,
+                created_at=created_at,
                 # Without registry queries the reconciler cannot compare a settled command's
                 # certificates with the registry: the terminal write takes it off its list.
                 reconciled=not self.registries.any_supports_queries(command.transactions)

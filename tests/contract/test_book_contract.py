@@ -175,6 +175,40 @@ def test_a_transition_at_another_step_raises_stale_with_the_current_command(book
     assert book.get_command(cmd.command_id) == cmd
 
 
+def test_a_transition_for_another_incarnation_is_stale_and_the_new_one_builds_its_own(book):
+    """The command was forgotten and accepted again under its id since the worker read it: a
+    guard taken for the incarnation it read holds for that one only, and the build it carried
+    is not the new one's."""
+    first = a_command(minutes=0)
+    book.add_command(first)
+    book.forget_command(first)
+    again = a_command(minutes=5)
+    book.add_command(again)
+    guard = Transition(
+        ACCEPTED,
+        SENDING,
+        at(6),
+        step=0,
+        changes={"transactions": ("b2xk",), "attempts": 1},
+        set_once=frozenset({"transactions"}),
+        created_at=first.created_at,
+    )
+    with pytest.raises(StaleCommand) as stale:
+        book.transition(again.command_id, guard)
+    assert stale.value.current == again
+    assert book.get_command(again.command_id) == again
+    mine = Transition(
+        ACCEPTED,
+        SENDING,
+        at(7),
+        step=0,
+        changes={"transactions": ("bmV3",), "attempts": 1},
+        set_once=frozenset({"transactions"}),
+        created_at=again.created_at,
+    )
+    assert book.transition(again.command_id, mine).transactions == ("bmV3",)
+
+
 def test_two_workers_racing_for_the_guard_the_second_finds_it_taken(book):
     cmd = a_command()
     book.add_command(cmd)

@@ -39,7 +39,9 @@ def _size(item: dict) -> int:
     return sum(len(k) + len(str(v)) for k, v in item.items())
 
 
-def _built(book: DynamoBook, command_id: str, transactions=PROOFS, minutes: int = 1):
+def _built(
+    book: DynamoBook, command_id: str, transactions=PROOFS, minutes: int = 1, created_at=None
+):
     return book.transition(
         command_id,
         Transition(
@@ -49,8 +51,50 @@ def _built(book: DynamoBook, command_id: str, transactions=PROOFS, minutes: int 
             step=0,
             changes={"transactions": transactions, "attempts": 1},
             set_once=ONCE,
+            created_at=created_at,
         ),
     )
+
+
+def _calls(book: DynamoBook) -> list[str]:
+    """The names of the DynamoDB operations the book makes from now on."""
+    made: list[str] = []
+    book._db.meta.events.register(
+        "before-call.dynamodb", lambda model, **_: made.append(model.name)
+    )
+    return made
+
+
+def test_a_build_for_a_known_incarnation_is_stored_without_reading_the_command(book) -> None:
+    """The worker knows the command's created_at: the build is put and the guard taken, two
+    writes and no read; a build of unknown incarnation reads the command first."""
+    cmd = a_command()
+    book.add_command(cmd)
+    made = _calls(book)
+    moved = _built(book, cmd.command_id, created_at=cmd.created_at)
+    assert made == ["PutItem", "UpdateItem"]
+    assert moved.transactions == PROOFS
+    assert DynamoBook(book._db, book._table).get_command(cmd.command_id) == moved
+
+    other = a_command("key-2")
+    book.add_command(other)
+    made.clear()
+    _built(book, other.command_id)
+    assert made == ["GetItem", "PutItem", "UpdateItem"]
+
+
+def test_a_known_incarnation_whose_build_is_stored_sends_the_stored_one(book) -> None:
+    """Another worker put its build and lost the guard: this worker's put finds it, and the
+    guard it takes answers with that build, read back, not its own."""
+    cmd = a_command()
+    book.add_command(cmd)
+    book.transition(cmd.command_id, Transition(ACCEPTED, SENDING, at(1), step=0))
+    with pytest.raises(StaleCommand):
+        _built(book, cmd.command_id, minutes=2, created_at=cmd.created_at)
+    book.transition(cmd.command_id, Transition(SENDING, ACCEPTED, at(3)))
+    fresh = DynamoBook(book._db, book._table)  # another container: the build not remembered
+    moved = _built(fresh, cmd.command_id, ("bmV3",), minutes=4, created_at=cmd.created_at)
+    assert moved.transactions == PROOFS
 
 
 def test_the_build_is_stored_apart_and_the_command_item_stays_small(book) -> None:
