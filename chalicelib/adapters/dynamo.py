@@ -996,6 +996,18 @@ class DynamoBook:
             else:
                 values[":pwd"] = before.withdrawal
                 conditions.append("withdrawal = :pwd")
+        if after.hashed_attributes != before.hashed_attributes:
+            if before.hashed_attributes:
+                return None  # only an issuance gives them, once
+            values[":ha"] = {
+                k: v.model_dump(mode="json", exclude_none=True)
+                for k, v in after.hashed_attributes.items()
+            }
+            values[":zero"] = 0
+            sets.append("hashed_attributes = :ha")
+            conditions.append(
+                "(attribute_not_exists(hashed_attributes) OR size(hashed_attributes) = :zero)"
+            )
         added = [c for c in after.applied if c not in before.applied]
         if added:
             values[":added"], values[":none"] = added, []
@@ -1010,6 +1022,7 @@ class DynamoBook:
                     "status": before.status,
                     "withdrawal": before.withdrawal,
                     "applied": before.applied,
+                    "hashed_attributes": before.hashed_attributes,
                     "version": before.version,
                 }
             )

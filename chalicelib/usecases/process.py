@@ -611,7 +611,12 @@ def apply_outcome(
     is the receiver's copy's `updated_at` (a transfer), so both lists show one time.
     Returns the commands it leads to, recorded in the book and still to be queued: a
     withdrawal's unclaims."""
-    snapshots = snapshots or {}
+    snapshots = dict(snapshots or {})
+    if command.kind == CommandKind.ISSUE:
+        # Nothing but its issuance writes a certificate being issued: it is as accepted, and
+        # the write needs no read, even in a worker that did not build it (a handed-back
+        # message lands anywhere). If it is not, the book reads it and decides again.
+        snapshots.setdefault(command.certificate_id, holds.certificate_to_issue(command))
 
     def sealed(cert: Certificate) -> Certificate:
         return domain.attach_seals(cert, command) if _has_seals(command) else cert

@@ -198,3 +198,40 @@ def test_a_withdrawal_from_a_snapshot_without_slices_withdraws_every_live_slice(
     (cert,) = _after(book, command).values()
     assert cert is not None and cert.status == domain.CertificateStatus.WITHDRAWN
     assert not [s for s in cert.slices.values() if s.state == SliceState.AVAILABLE]
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "hashed-attributes"])
+def test_an_issuance_is_written_without_reading_the_certificate_in_any_worker(
+    new_book, sealed: bool
+) -> None:
+    """A certificate being issued is written by its issuance alone, so its outcome is applied
+    from the command itself: also by a worker that did not build it (the handed-back message
+    lands anywhere), by the reconciler and by an operator. The result is the one a read gives;
+    on the DynamoDB book it takes one write and no read of the certificate."""
+    from_full, without = new_book(), new_book()
+    command = _accepted(from_full, "issue", [])
+    assert _accepted(without, "issue", []) == command
+    if sealed:
+        salt = domain.HashedAttribute(registry_value="aGFzaA==", salt="c2FsdA==")
+        command = command.model_copy(update={"sealed_attributes": {"address": salt}})
+    # The outcome as a read of the certificate gives it (what apply_outcome did before).
+    from_full.update_certificate(
+        command.certificate_id,
+        lambda c: domain.attach_seals(domain.apply_issue(c, command), command),
+    )
+    reads: list[str] = []
+    watching = isinstance(without, DynamoBook)
+    if watching:  # the books share one client: only this call is watched
+        without._db.meta.events.register(
+            "before-call.dynamodb",
+            lambda model, **_: (
+                reads.append(model.name) if watching and model.name.endswith("GetItem") else None
+            ),
+        )
+    apply_outcome(without, command, None)
+    watching = False
+    assert reads == []
+    assert _after(without, command) == _after(from_full, command)
+    if sealed:
+        (cert,) = _after(without, command).values()
+        assert cert is not None and cert.hashed_attributes == command.sealed_attributes
