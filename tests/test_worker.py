@@ -464,6 +464,51 @@ def test_a_command_is_built_once_however_often_its_message_comes_back(kind: str)
     p.check_invariants()
 
 
+class _SnapshotSpy:
+    """The book, noting for each certificate write of an outcome whether the worker gave the
+    certificate as it knew it (a write without a read on the DynamoDB book) or none."""
+
+    def __init__(self, book: Any) -> None:
+        self._book = book
+        self.given: list[bool] = []
+
+    def update_certificate(self, certificate_id: str, change: Any, snapshot: Any = None) -> Any:
+        self.given.append(snapshot is not None)
+        return self._book.update_certificate(certificate_id, change, snapshot)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._book, name)
+
+
+@pytest.mark.parametrize("kind", ["slice", "transfer", "part", "claim"])
+def test_an_outcome_is_applied_from_the_message_in_whichever_worker_learns_it(kind: str) -> None:
+    """On Lambda a handed-back message comes back to a new invocation (another worker, maybe
+    another container), which never saw the build: the certificates the message carries,
+    as the command's holds left them, are still what its outcome is applied to."""
+    p = Pipeline(queries=True)  # each step PENDING at first: the message comes back
+    cert = p.issued()
+    consumption = p.issued(gsrn="571313000000000002", type_=CertificateType.CONSUMPTION)
+    command = {
+        "slice": lambda: p.slice("alice", *cert, [400, 600]),
+        "transfer": lambda: p.transfer("alice", *cert, "bob", 1000),
+        "part": lambda: p.transfer("alice", *cert, "bob", 400),
+        "claim": lambda: p.claim("alice", cert, consumption, 400),
+    }[kind]()
+    spy = _SnapshotSpy(p.book)
+    invocations = 0
+    while batch := p.queue.receive():
+        invocations += 1
+        outcomes = p.make_worker(book=spy).process([m.delivery for m in batch])
+        back = [m for m, o in zip(batch, outcomes, strict=True) if o != Outcome.DONE]
+        p.queue.give_back(back)
+        p.vclock.advance(2)
+    done = p.command(command.command_id)
+    assert done.status == CommandStatus.COMMITTED, done.error
+    assert invocations > 1  # the outcome came to a worker that did not build
+    assert spy.given and all(spy.given)
+    p.check_invariants()
+
+
 @pytest.mark.parametrize(
     ("attributes", "receives"),
     [({"ApproximateReceiveCount": "3"}, 3), ({}, 1), ({"ApproximateReceiveCount": "x"}, 1)],

@@ -243,6 +243,8 @@ class Worker:
 
     def _take_step(self, command: Command, delivery: Delivery) -> Command | Outcome:
         now = self.clock()
+        if command.status in _AWAITING_OUTCOME:
+            self._remember_snapshot(command, delivery)
         match command.status:
             case CommandStatus.COMMITTED | CommandStatus.REJECTED | CommandStatus.IN_DOUBT:
                 observability.event(
@@ -297,7 +299,7 @@ class Worker:
                 changes["sealed_slices"] = dict(built.sealed_slices)
             if built.sealed_attributes:
                 changes["sealed_attributes"] = dict(built.sealed_attributes)
-            self._snapshots[command.command_id] = certificates
+            self._keep_snapshot(command, certificates)
         # Raises StaleCommand when another worker took this step, or the snapshot was behind.
         # The transactions are stored only if none are yet: a retry sends the first ones.
         return self._move(
@@ -309,6 +311,24 @@ class Worker:
             # A build is stored for the incarnation the worker read, without reading it again.
             created_at=command.created_at if "transactions" in changes else None,
         )
+
+    def _remember_snapshot(self, command: Command, delivery: Delivery) -> None:
+        """The message's certificates, as the command's holds left them, for applying its
+        outcome in this invocation, which may not be the one that built it (a handed-back
+        message comes back to any). The command has changed none of them before its outcome,
+        and the book's write checks the parts it changes are still as they say."""
+        if command.kind == CommandKind.ISSUE:
+            return  # apply_outcome knows what an issued certificate was
+        wanted = command.certificate_ids()
+        known = delivery.certificates if delivery.holds_taken else None
+        if known and all(c in known for c in wanted) and command.command_id not in self._snapshots:
+            self._keep_snapshot(command, {c: known[c] for c in wanted})
+
+    def _keep_snapshot(self, command: Command, certificates: dict[str, Certificate]) -> None:
+        # Not a withdrawal's: its message carries none of the slices it withdraws, so the
+        # book's write would fail its check (a charged write) and read anyway.
+        if command.kind != CommandKind.WITHDRAW:
+            self._snapshots[command.command_id] = certificates
 
     def _certificates(self, command: Command, delivery: Delivery) -> dict[str, Certificate]:
         """The certificates to build from: the message's snapshot when it has them all (the
