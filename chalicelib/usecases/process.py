@@ -362,22 +362,20 @@ class Worker:
             except RegistryAmbiguous as exc:
                 self._in_doubt(command, f"the registry call failed after sending ({exc})")
                 return Outcome.DONE
-            outcome = self._follow(command, receipt, drive=False)
-            current = self.book.get_command(command.command_id)
-            if (
-                outcome != Outcome.DONE
-                or current is None
-                or (current.status != CommandStatus.ACCEPTED)
-            ):
-                return outcome
-            command = current
+            settled = self._follow(command, receipt, drive=False)
+            if not isinstance(settled, Command):  # pending, refused, in doubt
+                return settled
+            if settled.status != CommandStatus.ACCEPTED:  # its last step: committed
+                return Outcome.DONE
+            command = settled
 
     def _registry_of(self, command: Command) -> Registry:
         """Where the command's current step goes: the registry its transaction names."""
         return self.registries.of_step(command.transactions, command.step)
 
-    def _follow(self, command: Command, receipt: Receipt, drive: bool = True) -> Outcome:
-        """Act on the registry's receipt for the command's current step."""
+    def _follow(self, command: Command, receipt: Receipt, drive: bool = True) -> Outcome | Command:
+        """Act on the registry's receipt for the command's current step (a step committed
+        without `drive`: the command after it, see _step_committed)."""
         match receipt.status:
             case TransactionStatus.COMMITTED | TransactionStatus.FINALIZED:
                 return self._step_committed(command, drive)
@@ -389,7 +387,7 @@ class Worker:
                 return self._poll(command, drive)
         return self._in_doubt(command, f"the registry answered {receipt.status.value}")
 
-    def _poll(self, command: Command, drive: bool = True) -> Outcome:
+    def _poll(self, command: Command, drive: bool = True) -> Outcome | Command:
         """Ask once how a sent step ended. Still PENDING: the command is SENT and its message
         comes back later (LATER), its certificate's group waiting and no one else; a worker
         never sleeps in Lambda waiting for a block."""
@@ -424,19 +422,21 @@ class Worker:
         if command.status == CommandStatus.SENDING:
             self._move(command, CommandStatus.SENDING, CommandStatus.SENT, {})
 
-    def _step_committed(self, command: Command, drive: bool = True) -> Outcome:
+    def _step_committed(self, command: Command, drive: bool = True) -> Outcome | Command:
+        """The current step committed: on to the next step (sent at once if `drive`), or the
+        outcome applied and the command COMMITTED. Without `drive`, the command as that left
+        it, for the caller to go on from (the book's answer to the write: no read again)."""
         if command.step + 1 < len(command.transactions):
-            self._move(
+            moved = self._move(
                 command,
                 _AWAITING_OUTCOME,
                 CommandStatus.ACCEPTED,
                 {"step": command.step + 1, "error": None},
             )
-            current = self.book.get_command(command.command_id)
-            return self._drive(current) if drive and current else Outcome.DONE
+            return self._drive(moved) if drive else moved
         now = self.clock()  # the receiver's copy carries the time the command commits at
         owed = apply_outcome(self.book, command, self._snapshots.pop(command.command_id, None), now)
-        self._move(
+        committed = self._move(
             command,
             _AWAITING_OUTCOME,
             CommandStatus.COMMITTED,
@@ -444,7 +444,7 @@ class Worker:
             now=now,
         )
         self._send_owed(owed)
-        return Outcome.DONE
+        return Outcome.DONE if drive else committed
 
     def _send_owed(self, owed: list[Command]) -> None:
         """Queue what a committed command leads to. A send that fails (or a worker without a
@@ -465,8 +465,8 @@ class Worker:
     def step_committed(self, command: Command) -> Command:
         """The registry (or an operator) says the current step committed: apply it as the
         worker would have. Returns the command after, ACCEPTED again if steps remain."""
-        self._step_committed(command, drive=False)
-        return self.book.get_command(command.command_id) or command
+        after = self._step_committed(command, drive=False)
+        return after if isinstance(after, Command) else command
 
     def step_rejected(self, command: Command, reason: str) -> Command:
         self._reject(command, reason)
