@@ -414,7 +414,7 @@ class DynamoBook:
             elif self._put_built(command_id, created_at, build):
                 # The incarnation is known, so the put needs no read of the command: the
                 # update's condition on created_at says whether it was this command's.
-                self._keep_build((f"CMD#{command_id}", created_at), build)
+                self._keep_build((_command_key(command_id)["pk"]["S"], created_at), build)
             dumped["built"] = True
         sets = {
             **dumped,

@@ -243,8 +243,6 @@ class Worker:
 
     def _take_step(self, command: Command, delivery: Delivery) -> Command | Outcome:
         now = self.clock()
-        if command.status in _AWAITING_OUTCOME:
-            self._remember_snapshot(command, delivery)
         match command.status:
             case CommandStatus.COMMITTED | CommandStatus.REJECTED | CommandStatus.IN_DOUBT:
                 observability.event(
@@ -252,6 +250,7 @@ class Worker:
                 )
                 return Outcome.DONE
             case CommandStatus.SENT:
+                self._remember_snapshot(command, delivery)
                 return self._poll(command)
             case CommandStatus.SENDING:
                 if command.lease_until and command.lease_until > now:
@@ -317,12 +316,11 @@ class Worker:
         outcome in this invocation, which may not be the one that built it (a handed-back
         message comes back to any). The command has changed none of them before its outcome,
         and the book's write checks the parts it changes are still as they say."""
-        if command.kind == CommandKind.ISSUE:
-            return  # apply_outcome knows what an issued certificate was
-        wanted = command.certificate_ids()
-        known = delivery.certificates if delivery.holds_taken else None
-        if known and all(c in known for c in wanted) and command.command_id not in self._snapshots:
-            self._keep_snapshot(command, {c: known[c] for c in wanted})
+        if command.kind == CommandKind.ISSUE or command.command_id in self._snapshots:
+            return  # apply_outcome knows an issuance's; one built here kept its own
+        carried = _carried(command, delivery)
+        if carried is not None:
+            self._keep_snapshot(command, carried)
 
     def _keep_snapshot(self, command: Command, certificates: dict[str, Certificate]) -> None:
         # Not a withdrawal's: its message carries none of the slices it withdraws, so the
@@ -335,10 +333,10 @@ class Worker:
         slices a command uses are reserved by it, so they cannot have changed), else read."""
         if command.kind == CommandKind.ISSUE:
             return {command.certificate_id: holds.certificate_to_issue(command)}
-        wanted = command.certificate_ids()
-        if delivery.certificates and all(c in delivery.certificates for c in wanted):
-            return {c: delivery.certificates[c] for c in wanted}
-        return {c.certificate_id: c for c in self.book.get_certificates(wanted)}
+        carried = _carried(command, delivery)
+        if carried is not None:
+            return carried
+        return {c.certificate_id: c for c in self.book.get_certificates(command.certificate_ids())}
 
     def _drive(self, command: Command) -> Outcome:
         """Send the remaining steps of a multi-step command, one at a time."""
@@ -423,17 +421,23 @@ class Worker:
             self._move(command, CommandStatus.SENDING, CommandStatus.SENT, {})
 
     def _step_committed(self, command: Command, drive: bool = True) -> Outcome | Command:
-        """The current step committed: on to the next step (sent at once if `drive`), or the
-        outcome applied and the command COMMITTED. Without `drive`, the command as that left
-        it, for the caller to go on from (the book's answer to the write: no read again)."""
+        """The current step committed: on to the next step, sent at once if `drive`. Without
+        `drive`, the command as that left it, for the caller to go on from."""
+        after = self._settle_step(command)
+        if not drive:
+            return after
+        return self._drive(after) if after.status == CommandStatus.ACCEPTED else Outcome.DONE
+
+    def _settle_step(self, command: Command) -> Command:
+        """ACCEPTED at the next step, or the outcome applied and COMMITTED: the command as the
+        book answered the write (no read again)."""
         if command.step + 1 < len(command.transactions):
-            moved = self._move(
+            return self._move(
                 command,
                 _AWAITING_OUTCOME,
                 CommandStatus.ACCEPTED,
                 {"step": command.step + 1, "error": None},
             )
-            return self._drive(moved) if drive else moved
         now = self.clock()  # the receiver's copy carries the time the command commits at
         owed = apply_outcome(self.book, command, self._snapshots.pop(command.command_id, None), now)
         committed = self._move(
@@ -444,7 +448,7 @@ class Worker:
             now=now,
         )
         self._send_owed(owed)
-        return Outcome.DONE if drive else committed
+        return committed
 
     def _send_owed(self, owed: list[Command]) -> None:
         """Queue what a committed command leads to. A send that fails (or a worker without a
@@ -465,8 +469,7 @@ class Worker:
     def step_committed(self, command: Command) -> Command:
         """The registry (or an operator) says the current step committed: apply it as the
         worker would have. Returns the command after, ACCEPTED again if steps remain."""
-        after = self._step_committed(command, drive=False)
-        return after if isinstance(after, Command) else command
+        return self._settle_step(command)
 
     def step_rejected(self, command: Command, reason: str) -> Command:
         self._reject(command, reason)
@@ -613,6 +616,16 @@ def _transaction(command: Command) -> bytes:
 
 def _transaction_id(command: Command) -> str:
     return transaction_id_of(_transaction(command))
+
+
+def _carried(command: Command, delivery: Delivery) -> dict[str, Certificate] | None:
+    """The command's certificates as its message carries them (as its holds left them), or
+    None when the message does not carry them all."""
+    wanted = command.certificate_ids()
+    known = delivery.certificates
+    if known and all(c in known for c in wanted):
+        return {c: known[c] for c in wanted}
+    return None
 
 
 # --- the command's effect on the book (also used by the reconciler and operators) ------------

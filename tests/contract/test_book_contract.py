@@ -184,29 +184,24 @@ def test_a_transition_for_another_incarnation_is_stale_and_the_new_one_builds_it
     book.forget_command(first)
     again = a_command(minutes=5)
     book.add_command(again)
-    guard = Transition(
-        ACCEPTED,
-        SENDING,
-        at(6),
-        step=0,
-        changes={"transactions": ("b2xk",), "attempts": 1},
-        set_once=frozenset({"transactions"}),
-        created_at=first.created_at,
-    )
+
+    def guard(transactions: tuple[str, ...], minutes: int, created_at) -> Transition:
+        return Transition(
+            ACCEPTED,
+            SENDING,
+            at(minutes),
+            step=0,
+            changes={"transactions": transactions, "attempts": 1},
+            set_once=frozenset({"transactions"}),
+            created_at=created_at,
+        )
+
     with pytest.raises(StaleCommand) as stale:
-        book.transition(again.command_id, guard)
+        book.transition(again.command_id, guard(("b2xk",), 6, first.created_at))
     assert stale.value.current == again
     assert book.get_command(again.command_id) == again
-    mine = Transition(
-        ACCEPTED,
-        SENDING,
-        at(7),
-        step=0,
-        changes={"transactions": ("bmV3",), "attempts": 1},
-        set_once=frozenset({"transactions"}),
-        created_at=again.created_at,
-    )
-    assert book.transition(again.command_id, mine).transactions == ("bmV3",)
+    mine = book.transition(again.command_id, guard(("bmV3",), 7, again.created_at))
+    assert mine.transactions == ("bmV3",)
 
 
 def test_two_workers_racing_for_the_guard_the_second_finds_it_taken(book):
