@@ -443,7 +443,11 @@ def custody_table(result: dict[str, Any]) -> str:
             if not k:
                 continue
             t = k["total"]
-            seeds = sum(n for op, n in t["calls"].items() if op.endswith(SEED_SUFFIX))
+            seeds = sum(
+                n
+                for op, n in t["calls"].items()
+                if op.startswith("dynamodb.") and op.endswith(SEED_SUFFIX)
+            )
             lines.append(
                 f"| {kind} | {label} | "
                 + " | ".join(f"{t['calls'].get(op, 0.0):.2f}" for op in ops)

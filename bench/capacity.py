@@ -51,9 +51,11 @@ COUNTED_SERVICES = ("dynamodb", "sqs", "kms", "secretsmanager", "ssm", "lambda")
 WRITE_ONCE_ATTRIBUTES = ("transactions", "sealed_slices", "sealed_attributes")
 BUILT_PREFIX = "BUILT#"  # the sort key of a command's build: written once already
 SEALED = "secret"
-# An owner's sealed seed (registry/custody.py), read and put by the worker: counted apart
-# ("dynamodb.GetItem (seed)") to show what custody costs.
+# An owner's sealed seed (registry/custody.py), read and put by the worker, and opened (a KMS
+# call under the seed's encryption context) where the owner signs: counted apart
+# ("dynamodb.GetItem (seed)", "kms.Decrypt (seed)") to show what custody costs.
 SEED_SUFFIX = " (seed)"
+SEED_PURPOSE = "owner-seed"
 WRITE_ONCE_KEY_BYTES = 60  # the keys of such an item (pk, sk: names and values)
 
 
@@ -344,7 +346,9 @@ class Meter:
         ok = http_response.status_code < 300
         params = context.get("bench_params") or {}
         key = params.get("Key") or params.get("Item") or {}
-        seed = str(key.get("pk", {}).get("S", "")).startswith("SEED#")
+        seed = str(key.get("pk", {}).get("S", "")).startswith("SEED#") or (
+            (params.get("EncryptionContext") or {}).get("purpose") == SEED_PURPOSE
+        )
         tally.calls[f"{service}.{op}" + (SEED_SUFFIX if seed else "")] += 1
         if service == "sqs":
             self._sqs(tally, op, params, parsed)

@@ -475,7 +475,7 @@ class ProtoTransactionBuilder:
             source = self._spendable_new(source.cert, news[0], source.slice.owner)
         received_id = domain.slice_id_for(command.command_id, "received")
         path = self._owners.slice_path(command.receiver, received_id)
-        receiver_key = self._owners.master(command.receiver, path).public.derive(path).key
+        receiver_key = self._owners.public_master(command.receiver, path).derive(path).key
         self._seal(
             source.cert.certificate_id,
             received_id,
@@ -590,7 +590,7 @@ class ProtoTransactionBuilder:
         proof = self._prover.prove_range(quantity, blinding, certificate_id)
         _check(self._prover.verify_range(commitment, proof, certificate_id), "range proof")
         path = self._owners.slice_path(owner, slice_id)
-        owner_key = self._owners.master(owner, path).public.derive(path).key
+        owner_key = self._owners.public_master(owner, path).derive(path).key
         secret = SliceSecret(quantity, blinding, owner_key, path)
         self._seal(certificate_id, slice_id, secret)
         return _NewSlice(slice_id, commitment, proof, secret)

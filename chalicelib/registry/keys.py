@@ -134,6 +134,11 @@ class OwnerKeys:
         """The master key under which `path` (a stored slice path; () for a new one) lies."""
         raise NotImplementedError
 
+    def public_master(self, owner: str, path: tuple[int, ...] = ()) -> ExtendedPublicKey:
+        """The master's extended public key: all that giving a new slice to an owner needs.
+        Custody answers it without opening the owner's seed."""
+        return self.master(owner, path).public
+
 
 class SandboxOwnerKeys(OwnerKeys):
     """One master seed per owner, HMAC-SHA512(root secret, owner id): nothing to store."""

@@ -106,11 +106,15 @@ def test_two_first_uses_at_once_agree_on_one_seed(aws, key) -> None:
 def test_the_table_item_alone_reveals_nothing_of_the_seed(aws, key) -> None:
     owners = custody(aws, key)
     master = owners.master("alice")
+    assert owners.public_master("alice") == master.public
     [item] = seed_items(aws)
     stored = json.dumps(
-        {k: base64.b64encode(bytes(v["B"])).decode() if "B" in v else v for k, v in item.items()}
+        [
+            {k: base64.b64encode(bytes(v["B"])).decode() if "B" in v else v for k, v in i.items()}
+            for i in aws.client("dynamodb").scan(TableName=TABLE)["Items"]
+        ]
     )
-    for secret in (master.secret, master.chain_code):
+    for secret in (master.secret, master.chain_code, master.public_key):
         assert base64.b64encode(secret).decode() not in stored
         assert secret.hex() not in stored
     # Without that KMS key the seed does not open (here: KMS of another region, which does not
@@ -131,27 +135,136 @@ def test_a_seed_copied_onto_another_owner_does_not_open(aws, key) -> None:
         custody(aws, key).master("mallory")
 
 
+class CountingKms:
+    """A container's KMS client that notes each call and what it was for."""
+
+    def __init__(self, kms: Any) -> None:
+        self._kms, self.calls, self.opened = kms, [], []
+
+    def decrypt(self, **kw: Any) -> Any:
+        self.calls.append(("decrypt", kw["EncryptionContext"]["purpose"]))
+        self.opened.append(kw["EncryptionContext"])
+        return self._kms.decrypt(**kw)
+
+    def generate_data_key(self, **kw: Any) -> Any:
+        self.calls.append(("generate_data_key", kw["EncryptionContext"]["purpose"]))
+        return self._kms.generate_data_key(**kw)
+
+
+def counting(owners: KmsOwnerKeys) -> CountingKms:
+    owners._kms = CountingKms(owners._kms)
+    return owners._kms
+
+
 def test_opened_keys_are_cached_for_a_bounded_time(aws, key) -> None:
     now = [0.0]
     owners = custody(aws, key, cache_s=300, monotonic=lambda: now[0])
-    calls = []
-    kms = owners._kms
-    owners._kms = type(
-        "CountingKms",
-        (),
-        {
-            "decrypt": lambda self, **kw: (calls.append("decrypt"), kms.decrypt(**kw))[1],
-            "generate_data_key": lambda self, **kw: kms.generate_data_key(**kw),
-        },
-    )()
+    calls = counting(owners).calls
+    custody(aws, key).master("alice")  # made by another container
     owners.master("alice")
     owners.master("alice")
     now[0] = 299
     owners.master("alice")
-    assert calls == ["decrypt"]
+    assert calls == [("decrypt", "owner-seed")]
     now[0] = 301
     owners.master("alice")
-    assert calls == ["decrypt", "decrypt"]
+    assert calls == [("decrypt", "owner-seed")] * 2
+
+
+# --- public halves: a new slice for an owner without opening the owner's seed ------------------
+
+
+def test_a_new_slice_for_an_owner_opens_no_seed(aws, key) -> None:
+    """The sending side signs (its seed is opened); the receiving side, an issuance's owner or a
+    transfer's receiver, only needs the public half: a container opens the custody's key for
+    public halves once, and then no owner's seed at all."""
+    maker = custody(aws, key)
+    masters = {owner: maker.master(owner) for owner in ("alice", "bob", "carol")}
+    owners = custody(aws, key)
+    calls = counting(owners).calls
+    for owner, master in masters.items():
+        path = owners.slice_path(owner, f"slice-of-{owner}")
+        assert owners.public_master(owner, path) == master.public
+        assert owners.public_master(owner, path).derive(path) == master.derive(path).public
+    assert calls == [("decrypt", "owner-public-keys")]
+    # a new owner's first use makes its seed and seals its public half: still no seed opened
+    dave = owners.public_master("dave")
+    assert calls[1:] == [("generate_data_key", "owner-seed")]
+    assert custody(aws, key).master("dave").public == dave
+
+
+def test_public_halves_are_cached_for_a_bounded_time(aws, key) -> None:
+    custody(aws, key).master("alice")
+    now = [0.0]
+    owners = custody(aws, key, cache_s=300, monotonic=lambda: now[0])
+    reads = []
+    get_item = owners._db.get_item
+    owners._db = type("Db", (), {"get_item": lambda _, **kw: reads.append(kw) or get_item(**kw)})()
+    owners.public_master("alice")
+    now[0] = 299
+    owners.public_master("alice")
+    assert [r["Key"]["pk"]["S"] for r in reads] == ["SEED#alice", "CUSTODY#owner-public-keys"]
+    now[0] = 301
+    owners.public_master("alice")
+    assert [r["Key"]["pk"]["S"] for r in reads][2:] == ["SEED#alice"]
+
+
+@pytest.mark.parametrize("tamper", ["copied_from_another_owner", "flipped_bit"])
+def test_a_public_half_changed_in_the_table_does_not_open(aws, key, tamper) -> None:
+    """Whoever can write the table but not use the KMS key cannot redirect an owner's new
+    slices to a key of their own."""
+    maker = custody(aws, key)
+    maker.master("alice"), maker.master("mallory")
+    db = aws.client("dynamodb")
+    items = {i["pk"]["S"]: i for i in seed_items(aws)}
+    sealed = bytes(items["SEED#mallory"]["sealed_xpub"]["B"])
+    if tamper == "flipped_bit":
+        sealed = bytes(items["SEED#alice"]["sealed_xpub"]["B"])
+        sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    db.put_item(TableName=TABLE, Item={**items["SEED#alice"], "sealed_xpub": {"B": sealed}})
+    with pytest.raises(CustodyBroken, match="public key of alice"):
+        custody(aws, key).public_master("alice")
+
+
+def test_a_seed_stored_without_its_public_half_gets_it_once(aws, key) -> None:
+    """Seeds made before public halves were sealed: the first container that needs one opens
+    the seed and stores the sealed half; after that no container opens the seed for it."""
+    master = custody(aws, key).master("alice")
+    db = aws.client("dynamodb")
+    [item] = seed_items(aws)
+    del item["sealed_xpub"]
+    db.put_item(TableName=TABLE, Item=item)
+    first = custody(aws, key)
+    first_calls = counting(first).calls
+    assert first.public_master("alice") == master.public
+    assert ("decrypt", "owner-seed") in first_calls
+    [item] = seed_items(aws)
+    assert "sealed_xpub" in item
+    second = custody(aws, key)
+    second_calls = counting(second).calls
+    assert second.public_master("alice") == master.public
+    assert second_calls == [("decrypt", "owner-public-keys")]
+
+
+def test_two_containers_making_the_key_of_public_halves_at_once_agree_on_one(aws, key) -> None:
+    """Both find no key and both make one; the conditional put lets one win and the other
+    uses the winner's, so a public half sealed by either opens in both."""
+    first, second = custody(aws, key), custody(aws, key)
+    make = first._data_key
+
+    def make_while_the_other_puts_its_own(context, what):
+        made = make(context, what)
+        if context["purpose"] == "owner-public-keys":
+            second.public_master("bob")  # the other container makes its key and puts it first
+        return made
+
+    first._data_key = make_while_the_other_puts_its_own
+    alice = first.public_master("alice")
+    assert custody(aws, key).public_master("alice") == alice
+    assert second.public_master("alice") == alice
+    assert first.public_master("bob") == custody(aws, key).master("bob").public
+    keys = [i for i in aws.client("dynamodb").scan(TableName=TABLE)["Items"]]
+    assert sum(i["pk"]["S"] == "CUSTODY#owner-public-keys" for i in keys) == 1
 
 
 def test_no_key_material_in_a_repr(aws, key) -> None:
@@ -230,6 +343,26 @@ def test_after_a_rotation_old_slices_stay_spendable_and_new_ones_use_the_new_see
     live = [s for s in p.book.get_certificate(cert).slices.values() if s.is_live]
     assert sorted(s.quantity_wh for s in live) == [300, 700]
     assert {open_slice(p.box, cert, s.slice_id, s.secret).path[0] for s in live} == {2}
+    assert {e.verdict.value for e in p.simulator.log()} == {"COMMITTED"}
+
+
+def test_issuing_and_transferring_open_only_the_seeds_of_the_owners_who_sign(aws, key) -> None:
+    """An issuance is signed by the issuer, a transfer by its sender: in a new container, the
+    new slices' owners (the certificate's owner, the receiver) cost no seed Decrypt."""
+    p = custody_pipeline(aws, key)
+    cert, whole = p.issued(quantity=1000)
+    custody(aws, key).master("bob")  # bob's seed exists already
+    fresh = custody_pipeline(aws, key)
+    kms = counting(fresh.owner_keys)
+    p.owner_keys, p.builder = fresh.owner_keys, fresh.builder
+    p.worker = p.make_worker()
+    issued = p.issue(owner="carol", gsrn="571313000000000009")
+    transfer = p.transfer("alice", cert, whole, "bob", 1000)
+    p.run()
+    assert p.command(issued.command_id).status == CommandStatus.COMMITTED
+    assert p.command(transfer.command_id).status == CommandStatus.COMMITTED
+    seeds_opened = [c["owner"] for c in kms.opened if c["purpose"] == "owner-seed"]
+    assert seeds_opened == ["alice"]
     assert {e.verdict.value for e in p.simulator.log()} == {"COMMITTED"}
 
 
