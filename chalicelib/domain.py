@@ -1133,8 +1133,13 @@ def expire(cert: Certificate) -> Certificate:
 
 
 def viewers(cert: Certificate) -> set[str]:
-    """Owners who see the certificate: those holding or having held slices of it, and the
-    owner it is being issued to. A certificate never loses a viewer."""
+    """Owners whose change feed shows the certificate: those holding or having held slices of
+    it, and the owner it was issued to; nobody while it is being issued, or when the registry
+    refused to issue it (it never existed: the issuer follows that through the command). So
+    an issuance enters its owner's feed once, issued, and a certificate that has entered a
+    feed never leaves it."""
+    if cert.status in (CertificateStatus.ISSUING, CertificateStatus.REJECTED):
+        return set()
     return cert.owners() | {cert.owner}
 
 

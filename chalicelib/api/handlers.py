@@ -378,7 +378,8 @@ def get_certificate(services: Services, call: Call) -> HttpResponse:
         "GET",
         "/v1/certificates",
         "Your certificates, newest period first; with updated_since, what changed for you "
-        "since then, oldest change first (follow next_cursor)",
+        "since then, oldest change first (follow next_cursor); a certificate is in the feed "
+        "once issued",
         m.CertificatePage,
         query=("type", "grid_area", "start", "end", "limit", "cursor", "updated_since"),
     )

@@ -17,7 +17,16 @@ from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.adapters.memory import InMemoryBook
 from chalicelib.domain import CommandKind, CommandStatus, SliceRef
 from chalicelib.ports import Transition
-from tests.builders import T0, gsrn, issue_spec, put_active, ref_of, transfer_command
+from chalicelib.usecases import holds
+from tests.builders import (
+    T0,
+    gsrn,
+    issue_command,
+    issue_spec,
+    put_active,
+    ref_of,
+    transfer_command,
+)
 from tests.conftest import Clock, settings
 
 LAG_S = 5.0
@@ -59,6 +68,29 @@ def test_a_new_certificate_is_in_its_owners_feed_and_no_one_elses(clock_and_book
     mine, _ = follow(book, "alice", None)
     assert [(c.certificate_id, c.version) for c in mine] == [(cert.certificate_id, cert.version)]
     assert follow(book, "mallory", None)[0] == []
+
+
+def test_an_issuance_enters_its_owners_feed_once_issued_and_a_refused_one_never(clock_and_book):
+    """While the registry has not issued it, a certificate is the issuer's command, not yet
+    the owner's: it enters the feed once, issued (and costs no feed write before)."""
+    clock, book = clock_and_book
+    issuing = [issue_command(issue_spec(meter=gsrn(n)), key=f"i-{n}") for n in (1, 2)]
+    for command in issuing:
+        book.add_certificate(holds.certificate_to_issue(command))
+    settle(clock)
+    assert follow(book, "alice", None)[0] == []
+    issued = book.update_certificate(
+        issuing[0].certificate_id, lambda c: domain.apply_issue(c, issuing[0])
+    )
+    book.update_certificate(
+        issuing[1].certificate_id,
+        lambda c: c.model_copy(update={"status": domain.CertificateStatus.REJECTED}),
+    )
+    settle(clock)
+    seen, _ = follow(book, "alice", None)
+    assert [(c.certificate_id, c.version, c.status) for c in seen] == [
+        (issued.certificate_id, issued.version, domain.CertificateStatus.ACTIVE)
+    ]
 
 
 def test_the_feed_holds_nothing_before_since_and_everything_after(clock_and_book):
