@@ -1144,9 +1144,20 @@ def viewers(cert: Certificate) -> set[str]:
 
 
 def view_of(cert: Certificate, owner: str) -> Certificate:
-    """The certificate as one owner sees it: with their slices only."""
+    """The certificate as one owner sees it, as their change feed gives it: their slices only,
+    and none of the book's own records (the sealed secrets and registry references that spend
+    a slice, the commands applied to the certificate), which no answer shows. Kept apart in
+    each feed mark, they would only make it large: with real transactions a slice's sealed
+    secret alone is ~600 bytes, and a mark is rewritten, and indexed whole, at every change."""
     return cert.model_copy(
-        update={"slices": {k: s for k, s in cert.slices.items() if s.owner == owner}}
+        update={
+            "slices": {
+                k: s.model_copy(update={"secret": None, "registry_ref": None})
+                for k, s in cert.slices.items()
+                if s.owner == owner
+            },
+            "applied": (),
+        }
     )
 
 

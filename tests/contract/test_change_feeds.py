@@ -91,6 +91,8 @@ def test_an_issuance_enters_its_owners_feed_once_issued_and_a_refused_one_never(
     assert [(c.certificate_id, c.version, c.status) for c in seen] == [
         (issued.certificate_id, issued.version, domain.CertificateStatus.ACTIVE)
     ]
+    # the owner's view: not the book's own records of it (test_feed_marks.py: why)
+    assert issued.applied and seen[0].applied == ()
 
 
 def test_the_feed_holds_nothing_before_since_and_everything_after(clock_and_book):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.capacity import value_size
 from chalicelib import domain
 from chalicelib.adapters.dynamo import DynamoBook
 from tests.builders import T0, issue_spec, put_active, ref_of, transfer_command
@@ -35,6 +36,11 @@ def _calls(book: DynamoBook, monkeypatch) -> list[tuple[str, str]]:
 
     monkeypatch.setattr(book, "_call", recording)
     return seen
+
+
+def size_of(item: dict) -> int:
+    """Bytes as DynamoDB charges an item (bench/capacity.py)."""
+    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
 
 
 def _mark(book: DynamoBook, owner: str, certificate_id: str) -> dict:
@@ -115,3 +121,32 @@ def test_an_older_write_marked_late_leaves_the_newer_mark(book, monkeypatch) -> 
     assert calls == [("put_item", "alice"), ("update_item", "alice")]  # each refused once
     assert _mark(book, "alice", cert.certificate_id) == newest
     assert int(newest["feed_version"]["N"]) == reserved.version
+
+
+def test_a_mark_holds_the_owners_view_without_the_books_secrets(book, clock) -> None:
+    """A slice's sealed secret (~600 bytes with real transactions), its registry reference
+    and the commands applied are the book's, shown by no answer: a mark without them stays
+    within one write unit, and so does its copy in the feed index."""
+    cert = put_active(book, issue_spec(owner="alice"))
+    [slice_id] = cert.slices
+    sealed = "k1." + "s" * 600
+    stored = book.update_certificate(
+        cert.certificate_id,
+        lambda c: c.model_copy(
+            update={
+                "slices": {
+                    slice_id: c.slices[slice_id].model_copy(
+                        update={"secret": sealed, "registry_ref": "ab" * 32}
+                    )
+                }
+            }
+        ),
+    )
+    assert stored.slices[slice_id].secret == sealed and stored.applied
+    mark = _mark(book, "alice", cert.certificate_id)
+    assert sealed not in mark["certificate"]["S"] and "ab" * 32 not in mark["certificate"]["S"]
+    assert size_of(mark) < 1024
+    [given] = book.certificate_changes("alice", T0, None, 10).items
+    assert (given.version, given.applied) == (stored.version, ())
+    assert given.slices[slice_id].secret is None
+    assert given.slices[slice_id].quantity_wh == stored.slices[slice_id].quantity_wh
