@@ -416,13 +416,10 @@ class DynamoBook:
                 # update's condition on created_at says whether it was this command's.
                 self._keep_build((_command_key(command_id)["pk"]["S"], created_at), build)
             dumped["built"] = True
-        sets = {
-            **dumped,
-            "status": change.target.value,
-            "updated_at": change.now.isoformat(),
+        sets = {**dumped, "status": change.target.value, "updated_at": change.now.isoformat()}
+        if domain.moves_in_feed(change.target):
             # Its place in the caller's change feed (indexed for the listed kinds only).
-            "feed_sk": self._feed_position(command_id),
-        }
+            sets["feed_sk"] = self._feed_position(command_id)
         names = {f"#f{i}": name for i, name in enumerate(sets)}
         values = {f":v{i}": value for i, value in enumerate(sets.values())}
         expression = "SET " + ", ".join(

@@ -136,7 +136,8 @@ class InMemoryBook:
         with self._lock:
             updated = apply_transition(self.commands.get(command_id), change)
             self.commands[command_id] = updated
-            self._command_changed(updated)
+            if domain.moves_in_feed(change.target):
+                self._command_changed(updated)
             if change.reconciled and updated.is_terminal:
                 self._reconciled.add(command_id)
                 self._listed.pop(command_id, None)

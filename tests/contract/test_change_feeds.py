@@ -233,6 +233,33 @@ def test_commands_feed_shows_each_state_of_the_callers_transfers_and_the_receipt
     ]
 
 
+def test_a_command_comes_again_when_a_step_commits_and_when_it_ends_not_while_sending(
+    clock_and_book,
+):
+    """SENDING and SENT are the outbox handing a transaction to the registry: no change a
+    follower is given again (and no move in the feed index to pay for)."""
+    clock, book = clock_and_book
+    cmd = transfer_command(SliceRef(certificate_id="cert-1", slice_id="s-1"), 10)
+    book.add_command(cmd)
+    settle(clock)
+    page = book.command_changes("alice", CommandKind.TRANSFER, T0 - timedelta(days=1), None, 10)
+    assert [c.status for c in page.items] == [CommandStatus.ACCEPTED]
+    cursor = page.next_cursor
+    book.transition(
+        cmd.command_id, Transition(CommandStatus.ACCEPTED, CommandStatus.SENDING, clock())
+    )
+    book.transition(cmd.command_id, Transition(CommandStatus.SENDING, CommandStatus.SENT, clock()))
+    settle(clock)
+    quiet = book.command_changes("alice", CommandKind.TRANSFER, None, cursor, 10)
+    assert quiet.items == [] and quiet.next_cursor == cursor
+    book.transition(
+        cmd.command_id, Transition(CommandStatus.SENT, CommandStatus.COMMITTED, clock())
+    )
+    settle(clock)
+    ended = book.command_changes("alice", CommandKind.TRANSFER, None, cursor, 10)
+    assert [c.status for c in ended.items] == [CommandStatus.COMMITTED]
+
+
 def test_the_receivers_feed_gives_the_sender_the_slice_received_and_the_commit_time(
     clock_and_book,
 ):
