@@ -315,6 +315,8 @@ TERMINAL_STATUSES = frozenset({CommandStatus.COMMITTED, CommandStatus.REJECTED})
 # Every state change a command may make, and nothing else. SENDING -> ACCEPTED is allowed only
 # when the transaction certainly did not leave (registry refused the connection) or when the
 # step committed and the next transaction of a multi-step command is ready to go.
+# SENDING or SENT -> SENDING: the step committed and the worker sends the next one at once,
+# the guard for it taken in the same write (conditioned on the step it committed).
 # IN_DOUBT -> ACCEPTED is an operator's or the reconciler's finding that the step did not apply.
 ALLOWED_TRANSITIONS: Mapping[CommandStatus, frozenset[CommandStatus]] = {
     CommandStatus.ACCEPTED: frozenset(
@@ -323,6 +325,7 @@ ALLOWED_TRANSITIONS: Mapping[CommandStatus, frozenset[CommandStatus]] = {
     CommandStatus.SENDING: frozenset(
         {
             CommandStatus.ACCEPTED,
+            CommandStatus.SENDING,
             CommandStatus.SENT,
             CommandStatus.COMMITTED,
             CommandStatus.REJECTED,
@@ -332,6 +335,7 @@ ALLOWED_TRANSITIONS: Mapping[CommandStatus, frozenset[CommandStatus]] = {
     CommandStatus.SENT: frozenset(
         {
             CommandStatus.ACCEPTED,
+            CommandStatus.SENDING,
             CommandStatus.COMMITTED,
             CommandStatus.REJECTED,
             CommandStatus.IN_DOUBT,

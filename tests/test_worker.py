@@ -119,6 +119,36 @@ def test_a_partial_transfer_is_a_slice_then_a_transfer_sent_once_each(queries: b
     p.check_invariants()
 
 
+@BOTH_MODES
+def test_the_write_that_records_a_step_committed_takes_the_guard_of_the_next(
+    queries: bool,
+) -> None:
+    """One write between two steps of a claim: SENDING (or SENT) at the step that committed ->
+    SENDING at the next, conditioned on the step. Not ACCEPTED and then SENDING again."""
+    p = Pipeline(queries=queries)
+    production, consumption = _pair(p)
+    moves: list[tuple[str, str, int]] = []
+    transition = p.book.transition
+
+    def recording(command_id, change):
+        moved = transition(command_id, change)
+        moves.append((change.target.value, moved.status.value, moved.step))
+        return moved
+
+    p.book.transition = recording
+    claim = p.claim("alice", production, consumption, 400)
+    p.run()
+    done = p.command(claim.command_id)
+    assert done.status == CommandStatus.COMMITTED
+    steps = len(done.transactions)
+    assert steps >= 3
+    sending = [step for target, _, step in moves if target == "SENDING"]
+    assert sending == list(range(steps))  # each step's guard taken once, in step order
+    assert [m for m in moves if m[0] == "ACCEPTED"] == []
+    assert len(moves) == steps + (steps if queries else 0) + 1  # + SENT per step; COMMITTED
+    p.check_invariants()
+
+
 # --- registry outcomes ----------------------------------------------------------------------
 
 

@@ -338,54 +338,38 @@ class Worker:
             return carried
         return {c.certificate_id: c for c in self.book.get_certificates(command.certificate_ids())}
 
-    def _drive(self, command: Command) -> Outcome:
-        """Send the remaining steps of a multi-step command, one at a time."""
-        while True:
-            try:
-                command = self._move(
-                    command,
-                    CommandStatus.ACCEPTED,
-                    CommandStatus.SENDING,
-                    {"lease_until": self.clock() + timedelta(seconds=self.lease_s)},
-                )
-            except StaleCommand:
-                return Outcome.DONE
-            try:
-                (receipt,) = self._registry_of(command).send([_transaction(command)])
-            except RegistryUnavailable as exc:
-                self._back_to_accepted(command, f"registry unavailable: {exc}")
-                return Outcome.RETRY
-            except RegistryRefused as exc:
-                return self._reject(command, f"the registry refused it: {exc}")
-            except RegistryAmbiguous as exc:
-                self._in_doubt(command, f"the registry call failed after sending ({exc})")
-                return Outcome.DONE
-            settled = self._follow(command, receipt, drive=False)
-            if not isinstance(settled, Command):  # pending, refused, in doubt
-                return settled
-            if settled.status != CommandStatus.ACCEPTED:  # its last step: committed
-                return Outcome.DONE
-            command = settled
+    def _send_step(self, command: Command) -> Outcome:
+        """Send the step of a multi-step command this worker has just moved to SENDING (its
+        previous step committed), and follow the registry's answer."""
+        try:
+            (receipt,) = self._registry_of(command).send([_transaction(command)])
+        except RegistryUnavailable as exc:
+            self._back_to_accepted(command, f"registry unavailable: {exc}")
+            return Outcome.RETRY
+        except RegistryRefused as exc:
+            return self._reject(command, f"the registry refused it: {exc}")
+        except RegistryAmbiguous as exc:
+            return self._in_doubt(command, f"the registry call failed after sending ({exc})")
+        return self._follow(command, receipt)
 
     def _registry_of(self, command: Command) -> Registry:
         """Where the command's current step goes: the registry its transaction names."""
         return self.registries.of_step(command.transactions, command.step)
 
-    def _follow(self, command: Command, receipt: Receipt, drive: bool = True) -> Outcome | Command:
-        """Act on the registry's receipt for the command's current step (a step committed
-        without `drive`: the command after it, see _step_committed)."""
+    def _follow(self, command: Command, receipt: Receipt) -> Outcome:
+        """Act on the registry's receipt for the command's current step."""
         match receipt.status:
             case TransactionStatus.COMMITTED | TransactionStatus.FINALIZED:
-                return self._step_committed(command, drive)
+                return self._step_committed(command)
             case TransactionStatus.FAILED:
                 return self._reject(command, receipt.message or "refused by the registry")
             case TransactionStatus.PENDING:
                 # Asked once while still SENDING (the lease covers it): SENT is written only
                 # if the registry has not decided yet, which saves a write when it has.
-                return self._poll(command, drive)
+                return self._poll(command)
         return self._in_doubt(command, f"the registry answered {receipt.status.value}")
 
-    def _poll(self, command: Command, drive: bool = True) -> Outcome | Command:
+    def _poll(self, command: Command) -> Outcome:
         """Ask once how a sent step ended. Still PENDING: the command is SENT and its message
         comes back later (LATER), its certificate's group waiting and no one else; a worker
         never sleeps in Lambda waiting for a block."""
@@ -401,7 +385,7 @@ class Worker:
         if receipt.status == TransactionStatus.UNKNOWN:
             return self._in_doubt(command, "the registry does not know the transaction")
         if receipt.status != TransactionStatus.PENDING:
-            return self._follow(command, receipt, drive)
+            return self._follow(command, receipt)
         observability.event("command.pending", command_id=command.command_id, step=command.step)
         self._leave_sent(command)
         return Outcome.LATER
@@ -420,13 +404,30 @@ class Worker:
         if command.status == CommandStatus.SENDING:
             self._move(command, CommandStatus.SENDING, CommandStatus.SENT, {})
 
-    def _step_committed(self, command: Command, drive: bool = True) -> Outcome | Command:
-        """The current step committed: on to the next step, sent at once if `drive`. Without
-        `drive`, the command as that left it, for the caller to go on from."""
-        after = self._settle_step(command)
-        if not drive:
-            return after
-        return self._drive(after) if after.status == CommandStatus.ACCEPTED else Outcome.DONE
+    def _step_committed(self, command: Command) -> Outcome:
+        """The current step committed: the command is COMMITTED if it was the last, else its
+        next step goes out at once. One write records the step committed and takes the guard
+        for the next (SENDING at the next step, under a new lease; the step guard makes it
+        this worker's), instead of ACCEPTED at the next step and then SENDING: a write and its
+        feed position less per step. A crash between that write and the send leaves what a
+        crash after any guard leaves: SENDING, settled when its lease runs out."""
+        if command.step + 1 == len(command.transactions):
+            self._settle_step(command)
+            return Outcome.DONE
+        try:
+            sending = self._move(
+                command,
+                (CommandStatus.SENDING, CommandStatus.SENT),
+                CommandStatus.SENDING,
+                {
+                    "step": command.step + 1,
+                    "error": None,
+                    "lease_until": self.clock() + timedelta(seconds=self.lease_s),
+                },
+            )
+        except StaleCommand:
+            return Outcome.DONE  # another worker (or the reconciler) took it on
+        return self._send_step(sending)
 
     def _settle_step(self, command: Command) -> Command:
         """ACCEPTED at the next step, or the outcome applied and COMMITTED: the command as the
