@@ -1149,11 +1149,11 @@ def viewers(cert: Certificate) -> set[str]:
 
 def moves_in_feed(target: CommandStatus) -> bool:
     """Whether a command's move to `target` is a change its caller's feed gives again: its
-    acceptance, each step the registry committed (ACCEPTED at the next step), its end, and
-    doubt or its resolution. Not the moments between, SENDING and SENT, in which the outbox
-    only hands a transaction to the registry: a claim makes eight of them, each a write of
-    its place in the feed (a delete and a put in the index) that a follower has no use for.
-    A command read directly (GET /v1/commands/{id}) shows them."""
+    end, doubt or its resolution, and waiting again (ACCEPTED: the registry was down, or the
+    reconciler settled a step). Not SENDING and SENT, in which the worker hands transactions
+    to the registry, step after step: a claim makes eight of them, each a write of its place
+    in the feed (a delete and a put in the index) that a follower has no use for. A command
+    read directly (GET /v1/commands/{id}) shows them."""
     return target not in (CommandStatus.SENDING, CommandStatus.SENT)
 
 
