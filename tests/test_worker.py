@@ -149,6 +149,34 @@ def test_the_write_that_records_a_step_committed_takes_the_guard_of_the_next(
     p.check_invariants()
 
 
+def test_a_step_the_reconciler_settled_first_is_met_again_not_dropped() -> None:
+    """The reconciler settles a claim's committed step (ACCEPTED at the next) just before the
+    worker's own write taking the next step's guard: that write fails, the message comes
+    back, and the worker takes the next step from there. Nothing is sent twice."""
+    p = Pipeline(queries=False)
+    production, consumption = _pair(p)
+    transition, raced = p.book.transition, []
+
+    def reconciler_first(command_id, change):
+        if change.target == CommandStatus.SENDING and "step" in change.changes and not raced:
+            raced.append(change.step)
+            p.make_worker().step_committed(p.command(command_id))
+        return transition(command_id, change)
+
+    p.book.transition = reconciler_first
+    claim = p.claim("alice", production, consumption, 400)
+    batch = p.queue.receive()
+    assert p.worker.process([m.delivery for m in batch]) == [Outcome.RETRY]
+    assert raced == [0]
+    held = p.command(claim.command_id)
+    assert (held.status, held.step) == (CommandStatus.ACCEPTED, 1)
+    p.queue.give_back(batch)
+    p.run()
+    assert p.command(claim.command_id).status == CommandStatus.COMMITTED
+    p.check_never_twice()
+    p.check_invariants()
+
+
 # --- registry outcomes ----------------------------------------------------------------------
 
 

@@ -426,7 +426,10 @@ class Worker:
                 },
             )
         except StaleCommand:
-            return Outcome.DONE  # another worker (or the reconciler) took it on
+            # The reconciler or an operator settled the step meanwhile (ACCEPTED at the next),
+            # or another delivery took it on: the message comes back and is met by the
+            # command as it is then (a re-drive would come only after minutes).
+            return Outcome.RETRY
         return self._send_step(sending)
 
     def _settle_step(self, command: Command) -> Command:
