@@ -212,10 +212,15 @@ class KmsOwnerKeys(OwnerKeys):
 
     def _put_once(self, item: dict[str, Any], what: str) -> bool:
         """Put an item that must never be replaced; False when one was there already."""
+        return self._write_once(
+            self._db.put_item, what, Item=item, ConditionExpression="attribute_not_exists(pk)"
+        )
+
+    def _write_once(self, write: Callable[..., Any], what: str, **request: Any) -> bool:
+        """A conditional write of the table; False when its condition failed (another
+        container wrote first), CustodyUnavailable when the table did not answer."""
         try:
-            self._db.put_item(
-                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-            )
+            write(TableName=self._table, **request)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise _unavailable(what, exc) from exc
@@ -301,19 +306,14 @@ class KmsOwnerKeys(OwnerKeys):
     def _store_public(self, owner: str, version: int, public: ExtendedPublicKey) -> None:
         """Add the sealed public half to a seed stored without it (once; a race is harmless:
         both seal the same key)."""
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=self._key(owner, version),
-                UpdateExpression="SET sealed_xpub = :x",
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(sealed_xpub)",
-                ExpressionAttributeValues={":x": {"B": self._seal_public(owner, version, public)}},
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise _unavailable("storing an owner's sealed public key", exc) from exc
-        except BotoCoreError as exc:
-            raise _unavailable("storing an owner's sealed public key", exc) from exc
+        self._write_once(
+            self._db.update_item,
+            "storing an owner's sealed public key",
+            Key=self._key(owner, version),
+            UpdateExpression="SET sealed_xpub = :x",
+            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(sealed_xpub)",
+            ExpressionAttributeValues={":x": {"B": self._seal_public(owner, version, public)}},
+        )
 
 
 _PUBLIC_KEY_KEY = {"pk": {"S": "CUSTODY#owner-public-keys"}, "sk": {"S": "V#1"}}
