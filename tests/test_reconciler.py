@@ -13,6 +13,7 @@ import pytest
 from chalicelib import domain
 from chalicelib.domain import Actor, CommandStatus, Role, SliceState
 from chalicelib.ports import Transition
+from chalicelib.usecases import holds
 from chalicelib.usecases.reconcile import resend_by_operator, resolve_by_operator
 from tests.pipeline import Pipeline
 from tests.test_worker_crashes import Counter, Crash, Crashing
@@ -315,6 +316,45 @@ def test_stale_reservations_of_settled_commands_are_released(queries) -> None:
     assert p.book.get_certificate(cert).slices[s0].reserved_by == command.command_id
     assert p.reconcile()["stale_reservation_released"] == 1
     assert p.book.get_certificate(cert).slices[s0].reserved_by is None
+    p.check_invariants()
+
+
+@BOTH_MODES
+def test_a_hold_taken_late_for_a_refused_command_is_let_go_by_a_later_pass(queries) -> None:
+    """Soak seed 198178 (no queries): a retried request read its transfer while it was
+    ACCEPTED and went to take its holds; meanwhile the worker had it refused and let go; the
+    retry reserved the slice and died before it read the command again. The terminal write
+    (no queries), or the pass that saw the refusal first (queries), had taken the command off
+    the reconciler's list: the slice stayed reserved by a REJECTED command for good (I5)."""
+    p = Pipeline(queries=queries)
+    cert, s0 = p.issued()
+    command = p.transfer("alice", cert, s0, "bob", 1000)
+    read_open = p.command(command.command_id)
+    p.registry.set_owner(cert, s0, "mallory")  # the registry refuses the transfer
+    p.run()
+    assert p.command(command.command_id).status == CommandStatus.REJECTED
+    assert p.book.get_certificate(cert).slices[s0].reserved_by is None
+    p.registry.set_owner(cert, s0, "alice")  # and agrees with the book again
+    p.vclock.advance(10)
+    assert p.reconcile()["settled_awaiting_late_holds"] == 1  # kept on the list
+
+    class DiesBeforeReadingAgain:
+        def __getattr__(self, name):
+            return getattr(p.book, name)
+
+        def get_command(self, command_id):
+            raise Crash("the retry dies before it reads the command again")
+
+    with pytest.raises(Crash):
+        holds.take_while_open(DiesBeforeReadingAgain(), read_open)
+    assert p.book.get_certificate(cert).slices[s0].reserved_by == command.command_id
+
+    p.vclock.advance(30)
+    assert p.reconcile()["stale_reservation_released"] == 1
+    assert p.book.get_certificate(cert).slices[s0].reserved_by is None
+    p.vclock.advance(120)  # no process that read it open is alive now: off the list
+    assert "settled_awaiting_late_holds" not in p.reconcile()
+    assert command.command_id not in {c.command_id for c in p.book.settled_commands(100)}
     p.check_invariants()
 
 

@@ -186,10 +186,11 @@ def test_a_claim_stranded_in_the_simulation_is_shown_named_and_listed(seed, quer
     allocated state taken out of the worker, each run fails. The seeds were found with
     whole-book reconciler passes, which they keep; a run's course follows the calls the code
     makes, so a seed may need finding again when they change (32 did, with the worker's reads
-    of 2026-11-29: the first of 0-599 that strands a claim with queries is 2)."""
+    of 2026-11-29: the first of 0-599 that strands a claim with queries is 2; since refused
+    commands stay on the reconciler's list for a lease, seed 2 strands two, and three claims)."""
     result = run(seed, queries, STEPS, schedule="whole")
-    assert result.stats["faults.strand_claim"] == 1
-    assert result.stats["claims.stranded"] == 1
+    assert result.stats["faults.strand_claim"] >= 1
+    assert result.stats["claims.stranded"] >= result.stats["faults.strand_claim"]
     assert not result.violations, result.report()
 
 
@@ -332,3 +333,16 @@ def test_a_slice_that_comes_back_to_its_owner_does_not_take_the_id_of_the_spent_
     assert back.slices[first.slice_id].state == SliceState.TRANSFERRED
     assert live(back).owner == "bob" and live(back).slice_id != first.slice_id
     assert domain.conservation_holds(back)
+
+
+@pytest.mark.parametrize("book", ["memory", pytest.param("dynamo", marks=pytest.mark.moto)])
+def test_a_hold_a_late_retry_takes_for_a_refused_command_is_let_go(book: str) -> None:
+    """Soak seed 198178 (no queries): a retried request read a part transfer while it was
+    ACCEPTED, the worker had it refused and let go meanwhile, then the retry reserved the slice
+    and died before reading the command again. The refusal's write had taken the command off
+    the reconciler's list, so nothing ever let go: the slice stayed reserved by a REJECTED
+    command (I5). Found by the soak, so the seed depends on the exact calls the pipeline makes;
+    `tests/test_reconciler.py` keeps the same race without a seed."""
+    result = run(198178, False, STEPS, book)
+    assert result.violations == []
+    assert result.stats["crashes"] > 0 and result.stats["pauses"] > 0

@@ -14,6 +14,7 @@ from chalicelib.domain import (
     CertificateStatus,
     Command,
     CommandKind,
+    CommandStatus,
     DomainError,
     SliceRef,
 )
@@ -65,6 +66,20 @@ def take_while_open(book: Book, command: Command) -> dict[str, Certificate] | No
         release(book, command)
         return None
     return certificates
+
+
+def free_again_once_ended(kind: CommandKind, status: CommandStatus) -> bool:
+    """Whether a command that ended so may still be given holds by a process that read it while
+    it was open (`take_while_open`) and dies before it reads it again. A refused command's
+    slices are free again, and so is a certificate whose withdrawal was refused: such a process
+    reserves or marks them for it, and nothing of its own lets go. A committed command's slices
+    are spent and its certificate withdrawn (a late take fails); an issuance taken again finds
+    its abandoned certificate and leaves it so; an unclaim holds nothing. The reconciler keeps
+    such a command on its list until no such process can still be alive."""
+    return status == CommandStatus.REJECTED and kind not in (
+        CommandKind.ISSUE,
+        CommandKind.UNCLAIM,
+    )
 
 
 def _take(

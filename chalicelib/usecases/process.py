@@ -527,11 +527,15 @@ class Worker:
                 set_once=set_once,
                 created_at=created_at,
                 # Without registry queries the reconciler cannot compare a settled command's
-                # certificates with the registry: the terminal write takes it off its list.
-                reconciled=not self.registries.any_supports_queries(command.transactions)
-                or (
-                    target == CommandStatus.COMMITTED
-                    and not drift_checked(command.command_id, self.drift_check_one_in)
+                # certificates with the registry: the terminal write takes it off its list,
+                # unless a late process may still take holds for it (the reconciler lets go).
+                reconciled=not holds.free_again_once_ended(command.kind, target)
+                and (
+                    not self.registries.any_supports_queries(command.transactions)
+                    or (
+                        target == CommandStatus.COMMITTED
+                        and not drift_checked(command.command_id, self.drift_check_one_in)
+                    )
                 ),
             ),
         )

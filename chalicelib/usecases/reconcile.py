@@ -14,7 +14,9 @@ break anything). Bounded work per pass; what is left is found again by the next 
   reason, for an operator (POST /v1/ops/commands/{id}/resolve).
 - Settled commands: their certificates lose any hold the command still had, and, where the
   registry can return streams, are compared with the registry and repaired (registry wins),
-  each repair written to the audit trail.
+  each repair written to the audit trail. A refused command whose slices are free again stays
+  on the list (in both registry modes) until no process that read it open can still be alive
+  to take them for it.
 - Expiry: certificates older than the configured number of days become unusable.
 
 Each command is settled in isolation, and each of those phases runs whatever the others did:
@@ -292,6 +294,12 @@ class Reconciler:
                 )
 
     def _settled_command(self, command: Command, checked: set[str], report: Report) -> None:
+        # A process that read the command while it was open (a retried request, a re-driven
+        # message) may still take its holds and die before it lets go: until no such process
+        # can be alive (one invocation, shorter than a worker's lease), it stays on the list.
+        late_holds_possible = holds.free_again_once_ended(
+            command.kind, command.status
+        ) and self.clock() - command.updated_at < timedelta(seconds=self.worker.lease_s)
         compared = True
         for certificate_id in command.certificate_ids():
             cert = self.book.get_certificate(certificate_id)
@@ -307,7 +315,9 @@ class Reconciler:
                 outcome = self._align(certificate_id)
                 report.count(outcome)
                 compared = compared and outcome not in ("registry_unreachable", "drift_moved")
-        if compared:  # else the next pass compares its certificates again
+        if late_holds_possible:
+            report.count("settled_awaiting_late_holds")
+        elif compared:  # else the next pass compares its certificates again
             self.book.mark_reconciled(command.command_id)
 
     def _align(self, certificate_id: str) -> str:
