@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -289,6 +290,9 @@ class Meter:
         self._shapes: dict[str, TableShape] = {}
         self.tallies: dict[str, Tally] = defaultdict(Tally)
         self.phase = "setup"
+        # Clients used from several threads at once (parallel puts): a tally's sums are
+        # read-modify-writes, which would lose some of the calls counted at the same moment.
+        self._lock = threading.Lock()
 
     def attach(self, session: Any, channel: str) -> None:
         """Count the calls of every client later made from `session` under `channel`."""
@@ -337,7 +341,11 @@ class Meter:
                 for table, key in self._write_keys(model.name, params)
             ]
 
-    def _after(
+    def _after(self, **kwargs: Any) -> None:
+        with self._lock:
+            self._count(**kwargs)
+
+    def _count(
         self, http_response: Any, parsed: dict, model: Any, context: dict, channel: str, **_: Any
     ) -> None:
         service = model.service_model.service_name

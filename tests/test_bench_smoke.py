@@ -12,7 +12,7 @@ import argparse
 import pytest
 
 from bench import __main__ as bench_main
-from bench import calls, capacity, cost, profile, scale, throughput
+from bench import batch_writes, calls, capacity, cost, profile, scale, throughput
 
 pytestmark = pytest.mark.moto
 
@@ -190,3 +190,20 @@ def test_a_run_of_some_sections_keeps_the_others_and_says_when_they_were_measure
         "scale": "2026-11-28 03:38 UTC at old",
     }
     assert "scale (2026-11-28 03:38 UTC at old)" in bench_main._carried(meta)
+
+
+def test_batch_writes_compare_parallel_puts_with_one_transaction() -> None:
+    """Issue 16's comparison, small: a transaction's writes cost twice a put's; a duplicate
+    cancels it whole (a second call, and more units again) but refuses one put only."""
+    data = batch_writes.run(size=8, reps=1, threads=4)
+    puts, transaction = data["results"]["all new|puts"], data["results"]["all new|transaction"]
+    assert puts["calls"] == {"dynamodb.PutItem": 8} and puts["failed_conditions"] == 0
+    assert transaction["calls"] == {"dynamodb.TransactWriteItems": 1}
+    assert transaction["wcu_per_certificate"] == 2 * puts["wcu_per_certificate"]
+    duplicate = data["results"]["one issued already|transaction"]
+    assert duplicate["calls"] == {"dynamodb.TransactWriteItems": 2}
+    assert duplicate["wcu_per_certificate"] > transaction["wcu_per_certificate"]
+    one_refused = data["results"]["one issued already|puts"]
+    assert one_refused["refused_per_batch"] == 1 and one_refused["failed_conditions"] == 1
+    assert one_refused["calls"] == {"dynamodb.PutItem": 8}
+    assert "| one issued already | transaction |" in batch_writes.table(data)
