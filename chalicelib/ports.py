@@ -111,8 +111,9 @@ class Book(Protocol):
         """Apply `change` if the command is as expected, else StaleCommand(current)."""
         ...
 
-    def forget_command(self, command: Command) -> None:
-        """Remove a command that was refused before anything else happened to it."""
+    def forget_command(self, command: Command) -> bool:
+        """Remove a command that was refused before anything else happened to it (ACCEPTED,
+        never tried). False if it was not there so: a worker took it, or it is gone."""
         ...
 
     def commands_of(

@@ -25,8 +25,8 @@ from chalicelib.domain import (
     SliceRef,
     SliceState,
 )
-from chalicelib.ports import DuplicateCommand, HoldingQuery, Transition
-from chalicelib.usecases import accept
+from chalicelib.ports import DuplicateCommand, HoldingQuery, Outcome, Transition
+from chalicelib.usecases import accept, holds
 from tests.builders import (
     ISSUER,
     T0,
@@ -570,3 +570,52 @@ def test_a_retry_between_a_rejections_release_and_its_terminal_write_leaves_no_h
     p.run(worker=p.make_worker(book=_Meanwhile(p.book, rejecting, retried)))
     assert p.command(first.command_id).status == CommandStatus.REJECTED
     assert _holds(p.book, first.command_id) == []
+
+
+def test_a_retry_that_holds_for_a_command_its_first_attempt_forgets_leaves_no_hold():
+    """Two attempts of one request at once (a client that gave up waiting retried): the first
+    is refused at its holds (the slice is reserved by another transfer) and goes to forget its
+    command; meanwhile the other transfer is refused and lets go, and the retry, finding the
+    command ACCEPTED and untouched, reserves the slice for it. The first then forgets the
+    command: the slice was reserved for a command that no longer exists, which no process
+    lists, so every later command on it was refused for good (I5)."""
+    from tests.pipeline import Pipeline
+
+    p = Pipeline()
+    cert, slice_id = p.issued()
+    ref = SliceRef(certificate_id=cert, slice_id=slice_id)
+    blocker = p.transfer("alice", cert, slice_id, "bob", 1000)
+    request = p.request(Actor(owner="alice"), key="transfer-2", body="transfer to carol")
+    answers = []
+
+    def the_blocker_ends_and_the_retry_comes() -> None:
+        p.book.transition(
+            blocker.command_id,
+            Transition(
+                expected=CommandStatus.ACCEPTED,
+                target=CommandStatus.REJECTED,
+                now=p.now(),
+                changes={"error": "refused by the registry"},
+            ),
+        )
+        holds.release_after_end(p.book, p.command(blocker.command_id))
+        answers.append(accept.transfer(p.book, p.queue, request, ref, "carol", 1000))
+
+    first_attempt = _Meanwhile(
+        p.book, lambda name, _: name == "forget_command", the_blocker_ends_and_the_retry_comes
+    )
+    with pytest.raises(Conflict):
+        accept.transfer(first_attempt, p.queue, request, ref, "carol", 1000)
+    assert first_attempt.ran and answers[0].status == CommandStatus.ACCEPTED
+    forgotten = answers[0].command_id
+    assert p.book.get_command(forgotten) is None
+    assert _holds(p.book, forgotten) == []
+    # The retry's message finds no command (on SQS it ends in the dead-letter queue).
+    delivered = {m.delivery.command_id: m for m in p.queue.receive()}
+    outcomes = p.worker.process([m.delivery for m in delivered.values()])
+    assert dict(zip(delivered, outcomes, strict=True))[forgotten] == Outcome.FAILED
+    again = accept.transfer(p.book, p.queue, request, ref, "carol", 1000)  # the client again
+    assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
+    p.run()
+    assert p.command(again.command_id).status == CommandStatus.COMMITTED
+    p.check_invariants()

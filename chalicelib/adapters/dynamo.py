@@ -467,10 +467,10 @@ class DynamoBook:
         if self._put_built(command_id, current["created_at"]["S"], build):
             self._keep_build(_incarnation(current), build)
 
-    def forget_command(self, command: Command) -> None:
+    def forget_command(self, command: Command) -> bool:
         # If a worker took it meanwhile, the condition fails and the worker, finding the holds
         # missing, rejects it.
-        with contextlib.suppress(ClientError):
+        try:
             self._call(
                 "delete_item",
                 Key=_command_key(command.command_id),
@@ -478,6 +478,9 @@ class DynamoBook:
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={":accepted": {"S": "ACCEPTED"}, ":zero": {"N": "0"}},
             )
+        except ClientError:  # its condition: a worker took it, or it is gone already
+            return False
+        return True
 
     def note_receipt(self, command: Command) -> None:
         """Let the receiver of a committed transfer see it in their list."""

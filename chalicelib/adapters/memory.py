@@ -143,19 +143,21 @@ class InMemoryBook:
                 self._listed.pop(command_id, None)
             return updated
 
-    def forget_command(self, command: Command) -> None:
+    def forget_command(self, command: Command) -> bool:
         with self._lock:
             stored = self.commands.get(command.command_id)
             if (
-                stored is not None
-                and stored.status == domain.CommandStatus.ACCEPTED
-                and (stored.attempts == 0)
+                stored is None
+                or stored.status != domain.CommandStatus.ACCEPTED
+                or stored.attempts != 0
             ):
-                del self.commands[command.command_id]
-                self._changes.positions.pop(
-                    (stored.caller, stored.kind.value, ("CMD", stored.command_id)), None
-                )
-                self._listed.pop(command.command_id, None)
+                return False
+            del self.commands[command.command_id]
+            self._changes.positions.pop(
+                (stored.caller, stored.kind.value, ("CMD", stored.command_id)), None
+            )
+            self._listed.pop(command.command_id, None)
+            return True
 
     def commands_of(
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None

@@ -92,7 +92,8 @@ def record(
     try:
         certificates = holds.take(book, command, boundary)
     except DomainError:
-        book.forget_command(command)
+        if book.forget_command(command):
+            holds.release_after_forget(book, command)
         raise
     enqueue(queue, command, certificates)
     return command

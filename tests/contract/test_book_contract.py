@@ -324,10 +324,10 @@ def test_open_commands_include_every_status_that_is_not_terminal(book):
 def test_forgetting_an_untouched_accepted_command_removes_it(book):
     cmd = a_command()
     book.add_command(cmd)
-    book.forget_command(cmd)
+    assert book.forget_command(cmd) is True
     assert book.get_command(cmd.command_id) is None
     assert book.open_commands(at(60), 10) == []
-    book.forget_command(cmd)  # forgetting again is harmless
+    assert book.forget_command(cmd) is False  # forgetting again is harmless, and says so
 
 
 def test_a_command_a_worker_has_taken_is_not_forgotten(book):
@@ -336,10 +336,10 @@ def test_a_command_a_worker_has_taken_is_not_forgotten(book):
     taken = book.transition(
         cmd.command_id, Transition(ACCEPTED, SENDING, at(1), changes={"attempts": 1})
     )
-    book.forget_command(cmd)
+    assert book.forget_command(cmd) is False
     assert book.get_command(cmd.command_id) == taken
     back = book.transition(cmd.command_id, Transition(SENDING, ACCEPTED, at(2)))
-    book.forget_command(cmd)  # ACCEPTED again, but it has been tried: it stays
+    assert book.forget_command(cmd) is False  # ACCEPTED again, but it has been tried: it stays
     assert book.get_command(cmd.command_id) == back
 
 

@@ -153,7 +153,7 @@ class DynamoView:
             lambda: self.real.transition(command_id, change), lambda: self._command(command_id)
         )
 
-    def forget_command(self, command: Command) -> None:
+    def forget_command(self, command: Command) -> bool:
         cid = command.command_id
         return self._then(lambda: self.real.forget_command(command), lambda: self._command(cid))
 
