@@ -40,6 +40,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from bench.capacity import Meter, Tally
+from bench.inprocess import local_aws_environment
 from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.domain import Certificate, CertificateType, Period, certificate_id_for
 from devstack.resources import table_definition
@@ -165,6 +166,7 @@ def run(size: int, reps: int, threads: int) -> dict[str, Any]:
     wcu_price = json.loads(PRICE_PATH.read_text())["prices"][
         "dynamodb_write_request_unit_per_million"
     ]["usd"]
+    local_aws_environment()
     with mock_aws():
         session = boto3.Session(region_name=REGION)
         meter = Meter(boto3.Session(region_name=REGION))

@@ -825,6 +825,8 @@ class PartitionedBook:
             return [(f"CMD#{args[0]}", 2, 0), (self._open(args[0]), 1, 0)]
         if name == "get_command":
             return [(f"CMD#{args[0]}", 0, 1)]
+        if name == "keep_command":
+            return [(f"CMD#{args[0]}", 2, 0)]
         if name == "forget_command":
             return [(f"CMD#{args[0].command_id}", 2, 0), (self._open(args[0].command_id), 1, 0)]
         if name == "get_certificate":

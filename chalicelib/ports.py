@@ -113,7 +113,14 @@ class Book(Protocol):
 
     def forget_command(self, command: Command) -> bool:
         """Remove a command that was refused before anything else happened to it (ACCEPTED,
-        never tried). False if it was not there so: a worker took it, or it is gone."""
+        never tried, never kept). False if it was not there so: a worker or a retry took it
+        on, or it is gone."""
+        ...
+
+    def keep_command(self, command_id: str) -> CommandStatus | None:
+        """A process that took a command's holds after reading it (a retried request, a
+        re-driven message) says so: from then on it is never forgotten. Its status as stored,
+        or None if it is gone (forgotten meanwhile)."""
         ...
 
     def commands_of(

@@ -25,7 +25,7 @@ from chalicelib.domain import (
     SliceRef,
     SliceState,
 )
-from chalicelib.ports import DuplicateCommand, HoldingQuery, Outcome, Transition
+from chalicelib.ports import DuplicateCommand, HoldingQuery, Transition
 from chalicelib.usecases import accept, holds
 from tests.builders import (
     ISSUER,
@@ -572,13 +572,11 @@ def test_a_retry_between_a_rejections_release_and_its_terminal_write_leaves_no_h
     assert _holds(p.book, first.command_id) == []
 
 
-def test_a_retry_that_holds_for_a_command_its_first_attempt_forgets_leaves_no_hold():
-    """Two attempts of one request at once (a client that gave up waiting retried): the first
-    is refused at its holds (the slice is reserved by another transfer) and goes to forget its
-    command; meanwhile the other transfer is refused and lets go, and the retry, finding the
-    command ACCEPTED and untouched, reserves the slice for it. The first then forgets the
-    command: the slice was reserved for a command that no longer exists, which no process
-    lists, so every later command on it was refused for good (I5)."""
+def _alice_retries_a_transfer_her_first_attempt_is_refused():
+    """Alice's transfer to carol is refused at its holds (the slice is reserved by her
+    transfer to bob) and goes to forget its command; meanwhile the transfer to bob is refused
+    and lets go, and her retry of the same request (a client that gave up waiting), finding the
+    command ACCEPTED and untouched, takes the slice for it."""
     from tests.pipeline import Pipeline
 
     p = Pipeline()
@@ -586,9 +584,8 @@ def test_a_retry_that_holds_for_a_command_its_first_attempt_forgets_leaves_no_ho
     ref = SliceRef(certificate_id=cert, slice_id=slice_id)
     blocker = p.transfer("alice", cert, slice_id, "bob", 1000)
     request = p.request(Actor(owner="alice"), key="transfer-2", body="transfer to carol")
-    answers = []
 
-    def the_blocker_ends_and_the_retry_comes() -> None:
+    def the_blocker_ends() -> None:
         p.book.transition(
             blocker.command_id,
             Transition(
@@ -599,22 +596,67 @@ def test_a_retry_that_holds_for_a_command_its_first_attempt_forgets_leaves_no_ho
             ),
         )
         holds.release_after_end(p.book, p.command(blocker.command_id))
-        answers.append(accept.transfer(p.book, p.queue, request, ref, "carol", 1000))
+
+    def send(book: Any) -> Any:
+        return accept.transfer(book, p.queue, request, ref, "carol", 1000)
+
+    return p, the_blocker_ends, send
+
+
+def test_a_command_a_retry_took_on_is_not_forgotten_by_the_attempt_that_was_refused():
+    """The retry reserved the slice and answered 202 before the refused attempt forgot the
+    command: the command was deleted under an accepted answer (I2) and its reservation kept
+    the slice from every later command for good (I5)."""
+    p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
+    retried = []
+
+    def the_blocker_ends_and_the_retry_comes() -> None:
+        the_blocker_ends()
+        retried.append(send(p.book))
 
     first_attempt = _Meanwhile(
         p.book, lambda name, _: name == "forget_command", the_blocker_ends_and_the_retry_comes
     )
-    with pytest.raises(Conflict):
-        accept.transfer(first_attempt, p.queue, request, ref, "carol", 1000)
-    assert first_attempt.ran and answers[0].status == CommandStatus.ACCEPTED
-    forgotten = answers[0].command_id
-    assert p.book.get_command(forgotten) is None
-    assert _holds(p.book, forgotten) == []
-    # The retry's message finds no command (on SQS it ends in the dead-letter queue).
-    delivered = {m.delivery.command_id: m for m in p.queue.receive()}
-    outcomes = p.worker.process([m.delivery for m in delivered.values()])
-    assert dict(zip(delivered, outcomes, strict=True))[forgotten] == Outcome.FAILED
-    again = accept.transfer(p.book, p.queue, request, ref, "carol", 1000)  # the client again
+    answer = send(first_attempt)
+    assert first_attempt.ran and retried[0].status == CommandStatus.ACCEPTED
+    assert answer.command_id == retried[0].command_id  # both answers name the one command
+    assert _holds(p.book, answer.command_id)
+    p.run()
+    assert p.command(answer.command_id).status == CommandStatus.COMMITTED
+    p.check_invariants()
+
+
+def test_a_retry_whose_command_was_forgotten_after_it_took_the_holds_lets_go_and_says_so():
+    """The other order: the retry reserved the slice, then the refused attempt forgot the
+    command, then the retry looked at it again. The slice is free, nothing is recorded, and the
+    retry is told to send the request again, which then goes through."""
+    p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
+    forgotten: list[tuple[Any, bool]] = []
+
+    class FirstAttempt:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(p.book, name)
+
+        def forget_command(self, command: Any) -> bool:
+            the_blocker_ends()
+
+            def the_first_attempt_forgets() -> None:
+                forgotten.append((command, p.book.forget_command(command)))
+
+            retry = _Meanwhile(
+                p.book, lambda name, _: name == "keep_command", the_first_attempt_forgets
+            )
+            with pytest.raises(Conflict, match="send it again"):
+                send(retry)
+            assert retry.ran
+            return forgotten[0][1]
+
+    with pytest.raises(Conflict, match="reserved"):
+        send(FirstAttempt())
+    ((command, removed),) = forgotten
+    assert removed and p.book.get_command(command.command_id) is None
+    assert _holds(p.book, command.command_id) == []
+    again = send(p.book)  # the client sends it again
     assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
     p.run()
     assert p.command(again.command_id).status == CommandStatus.COMMITTED

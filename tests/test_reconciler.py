@@ -342,8 +342,8 @@ def test_a_hold_taken_late_for_a_refused_command_is_let_go_by_a_later_pass(queri
         def __getattr__(self, name):
             return getattr(p.book, name)
 
-        def get_command(self, command_id):
-            raise Crash("the retry dies before it reads the command again")
+        def keep_command(self, command_id):
+            raise Crash("the retry dies before it looks at the command again")
 
     with pytest.raises(Crash):
         holds.take_while_open(DiesBeforeReadingAgain(), read_open)

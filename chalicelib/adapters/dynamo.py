@@ -474,13 +474,29 @@ class DynamoBook:
             self._call(
                 "delete_item",
                 Key=_command_key(command.command_id),
-                ConditionExpression="#status = :accepted AND attempts = :zero",
+                ConditionExpression=(
+                    "#status = :accepted AND attempts = :zero AND attribute_not_exists(kept)"
+                ),
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={":accepted": {"S": "ACCEPTED"}, ":zero": {"N": "0"}},
             )
-        except ClientError:  # its condition: a worker took it, or it is gone already
+        except ClientError:  # its condition: a worker or a retry took it on, or it is gone
             return False
         return True
+
+    def keep_command(self, command_id: str) -> CommandStatus | None:
+        try:
+            answer = self._call(
+                "update_item",
+                Key=_command_key(command_id),
+                UpdateExpression="SET kept = :yes",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":yes": {"BOOL": True}},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError:  # forgotten meanwhile
+            return None
+        return CommandStatus(answer["Attributes"]["status"]["S"])
 
     def note_receipt(self, command: Command) -> None:
         """Let the receiver of a committed transfer see it in their list."""

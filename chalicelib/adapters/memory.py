@@ -115,6 +115,7 @@ class InMemoryBook:
         self._holdings: dict[str, set[str]] = {}
         self._receipts: dict[str, Command] = {}  # the receivers' copies of committed transfers
         self._reconciled: set[str] = set()
+        self._kept: set[str] = set()  # taken on by a retry or a re-drive: never forgotten
         self._stranded: dict[str, None] = {}  # commands that left allocations stranded
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._audits: dict[str, list[dict[str, Any]]] = {}
@@ -150,6 +151,7 @@ class InMemoryBook:
                 stored is None
                 or stored.status != domain.CommandStatus.ACCEPTED
                 or stored.attempts != 0
+                or command.command_id in self._kept
             ):
                 return False
             del self.commands[command.command_id]
@@ -158,6 +160,14 @@ class InMemoryBook:
             )
             self._listed.pop(command.command_id, None)
             return True
+
+    def keep_command(self, command_id: str) -> domain.CommandStatus | None:
+        with self._lock:
+            stored = self.commands.get(command_id)
+            if stored is None:
+                return None
+            self._kept.add(command_id)
+            return stored.status
 
     def commands_of(
         self, caller: str, kind: CommandKind, limit: int, cursor: str | None

@@ -94,7 +94,13 @@ def record(
     except DomainError:
         if book.forget_command(command):
             holds.release_after_forget(book, command)
-        raise
+            raise
+        # Not forgotten: a retry of the same request took it on meanwhile (its holds were free
+        # by then) and answered it accepted. This attempt answers as a replay would.
+        current = book.get_command(command.command_id)
+        if current is None:
+            raise
+        return current
     enqueue(queue, command, certificates)
     return command
 
@@ -129,7 +135,15 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
         holds.release_after_end(book, rejected)
         return rejected
     if certificates is None:  # it ended meanwhile: answer with what is stored
-        return book.get_command(first.command_id) or first
+        current = book.get_command(first.command_id)
+        if current is None:
+            raise Conflict(
+                "the first request with this Idempotency-Key was refused while this one ran, "
+                "and nothing was recorded: send it again",
+                field="Idempotency-Key",
+                subject=first.command_id,
+            )
+        return current
     enqueue(queue, first, certificates)
     return first
 

@@ -55,14 +55,17 @@ def take(
 
 
 def take_while_open(book: Book, command: Command) -> dict[str, Certificate] | None:
-    """`take` for a command read a while ago, which another process may have ended since (a
-    retried request, a re-driven message): once its holds are taken, the command is read
-    again, and if it has ended they are let go again and None is returned. The process that
-    ends a command releases its holds again after its terminal write (`release_after_end`),
-    so whichever of the two comes second lets go: no hold outlives its command (I5)."""
+    """`take` for a command read a while ago, which another process may have ended or
+    forgotten since (a retried request, a re-driven message): once its holds are taken, the
+    command is kept (`Book.keep_command`: a write that also reads it, after which the attempt
+    that was refused cannot forget it), and if it has ended or is gone they are let go again
+    and None is returned. The process that ends a command releases its holds again after its
+    terminal write (`release_after_end`), the one that forgets it after forgetting
+    (`release_after_forget`), so whichever of the two comes second lets go: no hold outlives
+    its command (I5)."""
     certificates = take(book, command)
-    current = book.get_command(command.command_id)
-    if current is None or current.is_terminal:
+    status = book.keep_command(command.command_id)
+    if status is None or status in domain.TERMINAL_STATUSES:
         release(book, command)
         return None
     return certificates

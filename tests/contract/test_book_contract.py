@@ -330,6 +330,20 @@ def test_forgetting_an_untouched_accepted_command_removes_it(book):
     assert book.forget_command(cmd) is False  # forgetting again is harmless, and says so
 
 
+def test_a_kept_command_is_never_forgotten_and_a_forgotten_one_cannot_be_kept(book):
+    cmd = a_command()
+    assert book.keep_command(cmd.command_id) is None  # nothing to keep
+    book.add_command(cmd)
+    assert book.keep_command(cmd.command_id) == ACCEPTED
+    assert book.forget_command(cmd) is False
+    assert book.get_command(cmd.command_id) == cmd
+    other = a_command("k-other")
+    book.add_command(other)
+    assert book.forget_command(other) is True
+    assert book.keep_command(other.command_id) is None
+    assert book.get_command(other.command_id) is None
+
+
 def test_a_command_a_worker_has_taken_is_not_forgotten(book):
     cmd = a_command()
     book.add_command(cmd)

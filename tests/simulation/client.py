@@ -346,6 +346,13 @@ class Clients:
     # --- what a client does next ------------------------------------------------------------
 
     def act(self, depth: int = 0) -> None:
+        world = self.world
+        if world.in_flight and world.overlap_rng.random() < world.overlap_p:
+            # The client of a request still running gave up waiting and sends it again.
+            call = copy.deepcopy(world.overlap_rng.choice(world.in_flight))
+            world.stats["api.overlapping_retries"] += 1
+            self.send(call, depth, retry=True)
+            return
         rng = self.rng
         roll = rng.random()
         if self.unanswered and roll < 0.15:

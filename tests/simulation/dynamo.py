@@ -157,6 +157,11 @@ class DynamoView:
         cid = command.command_id
         return self._then(lambda: self.real.forget_command(command), lambda: self._command(cid))
 
+    def keep_command(self, command_id: str) -> Any:
+        return self._then(
+            lambda: self.real.keep_command(command_id), lambda: self._command(command_id)
+        )
+
     def note_receipt(self, command: Command) -> None:
         self.real.note_receipt(command)
         self._receipts.add(command.command_id)

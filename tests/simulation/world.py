@@ -600,6 +600,12 @@ class World:
         # a shard's pass may run inside another's). Its own generator, as above.
         self.unclaim_rng = random.Random(f"unclaim/{seed}")
         self.withdraw_claimed_p = self.unclaim_rng.choice([0.0, 0.0, 0.6])
+        # Clients that give up waiting and send a request again while the first is still
+        # running (its answer still comes): only while one is paused, from a generator of its
+        # own, so a seed that draws none runs as it did before.
+        self.overlap_rng = random.Random(f"overlap/{seed}")
+        self.overlap_p = self.overlap_rng.choice([0.0, 0.0, 0.25])
+        self.in_flight: list[ApiCall] = []  # keyed requests being handled now, outermost first
         self.shard_rng = random.Random(f"shards/{seed}")
         sharded = self.shard_rng.random() < 0.5 if schedule == "seed" else schedule == "sharded"
         self.schedule = schedule
@@ -917,6 +923,8 @@ class World:
         before_book = self.checks.book_state(self.book, self.queue)
         before = self._statuses()
         self.stats["api.requests"] += 1
+        if call.key is not None:
+            self.in_flight.append(call)
         try:
             response = dispatch(
                 endpoint,
@@ -931,6 +939,9 @@ class World:
         except Exception as exc:  # dispatch answers every Exception: this is a bug of it
             self.unhandled("api", exc)
             return None
+        finally:
+            if call.key is not None:
+                self.in_flight.remove(call)
         answer = Answer(response.status, response.body)
         self.note(f"  -> {answer.status} {json.dumps(answer.body)[:300]}")
         self.stats[f"api.{answer.status}"] += 1
