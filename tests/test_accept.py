@@ -661,3 +661,53 @@ def test_a_retry_whose_command_was_forgotten_after_it_took_the_holds_lets_go_and
     p.run()
     assert p.command(again.command_id).status == CommandStatus.COMMITTED
     p.check_invariants()
+
+
+def test_overlapping_sends_refused_alike_answer_with_one_command_that_ends_refused():
+    """The common case: the retry comes while the refused attempt goes to forget the command,
+    and the slice is still reserved. The retry's own take is refused, and it ends the command
+    REJECTED with the reason, so it is not forgotten; both answer with that command."""
+    p, _the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
+    retried = []
+    first_attempt = _Meanwhile(
+        p.book, lambda name, _: name == "forget_command", lambda: retried.append(send(p.book))
+    )
+    answer = send(first_attempt)
+    assert first_attempt.ran and retried[0].status == CommandStatus.REJECTED
+    assert "reserved" in (retried[0].error or "")
+    assert answer.command_id == retried[0].command_id
+    assert p.command(answer.command_id).status == CommandStatus.REJECTED
+    assert _holds(p.book, answer.command_id) == []
+
+
+def test_a_retry_refused_after_its_command_was_forgotten_says_so_rather_than_accepting_it():
+    """The refused attempt forgot the command after the retry found it (ACCEPTED, untouched)
+    and before the retry's own take was refused: the retry's rejection found nothing to write
+    and it answered 202 with the command as first read, an accepted answer for a command that
+    was not there (I2). Now the retry, keeping the command first, finds it gone: 409, send
+    it again."""
+    p, _the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
+    forgotten: list[tuple[Any, bool]] = []
+
+    class FirstAttempt:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(p.book, name)
+
+        def forget_command(self, command: Any) -> bool:
+            def the_first_attempt_forgets() -> None:
+                forgotten.append((command, p.book.forget_command(command)))
+
+            retry = _Meanwhile(
+                p.book,
+                lambda name, _: name in ("keep_command", "get_certificates"),
+                the_first_attempt_forgets,
+            )
+            with pytest.raises(Conflict, match="send it again"):
+                send(retry)
+            return forgotten[0][1]
+
+    with pytest.raises(Conflict, match="reserved"):
+        send(FirstAttempt())
+    ((command, removed),) = forgotten
+    assert removed and p.book.get_command(command.command_id) is None
+    assert _holds(p.book, command.command_id) == []

@@ -321,32 +321,42 @@ def test_stale_reservations_of_settled_commands_are_released(queries) -> None:
 
 @BOTH_MODES
 def test_a_hold_taken_late_for_a_refused_command_is_let_go_by_a_later_pass(queries) -> None:
-    """Soak seed 198178 (no queries): a retried request read its transfer while it was
-    ACCEPTED and went to take its holds; meanwhile the worker had it refused and let go; the
-    retry reserved the slice and died before it read the command again. The terminal write
+    """Soak seed 198178 (no queries): a retried request found its transfer ACCEPTED and went
+    to take its holds; meanwhile the worker had it refused and let go; the retry reserved the
+    slice and died before it read the command again. The terminal write
     (no queries), or the pass that saw the refusal first (queries), had taken the command off
     the reconciler's list: the slice stayed reserved by a REJECTED command for good (I5)."""
     p = Pipeline(queries=queries)
     cert, s0 = p.issued()
     command = p.transfer("alice", cert, s0, "bob", 1000)
     read_open = p.command(command.command_id)
-    p.registry.set_owner(cert, s0, "mallory")  # the registry refuses the transfer
-    p.run()
-    assert p.command(command.command_id).status == CommandStatus.REJECTED
-    assert p.book.get_certificate(cert).slices[s0].reserved_by is None
-    p.registry.set_owner(cert, s0, "alice")  # and agrees with the book again
-    p.vclock.advance(10)
-    assert p.reconcile()["settled_awaiting_late_holds"] == 1  # kept on the list
 
-    class DiesBeforeReadingAgain:
+    def the_worker_has_it_refused_meanwhile() -> None:
+        p.registry.set_owner(cert, s0, "mallory")  # the registry refuses the transfer
+        p.run()
+        assert p.command(command.command_id).status == CommandStatus.REJECTED
+        assert p.book.get_certificate(cert).slices[s0].reserved_by is None
+        p.registry.set_owner(cert, s0, "alice")  # and agrees with the book again
+        p.vclock.advance(10)
+        assert p.reconcile()["settled_awaiting_late_holds"] == 1  # kept on the list
+
+    class TheRetry:
+        """Keeps the command while it is open, pauses, takes the slice, dies before it reads
+        the command again."""
+
         def __getattr__(self, name):
             return getattr(p.book, name)
 
         def keep_command(self, command_id):
-            raise Crash("the retry dies before it looks at the command again")
+            status = p.book.keep_command(command_id)
+            the_worker_has_it_refused_meanwhile()
+            return status
+
+        def get_command(self, command_id):
+            raise Crash("the retry dies before it reads the command again")
 
     with pytest.raises(Crash):
-        holds.take_while_open(DiesBeforeReadingAgain(), read_open)
+        holds.take_while_open(TheRetry(), read_open)
     assert p.book.get_certificate(cert).slices[s0].reserved_by == command.command_id
 
     p.vclock.advance(30)

@@ -131,21 +131,27 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
                 ),
             )
         except StaleCommand:  # a worker moved it meanwhile: answer with what is stored
-            return book.get_command(first.command_id) or first
+            return _stored(book, first)
         holds.release_after_end(book, rejected)
         return rejected
     if certificates is None:  # it ended meanwhile: answer with what is stored
-        current = book.get_command(first.command_id)
-        if current is None:
-            raise Conflict(
-                "the first request with this Idempotency-Key was refused while this one ran, "
-                "and nothing was recorded: send it again",
-                field="Idempotency-Key",
-                subject=first.command_id,
-            )
-        return current
+        return _stored(book, first)
     enqueue(queue, first, certificates)
     return first
+
+
+def _stored(book: Book, first: Command) -> Command:
+    """The command as stored, for a replay that found it moved on; gone: the first attempt was
+    refused and forgot it while this one ran, and nothing is recorded."""
+    current = book.get_command(first.command_id)
+    if current is None:
+        raise Conflict(
+            "the first request with this Idempotency-Key was refused while this one ran, "
+            "and nothing was recorded: send it again",
+            field="Idempotency-Key",
+            subject=first.command_id,
+        )
+    return current
 
 
 def enqueue(

@@ -56,16 +56,22 @@ def take(
 
 def take_while_open(book: Book, command: Command) -> dict[str, Certificate] | None:
     """`take` for a command read a while ago, which another process may have ended or
-    forgotten since (a retried request, a re-driven message): once its holds are taken, the
-    command is kept (`Book.keep_command`: a write that also reads it, after which the attempt
-    that was refused cannot forget it), and if it has ended or is gone they are let go again
-    and None is returned. The process that ends a command releases its holds again after its
-    terminal write (`release_after_end`), the one that forgets it after forgetting
-    (`release_after_forget`), so whichever of the two comes second lets go: no hold outlives
+    forgotten since (a retried request, a re-driven message); None if it has.
+
+    The command is kept first (`Book.keep_command`, a write that also reads its status): from
+    then on the attempt that was refused cannot forget it, so nothing is ever taken for a
+    command that is gone. Once its holds are taken it is read again, and if it has ended they
+    are let go again. The process that ends a command releases its holds again after its
+    terminal write (`release_after_end`), so whichever of the two comes second lets go; a
+    crash between the take and that read leaves a refused command holding, which the
+    reconciler lets go of (it keeps such commands on its list for a lease): no hold outlives
     its command (I5)."""
-    certificates = take(book, command)
     status = book.keep_command(command.command_id)
     if status is None or status in domain.TERMINAL_STATUSES:
+        return None
+    certificates = take(book, command)
+    current = book.get_command(command.command_id)
+    if current is None or current.is_terminal:
         release(book, command)
         return None
     return certificates
