@@ -48,7 +48,8 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
     lines = [
         f"book: {books}  seeds: {seeds}  runs: {len(results)}  ({seconds:.0f} s)",
         f"commands: {totals['commands']}  (requests {totals['api.requests']}, "
-        f"retries after no answer {totals['api.retries']}, reads {totals['reads']})",
+        f"retries after no answer {totals['api.retries']} (of which sent while the first"
+        f" was still running {totals['api.overlapping_retries']}), reads {totals['reads']})",
         f"crashes injected: {totals['crashes']}  (api {totals['crashes.api']}, worker "
         f"{totals['crashes.worker']}, reconciler {totals['crashes.reconciler']}); "
         f"killed at their timeout: {timeouts}",
