@@ -626,10 +626,11 @@ def test_a_command_a_retry_took_on_is_not_forgotten_by_the_attempt_that_was_refu
     p.check_invariants()
 
 
-def test_a_retry_whose_command_was_forgotten_after_it_took_the_holds_lets_go_and_says_so():
-    """The other order: the retry reserved the slice, then the refused attempt forgot the
-    command, then the retry looked at it again. The slice is free, nothing is recorded, and the
-    retry is told to send the request again, which then goes through."""
+def test_a_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing_and_says_so():
+    """The other order: the retry found the command, then the refused attempt forgot it, then
+    the retry went to keep it. Nothing is taken, nothing is recorded, and the retry is told to
+    send the request again, which then goes through. (Before, the retry took the slice for the
+    forgotten command and answered 202.)"""
     p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
     forgotten: list[tuple[Any, bool]] = []
 

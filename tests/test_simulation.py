@@ -178,7 +178,7 @@ def test_the_ci_seeds_meet_every_fault_the_harness_can_inject() -> None:
     assert any(k.startswith("timeouts.") for k in totals)
 
 
-@pytest.mark.parametrize(("seed", "queries"), [(2, True), (23, False)])
+@pytest.mark.parametrize(("seed", "queries"), [(2, True), (6, False)])
 def test_a_claim_stranded_in_the_simulation_is_shown_named_and_listed(seed, queries) -> None:
     """Issue 15: in these runs the issuer withdraws a consumption certificate just before a
     claim's consumption allocation. The checks compare the slice's state with the registry's
@@ -188,8 +188,8 @@ def test_a_claim_stranded_in_the_simulation_is_shown_named_and_listed(seed, quer
     makes, so a seed may need finding again when they change (32 did, with the worker's reads
     of 2026-11-29: the first of 0-599 that strands a claim with queries is 2; since refused
     commands stay on the reconciler's list for a lease, seed 2 strands more than one; 155, the
-    seed without queries, stopped stranding when a refusal at accept came to read its
-    certificates after forgetting its command: 23 does)."""
+    seed without queries, stopped stranding when retries came to keep their command before
+    taking its holds: 6 does)."""
     result = run(seed, queries, STEPS, schedule="whole")
     assert result.stats["faults.strand_claim"] >= 1
     assert result.stats["claims.stranded"] >= result.stats["faults.strand_claim"]

@@ -468,8 +468,7 @@ class DynamoBook:
             self._keep_build(_incarnation(current), build)
 
     def forget_command(self, command: Command) -> bool:
-        # If a worker took it meanwhile, the condition fails and the worker, finding the holds
-        # missing, rejects it.
+        # Not if a worker or a retry took it on meanwhile (`keep_command`): then it stays.
         try:
             self._call(
                 "delete_item",

@@ -93,10 +93,9 @@ def record(
         certificates = holds.take(book, command, boundary)
     except DomainError:
         if book.forget_command(command):
-            holds.release_after_forget(book, command)
-            raise
-        # Not forgotten: a retry of the same request took it on meanwhile (its holds were free
-        # by then) and answered it accepted. This attempt answers as a replay would.
+            raise  # nothing can be taken for it now: a retry keeps a command before it takes
+        # Not forgotten: a retry of the same request took it on meanwhile (`take_while_open`
+        # keeps it first). This attempt answers as a replay would.
         current = book.get_command(command.command_id)
         if current is None:
             raise

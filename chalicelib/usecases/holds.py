@@ -190,23 +190,6 @@ def release_after_end(book: Book, command: Command) -> None:
         release(book, command)
 
 
-def release_after_forget(book: Book, command: Command) -> None:
-    """After forgetting a command refused at accept: a retry of the same request that read it
-    before it was forgotten may have taken its holds meanwhile (`take_while_open` finds it
-    open, enqueues it and answers), and no process would ever list a command that is gone. One
-    read of its certificates, and a write only where one still holds for it: a refusal at
-    accept leaves the book as it was."""
-    ours = command.command_id
-    for cert in book.get_certificates(command.certificate_ids()):
-        if (
-            cert.withdrawal == ours
-            or any(s.reserved_by == ours for s in cert.slices.values())
-            or (cert.issue_command == ours and cert.status == CertificateStatus.ISSUING)
-        ):
-            release(book, command)
-            return
-
-
 def _abandon_issue(book: Book, command: Command) -> None:
     """An issuance that will not happen frees the identity (metering point, type, start) so a
     new command may issue it."""
