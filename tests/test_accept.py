@@ -626,12 +626,11 @@ def test_a_command_a_retry_took_on_is_not_forgotten_by_the_attempt_that_was_refu
     p.check_invariants()
 
 
-def test_a_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing_and_says_so():
-    """The other order: the retry found the command, then the refused attempt forgot it, then
-    the retry went to keep it. Nothing is taken, nothing is recorded, and the retry is told to
-    send the request again, which then goes through. (Before, the retry took the slice for the
-    forgotten command and answered 202.)"""
-    p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
+def _the_first_attempt_forgets_while_the_retry_runs(p: Any, send: Any, meanwhile: Any) -> Any:
+    """The first send is refused; when it goes to forget its command, `meanwhile` runs, then
+    the retry, which the forget comes just before (before it keeps the command; in the code
+    before keep_command, before it read the certificates). Both are refused: the first for the
+    reservation, the retry because the command is gone. Returns the forgotten command."""
     forgotten: list[tuple[Any, bool]] = []
 
     class FirstAttempt:
@@ -639,13 +638,15 @@ def test_a_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing_and
             return getattr(p.book, name)
 
         def forget_command(self, command: Any) -> bool:
-            the_blocker_ends()
+            meanwhile()
 
             def the_first_attempt_forgets() -> None:
                 forgotten.append((command, p.book.forget_command(command)))
 
             retry = _Meanwhile(
-                p.book, lambda name, _: name == "keep_command", the_first_attempt_forgets
+                p.book,
+                lambda name, _: name in ("keep_command", "get_certificates"),
+                the_first_attempt_forgets,
             )
             with pytest.raises(Conflict, match="send it again"):
                 send(retry)
@@ -657,6 +658,16 @@ def test_a_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing_and
     ((command, removed),) = forgotten
     assert removed and p.book.get_command(command.command_id) is None
     assert _holds(p.book, command.command_id) == []
+    return command
+
+
+def test_a_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing_and_says_so():
+    """The other order: the retry found the command, then the refused attempt forgot it, then
+    the retry went to keep it. Nothing is taken, nothing is recorded, and the retry is told to
+    send the request again, which then goes through. (Before, the retry took the slice for the
+    forgotten command and answered 202.)"""
+    p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
+    _the_first_attempt_forgets_while_the_retry_runs(p, send, the_blocker_ends)
     again = send(p.book)  # the client sends it again
     assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
     p.run()
@@ -688,27 +699,4 @@ def test_a_retry_refused_after_its_command_was_forgotten_says_so_rather_than_acc
     was not there (I2). Now the retry, keeping the command first, finds it gone: 409, send
     it again."""
     p, _the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
-    forgotten: list[tuple[Any, bool]] = []
-
-    class FirstAttempt:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(p.book, name)
-
-        def forget_command(self, command: Any) -> bool:
-            def the_first_attempt_forgets() -> None:
-                forgotten.append((command, p.book.forget_command(command)))
-
-            retry = _Meanwhile(
-                p.book,
-                lambda name, _: name in ("keep_command", "get_certificates"),
-                the_first_attempt_forgets,
-            )
-            with pytest.raises(Conflict, match="send it again"):
-                send(retry)
-            return forgotten[0][1]
-
-    with pytest.raises(Conflict, match="reserved"):
-        send(FirstAttempt())
-    ((command, removed),) = forgotten
-    assert removed and p.book.get_command(command.command_id) is None
-    assert _holds(p.book, command.command_id) == []
+    _the_first_attempt_forgets_while_the_retry_runs(p, send, lambda: None)
