@@ -348,3 +348,16 @@ def test_a_hold_a_late_retry_takes_for_a_refused_command_is_let_go(book: str) ->
     result = run(198178, False, STEPS, book)
     assert result.violations == []
     assert result.stats["crashes"] > 0 and result.stats["pauses"] > 0
+
+
+def test_a_refused_first_send_does_not_let_go_of_what_its_overlapping_retry_took() -> None:
+    """Soak seed 349752 (no queries): carol's claim was refused at its holds on the first send,
+    which paused before letting go; her overlapping retry took the command on (kept it, took
+    both slices, answered 202); the first send then let go of every hold of the command (holds
+    are by command, so the retry's too), found it kept and answered 202. The claim went out
+    without its reservations, a later step was in doubt, and an operator could not resolve it
+    ("not reserved by command"): IN_DOUBT for good (I2). The first send now finishes the
+    command as a replay would, its holds taken again."""
+    result = run(349752, False, STEPS)
+    assert result.violations == []
+    assert result.stats["api.overlapping_retries"] > 0

@@ -95,11 +95,12 @@ def record(
         if book.forget_command(command):
             raise  # nothing can be taken for it now: a retry keeps a command before it takes
         # Not forgotten: a retry of the same request took it on meanwhile (`take_while_open`
-        # keeps it first). This attempt answers as a replay would.
+        # keeps it first), and this attempt's own let-go above may have released what the
+        # retry took (holds are by command): finish it as a replay would, holds taken again.
         current = book.get_command(command.command_id)
         if current is None:
             raise
-        return current
+        return _replay(book, queue, command, current)
     enqueue(queue, command, certificates)
     return command
 
