@@ -118,9 +118,9 @@ class Book(Protocol):
         ...
 
     def keep_command(self, command_id: str) -> CommandStatus | None:
-        """A process that took a command's holds after reading it (a retried request, a
-        re-driven message) says so: from then on it is never forgotten. Its status as stored,
-        or None if it is gone (forgotten meanwhile)."""
+        """A process about to take the holds of a command it read a while ago (a retried
+        request, a re-driven message) says so first: from then on it is never forgotten. Its
+        status as stored, or None if it is gone (forgotten meanwhile: take nothing)."""
         ...
 
     def commands_of(
