@@ -51,7 +51,7 @@ class Bench:
 
     def request(self, actor: Actor) -> accept.Request:
         self.keys += 1
-        return accept.Request(actor, f"k{self.keys}", f"h{self.keys}", START)
+        return accept.Request(actor, f"k{self.keys}", f"h{self.keys}", START, timedelta(seconds=25))
 
     def run(self, command) -> tuple[float, float, list[int]]:
         """Build, verify and commit one command: (build ms, verify ms, sizes)."""

@@ -370,7 +370,11 @@ class World:
         self._serial += 1
         key = f"k-{self._serial}"
         return accept.Request(
-            actor=actor, idempotency_key=key, body_hash=domain.request_hash(key), now=self.c.clock()
+            actor=actor,
+            idempotency_key=key,
+            body_hash=domain.request_hash(key),
+            now=self.c.clock(),
+            attempt_timeout=timedelta(seconds=25),
         )
 
     def issue(self, n: int, owner: str = "alice") -> Any:

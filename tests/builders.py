@@ -24,6 +24,8 @@ from chalicelib.ports import Book, Transition
 from chalicelib.usecases import holds
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+# The API function's timeout in the deployed stages (accept.Request.attempt_timeout).
+API_TIMEOUT = timedelta(seconds=25)
 HOUR_START = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 ISSUER = "issuer-dk"
 GSRN = "571234567890123456"

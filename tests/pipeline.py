@@ -27,6 +27,7 @@ from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorCo
 from chalicelib.usecases import accept
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler, resolve_by_operator
+from tests.builders import API_TIMEOUT
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ISSUER = Actor(owner="issuer-dk", roles=frozenset({Role.ISSUER}))
@@ -160,6 +161,7 @@ class Pipeline:
             idempotency_key=key,
             body_hash=domain.request_hash(body or key),
             now=self.now(),
+            attempt_timeout=API_TIMEOUT,
         )
 
     # --- commands ----------------------------------------------------------------------------

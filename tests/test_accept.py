@@ -4,6 +4,8 @@ book exactly as it was; a queue outage does not lose a command."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from chalicelib.domain import (
 from chalicelib.ports import DuplicateCommand, HoldingQuery, Transition
 from chalicelib.usecases import accept, holds
 from tests.builders import (
+    API_TIMEOUT,
     ISSUER,
     T0,
     gsrn,
@@ -50,17 +53,22 @@ def queue() -> InMemoryQueue:
     return InMemoryQueue()
 
 
-def request(owner: str = "alice", key: str = "key-1", body: Any = "body", *roles: Role):
+def request(owner: str = "alice", key: str = "key-1", body: Any = "body", *roles: Role, now=T0):
     return accept.Request(
         actor=Actor(owner=owner, roles=frozenset(roles)),
         idempotency_key=key,
         body_hash=domain.request_hash(body),
-        now=T0,
+        now=now,
+        attempt_timeout=API_TIMEOUT,
     )
 
 
-def as_issuer(key: str = "key-1", body: Any = "body"):
-    return request(ISSUER, key, body, Role.ISSUER)
+def as_issuer(key: str = "key-1", body: Any = "body", now=T0):
+    return request(ISSUER, key, body, Role.ISSUER, now=now)
+
+
+# When a retry comes after the first attempt is surely over (its function timed out).
+LATER = T0 + API_TIMEOUT + timedelta(seconds=2)
 
 
 def state_of(book: InMemoryBook) -> dict[str, Any]:
@@ -136,9 +144,13 @@ def test_a_queue_outage_still_accepts_the_command_and_keeps_it_in_the_book(book,
     assert book.get_command(issued.command_id) == issued
     assert book.get_certificate(issued.certificate_id).status == CertificateStatus.ISSUING
     assert queue.messages == []
-    # the client retries: the replay finishes the queueing
     queue.available = True
+    # A retry while the first attempt may still run answers with the command and leaves the
+    # queueing to that attempt (or to the reconciler, which re-drives it)...
     assert accept.issue(book, queue, as_issuer(), issue_spec()) == issued
+    assert queue.messages == []
+    # ...one after that attempt is surely over finishes the queueing.
+    assert accept.issue(book, queue, as_issuer(now=LATER), issue_spec()) == issued
     assert queue.messages == [issued]
 
 
@@ -147,7 +159,7 @@ def test_a_replay_finishes_an_accept_that_stopped_before_taking_its_holds(book, 
     certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
     crashed = accept._new_command(as_issuer(), CommandKind.ISSUE, certificate_id, issue=spec)
     book.add_command(crashed)  # the API died right after step 1
-    answer = accept.issue(book, queue, as_issuer(), issue_spec())
+    answer = accept.issue(book, queue, as_issuer(now=LATER), issue_spec())
     assert answer == crashed
     assert book.get_certificate(crashed.certificate_id).issue_command == crashed.command_id
     assert queue.messages == [crashed]
@@ -167,7 +179,7 @@ def test_a_replay_whose_holds_are_refused_now_rejects_the_command_with_the_reaso
     )
     book.add_command(crashed)  # the API died before its reservation...
     book.reserve(ref, "another-command", "alice", 1)  # ...and another command took the slice
-    answer = accept.transfer(book, queue, request(), ref, "bob", 1000)
+    answer = accept.transfer(book, queue, request(now=LATER), ref, "bob", 1000)
     assert answer.status == CommandStatus.REJECTED
     assert "reserved" in answer.error
     assert book.get_command(crashed.command_id) == answer
@@ -476,7 +488,8 @@ def test_a_batch_key_reused_with_another_batch_is_refused_whole_and_records_noth
         )
 
     def batch(body: str, specs: list[IssueSpec]) -> list:
-        return use.issue_batch(book, queue, use.Request(issuer, "batch-key", body, start), specs)
+        asked = use.Request(issuer, "batch-key", body, start, API_TIMEOUT)
+        return use.issue_batch(book, queue, asked, specs)
 
     first = batch("body-1", [spec("571313000000000001")])
     assert first[0].command is not None
@@ -515,11 +528,14 @@ def _alice_transfers_a_slice_the_registry_will_refuse():
 
     p = Pipeline()
     cert, slice_id = p.issued()
-    retry = p.request(Actor(owner="alice"), key="transfer-1", body="transfer")
+    asked = p.request(Actor(owner="alice"), key="transfer-1", body="transfer")
     first = accept.transfer(
-        p.book, p.queue, retry, SliceRef(certificate_id=cert, slice_id=slice_id), "bob", 1000
+        p.book, p.queue, asked, SliceRef(certificate_id=cert, slice_id=slice_id), "bob", 1000
     )
     p.registry.withdraw(cert)  # behind the book's back: the registry will refuse the transfer
+    # Her client's retry, once the first attempt is surely over (a retry before that only
+    # answers: `test_a_retry_while_the_first_attempt_may_run_*`).
+    retry = replace(asked, now=asked.now + API_TIMEOUT + timedelta(seconds=2))
     return p, first, retry, SliceRef(certificate_id=cert, slice_id=slice_id)
 
 
@@ -574,9 +590,11 @@ def test_a_retry_between_a_rejections_release_and_its_terminal_write_leaves_no_h
 
 def _alice_retries_a_transfer_her_first_attempt_is_refused():
     """Alice's transfer to carol is refused at its holds (the slice is reserved by her
-    transfer to bob) and goes to forget its command; meanwhile the transfer to bob is refused
-    and lets go, and her retry of the same request (a client that gave up waiting), finding the
-    command ACCEPTED and untouched, takes the slice for it."""
+    transfer to bob) and goes to forget its command; meanwhile the transfer to bob may be
+    refused and let go, and her client, which gave up waiting, sends the same request again.
+    `send(book, late=True)`: a retry that comes once the first attempt is surely over by its
+    own clock, which is how one that finds it still running would act if clocks disagreed
+    by more than the timeout: the book's guards still hold."""
     from tests.pipeline import Pipeline
 
     p = Pipeline()
@@ -597,22 +615,174 @@ def _alice_retries_a_transfer_her_first_attempt_is_refused():
         )
         holds.release_after_end(p.book, p.command(blocker.command_id))
 
-    def send(book: Any) -> Any:
-        return accept.transfer(book, p.queue, request, ref, "carol", 1000)
+    def send(book: Any, late: bool = False) -> Any:
+        asked = replace(request, now=request.now + API_TIMEOUT + timedelta(seconds=2))
+        return accept.transfer(book, p.queue, asked if late else request, ref, "carol", 1000)
 
     return p, the_blocker_ends, send
 
 
-def test_a_command_a_retry_took_on_is_not_forgotten_by_the_attempt_that_was_refused():
-    """The retry reserved the slice and answered 202 before the refused attempt forgot the
-    command: the command was deleted under an accepted answer (I2) and its reservation kept
-    the slice from every later command for good (I5)."""
+@pytest.mark.parametrize("the_blocker_ends_meanwhile", [False, True])
+def test_a_retry_while_the_first_attempt_may_run_and_holds_nothing_is_told_to_wait(
+    the_blocker_ends_meanwhile: bool,
+):
+    """The retry comes while the refused attempt goes to forget the command (its let-go
+    done). Before, it took the slice for the command (the blocker had ended) or refused it
+    (it had not): either way two processes at work on one command, and the first one's
+    let-go, by command, could take back what the retry took after it had answered 202 (soak
+    seed 349752). Now the retry touches nothing and says the first is still at work; the first
+    is refused and forgets; the client's next send goes through."""
+    p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
+    told: list[Exception] = []
+
+    def the_retry_comes() -> None:
+        if the_blocker_ends_meanwhile:
+            the_blocker_ends()
+        before = state_of(p.book)
+        with pytest.raises(Conflict, match="still being processed") as refused:
+            send(p.book)
+        assert state_of(p.book) == before
+        told.append(refused.value)
+
+    first_attempt = _Meanwhile(p.book, lambda name, _: name == "forget_command", the_retry_comes)
+    with pytest.raises(Conflict, match="reserved"):
+        send(first_attempt)
+    assert first_attempt.ran and told
+    command_id = told[0].subject
+    assert p.book.get_command(command_id) is None and _holds(p.book, command_id) == []
+    if the_blocker_ends_meanwhile:
+        again = send(p.book)  # the client sends it again
+        assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
+        p.run()
+        assert p.command(again.command_id).status == CommandStatus.COMMITTED
+    p.check_invariants()
+
+
+def test_a_retry_after_the_first_attempt_took_all_its_holds_answers_with_the_command():
+    """The first attempt holds the slice and has not queued yet: the retry answers 202 with
+    the command (kept, so it can never be forgotten under that answer) and leaves the queueing
+    to the first."""
+    from tests.pipeline import Pipeline
+
+    p = Pipeline()
+    cert, slice_id = p.issued()
+    ref = SliceRef(certificate_id=cert, slice_id=slice_id)
+    request = p.request(Actor(owner="alice"), key="transfer-3", body="transfer to bob")
+    retried = []
+
+    class Queue:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(p.queue, name)
+
+        def send(self, *args: Any, **kwargs: Any) -> None:
+            sent = p.queue.sent
+            retried.append(accept.transfer(p.book, p.queue, request, ref, "bob", 1000))
+            assert p.queue.sent == sent  # the retry queued nothing
+            p.queue.send(*args, **kwargs)
+
+    answer = accept.transfer(p.book, Queue(), request, ref, "bob", 1000)
+    assert retried[0] == answer and answer.status == CommandStatus.ACCEPTED
+    assert p.book.forget_command(answer) is False  # kept
+    p.run()
+    assert p.command(answer.command_id).status == CommandStatus.COMMITTED
+    p.check_invariants()
+
+
+def _no_room_left_for(p: Any, cert_id: str, new_slices: int) -> None:
+    """Other slices of the certificate grow it (someone else's, spent) until a command that
+    makes `new_slices` more has no room for them."""
+    from chalicelib.domain import MAX_SLICES_PER_CERTIFICATE, Slice, SliceState
+
+    def grown(cert: Any) -> Any:
+        slices = dict(cert.slices)
+        for i in range(MAX_SLICES_PER_CERTIFICATE - new_slices + 1 - len(slices)):
+            slices[f"spent-{i}"] = Slice(
+                slice_id=f"spent-{i}", owner="dave", quantity_wh=1, state=SliceState.TRANSFERRED
+            )
+        return cert.model_copy(update={"slices": slices})
+
+    p.book.update_certificate(cert_id, grown)
+
+
+@pytest.mark.parametrize("forgotten_before_the_retry_keeps_it", [False, True])
+def test_a_first_attempt_refused_after_its_reservation_ends_what_a_retry_answered_for(
+    forgotten_before_the_retry_keeps_it: bool,
+):
+    """The first attempt reserves the slice and is then refused by the check that follows (the
+    certificate grew meanwhile: no room for a transfer's slices). A retry that came in between
+    found every hold in place and answered with the command, having kept it: the first cannot
+    forget it under that answer and refuses it instead (REJECTED with the reason, nothing
+    held, nothing queued). Had the first forgotten it before the retry kept it, the retry
+    finds it gone and says so (409, send it again)."""
+    from tests.pipeline import Pipeline
+
+    p = Pipeline()
+    cert, slice_id = p.issued()
+    ref = SliceRef(certificate_id=cert, slice_id=slice_id)
+    request = p.request(Actor(owner="alice"), key="transfer-4", body="transfer to bob")
+    retried: list[Any] = []
+
+    def send(book: Any) -> Any:
+        return accept.transfer(book, p.queue, request, ref, "bob", 1000)
+
+    def the_retry() -> None:
+        if not forgotten_before_the_retry_keeps_it:
+            retried.append(send(p.book))
+            return
+
+        def the_first_lets_go_and_forgets() -> None:
+            command = p.book.get_command(request_id)
+            holds.release(p.book, command)
+            assert p.book.forget_command(command)
+
+        retry = _Meanwhile(
+            p.book, lambda name, _: name == "keep_command", the_first_lets_go_and_forgets
+        )
+        with pytest.raises(Conflict, match="refused while this one ran") as told:
+            send(retry)
+        retried.append(told.value)
+
+    class FirstAttempt:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(p.book, name)
+
+        def reserve(self, *args: Any) -> Any:
+            _no_room_left_for(p, cert, new_slices=3)  # after its rehearsal, before its write
+            return p.book.reserve(*args)
+
+        def update_certificate(self, *args: Any) -> Any:  # its let-go: the retry comes first
+            if not retried:
+                the_retry()
+            return p.book.update_certificate(*args)
+
+    request_id = domain.command_id_for("alice", "transfer-4", 0)
+    sent = p.queue.sent
+    if forgotten_before_the_retry_keeps_it:
+        with pytest.raises(RuleViolation, match="at most"):
+            send(FirstAttempt())
+        assert p.book.get_command(request_id) is None
+    else:
+        answer = send(FirstAttempt())
+        assert retried[0].command_id == answer.command_id == request_id
+        assert retried[0].status == CommandStatus.ACCEPTED
+        assert answer.status == CommandStatus.REJECTED and "at most" in answer.error
+        assert p.command(request_id).status == CommandStatus.REJECTED
+    assert _holds(p.book, request_id) == [] and p.queue.sent == sent
+
+
+def test_a_late_retry_takes_the_command_on_and_the_refused_attempt_finishes_it():
+    """A retry whose clock says the first attempt is over, while it is in fact refused and
+    going to forget the command (clocks that disagree by more than the timeout): the retry
+    keeps the command and takes the slice, whose blocker ended; the first cannot forget it,
+    takes what its let-go took back again, and both answers name the one command, which
+    commits (before keep_command: deleted under an accepted answer, I2, its hold kept for
+    good, I5)."""
     p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
     retried = []
 
     def the_blocker_ends_and_the_retry_comes() -> None:
         the_blocker_ends()
-        retried.append(send(p.book))
+        retried.append(send(p.book, late=True))
 
     first_attempt = _Meanwhile(
         p.book, lambda name, _: name == "forget_command", the_blocker_ends_and_the_retry_comes
@@ -626,11 +796,11 @@ def test_a_command_a_retry_took_on_is_not_forgotten_by_the_attempt_that_was_refu
     p.check_invariants()
 
 
-def _the_first_attempt_forgets_while_the_retry_runs(p: Any, send: Any, meanwhile: Any) -> Any:
+def _the_first_attempt_forgets_while_the_late_retry_runs(p: Any, send: Any, meanwhile: Any) -> Any:
     """The first send is refused; when it goes to forget its command, `meanwhile` runs, then
-    the retry, which the forget comes just before (before it keeps the command; in the code
-    before keep_command, before it read the certificates). Both are refused: the first for the
-    reservation, the retry because the command is gone. Returns the forgotten command."""
+    a late retry (`send(late=True)`), which the forget comes just before (before it keeps the
+    command). Both are refused: the first for the reservation, the retry because the command
+    is gone. Returns the forgotten command."""
     forgotten: list[tuple[Any, bool]] = []
 
     class FirstAttempt:
@@ -644,12 +814,10 @@ def _the_first_attempt_forgets_while_the_retry_runs(p: Any, send: Any, meanwhile
                 forgotten.append((command, p.book.forget_command(command)))
 
             retry = _Meanwhile(
-                p.book,
-                lambda name, _: name in ("keep_command", "get_certificates"),
-                the_first_attempt_forgets,
+                p.book, lambda name, _: name == "keep_command", the_first_attempt_forgets
             )
-            with pytest.raises(Conflict, match="send it again"):
-                send(retry)
+            with pytest.raises(Conflict, match="refused while this one ran"):
+                send(retry, late=True)
             assert retry.ran
             return forgotten[0][1]
 
@@ -661,13 +829,13 @@ def _the_first_attempt_forgets_while_the_retry_runs(p: Any, send: Any, meanwhile
     return command
 
 
-def test_a_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing_and_says_so():
-    """The other order: the retry found the command, then the refused attempt forgot it, then
-    the retry went to keep it. Nothing is taken, nothing is recorded, and the retry is told to
-    send the request again, which then goes through. (Before, the retry took the slice for the
-    forgotten command and answered 202.)"""
+def test_a_late_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing():
+    """The retry found the command, then the refused attempt forgot it, then the retry went to
+    keep it. Nothing is taken, nothing is recorded, and the retry is told to send the request
+    again, which then goes through (before keep_command: it took the slice for the forgotten
+    command and answered 202)."""
     p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
-    _the_first_attempt_forgets_while_the_retry_runs(p, send, the_blocker_ends)
+    _the_first_attempt_forgets_while_the_late_retry_runs(p, send, the_blocker_ends)
     again = send(p.book)  # the client sends it again
     assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
     p.run()
@@ -675,28 +843,9 @@ def test_a_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothing_and
     p.check_invariants()
 
 
-def test_overlapping_sends_refused_alike_answer_with_one_command_that_ends_refused():
-    """The common case: the retry comes while the refused attempt goes to forget the command,
-    and the slice is still reserved. The retry's own take is refused, and it ends the command
-    REJECTED with the reason, so it is not forgotten; both answer with that command."""
+def test_a_late_retry_refused_after_its_command_was_forgotten_says_so():
+    """The same with the slice still reserved by the blocker: the retry, keeping the command
+    before it takes, finds it gone: 409, send it again (before: its rejection found nothing
+    to write and it answered 202 for a command that was not there, I2)."""
     p, _the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
-    retried = []
-    first_attempt = _Meanwhile(
-        p.book, lambda name, _: name == "forget_command", lambda: retried.append(send(p.book))
-    )
-    answer = send(first_attempt)
-    assert first_attempt.ran and retried[0].status == CommandStatus.REJECTED
-    assert "reserved" in (retried[0].error or "")
-    assert answer.command_id == retried[0].command_id
-    assert p.command(answer.command_id).status == CommandStatus.REJECTED
-    assert _holds(p.book, answer.command_id) == []
-
-
-def test_a_retry_refused_after_its_command_was_forgotten_says_so_rather_than_accepting_it():
-    """The refused attempt forgot the command after the retry found it (ACCEPTED, untouched)
-    and before the retry's own take was refused: the retry's rejection found nothing to write
-    and it answered 202 with the command as first read, an accepted answer for a command that
-    was not there (I2). Now the retry, keeping the command first, finds it gone: 409, send
-    it again."""
-    p, _the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
-    _the_first_attempt_forgets_while_the_retry_runs(p, send, lambda: None)
+    _the_first_attempt_forgets_while_the_late_retry_runs(p, send, lambda: None)

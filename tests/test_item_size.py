@@ -13,7 +13,7 @@ import pytest
 from chalicelib import domain
 from chalicelib.domain import RuleViolation, Slice, SliceState
 from chalicelib.usecases import accept
-from tests.builders import T0, put_active
+from tests.builders import API_TIMEOUT, T0, put_active
 from tests.test_api import api  # noqa: F401  (the fixture)
 
 WORST_OWNER = "\u4e00" * 128  # 128 characters, 3 bytes each in UTF-8
@@ -112,6 +112,7 @@ def test_accept_refuses_with_the_record_budget_before_reserving(moto_services):
         idempotency_key="k",
         body_hash=domain.request_hash("b"),
         now=T0,
+        attempt_timeout=API_TIMEOUT,
     )
     ref = domain.SliceRef(certificate_id=cert.certificate_id, slice_id=slice_id)
     with pytest.raises(RuleViolation, match="400 KB"):

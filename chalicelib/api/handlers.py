@@ -47,6 +47,7 @@ def _accept_request(services: Services, call: Call) -> accept.Request:
         idempotency_key=idempotency_key(call.request),
         body_hash=domain.request_hash([call.request.path, body]),
         now=services.clock(),
+        attempt_timeout=timedelta(seconds=services.settings.lambda_timeout_s),
     )
 
 

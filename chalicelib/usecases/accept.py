@@ -54,6 +54,9 @@ class Request:
     idempotency_key: str
     body_hash: str
     now: datetime
+    # How long an API invocation may run (its Lambda timeout): until a command is this old,
+    # the request that recorded it may still be at work on it (see `_replay`).
+    attempt_timeout: timedelta
 
 
 def _new_command(
@@ -81,31 +84,41 @@ def record(
     book: Book,
     queue: CommandQueue,
     command: Command,
+    attempt_timeout: timedelta,
     boundary: domain.MatchingBoundary | None = None,
 ) -> Command:
     """Steps 1-3 above. Returns the command to answer with (the first one, on a replay).
-    `boundary`: a claim's matching boundary (holds.take)."""
+    `attempt_timeout`: the request's (`Request.attempt_timeout`); `boundary`: a claim's
+    matching boundary (holds.take)."""
     try:
         book.add_command(command)
     except DuplicateCommand as dup:
-        return _replay(book, queue, command, dup.existing)
+        return _replay(book, queue, command, dup.existing, attempt_timeout)
     try:
         certificates = holds.take(book, command, boundary)
     except DomainError:
+        # Only this attempt takes holds for the command while it may run (`_replay`), so what
+        # the let-go above released was its own.
         if book.forget_command(command):
             raise  # nothing can be taken for it now: a retry keeps a command before it takes
-        # Not forgotten: a retry of the same request took it on meanwhile (`take_while_open`
-        # keeps it first), and this attempt's own let-go above may have released what the
-        # retry took (holds are by command): finish it as a replay would, holds taken again.
+        # Not forgotten: a retry found all its holds in place before the let-go and kept the
+        # command, answering that it is accepted. Finish it as a replay would: it is refused
+        # with the reason if its holds still cannot be taken.
         current = book.get_command(command.command_id)
         if current is None:
             raise
-        return _replay(book, queue, command, current)
+        return _finish(book, queue, command, current)
     enqueue(queue, command, certificates)
     return command
 
 
-def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -> Command:
+# Between the clocks of two API invocations, with room to spare.
+_CLOCK_SKEW = timedelta(seconds=1)
+
+
+def _replay(
+    book: Book, queue: CommandQueue, command: Command, first: Command, attempt_timeout: timedelta
+) -> Command:
     if first.request_hash != command.request_hash:
         raise Conflict(
             "this Idempotency-Key was used with another request body",
@@ -114,12 +127,48 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
         )
     if first.status != CommandStatus.ACCEPTED or first.attempts:
         return first  # the worker has it: the first answer stands
-    # The first attempt may have stopped before taking its holds or queueing: finish it. The
-    # command was read before, and a worker may have ended it since: holds are taken only for
-    # a command still open (I5).
+    if command.created_at < first.created_at + attempt_timeout + _CLOCK_SKEW:
+        # The request that recorded it may still be at work: taking or letting go of holds
+        # beside it would mix the two (holds are by command, so its refusal would let go of
+        # what this one took). Answer only if it has taken them all; else it is not done.
+        return _answer_while_the_first_may_run(book, first, command.created_at, attempt_timeout)
+    # The first attempt is surely over, and may have stopped before taking its holds or
+    # queueing: finish it.
+    return _finish(book, queue, command, first)
+
+
+def _answer_while_the_first_may_run(
+    book: Book, first: Command, now: datetime, attempt_timeout: timedelta
+) -> Command:
+    if not holds.in_place(book, first):
+        current = _stored(book, first)
+        if current.status != CommandStatus.ACCEPTED or current.attempts:
+            return current  # a worker took it meanwhile (and may have let go of its holds)
+        wait = first.created_at + attempt_timeout + _CLOCK_SKEW - now
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed: send it again"
+            f" in {max(1, round(wait.total_seconds()))} seconds",
+            field="Idempotency-Key",
+            subject=first.command_id,
+        )
+    # Kept, so that the first attempt, should it yet be refused (a check after its
+    # reservations), cannot forget the command this answer names: it refuses it instead.
+    status = book.keep_command(first.command_id)
+    if status is None:
+        raise _refused_meanwhile(first)
+    return first if status == CommandStatus.ACCEPTED else _stored(book, first)
+
+
+def _finish(book: Book, queue: CommandQueue, command: Command, first: Command) -> Command:
+    """Take the holds of a command read earlier and queue it, or refuse it with the reason.
+    The command was read before, and a worker may have ended it since: holds are taken only
+    for a command still open (I5)."""
     try:
         certificates = holds.take_while_open(book, first)
     except DomainError as refused:
+        # Refused first, let go after: another process finishing the same command (a second
+        # retry, a re-driven message) may hold it all and have queued it, and a let-go before
+        # the terminal write would leave a worker free to send it without its holds.
         try:
             rejected = book.transition(
                 first.command_id,
@@ -130,9 +179,9 @@ def _replay(book: Book, queue: CommandQueue, command: Command, first: Command) -
                     changes={"error": refused.detail},
                 ),
             )
-        except StaleCommand:  # a worker moved it meanwhile: answer with what is stored
+        except StaleCommand:  # a worker moved it meanwhile: its holds are its own
             return _stored(book, first)
-        holds.release_after_end(book, rejected)
+        holds.release(book, rejected)
         return rejected
     if certificates is None:  # it ended meanwhile: answer with what is stored
         return _stored(book, first)
@@ -145,13 +194,17 @@ def _stored(book: Book, first: Command) -> Command:
     refused and forgot it while this one ran, and nothing is recorded."""
     current = book.get_command(first.command_id)
     if current is None:
-        raise Conflict(
-            "the first request with this Idempotency-Key was refused while this one ran, "
-            "and nothing was recorded: send it again",
-            field="Idempotency-Key",
-            subject=first.command_id,
-        )
+        raise _refused_meanwhile(first)
     return current
+
+
+def _refused_meanwhile(first: Command) -> Conflict:
+    return Conflict(
+        "the first request with this Idempotency-Key was refused while this one ran, "
+        "and nothing was recorded: send it again",
+        field="Idempotency-Key",
+        subject=first.command_id,
+    )
 
 
 def enqueue(
@@ -183,7 +236,8 @@ def issue(
     request.actor.require_grid_area(spec.grid_area)
     spec = in_registry(spec, registry_of)
     certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
-    return record(book, queue, _new_command(request, CommandKind.ISSUE, certificate_id, issue=spec))
+    command = _new_command(request, CommandKind.ISSUE, certificate_id, issue=spec)
+    return record(book, queue, command, request.attempt_timeout)
 
 
 RegistryOf = Callable[[str], str | None]
@@ -240,7 +294,8 @@ def issue_batch(
             issue=spec,
         )
         try:
-            results.append(BatchItem(index=index, command=record(book, queue, command)))
+            recorded = record(book, queue, command, request.attempt_timeout)
+            results.append(BatchItem(index=index, command=recorded))
         except DomainError as refused:
             results.append(BatchItem(index=index, error=refused))
     return results
@@ -280,6 +335,7 @@ def slice_certificate(
             slices=(ref,),
             quantities_wh=tuple(quantities_wh),
         ),
+        request.attempt_timeout,
     )
 
 
@@ -306,6 +362,7 @@ def transfer(
             receiver=receiver,
             quantity_wh=quantity_wh,
         ),
+        request.attempt_timeout,
     )
 
 
@@ -337,7 +394,7 @@ def claim(
     )
     if expiry is not None and book.get_command(command.command_id) is None:  # not on a replay
         _check_in_time(book, command, expiry, expiry_margin)
-    return record(book, queue, command, boundary or {})
+    return record(book, queue, command, request.attempt_timeout, boundary or {})
 
 
 def _check_in_time(book: Book, command: Command, expiry: timedelta, margin: timedelta) -> None:
@@ -361,4 +418,5 @@ def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: 
             subject=certificate_id,
         )
     request.actor.require_grid_area(cert.grid_area)
-    return record(book, queue, _new_command(request, CommandKind.WITHDRAW, certificate_id))
+    command = _new_command(request, CommandKind.WITHDRAW, certificate_id)
+    return record(book, queue, command, request.attempt_timeout)

@@ -65,16 +65,45 @@ def take_while_open(book: Book, command: Command) -> dict[str, Certificate] | No
     terminal write (`release_after_end`), so whichever of the two comes second lets go; a
     crash between the take and that read leaves a refused command holding, which the
     reconciler lets go of (it keeps such commands on its list for a lease): no hold outlives
-    its command (I5)."""
+    its command (I5).
+
+    Refused, it raises the reason and lets go of nothing: another process finishing the same
+    command may hold it all by now (holds are by command), so the caller ends the command
+    first and then releases (`release`)."""
     status = book.keep_command(command.command_id)
     if status is None or status in domain.TERMINAL_STATUSES:
         return None
-    certificates = take(book, command)
+    certificates = _take(book, command, None)
     current = book.get_command(command.command_id)
     if current is None or current.is_terminal:
         release(book, command)
         return None
     return certificates
+
+
+def in_place(book: Book, command: Command) -> bool:
+    """Whether the command holds everything `take` would give it (read, not taken)."""
+    match command.kind:
+        case CommandKind.UNCLAIM:
+            return True  # it holds nothing
+        case CommandKind.ISSUE:
+            cert = book.get_certificate(command.certificate_id)
+            return (
+                cert is not None
+                and cert.issue_command == command.command_id
+                and cert.status == CertificateStatus.ISSUING
+            )
+        case CommandKind.WITHDRAW:
+            cert = book.get_certificate(command.certificate_id)
+            return cert is not None and cert.withdrawal == command.command_id
+        case _:
+            found = {c.certificate_id: c for c in book.get_certificates(command.certificate_ids())}
+            for ref in command.slices:
+                cert = found.get(ref.certificate_id)
+                held = cert.slices.get(ref.slice_id) if cert is not None else None
+                if held is None or held.reserved_by != command.command_id:
+                    return False
+            return True
 
 
 def free_again_once_ended(kind: CommandKind, status: CommandStatus) -> bool:

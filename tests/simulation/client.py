@@ -428,6 +428,10 @@ class Clients:
                 self.unanswered.append(call)
             return None
         sent = Sent(call, answer)
+        if answer.status == 409 and "still being processed" in str(answer.body.get("detail")):
+            world.stats["api.told_to_wait"] += 1
+            self.unanswered.append(call)  # the first send is still at work: send it again later
+            return answer
         if call.key is not None:
             self.answered.append(sent)
         if answer.status == 202:

@@ -49,7 +49,8 @@ def summarize(results: Sequence[Result], seconds: float) -> tuple[str, Counter]:
         f"book: {books}  seeds: {seeds}  runs: {len(results)}  ({seconds:.0f} s)",
         f"commands: {totals['commands']}  (requests {totals['api.requests']}, "
         f"retries after no answer {totals['api.retries']} (of which sent while the first"
-        f" was still running {totals['api.overlapping_retries']}), reads {totals['reads']})",
+        f" was still running {totals['api.overlapping_retries']}; told the first was still at"
+        f" work {totals['api.told_to_wait']}), reads {totals['reads']})",
         f"crashes injected: {totals['crashes']}  (api {totals['crashes.api']}, worker "
         f"{totals['crashes.worker']}, reconciler {totals['crashes.reconciler']}); "
         f"killed at their timeout: {timeouts}",
