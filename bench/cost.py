@@ -11,12 +11,13 @@ Per command:
   message handed back to wait for a block being delivered again) and GB-seconds = memory x
   duration, where duration = our CPU (scaled by the share of a vCPU the function's memory
   buys: a full one at `full_vcpu_mb`, proportionally less below; with proto transactions plus
-  the builder's CPU as measured) + each AWS call's latency + the registry's: a batch's first
-  transactions go in one call (send / batch), then every further step of a multi-step command
-  alone, plus each status query. The worker no longer waits for COMMITTED inside Lambda (it
-  hands the message back); `lambda_gb_s_if_sleeping` is what the old worker paid, waiting
-  `commit_wait_s` per step. The reconciler's share likewise (its DynamoDB calls, and in query
-  mode its stream queries).
+  the builder's CPU as measured) + each AWS call's latency + the registry's: every step goes
+  out in one call with the other ready commands' steps of the invocation (send / batch; a step
+  that commits leaves its command ready at the next, sent in the next round), plus each status
+  query. The worker no longer waits for COMMITTED inside Lambda (it hands the message back);
+  `lambda_gb_s_if_sleeping` is what the old worker paid, waiting `commit_wait_s` per step and
+  sending every step after the first in a call of its own. The reconciler's share likewise
+  (its DynamoDB calls, and in query mode its stream queries).
 - DynamoDB: the write and read units measured (accept + worker + the reconciler's share).
 - SQS FIFO: our SendMessage and ChangeMessageVisibility (per 64 KB) + the event source
   mapping's ReceiveMessage and DeleteMessageBatch, one of each per `batch_fill` deliveries.
@@ -170,14 +171,14 @@ def per_command(
         "worker": cpu_s("worker", cpu_ms["worker"] + build_ms)
         + aws_wait(p["worker"])
         + custody_wait
-        + send / batch
-        + max(steps - 1, 0) * send
+        + steps * send / batch
         + statuses * a["registry_query_s"],
         "reconciler": aws_wait(p["reconcile"]) + streams * a["registry_query_s"],
     }
     # The worker before issue 16 waited in Lambda for each step's block to commit.
     commit = a["commit_wait_s"] if queries else 0.0
-    sleeping = durations["worker"] + commit / batch + max(steps - 1, 0) * commit
+    later = max(steps - 1, 0)
+    sleeping = durations["worker"] + later * (send - send / batch) + (1 / batch + later) * commit
     api_requests = kind["invocations"]["api"]
     invocations = {"api": api_requests, "worker": deliveries / batch, "reconciler": 0.0}
     lambda_usd = sum(

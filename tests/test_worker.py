@@ -576,3 +576,37 @@ def test_a_delivery_knows_how_often_its_message_was_received(
 ) -> None:
     record = {"messageId": "m", "body": json.dumps({"command_id": "c", "certificate_id": "g"})}
     assert delivery_of({**record, "attributes": attributes}).receives == receives
+
+
+# --- the steps of many commands, one registry call a round ---------------------------------
+
+
+class _CountingRegistry:
+    """The pipeline's registry, counting the transactions of each send call."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+        self.sends: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+    def send(self, transactions: list[bytes]) -> Any:
+        self.sends.append(len(transactions))
+        return self._registry.send(transactions)
+
+
+@BOTH_MODES
+def test_the_next_steps_of_a_batch_go_to_the_registry_together(queries: bool) -> None:
+    """Four part transfers (two steps each: cut, then transfer) received together. Each step
+    that commits leaves its command ready at the next, which goes out with the others' next
+    steps in one call; before, each next step was a call of its own, and the invocation
+    waited on the registry once per step of every command."""
+    p = Pipeline(queries=queries)
+    certificates = [p.issued(hour=h) for h in range(4)]
+    transfers = [p.transfer("alice", *c, "bob", 100) for c in certificates]
+    registry = _CountingRegistry(p.registry)
+    p.run(worker=p.make_worker(registry=registry))
+    assert all(p.command(t.command_id).status == CommandStatus.COMMITTED for t in transfers)
+    assert registry.sends == [4, 4]  # was [4, 1, 1, 1, 1]
+    p.check_invariants()

@@ -105,8 +105,11 @@ class Worker:
 
     def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Process deliveries in order. Once one of a FIFO group must come back, the later ones
-        of that group come back too, unprocessed. The first transactions of all ready commands
-        go to the registry together, in calls of at most `batch_size`."""
+        of that group come back too, unprocessed. The steps of all ready commands go to the
+        registry together, in calls of at most `batch_size`; a command whose step committed
+        at once (or whose sent step was found committed) is ready again at its next step,
+        which goes out with the others' in the next round, so that one invocation waits on
+        the registry once per round rather than once per step of every command."""
         outcomes: list[Outcome | None] = [None] * len(deliveries)
         first_failure: dict[str, int] = {}  # group -> index of its first record to come back
 
@@ -128,21 +131,31 @@ class Worker:
                 ready.append((i, result))
             else:
                 settle(i, result)
-        for start in range(0, len(ready), self.batch_size):
-            chunk = []
-            for i, command in ready[start : start + self.batch_size]:
-                if blocked(i):  # an earlier record of its group comes back: so must this one
-                    self._back_to_accepted(command, "an earlier command of its group must retry")
-                    settle(i, Outcome.RETRY)
-                else:
-                    chunk.append((i, command))
-            for (i, _), outcome in zip(
-                chunk, self._send_first_steps([c for _, c in chunk]), strict=True
-            ):
-                settle(i, outcome)
+        while ready:
+            next_round: list[tuple[int, Command]] = []
+            for start in range(0, len(ready), self.batch_size):
+                chunk = []
+                for i, command in ready[start : start + self.batch_size]:
+                    if blocked(i):  # an earlier record of its group comes back: so must this
+                        self._back_to_accepted(
+                            command, "an earlier command of its group must retry"
+                        )
+                        settle(i, Outcome.RETRY)
+                    else:
+                        chunk.append((i, command))
+                for (i, _), result in zip(
+                    chunk, self._send_ready([c for _, c in chunk]), strict=True
+                ):
+                    if isinstance(result, Command):
+                        next_round.append((i, result))
+                    else:
+                        settle(i, result)
+            ready = next_round
         return [o or Outcome.RETRY for o in outcomes]
 
-    def _send_first_steps(self, commands: list[Command]) -> list[Outcome]:
+    def _send_ready(self, commands: list[Command]) -> list[Command | Outcome]:
+        """Send the current step of commands this worker holds SENDING, in one call per
+        registry, and follow each answer: an outcome, or the command ready at its next step."""
         if not commands:
             return []
         by_registry: dict[str, list[Command]] = {}
@@ -154,7 +167,7 @@ class Worker:
             outcomes = {
                 c.command_id: outcome
                 for group in by_registry.values()
-                for c, outcome in zip(group, self._send_first_steps(group), strict=True)
+                for c, outcome in zip(group, self._send_ready(group), strict=True)
             }
             return [outcomes[c.command_id] for c in commands]
         (name,) = by_registry
@@ -169,7 +182,7 @@ class Worker:
             if len(commands) == 1:
                 return [self._reject(commands[0], f"the registry refused it: {exc}")]
             # Refused whole, so nothing of it was applied: each alone tells which one it was.
-            return [outcome for c in commands for outcome in self._send_first_steps([c])]
+            return [outcome for c in commands for outcome in self._send_ready([c])]
         except RegistryAmbiguous as exc:
             for command in commands:
                 self._in_doubt(command, f"the registry call failed after sending ({exc})")
@@ -338,26 +351,13 @@ class Worker:
             return carried
         return {c.certificate_id: c for c in self.book.get_certificates(command.certificate_ids())}
 
-    def _send_step(self, command: Command) -> Outcome:
-        """Send the step of a multi-step command this worker has just moved to SENDING (its
-        previous step committed), and follow the registry's answer."""
-        try:
-            (receipt,) = self._registry_of(command).send([_transaction(command)])
-        except RegistryUnavailable as exc:
-            self._back_to_accepted(command, f"registry unavailable: {exc}")
-            return Outcome.RETRY
-        except RegistryRefused as exc:
-            return self._reject(command, f"the registry refused it: {exc}")
-        except RegistryAmbiguous as exc:
-            return self._in_doubt(command, f"the registry call failed after sending ({exc})")
-        return self._follow(command, receipt)
-
     def _registry_of(self, command: Command) -> Registry:
         """Where the command's current step goes: the registry its transaction names."""
         return self.registries.of_step(command.transactions, command.step)
 
-    def _follow(self, command: Command, receipt: Receipt) -> Outcome:
-        """Act on the registry's receipt for the command's current step."""
+    def _follow(self, command: Command, receipt: Receipt) -> Command | Outcome:
+        """Act on the registry's receipt for the command's current step (a command: ready at
+        its next step, see `_step_committed`)."""
         match receipt.status:
             case TransactionStatus.COMMITTED | TransactionStatus.FINALIZED:
                 return self._step_committed(command)
@@ -369,7 +369,7 @@ class Worker:
                 return self._poll(command)
         return self._in_doubt(command, f"the registry answered {receipt.status.value}")
 
-    def _poll(self, command: Command) -> Outcome:
+    def _poll(self, command: Command) -> Command | Outcome:
         """Ask once how a sent step ended. Still PENDING: the command is SENT and its message
         comes back later (LATER), its certificate's group waiting and no one else; a worker
         never sleeps in Lambda waiting for a block."""
@@ -404,13 +404,14 @@ class Worker:
         if command.status == CommandStatus.SENDING:
             self._move(command, CommandStatus.SENDING, CommandStatus.SENT, {})
 
-    def _step_committed(self, command: Command) -> Outcome:
-        """The current step committed: the command is COMMITTED if it was the last, else its
-        next step goes out at once. One write records the step committed and takes the guard
-        for the next (SENDING at the next step, under a new lease; the step guard makes it
-        this worker's), instead of ACCEPTED at the next step and then SENDING: a write and its
-        feed position less per step. A crash between that write and the send leaves what a
-        crash after any guard leaves: SENDING, settled when its lease runs out."""
+    def _step_committed(self, command: Command) -> Command | Outcome:
+        """The current step committed: the command is COMMITTED if it was the last, else it is
+        returned ready to send its next step (with the other ready commands' steps). One write
+        records the step committed and takes the guard for the next (SENDING at the next step,
+        under a new lease; the step guard makes it this worker's), instead of ACCEPTED at the
+        next step and then SENDING: a write and its feed position less per step. A crash
+        between that write and the send leaves what a crash after any guard leaves: SENDING,
+        settled when its lease runs out."""
         if command.step + 1 == len(command.transactions):
             self._settle_step(command)
             return Outcome.DONE
@@ -430,7 +431,7 @@ class Worker:
             # or another delivery took it on: the message comes back and is met by the
             # command as it is then (a re-drive would come only after minutes).
             return Outcome.RETRY
-        return self._send_step(sending)
+        return sending
 
     def _settle_step(self, command: Command) -> Command:
         """ACCEPTED at the next step, or the outcome applied and COMMITTED: the command as the
