@@ -126,7 +126,9 @@ def soak(
             worker.terminate()  # the runs under way are not waited for, nor counted
         print(("\n" if tty else "") + _stopped_early(results, jobs_list), file=sys.stderr)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Not cancel_futures: the pool marks the runs not started as broken once its workers
+        # are gone, and a future cancelled meanwhile made that raise (InvalidStateError).
+        pool.shutdown(wait=False)
         signal.signal(signal.SIGTERM, previous)
     if tty:
         print(file=sys.stderr)
