@@ -105,7 +105,8 @@ deploy: $(STAMP)
 	# The template is over CloudFormation's 51,200-byte inline limit: it goes through S3 too.
 	aws cloudformation deploy --template-file build/$(STAGE)/packaged.json \
 		--stack-name $(STACK) --s3-bucket $(DEPLOY_BUCKET) --s3-prefix $(STACK) \
-		--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset
+		--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
+		$(if $(DEPLOY_PARAMETERS),--parameter-overrides $(DEPLOY_PARAMETERS))
 	aws cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
 
 ## Regenerate the registry's gRPC/protobuf stubs from chalicelib/registry/proto/**/*.proto (the

@@ -27,9 +27,14 @@ def template() -> dict[str, Any]:
 
 
 def table_definition(resources: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The CreateTable arguments of the book, as the template declares it."""
+    """The CreateTable arguments of the book, as the template declares it for a new stack: an
+    index declared only under a condition (kept for an upgrade, `Fn::If`) is left out."""
     props = (resources or template()["Resources"])["CertificateBook"]["Properties"]
-    return {k: v for k, v in props.items() if k not in _TABLE_ONLY_IN_CLOUDFORMATION}
+    definition = {k: v for k, v in props.items() if k not in _TABLE_ONLY_IN_CLOUDFORMATION}
+    definition["GlobalSecondaryIndexes"] = [
+        index for index in props["GlobalSecondaryIndexes"] if "Fn::If" not in index
+    ]
+    return definition
 
 
 def _queue_attributes(props: dict[str, Any], dlq_arn: str | None) -> dict[str, str]:

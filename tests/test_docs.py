@@ -65,6 +65,7 @@ def test_every_index_of_the_table_is_in_the_readme_and_the_design() -> None:
         for resource in resources["Resources"].values()
         if resource.get("Type") == "AWS::DynamoDB::Table"
         for index in resource["Properties"].get("GlobalSecondaryIndexes", [])
+        if "Fn::If" not in index  # kept only for an upgrade (docs/DEPLOY.md)
     }
     assert indexes
     design = (ROOT / "docs" / "DESIGN.md").read_text()

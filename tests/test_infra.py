@@ -343,6 +343,7 @@ def test_roles_reach_the_book_and_exactly_its_indexes(templates, stage):
     indexes = {
         i["IndexName"]
         for i in template["Resources"]["CertificateBook"]["Properties"]["GlobalSecondaryIndexes"]
+        if "Fn::If" not in i  # an index kept only for an upgrade (by_change): nothing reads it
     }
     for function in FUNCTIONS:
         role = template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
@@ -354,6 +355,25 @@ def test_roles_reach_the_book_and_exactly_its_indexes(templates, stage):
             if "Fn::Sub" in r
         }
         assert reached == indexes, function
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_old_feed_index_is_kept_only_when_an_upgrade_asks(templates, stage):
+    """docs/DEPLOY.md, Upgrading: `by_change` (whole items) stays only under KeepByChangeIndex
+    (default false), beside `changes` (keys only, on the same keys), so that the upgrade of a
+    stack that has it creates one index per deploy and a new stack has `changes` alone."""
+    template = templates[stage]
+    assert template["Parameters"]["KeepByChangeIndex"]["Default"] == "false"
+    assert template["Conditions"]["KeepByChangeIndex"] == {
+        "Fn::Equals": [{"Ref": "KeepByChangeIndex"}, "true"]
+    }
+    gsis = template["Resources"]["CertificateBook"]["Properties"]["GlobalSecondaryIndexes"]
+    [changes] = [i for i in gsis if i.get("IndexName") == "changes"]
+    [kept] = [i["Fn::If"] for i in gsis if "Fn::If" in i]
+    condition, old, otherwise = kept
+    assert condition == "KeepByChangeIndex" and otherwise == {"Ref": "AWS::NoValue"}
+    assert old["IndexName"] == "by_change" and old["KeySchema"] == changes["KeySchema"]
+    assert changes["Projection"] == {"ProjectionType": "KEYS_ONLY"}
 
 
 # --- logs and alarms ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ Items (pk / sk):
   (a bare day) are still swept by the unsharded listing.
 - CMD#<command id> / BUILT#<created_at>: the command's transactions and sealed secrets, put
   once when it is first built and never written again ("small writes"): every later write of
-  the command item (a state change, its copy in `by_change`) is then charged on a few hundred
+  the command item (a state change) is then charged on a few hundred
   bytes instead of kilobytes of proofs. The command item says `built`; the sort key names
   the command's incarnation (its created_at), so that a command forgotten after a failed send
   and accepted again under the same id never inherits a build left by the first one.
@@ -24,10 +24,11 @@ Items (pk / sk):
 - OWNER#<owner> / HOLD#<period start>#<certificate id>: the owner holds or held slices of that
   certificate. Serves the owner's list and aggregates, newest period first, with no Scan.
 - FEED#<owner> / CERT#<certificate id>: the owner's view of that certificate as it last
-  changed (`_mark_changed`); index `by_change` (FEED#<owner>#certificates, <time of the
-  change>#<id>), projecting whole items, is the owner's change feed. Commands of the listed
-  kinds are in that index too (FEED#<caller>#<kind>), and so are RECEIVED items. See
-  `_changes` for why a feed holds back its newest seconds.
+  changed (`_mark_changed`); index `changes` (FEED#<owner>#certificates, <time of the
+  change>#<id>), keys only, is the owner's change feed, whose items are then read by key.
+  Commands of the listed kinds are in that index too (FEED#<caller>#<kind>), and so are
+  RECEIVED items. A write that keeps an item's place (a listed command's SENDING and SENT)
+  costs the index nothing. See `_changes` for why a feed holds back its newest seconds.
 
 No TransactWriteItems on the hot path: it costs twice the write units on AWS, and in moto its
 cost grows with the table. Multi-item changes are ordered so that a crash between two writes
@@ -133,6 +134,11 @@ def _translate(error: Exception) -> Exception:
         return DependencyDown(f"DynamoDB unreachable: {error}")
     if isinstance(error, ClientError) and error.response["Error"]["Code"] in _THROTTLED:
         return DependencyDown(f"DynamoDB busy: {error.response['Error']['Code']}")
+    if isinstance(error, ClientError) and "backfilling" in error.response["Error"].get(
+        "Message", ""
+    ):
+        # An index added by an upgrade is read before DynamoDB has filled it (docs/DEPLOY.md).
+        return DependencyDown("an index of the book is still being built")
     return error
 
 
@@ -1265,45 +1271,57 @@ class DynamoBook:
     def _changes(
         self, feed: str, since: datetime | None, cursor: str | None, limit: int
     ) -> tuple[list[dict[str, Any]], str]:
-        """Index entries of one feed after the start, up to `limit`, and the position after
-        them. The feed stops `feed_lag` short of now: a change is stamped just before its write
-        reaches DynamoDB, and the index is eventually consistent, so the newest positions may
-        still be filled in below ones already visible. Within the lag (which must exceed a
-        write's time in flight, clock skew between writers and the index's delay) every
-        position is final, so a client that moved past it has missed nothing."""
+        """The items of one feed after the start, up to `limit`, and the position after them.
+
+        The index holds keys only, so that a change of an item that keeps its place (a listed
+        command's SENDING and SENT) costs it nothing; the items are then read by key, strongly
+        consistent, so that none is older than the place it was listed at. One that moved on
+        since is given as it is now, which its follower sees again at its new place (at least
+        once, as ever); one that is gone is left out. The feed stops `feed_lag` short of now: a
+        change is stamped just before its write reaches DynamoDB, and the index is eventually
+        consistent, so the newest positions may still be filled in below ones already visible.
+        Within the lag (which must exceed a write's time in flight, clock skew between writers
+        and the index's delay) every position is final, so a client that moved past it has
+        missed nothing."""
         after = changes.start_after(since, cursor)
         horizon = changes.stamp(self._clock() - self._feed_lag)
         args: dict[str, Any] = {
-            "IndexName": "by_change",
+            "IndexName": "changes",
             "KeyConditionExpression": "feed_pk = :pk AND feed_sk > :after",
             "ExpressionAttributeValues": _to_item({":pk": feed, ":after": after or "0"}),
         }
         entries: list[dict[str, Any]] = []
         start = None
-        while len(entries) < limit:
+        while len(entries) < limit and (start or not entries):
             page_args = dict(args, Limit=limit - len(entries))
             if start:
                 page_args["ExclusiveStartKey"] = start
             answer = self._call("query", **page_args)
-            for item in answer.get("Items", []):
-                if item["feed_sk"]["S"][: changes.STAMP_LENGTH] > horizon:
-                    return entries, entries[-1]["feed_sk"]["S"] if entries else after
-                entries.append(item)
+            fresh = [
+                e
+                for e in answer.get("Items", [])
+                if e["feed_sk"]["S"][: changes.STAMP_LENGTH] <= horizon
+            ]
+            entries += fresh
             start = answer.get("LastEvaluatedKey")
-            if not start:
-                break
-        return entries, entries[-1]["feed_sk"]["S"] if entries else after
+            if len(fresh) < len(answer.get("Items", [])) or not start:
+                break  # at the horizon (the index is in order), or at the feed's end
+        position = entries[-1]["feed_sk"]["S"] if entries else after
+        keys = [{"pk": e["pk"], "sk": e["sk"]} for e in entries]
+        found = {(i["pk"]["S"], i["sk"]["S"]): i for i in self._batch_get(keys, consistent=True)}
+        items = [found[k] for e in entries if (k := (e["pk"]["S"], e["sk"]["S"])) in found]
+        return items, position
 
     def certificate_changes(
         self, owner: str, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Certificate]:
-        entries, position = self._changes(f"FEED#{owner}#certificates", since, cursor, limit)
-        # The index holds whole marks: each entry is the state given at its position.
-        items = [Certificate.model_validate_json(e["certificate"]["S"]) for e in entries]
-        return Page(items=items, next_cursor=changes.encode(position))
+        items, position = self._changes(f"FEED#{owner}#certificates", since, cursor, limit)
+        # A mark holds the owner's view of the certificate as it last changed.
+        views = [Certificate.model_validate_json(i["certificate"]["S"]) for i in items]
+        return Page(items=views, next_cursor=changes.encode(position))
 
     def command_changes(
         self, owner: str, kind: CommandKind, since: datetime | None, cursor: str | None, limit: int
     ) -> Page[Command]:
-        entries, position = self._changes(f"FEED#{owner}#{kind.value}", since, cursor, limit)
-        return Page(items=self._commands_from(entries), next_cursor=changes.encode(position))
+        items, position = self._changes(f"FEED#{owner}#{kind.value}", since, cursor, limit)
+        return Page(items=self._commands_from(items), next_cursor=changes.encode(position))

@@ -9,6 +9,7 @@ import pytest
 from bench.capacity import value_size
 from chalicelib import domain
 from chalicelib.adapters.dynamo import DynamoBook
+from chalicelib.ports import Transition
 from tests.builders import T0, issue_spec, put_active, ref_of, transfer_command
 from tests.conftest import Clock, settings
 
@@ -150,3 +151,67 @@ def test_a_mark_holds_the_owners_view_without_the_books_secrets(book, clock) -> 
     assert (given.version, given.applied) == (stored.version, ())
     assert given.slices[slice_id].secret is None
     assert given.slices[slice_id].quantity_wh == stored.slices[slice_id].quantity_wh
+
+
+def test_a_listed_commands_sending_and_sent_cost_the_change_feeds_index_nothing(aws, clock):
+    """The feed's index holds keys only: a write that keeps a command's place in its caller's
+    feed (SENDING, SENT: a claim makes eight) writes no index entry. With whole items
+    projected (`by_change`, before), each was written into the index again."""
+    import boto3
+
+    from bench.capacity import Meter
+
+    session = boto3.Session(region_name="eu-west-1")
+    meter = Meter(boto3.Session(region_name="eu-west-1"))
+    meter.attach(session, "test")
+    book = DynamoBook(session.client("dynamodb"), settings().table_name, clock=clock)
+    cert = put_active(book, issue_spec(owner="alice"))
+    command = transfer_command(ref_of(cert), cert.live_quantity())
+    book.add_command(command)
+    with meter.measuring("in place"):
+        for expected, target in [
+            (domain.CommandStatus.ACCEPTED, domain.CommandStatus.SENDING),
+            (domain.CommandStatus.SENDING, domain.CommandStatus.SENT),
+        ]:
+            book.transition(command.command_id, Transition(expected, target, T0))
+    clock.advance(1)
+    with meter.measuring("ended"):
+        book.transition(
+            command.command_id,
+            Transition(domain.CommandStatus.SENT, domain.CommandStatus.COMMITTED, T0),
+        )
+    in_place, ended = meter.tally("in place", "test"), meter.tally("ended", "test")
+    assert in_place.table_writes == 2 and dict(in_place.wcu_index) == {}
+    assert ended.wcu_index["changes"] == 2  # the command moves in its feed: a delete and a put
+
+
+def test_a_feed_read_while_its_index_is_still_being_built_is_a_dependency_down(aws, clock):
+    """After the upgrade's first deploy (docs/DEPLOY.md), until DynamoDB has filled `changes`:
+    503 with Retry-After, not a 500."""
+    from botocore.exceptions import ClientError
+
+    from chalicelib.ports import DependencyDown
+
+    client = aws.client("dynamodb")
+
+    class Backfilling:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def query(self, **kwargs):
+            if kwargs.get("IndexName") == "changes":
+                raise ClientError(
+                    {
+                        "Error": {
+                            "Code": "ValidationException",
+                            "Message": "Cannot read from backfilling global secondary index: "
+                            "changes",
+                        }
+                    },
+                    "Query",
+                )
+            return client.query(**kwargs)
+
+    book = DynamoBook(Backfilling(), settings().table_name, clock=clock, feed_lag_s=0)
+    with pytest.raises(DependencyDown, match="still being built"):
+        book.certificate_changes("alice", None, None, 10)
