@@ -59,6 +59,15 @@ class Conflict(DomainError):
     """Clashes with the book's state: reserved or spent slice, reused key, duplicate (409)."""
 
 
+class StillRunning(Conflict):
+    """The first request with this Idempotency-Key may still be at work on its command: nothing
+    was done; send it again after `retry_after_s` (409 with Retry-After)."""
+
+    def __init__(self, detail: str, *, retry_after_s: int, **where: str | None) -> None:
+        super().__init__(detail, **where)
+        self.retry_after_s = retry_after_s
+
+
 class Forbidden(DomainError):
     """The caller lacks the role the action needs (403)."""
 

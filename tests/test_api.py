@@ -424,6 +424,37 @@ def test_a_batch_item_with_a_bad_field_is_422_naming_it_like_its_rule_violations
     assert api.snapshot() == before  # nothing recorded
 
 
+def test_a_retry_while_the_first_request_may_still_run_is_told_when_to_send_it_again(
+    api, world, monkeypatch
+):
+    """The first send recorded the command and stopped before its reservation (a function
+    that timed out). Until it is surely over (the API function's timeout), a retry changes
+    nothing and says when to come back (409, Retry-After); after that, it finishes the
+    command."""
+    from chalicelib.usecases import holds
+
+    body = {"certificate_id": world.P[0], "slice_id": world.P[1], "receiver": "bob"}
+    body["quantity_wh"] = 1000
+
+    def stops(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the function timed out")
+
+    monkeypatch.setattr(holds, "take", stops)
+    assert api.post("/v1/transfers", body, key="overlap").status == 500
+    monkeypatch.undo()
+    before = api.snapshot()
+    api.services.clock.advance(10)
+    again = api.post("/v1/transfers", body, key="overlap")
+    timeout = api.services.settings.lambda_timeout_s
+    assert again.status == 409, again.body
+    assert "still being processed" in again.body["detail"]
+    assert again.headers["Retry-After"] == str(int(timeout) + 1 - 10)  # + the clocks' margin
+    assert api.snapshot() == before
+    api.services.clock.advance(timeout)
+    later = api.post("/v1/transfers", body, key="overlap")
+    assert later.status == 202 and later.body["command_id"] == again.body["instance"]
+
+
 def test_a_replayed_batch_answers_the_same_commands(api):
     body = {"certificates": [issue_body(n=1), issue_body(n=2)]}
     first = api.post("/v1/certificates/batch", body, who=ISSUER, roles=("issuer",), key="b")

@@ -130,10 +130,12 @@ def problem_of(error: Exception, instance: str | None = None) -> Problem:
     raise error
 
 
-def _answer(problem_body: Problem) -> HttpResponse:
+def _answer(problem_body: Problem, retry_after_s: int | None = None) -> HttpResponse:
     headers = {"Content-Type": PROBLEM_JSON}
     if problem_body.status == 503:
         headers["Retry-After"] = RETRY_AFTER_S
+    if retry_after_s is not None:  # a request still being processed (409)
+        headers["Retry-After"] = str(retry_after_s)
     return HttpResponse(problem_body.status, problem_body.model_dump(exclude_none=True), headers)
 
 
@@ -243,7 +245,7 @@ def dispatch(
             problem(400, "the request has missing or malformed fields", errors=_fields_of(exc))
         )
     except (domain.DomainError, Unauthorized, DependencyDown) as exc:
-        return _answer(problem_of(exc))
+        return _answer(problem_of(exc), getattr(exc, "retry_after_s", None))
     except Exception:
         # A fault of ours. Logged with its traceback here, answered without it.
         log.exception("unhandled error", extra={"path": request.path, "request_id": request_id})

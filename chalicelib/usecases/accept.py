@@ -16,6 +16,7 @@ it sends anything (see holds.take), so nothing is lost and nothing is spent twic
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -144,10 +145,13 @@ def _answer_while_the_first_may_run(
         current = _stored(book, first)
         if current.status != CommandStatus.ACCEPTED or current.attempts:
             return current  # a worker took it meanwhile (and may have let go of its holds)
-        wait = first.created_at + attempt_timeout + _CLOCK_SKEW - now
-        raise Conflict(
+        wait = max(
+            1, math.ceil((first.created_at + attempt_timeout + _CLOCK_SKEW - now).total_seconds())
+        )
+        raise domain.StillRunning(
             "a request with this Idempotency-Key is still being processed: send it again"
-            f" in {max(1, round(wait.total_seconds()))} seconds",
+            f" in {wait} seconds",
+            retry_after_s=wait,
             field="Idempotency-Key",
             subject=first.command_id,
         )
