@@ -651,11 +651,15 @@ def test_a_retry_while_the_first_attempt_may_run_and_holds_nothing_is_told_to_wa
     command_id = told[0].subject
     assert p.book.get_command(command_id) is None and _holds(p.book, command_id) == []
     if the_blocker_ends_meanwhile:
-        again = send(p.book)  # the client sends it again
-        assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
-        p.run()
-        assert p.command(again.command_id).status == CommandStatus.COMMITTED
+        _sent_again_it_commits(p, send)
     p.check_invariants()
+
+
+def _sent_again_it_commits(p: Any, send: Any) -> None:
+    again = send(p.book)  # the client sends it again
+    assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
+    p.run()
+    assert p.command(again.command_id).status == CommandStatus.COMMITTED
 
 
 def test_a_retry_after_the_first_attempt_took_all_its_holds_answers_with_the_command():
@@ -836,10 +840,7 @@ def test_a_late_retry_whose_command_was_forgotten_before_it_kept_it_takes_nothin
     command and answered 202)."""
     p, the_blocker_ends, send = _alice_retries_a_transfer_her_first_attempt_is_refused()
     _the_first_attempt_forgets_while_the_late_retry_runs(p, send, the_blocker_ends)
-    again = send(p.book)  # the client sends it again
-    assert again.status == CommandStatus.ACCEPTED and _holds(p.book, again.command_id)
-    p.run()
-    assert p.command(again.command_id).status == CommandStatus.COMMITTED
+    _sent_again_it_commits(p, send)
     p.check_invariants()
 
 
