@@ -1275,14 +1275,16 @@ class DynamoBook:
 
         The index holds keys only, so that a change of an item that keeps its place (a listed
         command's SENDING and SENT) costs it nothing; the items are then read by key, strongly
-        consistent, so that none is older than the place it was listed at. One that moved on
-        since is given as it is now, which its follower sees again at its new place (at least
-        once, as ever); one that is gone is left out. The feed stops `feed_lag` short of now: a
-        change is stamped just before its write reaches DynamoDB, and the index is eventually
-        consistent, so the newest positions may still be filled in below ones already visible.
-        Within the lag (which must exceed a write's time in flight, clock skew between writers
-        and the index's delay) every position is final, so a client that moved past it has
-        missed nothing."""
+        consistent, so that none is older than the place it was listed at. One that has moved
+        on since (its place in the item is not the entry's) is left out here: it is given at
+        its new place, further on, so a follower is given each state once and never one older
+        than a state it was given. One that is gone is left out.
+
+        The feed stops `feed_lag` short of now: a change is stamped just before its write
+        reaches DynamoDB, and the index is eventually consistent, so the newest positions may
+        still be filled in below ones already visible. Within the lag (which must exceed a
+        write's time in flight, clock skew between writers and the index's delay) every
+        position is final, so a client that moved past it has missed nothing."""
         after = changes.start_after(since, cursor)
         horizon = changes.stamp(self._clock() - self._feed_lag)
         args: dict[str, Any] = {
@@ -1309,7 +1311,12 @@ class DynamoBook:
         position = entries[-1]["feed_sk"]["S"] if entries else after
         keys = [{"pk": e["pk"], "sk": e["sk"]} for e in entries]
         found = {(i["pk"]["S"], i["sk"]["S"]): i for i in self._batch_get(keys, consistent=True)}
-        items = [found[k] for e in entries if (k := (e["pk"]["S"], e["sk"]["S"])) in found]
+        items = [
+            item
+            for e in entries
+            if (item := found.get((e["pk"]["S"], e["sk"]["S"]))) is not None
+            and item.get("feed_sk") == e["feed_sk"]
+        ]
         return items, position
 
     def certificate_changes(
