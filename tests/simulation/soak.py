@@ -21,8 +21,8 @@ from tests.simulation.world import Result, run
 SHOWN_FAILURES = 20
 
 
-def _one(job: tuple[int, bool, int, str]) -> Result:
-    return run(*job)
+def _some(jobs: Sequence[tuple[int, bool, int, str]]) -> list[Result]:
+    return [run(*job) for job in jobs]
 
 
 def _leave_interrupts_to_the_soak() -> None:
@@ -106,8 +106,14 @@ def soak(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     pool = ProcessPoolExecutor(max_workers=jobs, initializer=_leave_interrupts_to_the_soak)
     stopped = False
+    # Submitted by hand, not by pool.map: its iterator cancels the runs not started when an
+    # interrupt goes through it, and the pool, its workers gone, then marks those same runs
+    # broken, which raised in the pool's thread on Python 3.11 (InvalidStateError).
+    chunks = [jobs_list[i : i + 4] for i in range(0, len(jobs_list), 4)]
+    futures = [pool.submit(_some, chunk) for chunk in chunks]
+    runs = (result for future in futures for result in future.result())
     try:
-        for done, result in enumerate(pool.map(_one, jobs_list, chunksize=4), start=1):
+        for done, result in enumerate(runs, start=1):
             results.append(result)
             violations += len(result.violations)
             if result.violations:
@@ -126,9 +132,7 @@ def soak(
             worker.terminate()  # the runs under way are not waited for, nor counted
         print(("\n" if tty else "") + _stopped_early(results, jobs_list), file=sys.stderr)
     finally:
-        # Not cancel_futures: the pool marks the runs not started as broken once its workers
-        # are gone, and a future cancelled meanwhile made that raise (InvalidStateError).
-        pool.shutdown(wait=False)
+        pool.shutdown(wait=True)  # its workers are done or terminated: this returns at once
         signal.signal(signal.SIGTERM, previous)
     if tty:
         print(file=sys.stderr)
