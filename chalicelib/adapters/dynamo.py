@@ -1294,19 +1294,16 @@ class DynamoBook:
         }
         entries: list[dict[str, Any]] = []
         start = None
-        while len(entries) < limit and (start or not entries):
+        while len(entries) < limit:
             page_args = dict(args, Limit=limit - len(entries))
             if start:
                 page_args["ExclusiveStartKey"] = start
             answer = self._call("query", **page_args)
-            fresh = [
-                e
-                for e in answer.get("Items", [])
-                if e["feed_sk"]["S"][: changes.STAMP_LENGTH] <= horizon
-            ]
+            page = answer.get("Items", [])
+            fresh = [e for e in page if e["feed_sk"]["S"][: changes.STAMP_LENGTH] <= horizon]
             entries += fresh
             start = answer.get("LastEvaluatedKey")
-            if len(fresh) < len(answer.get("Items", [])) or not start:
+            if len(fresh) < len(page) or not start:
                 break  # at the horizon (the index is in order), or at the feed's end
         position = entries[-1]["feed_sk"]["S"] if entries else after
         keys = [{"pk": e["pk"], "sk": e["sk"]} for e in entries]
