@@ -33,7 +33,7 @@ from chalicelib.registry.keys import IssuerKeys, OwnerKeys, SandboxOwnerKeys
 from chalicelib.registry.measured import MeasuredRegistry
 from chalicelib.registry.port import Registry
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
-from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox
+from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox, TableDataKeys
 from chalicelib.settings import Settings, check_deployable
 from chalicelib.usecases.process import TransactionBuilder, Worker
 from chalicelib.usecases.reconcile import Reconciler
@@ -144,8 +144,14 @@ def secret_box_for(services: Services) -> SecretBox:
     if services.secret_box is None:
         settings = services.settings
         if settings.secrets_kms_key_id:
-            kms = boto3.Session().client("kms", config=aws_config(settings))
-            services.secret_box = KmsSecretBox(kms, settings.secrets_kms_key_id)
+            session = boto3.Session()
+            services.secret_box = KmsSecretBox(
+                session.client("kms", config=aws_config(settings)),
+                settings.secrets_kms_key_id,
+                TableDataKeys(
+                    session.client("dynamodb", config=aws_config(settings)), settings.table_name
+                ),
+            )
         else:
             key = base64.b64decode(settings.secrets_key.get_secret_value())
             services.secret_box = LocalSecretBox(key)
@@ -369,7 +375,11 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
         verifier=verifier_for(settings),
         registry=registry,
         secret_box=(
-            KmsSecretBox(session.client("kms", config=config), settings.secrets_kms_key_id)
+            KmsSecretBox(
+                session.client("kms", config=config),
+                settings.secrets_kms_key_id,
+                TableDataKeys(dynamodb, settings.table_name),
+            )
             if settings.secrets_kms_key_id
             else None
         ),

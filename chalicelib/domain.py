@@ -975,7 +975,8 @@ def check_slice_room(cert: Certificate, new_slices: int) -> None:
 # command makes are written after the registry took it: too late to refuse. So a command is
 # refused at accept when the record could outgrow this budget. A new slice's share is bounded
 # by its fields at their largest: ids, an owner of 128 characters in 4-byte UTF-8, a
-# KMS-sealed secret (~560 bytes measured) and the command id in `applied`.
+# KMS-sealed secret in its first form (~560 bytes measured, which older slices carry; a new one
+# is ~170) and the command id in `applied`.
 MAX_CERTIFICATE_RECORD_BYTES = 350_000
 MAX_SLICE_RECORD_BYTES = 1_500
 

@@ -1,5 +1,6 @@
 """A certificate is one DynamoDB item, and an item holds at most 400 KB. With real registry
-crypto each slice carries a KMS-sealed secret (~560 bytes): at the slice cap of 500 a typical
+crypto each slice carries a KMS-sealed secret (~560 bytes in its first form, which slices
+sealed before the packed one still carry; ~170 now): at the slice cap of 500 a typical
 certificate measures ~417 KiB. The slices a command makes are written after the registry took
 it, so the limit is enforced at accept (422, nothing recorded), and a write DynamoDB refuses
 for its size is never taken for a lost optimistic race (no retries, no 503)."""

@@ -12,6 +12,7 @@ import pytest
 from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.domain import CommandStatus
 from chalicelib.ports import StaleCommand, Transition
+from tests.builders import put_active
 from tests.conftest import settings
 from tests.contract.test_book_contract import a_command, at
 
@@ -169,3 +170,24 @@ def test_lists_and_feeds_carry_the_build(book) -> None:
         .items
     )
     assert listed.transactions == opened.transactions == fed.transactions == PROOFS
+
+
+def test_a_certificate_item_keeps_each_slice_id_once_and_reads_the_older_form(book) -> None:
+    """Every write of a certificate is charged per started KB of the whole item: a slice's id
+    is its key in the item's map and nowhere else in it."""
+    cert = put_active(book)
+    key = {"pk": {"S": f"CERT#{cert.certificate_id}"}, "sk": {"S": "CERT"}}
+    item = book._db.get_item(TableName=book._table, Key=key)["Item"]
+    assert "hashed_attributes" not in item  # empty: absent, which reads the same
+    stored = item["slices"]["M"]
+    ((slice_id, value),) = stored.items()
+    assert slice_id in cert.slices and "slice_id" not in value["M"]
+    # An item written before, with the id in the slice too, reads the same.
+    value["M"]["slice_id"] = {"S": slice_id}
+    book._db.update_item(
+        TableName=book._table,
+        Key=key,
+        UpdateExpression="SET slices = :s",
+        ExpressionAttributeValues={":s": {"M": stored}},
+    )
+    assert book.get_certificate(cert.certificate_id) == cert

@@ -9,17 +9,24 @@ import boto3
 import pytest
 from bip_utils import Bip32Secp256k1
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given
+from hypothesis import strategies as st
 from moto import mock_aws
 
+from chalicelib.ports import DependencyDown
 from chalicelib.registry import keys
 from chalicelib.registry.keys import ExtendedPrivateKey, IssuerKeys, SandboxOwnerKeys
 from chalicelib.registry.secrets import (
     KmsSecretBox,
     LocalSecretBox,
+    MemoryDataKeys,
     SecretUnreadable,
     SliceSecret,
+    TableDataKeys,
     open_slice,
     seal_slice,
+    slice_context,
 )
 
 SEED = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
@@ -113,3 +120,111 @@ def test_kms_sealing_uses_one_data_key_per_cold_start_and_opens_across_them() ->
         assert all(open_slice(later, "c", f"s{i}", s) == SECRET for i, s in enumerate(sealed))
         with pytest.raises(SecretUnreadable):
             open_slice(later, "c", "s0", sealed[1])
+
+
+@given(
+    quantity=st.integers(0, 2**64 - 1),
+    blinding=st.integers(0, 2**256 - 1),
+    owner_key=st.binary(min_size=0, max_size=65),
+    path=st.lists(st.integers(0, 2**31 - 1), max_size=6).map(tuple),
+)
+def test_a_packed_slice_secret_reads_back_exactly(quantity, blinding, owner_key, path) -> None:
+    secret = SliceSecret(quantity, blinding, owner_key, path)
+    assert SliceSecret.from_bytes(secret.to_bytes()) == secret
+
+
+def test_a_packed_slice_secret_is_half_the_json_one_and_damage_reads_as_unreadable() -> None:
+    packed = SECRET.to_bytes()
+    assert len(packed) < 90
+    for broken in (b"", packed[:20], packed[:-1], b"\x02" + packed[1:], packed + b"x"):
+        with pytest.raises(SecretUnreadable):
+            SliceSecret.from_bytes(broken)
+
+
+def test_a_secret_sealed_as_json_before_the_packed_form_still_opens() -> None:
+    key = bytes(32)
+    plaintext = json.dumps(
+        {"m": 1234, "r": SECRET.blinding.to_bytes(32, "little").hex(), "k": "02" * 33, "p": [5, 6]}
+    ).encode()
+    nonce = bytes(12)
+    context = slice_context("cert-1", "slice-1").encode()
+    blob = base64.b64encode(nonce + AESGCM(key).encrypt(nonce, plaintext, context)).decode()
+    assert open_slice(LocalSecretBox(key), "cert-1", "slice-1", f"l1.{blob}") == SECRET
+
+
+@pytest.fixture
+def aws_table():
+    with mock_aws():
+        db = boto3.client("dynamodb", region_name="eu-west-1")
+        db.create_table(
+            TableName="book",
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        kms = boto3.client("kms", region_name="eu-west-1")
+        yield db, kms, kms.create_key()["KeyMetadata"]["KeyId"]
+
+
+def test_kms_sealing_names_its_data_key_kept_once_in_the_table(aws_table) -> None:
+    db, kms, key_id = aws_table
+    first = KmsSecretBox(kms, key_id, TableDataKeys(db, "book"))
+    sealed = [seal_slice(first, "c", f"s{i}", SECRET) for i in range(3)]
+    refs = {s.split(".")[1] for s in sealed}
+    assert len(refs) == 1 and all(s.startswith("k2.") for s in sealed)
+    stored = db.scan(TableName="book")["Items"]
+    assert [i["pk"]["S"] for i in stored] == [f"DATAKEY#{refs.pop()}"]  # one put per cold start
+    # What a certificate's item carries per slice: far under the ~500 characters of k1.
+    embedded = seal_slice(KmsSecretBox(kms, key_id), "c", "s0", SECRET)
+    assert len(sealed[0]) < 170 < len(embedded)
+    later = KmsSecretBox(kms, key_id, TableDataKeys(db, "book"))  # another Lambda instance
+    assert all(open_slice(later, "c", f"s{i}", s) == SECRET for i, s in enumerate(sealed))
+    with pytest.raises(SecretUnreadable):
+        open_slice(later, "c", "s0", sealed[1])
+    # The first KMS form, which carries its encrypted data key, still opens.
+    assert open_slice(later, "c", "s0", embedded) == SECRET
+
+
+def test_a_secret_naming_a_data_key_not_in_the_book_is_unreadable(aws_table) -> None:
+    db, kms, key_id = aws_table
+    sealed = seal_slice(KmsSecretBox(kms, key_id, MemoryDataKeys()), "c", "s", SECRET)
+    with pytest.raises(SecretUnreadable, match="no data key"):
+        open_slice(KmsSecretBox(kms, key_id, TableDataKeys(db, "book")), "c", "s", sealed)
+    with pytest.raises(SecretUnreadable):  # without a place for data keys, no k2 opens
+        open_slice(KmsSecretBox(kms, key_id), "c", "s", sealed)
+
+
+def test_sealing_stops_when_the_data_key_cannot_be_kept(aws_table) -> None:
+    """A data key whose encrypted form is not stored would seal secrets no one could open."""
+    _, kms, key_id = aws_table
+    gone = boto3.client("dynamodb", region_name="eu-west-1")
+    box = KmsSecretBox(kms, key_id, TableDataKeys(gone, "no-such-table"))
+    with pytest.raises(DependencyDown, match="storing a data key"):
+        seal_slice(box, "c", "s", SECRET)
+    with pytest.raises(DependencyDown, match="reading a data key"):
+        open_slice(box, "c", "s", "k2.AAAAAAAAAAAA.AAAA")
+
+
+def test_a_taken_data_key_reference_is_never_reused() -> None:
+    class Taken(MemoryDataKeys):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tries = 0
+
+        def put_once(self, ref: str, wrapped: bytes) -> bool:
+            self.tries += 1
+            return self.tries > 1 and super().put_once(ref, wrapped)
+
+    with mock_aws():
+        kms = boto3.client("kms", region_name="eu-west-1")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        keys = Taken()
+        box = KmsSecretBox(kms, key_id, keys)
+        sealed = seal_slice(box, "c", "s", SECRET)
+        assert keys.tries == 2 and keys.get(sealed.split(".")[1]) is not None
