@@ -37,6 +37,11 @@ from moto import mock_aws  # imported first: sessions made after it can be mocke
 
 CERT_START = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
+# Owners as a deployed stage names them: the `sub` of an OIDC token (Cognito's are UUIDs). An
+# owner's id is in several attributes of every item that holds one of its slices, so a short
+# name would measure items smaller than they are.
+ALICE = "5b0e6c1a-3f27-4d8e-9a41-7c2d90e1b3f4"
+BOB = "c81f2d47-0a95-4b63-8e1c-2f7a6d4b9e05"
 
 
 class CountingRegistry:
@@ -135,7 +140,7 @@ class Harness:
         self._serial += 1
         return f"5713130{self._serial:011d}"
 
-    def issue_body(self, owner: str = "alice", quantity: int = 1000, type_: str = "production"):
+    def issue_body(self, owner: str = ALICE, quantity: int = 1000, type_: str = "production"):
         return {
             "type": type_,
             "gsrn": self.next_gsrn(),
@@ -166,7 +171,7 @@ class Harness:
         body = {
             "certificate_id": cert,
             "slice_id": slice_id,
-            "receiver": "bob",
+            "receiver": BOB,
             "quantity_wh": quantity,
         }
         return self.post("/v1/transfers", body, "alice")
@@ -358,7 +363,7 @@ def harness(
                         "issuer": {
                             "Authorization": "Bearer " + mint_token(SECRET, "issuer-dk", ["issuer"])
                         },
-                        "alice": {"Authorization": "Bearer " + mint_token(SECRET, "alice")},
+                        "alice": {"Authorization": "Bearer " + mint_token(SECRET, ALICE)},
                     },
                 )
                 box["h"] = h

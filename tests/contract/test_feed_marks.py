@@ -153,6 +153,33 @@ def test_a_mark_holds_the_owners_view_without_the_books_secrets(book, clock) -> 
     assert given.slices[slice_id].quantity_wh == stored.slices[slice_id].quantity_wh
 
 
+def test_a_mark_names_the_certificate_and_slice_ids_and_the_owner_once_and_reads_whole(
+    book,
+) -> None:
+    """The mark's key says the owner and the certificate, its version the view's version, and
+    each slice's key its id: the view in it says them no more (an owner of the length of an
+    OIDC subject took a one-slice mark over 1 KB). A mark written whole before reads the same."""
+    owner = "5b0e6c1a-3f27-4d8e-9a41-7c2d90e1b3f4"
+    cert = put_active(book, issue_spec(owner=owner))
+    [slice_id] = cert.slices
+    mark = _mark(book, owner, cert.certificate_id)
+    held = mark["certificate"]["S"]
+    # Once each: the slice's id as its key, the owner as the one it was issued to.
+    assert (held.count(cert.certificate_id), held.count(slice_id), held.count(owner)) == (0, 1, 1)
+    assert size_of(mark) < 900
+    [given] = book.certificate_changes(owner, T0, None, 10).items
+    assert given == domain.view_of(cert, owner)
+    book._db.update_item(
+        TableName=book._table,
+        Key={"pk": mark["pk"], "sk": mark["sk"]},
+        UpdateExpression="SET certificate = :c",
+        ExpressionAttributeValues={
+            ":c": {"S": domain.view_of(cert, owner).model_dump_json(exclude_none=True)}
+        },
+    )
+    assert book.certificate_changes(owner, T0, None, 10).items == [given]
+
+
 def test_a_listed_commands_sending_and_sent_cost_the_change_feeds_index_nothing(aws, clock):
     """The feed's index holds keys only: a write that keeps a command's place in its caller's
     feed (SENDING, SENT: a claim makes eight) writes no index entry. With whole items
