@@ -333,6 +333,33 @@ def test_a_claim_reserves_both_sides_and_travels_with_the_production_certificate
         )
 
 
+def test_a_claim_reads_its_pair_once_and_checks_its_expiry_on_that_read(
+    book, queue, production, consumption, monkeypatch
+):
+    """The expiry margin is checked on the rehearsal's read of the pair, not on a read of its
+    own (nor a read of the command first): one read of the two certificates per claim."""
+    reads: list[str] = []
+    for name in ("get_certificates", "get_certificate", "get_command"):
+        real = getattr(book, name)
+
+        def counted(*args, _real=real, _name=name):
+            reads.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(book, name, counted)
+    expiry = timedelta(days=365)
+    late = request(key="late", now=production.period.start + expiry)
+    before = state_of(book)
+    with pytest.raises(RuleViolation, match="expires before the claim"):
+        accept.claim(book, queue, late, ref_of(production), ref_of(consumption), 1, expiry=expiry)
+    assert state_of(book) == before
+    reads.clear()
+    claim = accept.claim(
+        book, queue, request(), ref_of(production), ref_of(consumption), 1000, expiry=expiry
+    )
+    assert claim.status == CommandStatus.ACCEPTED and reads == ["get_certificates"]
+
+
 def test_a_claim_of_certificates_in_different_grid_areas_is_refused_and_holds_nothing(
     book, queue, production
 ):

@@ -87,16 +87,17 @@ def record(
     command: Command,
     attempt_timeout: timedelta,
     boundary: domain.MatchingBoundary | None = None,
+    in_time: holds.PairRule | None = None,
 ) -> Command:
     """Steps 1-3 above. Returns the command to answer with (the first one, on a replay).
-    `attempt_timeout`: the request's (`Request.attempt_timeout`); `boundary`: a claim's
-    matching boundary (holds.take)."""
+    `attempt_timeout`: the request's (`Request.attempt_timeout`); `boundary` and `in_time`: a
+    claim's rules at accept (holds.take), checked by its first attempt only."""
     try:
         book.add_command(command)
     except DuplicateCommand as dup:
         return _replay(book, queue, command, dup.existing, attempt_timeout)
     try:
-        certificates = holds.take(book, command, boundary)
+        certificates = holds.take(book, command, boundary, in_time)
     except DomainError:
         # Only this attempt takes holds for the command while it may run (`_replay`), so what
         # the let-go above released was its own.
@@ -396,20 +397,15 @@ def claim(
         slices=(production, consumption),
         quantity_wh=quantity_wh,
     )
-    if expiry is not None and book.get_command(command.command_id) is None:  # not on a replay
-        _check_in_time(book, command, expiry, expiry_margin)
-    return record(book, queue, command, request.attempt_timeout, boundary or {})
+    in_time = None
+    if expiry is not None:
 
+        def in_time(production: Certificate, consumption: Certificate) -> None:
+            domain.check_claim_in_time(
+                production, consumption, command.created_at, expiry, expiry_margin
+            )
 
-def _check_in_time(book: Book, command: Command, expiry: timedelta, margin: timedelta) -> None:
-    production, consumption = command.slices
-    found = {
-        c.certificate_id: c
-        for c in book.get_certificates([production.certificate_id, consumption.certificate_id])
-    }
-    pair = found.get(production.certificate_id), found.get(consumption.certificate_id)
-    if pair[0] is not None and pair[1] is not None:  # else holds.take answers NotFound
-        domain.check_claim_in_time(pair[0], pair[1], command.created_at, expiry, margin)
+    return record(book, queue, command, request.attempt_timeout, boundary or {}, in_time)
 
 
 def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: str) -> Command:
