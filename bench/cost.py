@@ -19,7 +19,7 @@ Per command:
   sending every step after the first in a call of its own. The reconciler's share likewise
   (its DynamoDB calls, and in query mode its stream queries).
 - DynamoDB: the write and read units measured (accept + worker + the reconciler's share).
-- SQS FIFO: our SendMessage and ChangeMessageVisibility (per 64 KB) + the event source
+- SQS FIFO: our SendMessage and ChangeMessageVisibilityBatch (per 64 KB) + the event source
   mapping's ReceiveMessage and DeleteMessageBatch, one of each per `batch_fill` deliveries.
 - KMS and Secrets Manager (proto): as measured in warm containers, plus what containers that
   do not have it cached pay (bench.calls' custody_cold run, a new container per invocation):
@@ -193,7 +193,7 @@ def per_command(
         wcu * prices["dynamodb_write_request_unit_per_million"]
         + rcu * prices["dynamodb_read_request_unit_per_million"]
     ) / 1e6
-    # ours (SendMessage, ChangeMessageVisibility) + receive and delete per batch of deliveries
+    # ours (SendMessage, ChangeMessageVisibilityBatch) + receive and delete per batch of deliveries
     sqs_requests = total["sqs_requests"] + 2 * deliveries / batch
     sqs = sqs_requests * prices["sqs_fifo_per_million_requests"] / 1e6
     log_bytes = sum(kind["log_bytes"].values()) + a["log_event_overhead_bytes"] * sum(

@@ -241,9 +241,12 @@ class Fifo:
             self.busy.add(group)
         return batch
 
-    def postpone(self, receipt_handle: str, seconds: float) -> None:
-        """ChangeMessageVisibility on a received message: its group is back after `seconds`."""
-        self.postponed[int(receipt_handle)] = seconds
+    def postpone(self, later: list[tuple[str, float]]) -> int:
+        """ChangeMessageVisibilityBatch on received messages: each group is back after its
+        message's seconds."""
+        for receipt_handle, seconds in later:
+            self.postponed[int(receipt_handle)] = seconds
+        return 0
 
     def settle(self, batch: list[Message], failed: set[int]) -> None:
         """Delete the done messages; the failed ones go back to the head of their group,

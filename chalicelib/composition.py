@@ -81,9 +81,9 @@ def worker(services: Services) -> Worker:
     )
 
 
-def postpone(services: Services) -> Callable[[str, float], None] | None:
-    """How the worker's entry point makes a received message come back later: the SQS
-    queue's `postpone` (ChangeMessageVisibility). A queue without it (a test's) has none,
+def postpone(services: Services) -> Callable[[list[tuple[str, float]]], int] | None:
+    """How the worker's entry point makes received messages come back later: the SQS
+    queue's `postpone` (ChangeMessageVisibilityBatch). A queue without it (a test's) has none,
     and such a message comes back after the queue's own visibility timeout."""
     return getattr(services.queue, "postpone", None)
 

@@ -3,6 +3,7 @@ and so the embedded stack's poller calls exactly the same code as Lambda does.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,15 +15,19 @@ from chalicelib.usecases import shards
 from chalicelib.usecases.process import Worker
 from chalicelib.usecases.reconcile import Reconciler
 
+# Make received records come back after their seconds; returns how many could not be.
+Postpone = Callable[[list[tuple[str, float]]], int]
+
 
 def handle_queue_event(
     event: dict[str, Any],
     worker: Worker,
     max_receives: int,
-    postpone: Callable[[str, float], None] | None = None,
+    postpone: Postpone | None = None,
 ) -> dict:
     """One Lambda SQS batch: returns the partial batch response (records that come back).
-    `postpone(receipt_handle, seconds)` makes a record come back after that many seconds."""
+    `postpone([(receipt_handle, seconds), ...])` makes records come back after their seconds
+    (one call for the batch), and says how many it could not."""
     records = event.get("Records", [])
     outcomes: list[Outcome | None] = [None] * len(records)
     deliveries: list[tuple[int, Delivery]] = []
@@ -56,12 +61,13 @@ def _check_again_later(
     outcomes: list[Outcome | None],
     worker: Worker,
     max_receives: int,
-    postpone: Callable[[str, float], None] | None,
+    postpone: Postpone | None,
 ) -> None:
     """A record whose step awaits the registry comes back after the worker's delay, and so do
     the records of its group behind it (FIFO: they wait for it). Its receives spent, it is
     deleted instead, for the reconciler to settle: the dead-letter queue is for failures."""
     delays: dict[str | None, float] = {}
+    later: list[tuple[str, float]] = []
     for i, record in enumerate(records):
         group = record.get("attributes", {}).get("MessageGroupId")
         if outcomes[i] == Outcome.LATER and group not in delays:
@@ -70,11 +76,22 @@ def _check_again_later(
                 outcomes[i] = Outcome.DONE
                 continue
             delays[group] = delay
-        if group in delays and outcomes[i] != Outcome.DONE and postpone is not None:
-            try:
-                postpone(record["receiptHandle"], delays[group])
-            except DependencyDown as exc:  # it comes back after the queue's own timeout
-                observability.event("delivery.postpone_failed", reason=str(exc))
+        if group in delays and outcomes[i] != Outcome.DONE:
+            later.append((record["receiptHandle"], delays[group]))
+    if not later or postpone is None:
+        return
+    # Not taken, a record comes back after the queue's own timeout: later, never lost.
+    try:
+        refused = postpone(later)
+    except DependencyDown as exc:
+        observability.event(
+            "delivery.postpone_failed", logging.WARNING, reason=str(exc), records=len(later)
+        )
+        return
+    if refused:
+        observability.event(
+            "delivery.postpone_failed", logging.WARNING, reason="refused by SQS", records=refused
+        )
 
 
 def handle_schedule(

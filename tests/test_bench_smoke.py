@@ -89,9 +89,9 @@ def test_both_transaction_formats_measured_and_priced() -> None:
         assert data["registry_duplicates"] == 0
         issue = data["kinds"]["issue"]
         # The registry commits in blocks: the worker's first status query finds the step
-        # PENDING, the message is handed back (ChangeMessageVisibility) and comes again.
+        # PENDING, the message is handed back (ChangeMessageVisibilityBatch) and comes again.
         assert issue["invocations"]["worker_records"] == 2
-        assert issue["phases"]["worker"]["calls"]["sqs.ChangeMessageVisibility"] == 1
+        assert issue["phases"]["worker"]["calls"]["sqs.ChangeMessageVisibilityBatch"] == 1
         total = issue["total"]
         # Small writes is a model (write-once parts put apart): with packed secrets that name
         # their data key, a certificate's item is small enough that it may cost more, not less.

@@ -58,9 +58,9 @@ def test_a_postponed_message_comes_back_after_its_delay_and_its_group_waits(aws)
     queue = SqsCommandQueue(sqs, url)
     queue.send(_claim())
     (message,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
-    queue.postpone(message["ReceiptHandle"], 3600)
+    assert queue.postpone([(message["ReceiptHandle"], 3600)]) == 0
     assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
-    queue.postpone(message["ReceiptHandle"], 0)  # changed again: back at once
+    queue.postpone([(message["ReceiptHandle"], 0)])  # changed again: back at once
     (again,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     assert again["MessageId"] == message["MessageId"]
 
@@ -69,7 +69,25 @@ def test_postponing_with_a_stale_receipt_handle_is_the_queue_refusing(aws) -> No
     sqs, url = _queue(aws)
     queue = SqsCommandQueue(sqs, url)
     try:
-        queue.postpone("not-a-receipt-handle", 5)
+        refused = queue.postpone([("not-a-receipt-handle", 5)])
     except DependencyDown:
         return
-    raise AssertionError("moto took a made-up receipt handle")
+    assert refused == 1, "moto took a made-up receipt handle"
+
+
+def test_an_invocations_records_are_postponed_ten_to_a_call(aws, monkeypatch) -> None:
+    sqs, url = _queue(aws)
+    queue = SqsCommandQueue(sqs, url)
+    for n in range(12):
+        queue.send(_claim().model_copy(update={"command_id": f"c{n}", "certificate_id": f"p{n}"}))
+    received = []
+    while len(received) < 12:
+        received += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    calls = []
+    batch = sqs.change_message_visibility_batch
+    monkeypatch.setattr(
+        sqs, "change_message_visibility_batch", lambda **kw: calls.append(kw) or batch(**kw)
+    )
+    assert queue.postpone([(m["ReceiptHandle"], 3600) for m in received]) == 0
+    assert [len(c["Entries"]) for c in calls] == [10, 2]
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from chalicelib import observability
 from chalicelib.adapters.sqs import delivery_of
 from chalicelib.domain import CertificateType, Command, CommandKind, CommandStatus, SliceState
 from chalicelib.entrypoints import handle_queue_event
-from chalicelib.ports import Delivery, Outcome
+from chalicelib.ports import Delivery, DependencyDown, Outcome
 from tests.pipeline import Pipeline
 
 BOTH_MODES = pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])
@@ -279,17 +280,41 @@ def test_a_pending_message_and_the_rest_of_its_group_are_postponed_by_the_worker
             {**_record("m2", body, group, receives=1), "receiptHandle": "h2"},
         ]
     }
-    postponed: list[tuple[str, float]] = []
-    answer = handle_queue_event(event, p.worker, 10, lambda h, s: postponed.append((h, s)))
+    calls: list[list[tuple[str, float]]] = []
+    answer = handle_queue_event(event, p.worker, 10, lambda later: calls.append(later) or 0)
     assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == ["m1", "m2"]
-    assert postponed == [("h1", 8.0), ("h2", 8.0)]  # 2 s doubled twice: the third receive
+    # One call for the batch; 2 s doubled twice: the third receive.
+    assert calls == [[("h1", 8.0), ("h2", 8.0)]]
     assert p.command(command.command_id).status == CommandStatus.SENT
     assert len(p.registry.log()) == 1
 
     last = {**_record("m1", body, group, receives=8), "receiptHandle": "h9"}
-    assert handle_queue_event({"Records": [last]}, p.worker, 10, postponed.append) == {
+    assert handle_queue_event({"Records": [last]}, p.worker, 10, calls.append) == {
         "batchItemFailures": []
     }  # receives spent: deleted, not dead-lettered; the reconciler has it
+    assert len(calls) == 1  # and not postponed
+
+
+def test_records_the_queue_would_not_postpone_come_back_anyway_and_are_reported(
+    monkeypatch,
+) -> None:
+    p = Pipeline(queries=True, commit_delay_s=600)
+    command = p.issue()
+    p.queue.receive()
+    body = {"command_id": command.command_id, "certificate_id": command.certificate_id}
+    record = {**_record("m1", body, command.certificate_id, receives=1), "receiptHandle": "h1"}
+
+    def down(later):
+        raise DependencyDown("the command queue is unavailable")
+
+    events: list[str] = []
+    monkeypatch.setattr(observability, "event", lambda name, *a, **kw: events.append(name))
+    for postpone in (lambda later: len(later), down):  # refused by SQS; SQS not answering
+        events.clear()
+        answer = handle_queue_event({"Records": [record]}, p.worker, 10, postpone)
+        assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == ["m1"]
+        assert "delivery.postpone_failed" in events
+    assert len(p.registry.log()) == 1
 
 
 def test_check_again_in_doubles_up_to_its_cap_and_stops_short_of_the_dead_letter_queue() -> None:

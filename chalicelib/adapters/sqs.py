@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -126,14 +127,25 @@ class SqsCommandQueue:
         except (ClientError, BotoCoreError) as exc:
             raise DependencyDown(f"the command queue is unavailable: {exc}") from exc
 
-    def postpone(self, receipt_handle: str, seconds: float) -> None:
-        """A received message comes back after `seconds`, not the queue's visibility timeout
-        (FIFO messages take no delay of their own); its group waits for it."""
-        try:
-            self._sqs.change_message_visibility(
-                QueueUrl=self._url,
-                ReceiptHandle=receipt_handle,
-                VisibilityTimeout=max(0, math.ceil(seconds)),
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise DependencyDown(f"the command queue is unavailable: {exc}") from exc
+    def postpone(self, later: Sequence[tuple[str, float]]) -> int:
+        """Received messages come back after their seconds, not the queue's visibility timeout
+        (FIFO messages take no delay of their own); their groups wait for them. One call per
+        ten (an invocation's records, handed back together). Returns how many SQS did not
+        take: those come back after the queue's own timeout."""
+        refused = 0
+        for start in range(0, len(later), _BATCH):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": max(0, math.ceil(s))}
+                for i, (handle, s) in enumerate(later[start : start + _BATCH])
+            ]
+            try:
+                answer = self._sqs.change_message_visibility_batch(
+                    QueueUrl=self._url, Entries=entries
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise DependencyDown(f"the command queue is unavailable: {exc}") from exc
+            refused += len(answer.get("Failed", []))
+        return refused
+
+
+_BATCH = 10  # SQS's most entries in one batch request

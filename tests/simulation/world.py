@@ -374,14 +374,16 @@ class SqsFifo:
             received.append((message, message.handle))
         return received
 
-    def postpone(self, receipt_handle: str, seconds: float) -> None:
-        """ChangeMessageVisibility: the message comes back `seconds` from now. A stale handle
-        (received again meanwhile) changes nothing, as on AWS."""
-        number, handle = receipt_handle.removeprefix("m").split("/")
-        for message in self.messages:
-            if message.number == int(number) and message.handle == int(handle):
-                message.visible_at = self._world.clock() + seconds
-                self._world.stats["queue.postponed"] += 1
+    def postpone(self, later: list[tuple[str, float]]) -> int:
+        """ChangeMessageVisibilityBatch: each message comes back its seconds from now. A stale
+        handle (received again meanwhile) changes nothing, as on AWS."""
+        for receipt_handle, seconds in later:
+            number, handle = receipt_handle.removeprefix("m").split("/")
+            for message in self.messages:
+                if message.number == int(number) and message.handle == int(handle):
+                    message.visible_at = self._world.clock() + seconds
+                    self._world.stats["queue.postponed"] += 1
+        return 0
 
     def delete(self, message: Message, handle: int) -> None:
         if message not in self.messages:
