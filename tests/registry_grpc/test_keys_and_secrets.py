@@ -28,8 +28,10 @@ from chalicelib.registry.secrets import (
     seal_slice,
     slice_context,
 )
+from tests.conftest import settings
 
 SEED = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+TABLE = settings().table_name
 
 
 @pytest.mark.parametrize("path", [(0,), (1, 2), (2**31 - 1, 7, 1_000_000)])
@@ -153,37 +155,25 @@ def test_a_secret_sealed_as_json_before_the_packed_form_still_opens() -> None:
 
 
 @pytest.fixture
-def aws_table():
-    with mock_aws():
-        db = boto3.client("dynamodb", region_name="eu-west-1")
-        db.create_table(
-            TableName="book",
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        kms = boto3.client("kms", region_name="eu-west-1")
-        yield db, kms, kms.create_key()["KeyMetadata"]["KeyId"]
+def aws_table(aws):
+    """The book's table as infra/ defines it (DATAKEY# items live beside the book's), and a
+    KMS key."""
+    kms = aws.client("kms")
+    yield aws.client("dynamodb"), kms, kms.create_key()["KeyMetadata"]["KeyId"]
 
 
 def test_kms_sealing_names_its_data_key_kept_once_in_the_table(aws_table) -> None:
     db, kms, key_id = aws_table
-    first = KmsSecretBox(kms, key_id, TableDataKeys(db, "book"))
+    first = KmsSecretBox(kms, key_id, TableDataKeys(db, TABLE))
     sealed = [seal_slice(first, "c", f"s{i}", SECRET) for i in range(3)]
     refs = {s.split(".")[1] for s in sealed}
     assert len(refs) == 1 and all(s.startswith("k2.") for s in sealed)
-    stored = db.scan(TableName="book")["Items"]
-    assert [i["pk"]["S"] for i in stored] == [f"DATAKEY#{refs.pop()}"]  # one put per cold start
+    stored = [i["pk"]["S"] for i in db.scan(TableName=TABLE)["Items"]]
+    assert stored == [f"DATAKEY#{refs.pop()}"]  # one put per cold start
     # What a certificate's item carries per slice: far under the ~500 characters of k1.
     embedded = seal_slice(KmsSecretBox(kms, key_id), "c", "s0", SECRET)
     assert len(sealed[0]) < 170 < len(embedded)
-    later = KmsSecretBox(kms, key_id, TableDataKeys(db, "book"))  # another Lambda instance
+    later = KmsSecretBox(kms, key_id, TableDataKeys(db, TABLE))  # another Lambda instance
     assert all(open_slice(later, "c", f"s{i}", s) == SECRET for i, s in enumerate(sealed))
     with pytest.raises(SecretUnreadable):
         open_slice(later, "c", "s0", sealed[1])
@@ -195,7 +185,7 @@ def test_a_secret_naming_a_data_key_not_in_the_book_is_unreadable(aws_table) -> 
     db, kms, key_id = aws_table
     sealed = seal_slice(KmsSecretBox(kms, key_id, MemoryDataKeys()), "c", "s", SECRET)
     with pytest.raises(SecretUnreadable, match="no data key"):
-        open_slice(KmsSecretBox(kms, key_id, TableDataKeys(db, "book")), "c", "s", sealed)
+        open_slice(KmsSecretBox(kms, key_id, TableDataKeys(db, TABLE)), "c", "s", sealed)
     with pytest.raises(SecretUnreadable):  # without a place for data keys, no k2 opens
         open_slice(KmsSecretBox(kms, key_id), "c", "s", sealed)
 
