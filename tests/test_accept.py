@@ -336,8 +336,9 @@ def test_a_claim_reserves_both_sides_and_travels_with_the_production_certificate
 def test_a_claim_reads_its_pair_once_and_checks_its_expiry_on_that_read(
     book, queue, production, consumption, monkeypatch
 ):
-    """The expiry margin is checked on the rehearsal's read of the pair, not on a read of its
-    own (nor a read of the command first): one read of the two certificates per claim."""
+    """The expiry margin is checked before the claim is recorded, on the read the holds'
+    rehearsal then uses (no read of the command first, unless it is late): one read of the
+    two certificates per claim."""
     reads: list[str] = []
     for name in ("get_certificates", "get_certificate", "get_command"):
         real = getattr(book, name)
@@ -358,6 +359,12 @@ def test_a_claim_reads_its_pair_once_and_checks_its_expiry_on_that_read(
         book, queue, request(), ref_of(production), ref_of(consumption), 1000, expiry=expiry
     )
     assert claim.status == CommandStatus.ACCEPTED and reads == ["get_certificates"]
+    # Its replay, however late, is answered as the first was: no new claim.
+    replay = request(now=production.period.start + expiry)
+    again = accept.claim(
+        book, queue, replay, ref_of(production), ref_of(consumption), 1000, expiry=expiry
+    )
+    assert again.command_id == claim.command_id
 
 
 def test_a_claim_of_certificates_in_different_grid_areas_is_refused_and_holds_nothing(

@@ -17,7 +17,7 @@ slice's key, found by its BIP32 path. Those live in the book with the slice, sea
 Sealed secrets are small on purpose: one rides in its certificate's item, whose every write is
 charged per started KB. So the secret is packed (not JSON), and a KMS data key's encrypted form
 (about 180 bytes from KMS) is stored once in an item of its own, `DataKeys`, which each sealed
-secret names by a short reference: about 150 characters a slice instead of about 500.
+secret names by a short reference: about 170 characters a slice instead of 470-560.
 
 Sealed form: "l1.<base64 nonce|ciphertext>" (local), "k2.<data key reference>.<base64
 nonce|ciphertext>" (KMS, the encrypted data key in `DataKeys`); still opened: the first KMS

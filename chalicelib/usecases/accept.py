@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -87,17 +87,17 @@ def record(
     command: Command,
     attempt_timeout: timedelta,
     boundary: domain.MatchingBoundary | None = None,
-    in_time: holds.PairRule | None = None,
+    read: Mapping[str, Certificate] | None = None,
 ) -> Command:
     """Steps 1-3 above. Returns the command to answer with (the first one, on a replay).
-    `attempt_timeout`: the request's (`Request.attempt_timeout`); `boundary` and `in_time`: a
-    claim's rules at accept (holds.take), checked by its first attempt only."""
+    `attempt_timeout`: the request's (`Request.attempt_timeout`); `boundary`: a claim's
+    matching boundary, and `read`: its certificates as just read (holds.take)."""
     try:
         book.add_command(command)
     except DuplicateCommand as dup:
         return _replay(book, queue, command, dup.existing, attempt_timeout)
     try:
-        certificates = holds.take(book, command, boundary, in_time)
+        certificates = holds.take(book, command, boundary, read)
     except DomainError:
         # Only this attempt takes holds for the command while it may run (`_replay`), so what
         # the let-go above released was its own.
@@ -397,15 +397,32 @@ def claim(
         slices=(production, consumption),
         quantity_wh=quantity_wh,
     )
-    in_time = None
+    # One read of the pair, for the expiry margin and for the holds' rehearsal after it.
+    read = {c.certificate_id: c for c in book.get_certificates(command.certificate_ids())}
     if expiry is not None:
+        _check_in_time(book, command, read, expiry, expiry_margin)
+    return record(book, queue, command, request.attempt_timeout, boundary or {}, read)
 
-        def in_time(production: Certificate, consumption: Certificate) -> None:
-            domain.check_claim_in_time(
-                production, consumption, command.created_at, expiry, expiry_margin
-            )
 
-    return record(book, queue, command, request.attempt_timeout, boundary or {}, in_time)
+def _check_in_time(
+    book: Book,
+    command: Command,
+    read: Mapping[str, Certificate],
+    expiry: timedelta,
+    margin: timedelta,
+) -> None:
+    """Before the claim is recorded, so that every claim recorded was in time when accepted
+    (a retry, or the worker, may finish it long after). A replay of a claim accepted earlier
+    is no new claim: it is answered as the first was, however late it comes."""
+    production, consumption = command.slices
+    pair = read.get(production.certificate_id), read.get(consumption.certificate_id)
+    if pair[0] is None or pair[1] is None:
+        return  # holds.take answers NotFound
+    try:
+        domain.check_claim_in_time(pair[0], pair[1], command.created_at, expiry, margin)
+    except domain.RuleViolation:
+        if book.get_command(command.command_id) is None:
+            raise
 
 
 def withdraw(book: Book, queue: CommandQueue, request: Request, certificate_id: str) -> Command:

@@ -8,7 +8,7 @@ takes them again, idempotently, when a command reaches it without proof that the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 from chalicelib import domain
 from chalicelib.domain import (
@@ -42,23 +42,19 @@ def certificate_to_issue(command: Command) -> Certificate:
     )
 
 
-# A rule a claim's pair must meet when it is accepted, and not later (its expiry margin).
-PairRule = Callable[[Certificate, Certificate], None]
-
-
 def take(
     book: Book,
     command: Command,
     boundary: domain.MatchingBoundary | None = None,
-    in_time: PairRule | None = None,
+    read: Mapping[str, Certificate] | None = None,
 ) -> dict[str, Certificate]:
     """Take every hold the command needs, or release what was taken and raise the reason.
     Returns the command's certificates as its holds left them (what the worker builds from).
-    `boundary`: the grid areas a claim may match, and `in_time`, that the claim can land before
-    its certificates expire: checked when it is accepted, on the certificates read for the
-    rehearsal (None: taken again later, when that was decided)."""
+    `boundary`: the grid areas a claim may match, checked when it is accepted (None: taken
+    again later, when that was decided). `read`: the command's certificates as the caller
+    has just read them, for the rehearsal (else they are read)."""
     try:
-        return _take(book, command, boundary, in_time)
+        return _take(book, command, boundary, read)
     except DomainError:
         release(book, command)
         raise
@@ -134,7 +130,7 @@ def _take(
     book: Book,
     command: Command,
     boundary: domain.MatchingBoundary | None,
-    in_time: PairRule | None = None,
+    read: Mapping[str, Certificate] | None = None,
 ) -> dict[str, Certificate]:
     match command.kind:
         case CommandKind.ISSUE:
@@ -157,11 +153,14 @@ def _take(
             # slices is refused before anything is written, so that a refusal leaves the book
             # as it was (no reservation taken and released, no version bumped). Only a race
             # lost after this read still reserves, then releases.
-            found = {c.certificate_id: c for c in book.get_certificates(command.certificate_ids())}
-            rehearsed = [_reserved_copy(found, ref, command) for ref in command.slices]
-            if in_time is not None and command.kind == CommandKind.CLAIM:
-                in_time(*rehearsed)  # a period never changes: the read is as good as any
-            _check(command, rehearsed, boundary)
+            found = read
+            if found is None:
+                found = {
+                    c.certificate_id: c for c in book.get_certificates(command.certificate_ids())
+                }
+            _check(
+                command, [_reserved_copy(found, ref, command) for ref in command.slices], boundary
+            )
             reserved = [
                 book.reserve(ref, command.command_id, command.caller, _least_wh(command))
                 for ref in command.slices
