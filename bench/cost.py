@@ -193,8 +193,13 @@ def per_command(
         wcu * prices["dynamodb_write_request_unit_per_million"]
         + rcu * prices["dynamodb_read_request_unit_per_million"]
     ) / 1e6
-    # ours (SendMessage, ChangeMessageVisibilityBatch) + receive and delete per batch of deliveries
-    sqs_requests = total["sqs_requests"] + 2 * deliveries / batch
+    # ours (SendMessage, ChangeMessageVisibilityBatch) + receive and delete per batch of deliveries.
+    # The hand-backs go in one call per invocation: as many per command as the model's batch
+    # says (the bench received a kind's commands together, a batch of its own size).
+    handed_back = _calls(total, "sqs.ChangeMessageVisibility")
+    sqs_requests = (
+        total["sqs_requests"] - handed_back + (deliveries - 1) / batch + 2 * deliveries / batch
+    )
     sqs = sqs_requests * prices["sqs_fifo_per_million_requests"] / 1e6
     log_bytes = sum(kind["log_bytes"].values()) + a["log_event_overhead_bytes"] * sum(
         kind["log_lines"].values()
