@@ -8,6 +8,8 @@ throughput never beats the registry's capacity).
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +211,27 @@ def test_batch_writes_compare_parallel_puts_with_one_transaction() -> None:
     assert one_refused["refused_per_batch"] == 1 and one_refused["failed_conditions"] == 1
     assert one_refused["calls"] == {"dynamodb.PutItem": 8}
     assert "| one issued already | transaction |" in batch_writes.table(data)
+
+
+def test_hand_backs_are_priced_one_batch_call_per_invocation() -> None:
+    """A claim hands its message back once per registry step; with batch_fill records an
+    invocation, their ChangeMessageVisibilityBatch calls are shared as receives are."""
+    measured = json.loads((Path(cost.__file__).parent / "results" / "calls.json").read_text())
+    claim = measured["modes"]["proto/queries"]["kinds"]["claim"]
+    hand_backs = claim["invocations"]["worker_records"] - 1
+    assert hand_backs >= 3  # one per step awaiting its block
+    prices = cost.load_prices()
+    price = prices["sqs_fifo_per_million_requests"]
+
+    def sqs(batch_fill: int) -> float:
+        a = {**cost.ASSUMPTIONS, "batch_fill": batch_fill}
+        priced = cost.per_command(
+            claim, True, prices, dict(a["default_cpu_ms"]), a, cost.memory_mb(a["stage"])
+        )
+        return priced["usd_per_million"]["sqs"]
+
+    deliveries = hand_backs + 1
+    # From one record an invocation to ten: the hand-backs' and the receives' and deletes'
+    # calls shared by ten.
+    saved = (hand_backs + 2 * deliveries) * (1 - 1 / 10) * price
+    assert sqs(1) - sqs(10) == pytest.approx(saved)
