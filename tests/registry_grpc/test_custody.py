@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from moto import mock_aws
 
 from chalicelib.domain import CertificateType, CommandStatus, SliceState
+from chalicelib.ports import DependencyDown
 from chalicelib.registry.builder import ProtoTransactionBuilder
 from chalicelib.registry.custody import (
     CustodyBroken,
@@ -25,7 +26,7 @@ from chalicelib.registry.custody import (
 )
 from chalicelib.registry.keys import IssuerKeys
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
-from chalicelib.registry.secrets import KmsSecretBox, open_slice
+from chalicelib.registry.secrets import DataKeys, KmsSecretBox, TableDataKeys, open_slice
 from chalicelib.usecases.process import Outcome
 from tests.conftest import settings
 from tests.registry_grpc.pipeline import REGISTRY, ProtoPipeline
@@ -287,10 +288,16 @@ def test_a_new_seed_version_applies_to_new_slice_paths_only(aws, key) -> None:
 # --- the whole flow, signed with keys in custody, verified by the simulator ----------------------
 
 
-def custody_pipeline(aws: boto3.Session, key: str, version: int = 1) -> ProtoPipeline:
+def custody_pipeline(
+    aws: boto3.Session, key: str, version: int = 1, keys: DataKeys | None = None
+) -> ProtoPipeline:
+    """The proto flow as a deployed stage runs it: owners' seeds in custody, slice secrets
+    sealed under KMS data keys kept in the book's table."""
     p = ProtoPipeline()
     p.owner_keys = custody(aws, key, version=version)
-    p.box = KmsSecretBox(aws.client("kms"), key)
+    p.box = KmsSecretBox(
+        aws.client("kms"), key, keys or TableDataKeys(aws.client("dynamodb"), TABLE)
+    )
     p.builder = ProtoTransactionBuilder(REGISTRY, p.issuers, p.owner_keys, p.box)
     p.codec = ProtoCodec(BookSliceDirectory(p.book, p.box))
     p.worker = p.make_worker()
@@ -330,6 +337,39 @@ def test_every_command_kind_signed_with_custody_keys_is_accepted_by_the_verifier
         if s.is_live:  # every slice's key path names the seed version it came from
             assert open_slice(p.box, production, s.slice_id, s.secret).path[0] == 1
     assert {i["pk"]["S"] for i in seed_items(aws)} == {"SEED#alice", "SEED#bob"}
+
+
+class _KeptOnSecondTry:
+    """The book's table refusing the first data key a container would seal with."""
+
+    def __init__(self, inner: TableDataKeys) -> None:
+        self.inner, self.refused = inner, 0
+
+    def put_once(self, ref: str, wrapped: bytes) -> bool:
+        if not self.refused:
+            self.refused += 1
+            raise DependencyDown("storing a data key: the table did not answer")
+        return self.inner.put_once(ref, wrapped)
+
+    def get(self, ref: str) -> bytes | None:
+        return self.inner.get(ref)
+
+
+def test_a_data_key_the_table_cannot_keep_seals_nothing_and_the_issue_goes_through_later(aws, key):
+    """A secret sealed under a data key that is not kept could never be opened: the build
+    stops, nothing is stored or sent, and the message's next receive builds again."""
+    keys = _KeptOnSecondTry(TableDataKeys(aws.client("dynamodb"), TABLE))
+    p = custody_pipeline(aws, key, keys=keys)
+    cert, slice_id = p.issued(quantity=1000)
+    assert keys.refused == 1
+    sealed = p.book.get_certificate(cert).slices[slice_id].secret
+    assert sealed.startswith("k2.")
+    another_container = KmsSecretBox(
+        aws.client("kms"), key, TableDataKeys(aws.client("dynamodb"), TABLE)
+    )
+    assert open_slice(another_container, cert, slice_id, sealed).quantity == 1000
+    assert len(p.simulator.log()) == 1
+    p.check_never_twice()
 
 
 def test_after_a_rotation_old_slices_stay_spendable_and_new_ones_use_the_new_seed(aws, key):
