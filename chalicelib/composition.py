@@ -145,17 +145,23 @@ def secret_box_for(services: Services) -> SecretBox:
         settings = services.settings
         if settings.secrets_kms_key_id:
             session = boto3.Session()
-            services.secret_box = KmsSecretBox(
+            services.secret_box = kms_secret_box(
+                settings,
                 session.client("kms", config=aws_config(settings)),
-                settings.secrets_kms_key_id,
-                TableDataKeys(
-                    session.client("dynamodb", config=aws_config(settings)), settings.table_name
-                ),
+                session.client("dynamodb", config=aws_config(settings)),
             )
         else:
             key = base64.b64decode(settings.secrets_key.get_secret_value())
-            services.secret_box = LocalSecretBox(key)
+            services.secret_box = LocalSecretBox(key, packs=not settings.secrets_first_form)
     return services.secret_box
+
+
+def kms_secret_box(settings: Settings, kms: Any, dynamodb: Any) -> KmsSecretBox:
+    """Slice secrets under the KMS key; their data keys kept in the book's table, unless an
+    upgrade's first deploy seals in the first form (settings.secrets_first_form)."""
+    assert settings.secrets_kms_key_id
+    keys = None if settings.secrets_first_form else TableDataKeys(dynamodb, settings.table_name)
+    return KmsSecretBox(kms, settings.secrets_kms_key_id, keys)
 
 
 def builder_for(services: Services) -> TransactionBuilder:
@@ -375,11 +381,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
         verifier=verifier_for(settings),
         registry=registry,
         secret_box=(
-            KmsSecretBox(
-                session.client("kms", config=config),
-                settings.secrets_kms_key_id,
-                TableDataKeys(dynamodb, settings.table_name),
-            )
+            kms_secret_box(settings, session.client("kms", config=config), dynamodb)
             if settings.secrets_kms_key_id
             else None
         ),

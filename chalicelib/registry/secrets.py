@@ -64,9 +64,21 @@ class SliceSecret:
     def __repr__(self) -> str:
         return f"SliceSecret(<hidden>, owner_key={self.owner_key.hex()[:12]}..)"
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, packed: bool = True) -> bytes:
         """Packed: 1 | quantity (8) | blinding (32, little-endian) | key length | key |
-        path length | path (4 each): about 85 bytes, where JSON took about 170."""
+        path length | path (4 each): about 85 bytes, where JSON took about 170. Not packed:
+        the first form, JSON, which code before the packed form reads (an upgrade's first
+        deploy seals so: `Settings.secrets_first_form`)."""
+        if not packed:
+            return json.dumps(
+                {
+                    "m": self.quantity,
+                    "r": self.blinding.to_bytes(32, "little").hex(),
+                    "k": self.owner_key.hex(),
+                    "p": list(self.path),
+                },
+                separators=(",", ":"),
+            ).encode()
         return (
             _HEAD.pack(
                 _PACKED,
@@ -114,13 +126,16 @@ def slice_context(certificate_id: str, slice_id: str) -> str:
 
 
 class SecretBox(Protocol):
+    # Whether slice secrets are sealed packed (else in the first form: JSON).
+    packs: bool
+
     def seal(self, plaintext: bytes, context: str) -> str: ...
 
     def open(self, sealed: str, context: str) -> bytes: ...
 
 
 def seal_slice(box: SecretBox, certificate_id: str, slice_id: str, secret: SliceSecret) -> str:
-    return box.seal(secret.to_bytes(), slice_context(certificate_id, slice_id))
+    return box.seal(secret.to_bytes(box.packs), slice_context(certificate_id, slice_id))
 
 
 def open_slice(box: SecretBox, certificate_id: str, slice_id: str, sealed: str) -> SliceSecret:
@@ -152,12 +167,13 @@ def _decrypt(key: bytes, blob: str, context: str) -> bytes:
 
 
 class LocalSecretBox:
-    """AES-256-GCM under a key from settings (32 bytes)."""
+    """AES-256-GCM under a key from settings (32 bytes). `packs`: see SecretBox."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, packs: bool = True) -> None:
         if len(key) != 32:
             raise ValueError("the secrets key must be 32 bytes (base64 in settings)")
         self._key = key
+        self.packs = packs
 
     def __repr__(self) -> str:
         return "LocalSecretBox(<key>)"
@@ -241,13 +257,15 @@ def _unavailable(what: str, error: Exception) -> DependencyDown:
 
 class KmsSecretBox:
     """Envelope encryption under a KMS key. `kms` is a boto3 KMS client; with `keys`, the
-    data keys' encrypted forms are kept there and sealed secrets name them (k2), else each
-    sealed secret carries its own (k1)."""
+    data keys' encrypted forms are kept there and sealed secrets name them, packed (k2);
+    without, each sealed secret carries its own, and slice secrets are JSON (k1: the first
+    form, which code before k2 reads)."""
 
     def __init__(self, kms: Any, key_id: str, keys: DataKeys | None = None) -> None:
         self._kms = kms
         self._key_id = key_id
         self._keys = keys
+        self.packs = keys is not None
         self._lock = threading.Lock()
         self._current: tuple[bytes, str] | None = None  # (data key, its reference or k1 form)
         self._opened: dict[str, bytes] = {}  # by reference (k2) or encrypted form (k1)

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from chalicelib import composition
 from chalicelib.ports import DependencyDown
 from chalicelib.registry import keys
 from chalicelib.registry.keys import ExtendedPrivateKey, IssuerKeys, SandboxOwnerKeys
@@ -218,3 +219,35 @@ def test_a_taken_data_key_reference_is_never_reused() -> None:
         box = KmsSecretBox(kms, key_id, keys)
         sealed = seal_slice(box, "c", "s", SECRET)
         assert keys.tries == 2 and keys.get(sealed.split(".")[1]) is not None
+
+
+def _opened_as_the_first_form_did(key: bytes, sealed: str, context: str) -> dict:
+    """How code before the packed form opened a secret: its AES-GCM blob, then JSON."""
+    data = base64.b64decode(sealed.split(".")[-1])
+    return json.loads(AESGCM(key).decrypt(data[:12], data[12:], context.encode()))
+
+
+def test_an_upgrades_first_deploy_seals_what_the_old_code_reads(aws_table) -> None:
+    """With secrets_first_form, new code seals as the old did (docs/DEPLOY.md, "Upgrading"):
+    k1 with its encrypted data key in it, JSON inside; and opens it itself."""
+    db, kms, key_id = aws_table
+    context = slice_context("c", "s")
+    local = LocalSecretBox(bytes(32), packs=False)
+    sealed = seal_slice(local, "c", "s", SECRET)
+    assert _opened_as_the_first_form_did(bytes(32), sealed, context)["m"] == SECRET.quantity
+    assert open_slice(local, "c", "s", sealed) == SECRET
+    first = composition.kms_secret_box(
+        settings().model_copy(update={"secrets_kms_key_id": key_id, "secrets_first_form": True}),
+        kms,
+        db,
+    )
+    sealed = seal_slice(first, "c", "s", SECRET)
+    wrapped = base64.b64decode(sealed.split(".")[1])  # the old code unwrapped this with KMS
+    data_key = kms.decrypt(CiphertextBlob=wrapped, KeyId=key_id)["Plaintext"]
+    assert sealed.startswith("k1.") and db.scan(TableName=TABLE)["Items"] == []
+    assert _opened_as_the_first_form_did(data_key, sealed, context)["p"] == list(SECRET.path)
+    later = composition.kms_secret_box(
+        settings().model_copy(update={"secrets_kms_key_id": key_id}), kms, db
+    )
+    assert later.packs and open_slice(later, "c", "s", sealed) == SECRET
+    assert seal_slice(later, "c", "s", SECRET).startswith("k2.")
