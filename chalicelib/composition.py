@@ -152,15 +152,15 @@ def secret_box_for(services: Services) -> SecretBox:
             )
         else:
             key = base64.b64decode(settings.secrets_key.get_secret_value())
-            services.secret_box = LocalSecretBox(key, packs=not settings.secrets_first_form)
+            services.secret_box = LocalSecretBox(key, packs=not settings.write_previous_forms)
     return services.secret_box
 
 
 def kms_secret_box(settings: Settings, kms: Any, dynamodb: Any) -> KmsSecretBox:
     """Slice secrets under the KMS key; their data keys kept in the book's table, unless an
-    upgrade's first deploy seals in the first form (settings.secrets_first_form)."""
+    upgrade's first deploy seals in the first form (settings.write_previous_forms)."""
     assert settings.secrets_kms_key_id
-    keys = None if settings.secrets_first_form else TableDataKeys(dynamodb, settings.table_name)
+    keys = None if settings.write_previous_forms else TableDataKeys(dynamodb, settings.table_name)
     return KmsSecretBox(kms, settings.secrets_kms_key_id, keys)
 
 
@@ -376,6 +376,7 @@ def build(settings: Settings | None = None, session: boto3.Session | None = None
             settings.open_command_shards,
             settings.expiry_shards,
             feed_lag_s=settings.feed_lag_s,
+            previous_forms=settings.write_previous_forms,
         ),
         queue=SqsCommandQueue(sqs, queue_url),
         verifier=verifier_for(settings),

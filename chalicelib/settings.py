@@ -146,11 +146,13 @@ class Settings(BaseSettings):
     # On AWS also the key of the owners' keys in custody (registry/custody.py): each owner's
     # BIP32 seed is sealed under it; owner_key_version is the seed version new slices get.
     secrets_kms_key_id: str | None = None
-    # Seal new slice secrets in their first form (JSON; under KMS each with its encrypted data
-    # key), which the code before the packed form reads: set for the first deploy of an
-    # upgrade from it, so that the old version's containers, still running while it rolls
-    # out, can open what the new ones seal; unset in the next (docs/DEPLOY.md, "Upgrading").
-    secrets_first_form: bool = False
+    # Write as the code before 2026-11-30's smaller forms did, which reads only those: slice
+    # secrets sealed in their first form (JSON; under KMS each with its encrypted data key),
+    # certificates with each slice's id in the slice, feed marks whole. Both forms are read.
+    # For the first deploy of an upgrade from that code, so that its containers, still running
+    # while the new version rolls out, read what the new ones write; unset in the next
+    # (docs/DEPLOY.md, "Upgrading").
+    write_previous_forms: bool = False
     owner_key_version: int = Field(default=1, ge=1, lt=2**31)
     owner_key_cache_s: float = Field(default=300.0, gt=0)
     registry_name: str = "certificates-registry"

@@ -202,12 +202,14 @@ def _certificate_from(item: dict[str, Any]) -> Certificate:
     return Certificate.model_validate(values)
 
 
-def _view_snapshot(cert: Certificate, owner: str) -> str:
+def _view_snapshot(cert: Certificate, owner: str, previous_form: bool = False) -> str:
     """An owner's view of a certificate as their feed mark holds it: without what the mark's
     key and version say already (the certificate's id and version; each slice's id, and its
     owner, who is the feed's), for a mark is rewritten at every change of the view and charged
-    per started KB."""
+    per started KB. `previous_form`: whole, as the code before this read it (an upgrade)."""
     view = domain.view_of(cert, owner)
+    if previous_form:
+        return view.model_dump_json(exclude_none=True)
     values = view.model_dump(
         mode="json",
         exclude_none=True,
@@ -234,10 +236,13 @@ def _view_from(item: dict[str, Any]) -> Certificate:
     return Certificate.model_validate(values)
 
 
-def _slice_value(s: Slice) -> dict[str, Any]:
+def _slice_value(s: Slice, previous_form: bool = False) -> dict[str, Any]:
     """A slice as the certificate's item holds it, under its id: every write of a
-    certificate is charged per started KB, and a slice's id in it again took 45 bytes."""
-    return s.model_dump(mode="json", exclude_none=True, exclude={"slice_id"})
+    certificate is charged per started KB, and a slice's id in it again took 45 bytes.
+    `previous_form`: with its id, as the code before this read it (an upgrade)."""
+    return s.model_dump(
+        mode="json", exclude_none=True, exclude=set() if previous_form else {"slice_id"}
+    )
 
 
 def _by_caller_pk(caller: str, kind: CommandKind, command_id: str) -> str:
@@ -315,8 +320,12 @@ class DynamoBook:
         expiry_shards: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         feed_lag_s: float = 5.0,
+        previous_forms: bool = False,
     ) -> None:
+        """`previous_forms`: write certificates and feed marks as the code before their
+        smaller forms read them (settings.write_previous_forms); both forms are read."""
         self._db = client
+        self._previous_forms = previous_forms
         self._table = table_name
         self._shards = open_shards
         self._clock = clock  # stamps the change feeds at the moment of each write
@@ -837,7 +846,9 @@ class DynamoBook:
 
     def _certificate_item(self, cert: Certificate) -> dict[str, Any]:
         values = cert.model_dump(mode="json", exclude_none=True, exclude={"slices"})
-        values["slices"] = {slice_id: _slice_value(s) for slice_id, s in cert.slices.items()}
+        values["slices"] = {
+            slice_id: _slice_value(s, self._previous_forms) for slice_id, s in cert.slices.items()
+        }
         for empty in ("applied", "hashed_attributes"):  # absent reads as empty, and is cheaper
             if not values[empty]:
                 del values[empty]
@@ -1039,7 +1050,7 @@ class DynamoBook:
             if old == new:
                 continue
             names[f"#s{i}"] = slice_id
-            values[f":s{i}"] = _slice_value(new)
+            values[f":s{i}"] = _slice_value(new, self._previous_forms)
             sets.append(f"#slices.#s{i} = :s{i}")
             if old is None:
                 conditions.append(f"attribute_not_exists(#slices.#s{i})")
@@ -1278,7 +1289,7 @@ class DynamoBook:
         puts it at the end of the feed if it shows another view (or there is none). A refusal
         answers with the mark as it is, which says whether the other is due."""
         key = {"pk": {"S": f"FEED#{owner}"}, "sk": {"S": f"CERT#{stored.certificate_id}"}}
-        snapshot = _view_snapshot(stored, owner)
+        snapshot = _view_snapshot(stored, owner, self._previous_forms)
         values = {":v": stored.version, ":d": digest}
         for _ in range(3):  # each refusal names the other; a third is a race lost: leave it
             try:

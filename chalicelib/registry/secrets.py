@@ -68,7 +68,7 @@ class SliceSecret:
         """Packed: 1 | quantity (8) | blinding (32, little-endian) | key length | key |
         path length | path (4 each): about 85 bytes, where JSON took about 170. Not packed:
         the first form, JSON, which code before the packed form reads (an upgrade's first
-        deploy seals so: `Settings.secrets_first_form`)."""
+        deploy seals so: `Settings.write_previous_forms`)."""
         if not packed:
             return json.dumps(
                 {

@@ -9,10 +9,11 @@ import base64
 
 import pytest
 
+from chalicelib import domain
 from chalicelib.adapters.dynamo import DynamoBook
 from chalicelib.domain import CommandStatus
 from chalicelib.ports import StaleCommand, Transition
-from tests.builders import put_active
+from tests.builders import T0, put_active
 from tests.conftest import settings
 from tests.contract.test_book_contract import a_command, at
 
@@ -191,3 +192,29 @@ def test_a_certificate_item_keeps_each_slice_id_once_and_reads_the_older_form(bo
         ExpressionAttributeValues={":s": {"M": stored}},
     )
     assert book.get_certificate(cert.certificate_id) == cert
+
+
+def test_an_upgrades_first_deploy_writes_what_the_previous_code_reads(aws) -> None:
+    """With write_previous_forms (docs/DEPLOY.md, "Upgrading"), a certificate's item and its
+    feed mark are what the code before the smaller forms parsed: the item's values whole
+    (each slice with its id), the mark's view a whole certificate's JSON."""
+    from chalicelib.adapters.dynamo import _from_item
+    from chalicelib.domain import Certificate
+
+    book = DynamoBook(
+        aws.client("dynamodb"), settings().table_name, feed_lag_s=0, previous_forms=True
+    )
+    cert = put_active(book)
+    key = {"pk": {"S": f"CERT#{cert.certificate_id}"}, "sk": {"S": "CERT"}}
+    item = book._db.get_item(TableName=book._table, Key=key)["Item"]
+    assert Certificate.model_validate(_from_item(item)) == cert  # as the previous code read it
+    mark = book._db.get_item(
+        TableName=book._table,
+        Key={"pk": {"S": f"FEED#{cert.owner}"}, "sk": {"S": f"CERT#{cert.certificate_id}"}},
+    )["Item"]
+    previous = Certificate.model_validate_json(mark["certificate"]["S"])
+    assert previous == domain.view_of(cert, cert.owner)
+    # And the book reads both forms: a book of the smaller forms reads these.
+    smaller = DynamoBook(aws.client("dynamodb"), settings().table_name, feed_lag_s=0)
+    assert smaller.get_certificate(cert.certificate_id) == cert
+    assert smaller.certificate_changes(cert.owner, T0, None, 10).items == [previous]

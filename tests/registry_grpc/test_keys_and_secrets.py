@@ -228,7 +228,7 @@ def _opened_as_the_first_form_did(key: bytes, sealed: str, context: str) -> dict
 
 
 def test_an_upgrades_first_deploy_seals_what_the_old_code_reads(aws_table) -> None:
-    """With secrets_first_form, new code seals as the old did (docs/DEPLOY.md, "Upgrading"):
+    """With write_previous_forms, new code seals as the old did (docs/DEPLOY.md, "Upgrading"):
     k1 with its encrypted data key in it, JSON inside; and opens it itself."""
     db, kms, key_id = aws_table
     context = slice_context("c", "s")
@@ -237,7 +237,7 @@ def test_an_upgrades_first_deploy_seals_what_the_old_code_reads(aws_table) -> No
     assert _opened_as_the_first_form_did(bytes(32), sealed, context)["m"] == SECRET.quantity
     assert open_slice(local, "c", "s", sealed) == SECRET
     first = composition.kms_secret_box(
-        settings().model_copy(update={"secrets_kms_key_id": key_id, "secrets_first_form": True}),
+        settings().model_copy(update={"secrets_kms_key_id": key_id, "write_previous_forms": True}),
         kms,
         db,
     )
