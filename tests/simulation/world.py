@@ -376,14 +376,24 @@ class SqsFifo:
 
     def postpone(self, later: list[tuple[str, float]]) -> int:
         """ChangeMessageVisibilityBatch: each message comes back its seconds from now. A stale
-        handle (received again meanwhile) changes nothing, as on AWS."""
+        handle (received again meanwhile) changes nothing, as on AWS. A fault refuses the call
+        or some of its entries: those come back after the queue's visibility timeout."""
+        world = self._world
+        if world.faults_on and world.postpone_rng.random() < world.postpone_down_p:
+            world.stats["faults.postpone_down"] += 1
+            raise DependencyDown("the command queue is unavailable")
+        refused = 0
         for receipt_handle, seconds in later:
+            if world.faults_on and world.postpone_rng.random() < world.postpone_refused_p:
+                refused += 1
+                world.stats["faults.postpone_refused"] += 1
+                continue
             number, handle = receipt_handle.removeprefix("m").split("/")
             for message in self.messages:
                 if message.number == int(number) and message.handle == int(handle):
-                    message.visible_at = self._world.clock() + seconds
-                    self._world.stats["queue.postponed"] += 1
-        return 0
+                    message.visible_at = world.clock() + seconds
+                    world.stats["queue.postponed"] += 1
+        return refused
 
     def delete(self, message: Message, handle: int) -> None:
         if message not in self.messages:
@@ -608,6 +618,11 @@ class World:
         self.overlap_rng = random.Random(f"overlap/{seed}")
         self.overlap_p = self.overlap_rng.choice([0.0, 0.0, 0.25])
         self.in_flight: list[ApiCall] = []  # keyed requests being handled now, outermost first
+        # Hand-backs SQS refuses, whole or in part (the messages come back later, not lost):
+        # their own generator, as above.
+        self.postpone_rng = random.Random(f"postpone/{seed}")
+        self.postpone_down_p = self.postpone_rng.choice([0.0, 0.0, 0.1])
+        self.postpone_refused_p = self.postpone_rng.choice([0.0, 0.0, 0.2])
         self.shard_rng = random.Random(f"shards/{seed}")
         sharded = self.shard_rng.random() < 0.5 if schedule == "seed" else schedule == "sharded"
         self.schedule = schedule
