@@ -223,6 +223,11 @@ class Fifo:
         self.depth += 1
         self.depth_max = max(self.depth_max, self.depth)
 
+    def send_many(self, messages: Any) -> list:
+        for command, certificates in messages:
+            self.send(command, certificates=certificates)
+        return []
+
     def receive(self, limit: int = BATCH) -> list[Message]:
         now = self.conductor.now
         while self.delayed and self.delayed[0][0] <= now:

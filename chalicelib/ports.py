@@ -245,6 +245,10 @@ class ChangeFeeds(Protocol):
     ) -> Page[Command]: ...
 
 
+# A command to queue, and its certificates as its holds left them.
+Outgoing = tuple[Command, dict[str, Certificate] | None]
+
+
 class CommandQueue(Protocol):
     def send(
         self,
@@ -256,6 +260,12 @@ class CommandQueue(Protocol):
         `holds_taken` False tells the worker to take the command's holds first (re-drive).
         `certificates`, as the command's holds left them, let the worker build without
         reading them again."""
+        ...
+
+    def send_many(self, messages: Sequence[Outgoing]) -> list[Command]:
+        """Queue several (holds taken), in as few calls as the queue allows; returns the
+        commands it could not queue (the book keeps them ACCEPTED: the reconciler re-drives
+        them). DependencyDown when the queue did not answer at all."""
         ...
 
 

@@ -71,6 +71,11 @@ class FifoQueue:
             )
         )
 
+    def send_many(self, messages) -> list[Command]:
+        for command, certificates in messages:
+            self.send(command, certificates=certificates)
+        return []
+
     def receive(self, limit: int = 10) -> list[Message]:
         """The oldest messages, in order (one consumer, so no group is ever in flight)."""
         batch = [self.pending.popleft() for _ in range(min(limit, len(self.pending)))]

@@ -215,6 +215,34 @@ def test_a_batch_records_each_valid_item_and_reports_each_refused_one(book, queu
     assert len(book.commands) == 2
 
 
+def test_a_batch_is_queued_in_one_send_many_after_every_item_is_recorded(book, queue):
+    """Not one send per item: one call for the batch's messages, made once each is in the
+    book. Down, or refusing some, the commands stay ACCEPTED (the outbox) and the answer
+    stands."""
+    calls: list[int] = []
+
+    class Batching:
+        def send(self, *args, **kwargs):
+            pytest.fail("one send per item")
+
+        def send_many(self, messages):
+            assert len(book.commands) == 3  # every item recorded first
+            calls.append(len(messages))
+            return queue.send_many(messages)
+
+    specs = [issue_spec(meter=gsrn(n)) for n in (1, 2, 3)]
+    results = accept.issue_batch(book, Batching(), as_issuer(), specs)
+    assert calls == [3] and len(queue.messages) == 3
+    assert all(r.command.status == CommandStatus.ACCEPTED for r in results)
+
+    queue.available = False
+    later = [issue_spec(meter=gsrn(n)) for n in (4, 5)]
+    results = accept.issue_batch(book, queue, as_issuer(key="batch-2"), later)
+    assert [r.command is not None for r in results] == [True, True]
+    assert all(book.get_command(r.command.command_id) is not None for r in results)
+    assert len(queue.messages) == 3  # nothing queued: the reconciler re-drives them
+
+
 def test_a_batch_needs_the_issuer_role(book, queue):
     with pytest.raises(Forbidden):
         accept.issue_batch(book, queue, request(), [issue_spec()])

@@ -8,6 +8,10 @@ after an operator's finding) must not be, or it waits for the reconciler's re-dr
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from chalicelib.adapters.sqs import SqsCommandQueue, deduplication_id
 from chalicelib.domain import SliceRef
 from chalicelib.ports import DependencyDown
@@ -91,3 +95,39 @@ def test_an_invocations_records_are_postponed_ten_to_a_call(aws, monkeypatch) ->
     assert queue.postpone([(m["ReceiptHandle"], 3600) for m in received]) == 0
     assert [len(c["Entries"]) for c in calls] == [10, 2]
     assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+
+
+def test_messages_sent_together_go_ten_to_a_call_and_the_refused_ones_are_named(
+    aws, monkeypatch
+) -> None:
+    sqs, url = _queue(aws)
+    queue = SqsCommandQueue(sqs, url)
+    commands = [
+        _claim().model_copy(update={"command_id": f"c{n}", "certificate_id": f"p{n}"})
+        for n in range(12)
+    ]
+    calls = []
+    batch = sqs.send_message_batch
+
+    def counted(**kwargs):
+        calls.append(len(kwargs["Entries"]))
+        answer = batch(**kwargs)
+        if len(calls) == 2:  # SQS refusing one entry of the second call
+            answer["Failed"] = [{"Id": "1", "Code": "InternalError", "SenderFault": False}]
+        return answer
+
+    monkeypatch.setattr(sqs, "send_message_batch", counted)
+    assert queue.send_many([(c, None) for c in commands]) == [commands[11]]
+    assert calls == [10, 2] and queue_counts(sqs, url)[0] == 12
+    received = []
+    while len(received) < 12:
+        received += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert {json.loads(m["Body"])["command_id"] for m in received} == {
+        c.command_id for c in commands
+    }
+
+
+def test_messages_sent_together_to_a_queue_that_is_gone_raise_dependency_down(aws) -> None:
+    sqs, url = _queue(aws)
+    with pytest.raises(DependencyDown):
+        SqsCommandQueue(sqs, url + "-gone").send_many([(_claim(), None)])

@@ -30,6 +30,7 @@ from chalicelib.ports import (
     DependencyDown,
     DuplicateCommand,
     HoldingQuery,
+    Outgoing,
     Page,
     StaleCommand,
     Transition,
@@ -531,3 +532,8 @@ class InMemoryQueue:
         if not self.available:
             raise DependencyDown("the command queue is unavailable")
         self.messages.append(command)
+
+    def send_many(self, messages: Sequence[Outgoing]) -> list[Command]:
+        for command, certificates in messages:
+            self.send(command, certificates=certificates)
+        return []

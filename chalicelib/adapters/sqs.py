@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from chalicelib.domain import Certificate, Command
-from chalicelib.ports import Delivery, DependencyDown, Outcome, PoisonMessage
+from chalicelib.ports import Delivery, DependencyDown, Outcome, Outgoing, PoisonMessage
 
 
 def _trimmed(cert: Certificate, command: Command) -> Certificate:
@@ -127,6 +127,43 @@ class SqsCommandQueue:
         except (ClientError, BotoCoreError) as exc:
             raise DependencyDown(f"the command queue is unavailable: {exc}") from exc
 
+    def send_many(self, messages: Sequence[Outgoing]) -> list[Command]:
+        """SendMessageBatch: ten to a call, and no call over SQS's 256 KiB. Returns the
+        commands SQS did not take; DependencyDown if no call was answered."""
+        chunks: list[list[tuple[Command, str]]] = [[]]
+        size = 0
+        for command, certificates in messages:
+            body = message_body(command, True, certificates)
+            if len(chunks[-1]) == _BATCH or size + len(body.encode()) > _BATCH_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((command, body))
+            size += len(body.encode())
+        refused: list[Command] = []
+        answered = False
+        for chunk in chunks:
+            if not chunk:
+                continue
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": body,
+                    "MessageGroupId": command.certificate_id,
+                    "MessageDeduplicationId": deduplication_id(command),
+                }
+                for i, (command, body) in enumerate(chunk)
+            ]
+            try:
+                answer = self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)
+            except (ClientError, BotoCoreError):
+                refused += [command for command, _ in chunk]
+                continue
+            answered = True
+            refused += [chunk[int(f["Id"])][0] for f in answer.get("Failed", [])]
+        if refused and not answered:
+            raise DependencyDown("the command queue is unavailable")
+        return refused
+
     def postpone(self, later: Sequence[tuple[str, float]]) -> int:
         """Received messages come back after their seconds, not the queue's visibility timeout
         (FIFO messages take no delay of their own); their groups wait for them. One call per
@@ -149,3 +186,4 @@ class SqsCommandQueue:
 
 
 _BATCH = 10  # SQS's most entries in one batch request
+_BATCH_BYTES = 256 * 1024  # and its most payload

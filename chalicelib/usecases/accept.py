@@ -39,6 +39,7 @@ from chalicelib.ports import (
     CommandQueue,
     DependencyDown,
     DuplicateCommand,
+    Outgoing,
     StaleCommand,
     Transition,
 )
@@ -275,9 +276,12 @@ def issue_batch(
     specs: Sequence[IssueSpec | DomainError],
     registry_of: RegistryOf | None = None,
 ) -> list[BatchItem]:
-    """One command per certificate; an item refused (or invalid) does not stop the others."""
+    """One command per certificate; an item refused (or invalid) does not stop the others.
+    Their messages go to the queue together once every item is recorded (ten to a call): a
+    crash before leaves them ACCEPTED in the book, the outbox the reconciler re-drives."""
     request.actor.require(Role.ISSUER)
     _refuse_a_reused_key(book, request, specs)
+    outbox = _Outbox()
     results = []
     for index, spec in enumerate(specs):
         if isinstance(spec, DomainError):
@@ -299,11 +303,45 @@ def issue_batch(
             issue=spec,
         )
         try:
-            recorded = record(book, queue, command, request.attempt_timeout)
+            recorded = record(book, outbox, command, request.attempt_timeout)
             results.append(BatchItem(index=index, command=recorded))
         except DomainError as refused:
             results.append(BatchItem(index=index, error=refused))
+    _send_all(queue, outbox.messages)
     return results
+
+
+class _Outbox:
+    """What `record` queues for a batch's items, kept to be sent together."""
+
+    def __init__(self) -> None:
+        self.messages: list[Outgoing] = []
+
+    def send(
+        self,
+        command: Command,
+        holds_taken: bool = True,
+        certificates: dict[str, Certificate] | None = None,
+    ) -> None:
+        self.messages.append((command, certificates))
+
+    def send_many(self, messages: Sequence[Outgoing]) -> list[Command]:
+        self.messages += messages
+        return []
+
+
+def _send_all(queue: CommandQueue, messages: list[Outgoing]) -> None:
+    if not messages:
+        return
+    try:
+        unsent = queue.send_many(messages)
+    except DependencyDown:
+        unsent = [command for command, _ in messages]
+    for command in unsent:  # the book is the outbox: the client's 202 stands
+        log.warning(
+            "queueing failed; the reconciler will re-drive",
+            extra={"command_id": command.command_id},
+        )
 
 
 def _refuse_a_reused_key(

@@ -327,6 +327,16 @@ class SqsFifo:
             body = message_body(command, holds_taken, **extra)
             self.put(command.command_id, command.certificate_id, body)
 
+    def send_many(self, messages: list[tuple[Command, Any]]) -> list[Command]:
+        """SendMessageBatch: down, the whole call fails; else each entry as `send` (a
+        duplicate copy included)."""
+        if not self.available:
+            self._world.stats["faults.queue_send_refused"] += 1
+            raise DependencyDown("the command queue is unavailable")
+        for command, certificates in messages:
+            self.send(command, certificates=certificates)
+        return []
+
     def put(self, command_id: str, group: str, body: str) -> None:
         self.sent += 1
         self.messages.append(Message(next(self._numbers), command_id, group, body))
