@@ -283,12 +283,16 @@ def test_an_unclaim_settled_after_its_certificate_was_withdrawn_leaves_the_slice
 
 
 @pytest.mark.parametrize("settled", [False, True], ids=["in-flight", "ended"])
-def test_an_unclaim_on_its_way_is_not_drift(settled: bool) -> None:
+@pytest.mark.parametrize("owner_drift", [False, True], ids=["given-back", "and-another-owner"])
+def test_an_unclaim_on_its_way_is_not_drift(settled: bool, owner_drift: bool) -> None:
     """Soak seed 416336: the unclaim reached the registry, its worker died before writing
     the outcome; the reconciler, comparing the certificate meanwhile, found the slice claimed
     in the book and free in the registry, "repaired" it and audited drift that never was. An
     unclaim still on its way is work in flight; once it has ended (here: refused by hand, so
-    the book never gives the slice back), the same difference is drift, and is repaired."""
+    the book never gives the slice back), the same difference is drift, and is repaired.
+    Soak seed 740762: the registry had also given the slice to another owner (drift of its
+    own); repaired then as a slice of another owner, it was no longer claimed in the book, and
+    the unclaim could never be settled. It waits for the unclaim the same way."""
     p = Pipeline(queries=True)
     production, consumption, _ = _claimed(p)
     p.withdraw(consumption)
@@ -298,6 +302,10 @@ def test_an_unclaim_on_its_way_is_not_drift(settled: bool) -> None:
     with pytest.raises(Crash):
         crashing.process([Delivery(unclaim.command_id, unclaim.certificate_id, False)])
     p.vclock.advance(2)  # the registry has committed it, the book does not know
+    if owner_drift:
+        (claimed,) = _claimed_slices(p, production)
+        p.registry.set_owner(production, claimed.ref, "carol")
+        p.vclock.advance(2)
     if settled:
         ended = p.command(unclaim.command_id).model_copy(
             update={"status": CommandStatus.REJECTED, "error": "refused by hand"}
@@ -307,9 +315,10 @@ def test_an_unclaim_on_its_way_is_not_drift(settled: bool) -> None:
 
     drift = p.make_reconciler()._align(production)
 
+    repaired = ["wrong_owner"] if owner_drift else ["claim_state"]
     if settled:
         assert drift == "drift_repaired"
-        assert [a["action"] for a in p.book.audits(production)] == ["claim_state"]
+        assert [a["action"] for a in p.book.audits(production)] == repaired
         assert not _claimed_slices(p, production)
     else:
         assert drift == "aligned"
@@ -319,5 +328,6 @@ def test_an_unclaim_on_its_way_is_not_drift(settled: bool) -> None:
         p.settle()
         assert p.command(unclaim.command_id).status == CommandStatus.COMMITTED
         assert not _claimed_slices(p, production)
-        assert p.book.audits(production) == []
+        # The other owner is drift, repaired once the unclaim is in the book.
+        assert [a["action"] for a in p.book.audits(production)] == (repaired * owner_drift)
         p.check_settled()

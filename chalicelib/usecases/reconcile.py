@@ -391,13 +391,18 @@ class Reconciler:
         return "drift_repaired"
 
     def _unclaim_in_flight(self, cert: domain.Certificate, repairs: list[dict]) -> bool:
-        """Whether a slice the registry has as no longer claimed is being given back by an
-        unclaim still on its way. Read only on such drift, so an aligned certificate costs
-        nothing more."""
+        """Whether a slice the book has claimed, and the registry no longer so (or not as the
+        book has it at all: another owner or quantity too, soak seed 740762), is being given
+        back by an unclaim still on its way. Repaired now, the slice would no longer be
+        claimed in the book, and the unclaim could never be applied or settled. Read only on
+        such drift, so an aligned certificate costs nothing more."""
         for entry in repairs:
-            if entry["action"] != "claim_state" or entry["claimed"]:
+            if entry["action"] == "claim_state" and entry["claimed"]:
+                continue  # claimed in the registry too: no unclaim's doing
+            mine = cert.slices.get(entry.get("slice_id", ""))
+            if mine is None or mine.state != domain.SliceState.CLAIMED:
                 continue
-            claim_id = cert.slices[entry["slice_id"]].claimed_by
+            claim_id = mine.claimed_by
             unclaim = self.book.get_command(domain.unclaim_id_for(claim_id)) if claim_id else None
             if unclaim is not None and not unclaim.is_terminal:
                 return True
