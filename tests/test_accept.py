@@ -27,7 +27,7 @@ from chalicelib.domain import (
     SliceRef,
     SliceState,
 )
-from chalicelib.ports import DuplicateCommand, HoldingQuery, Transition
+from chalicelib.ports import DependencyDown, DuplicateCommand, HoldingQuery, Transition
 from chalicelib.usecases import accept, holds
 from tests.builders import (
     API_TIMEOUT,
@@ -241,6 +241,23 @@ def test_a_batch_is_queued_in_one_send_many_after_every_item_is_recorded(book, q
     assert [r.command is not None for r in results] == [True, True]
     assert all(book.get_command(r.command.command_id) is not None for r in results)
     assert len(queue.messages) == 3  # nothing queued: the reconciler re-drives them
+
+
+def test_a_batch_the_book_fails_midway_still_queues_what_it_recorded(book, queue, monkeypatch):
+    """The book down at the third item: the request fails (503), and the two recorded go out
+    at once rather than wait for the reconciler's re-drive."""
+    real = book.add_command
+
+    def add_command(command):
+        if len(book.commands) == 2:
+            raise DependencyDown("the book did not answer")
+        return real(command)
+
+    monkeypatch.setattr(book, "add_command", add_command)
+    specs = [issue_spec(meter=gsrn(n)) for n in (1, 2, 3)]
+    with pytest.raises(DependencyDown):
+        accept.issue_batch(book, queue, as_issuer(), specs)
+    assert [m.command_id for m in queue.messages] == list(book.commands)
 
 
 def test_a_batch_needs_the_issuer_role(book, queue):

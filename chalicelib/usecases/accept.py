@@ -283,31 +283,33 @@ def issue_batch(
     _refuse_a_reused_key(book, request, specs)
     outbox = _Outbox()
     results = []
-    for index, spec in enumerate(specs):
-        if isinstance(spec, DomainError):
-            results.append(BatchItem(index=index, error=spec))
-            continue
-        try:
-            request.actor.require_grid_area(spec.grid_area)
-            spec = in_registry(spec, registry_of)
-        except DomainError as refused:
-            results.append(BatchItem(index=index, error=refused))
-            continue
-        certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
-        command = _new_command(
-            request,
-            CommandKind.ISSUE,
-            certificate_id,
-            index=index,
-            body_hash=domain.request_hash([request.body_hash, index]),
-            issue=spec,
-        )
-        try:
-            recorded = record(book, outbox, command, request.attempt_timeout)
-            results.append(BatchItem(index=index, command=recorded))
-        except DomainError as refused:
-            results.append(BatchItem(index=index, error=refused))
-    _send_all(queue, outbox.messages)
+    try:
+        for index, spec in enumerate(specs):
+            if isinstance(spec, DomainError):
+                results.append(BatchItem(index=index, error=spec))
+                continue
+            try:
+                request.actor.require_grid_area(spec.grid_area)
+                spec = in_registry(spec, registry_of)
+            except DomainError as refused:
+                results.append(BatchItem(index=index, error=refused))
+                continue
+            certificate_id = domain.certificate_id_for(spec.gsrn, spec.type, spec.period.start)
+            command = _new_command(
+                request,
+                CommandKind.ISSUE,
+                certificate_id,
+                index=index,
+                body_hash=domain.request_hash([request.body_hash, index]),
+                issue=spec,
+            )
+            try:
+                recorded = record(book, outbox, command, request.attempt_timeout)
+                results.append(BatchItem(index=index, command=recorded))
+            except DomainError as refused:
+                results.append(BatchItem(index=index, error=refused))
+    finally:  # what was recorded is queued, even if the book failed at a later item
+        _send_all(queue, outbox.messages)
     return results
 
 
