@@ -215,8 +215,7 @@ def _view_snapshot(cert: Certificate, owner: str, previous_form: bool = False) -
         exclude_none=True,
         exclude={"certificate_id", "version", "applied", "slices"},
     )
-    if not values["hashed_attributes"]:
-        del values["hashed_attributes"]
+    _drop_empty(values, ("hashed_attributes",))
     values["slices"] = {
         slice_id: s.model_dump(mode="json", exclude_none=True, exclude={"slice_id", "owner"})
         for slice_id, s in view.slices.items()
@@ -300,15 +299,17 @@ def _unbuilt(command: Command) -> dict[str, Any]:
     values = command.model_dump(mode="json", exclude_none=True, exclude=set(_BUILT_FIELDS))
     if _built(command):
         values["built"] = True
-    # Left out at their defaults (absent reads as the default): every transition of a command
-    # rewrites its item, charged per started KB, and a claim's sits near 1 KB.
-    for name in _OMITTED_AT_DEFAULT:
-        if not values.get(name):
-            values.pop(name, None)
+    # Every transition of a command rewrites its item, and a claim's sits near 1 KB.
+    _drop_empty(values, ("slices", "quantities_wh", "stranded", "unsettled_passes"))
     return values
 
 
-_OMITTED_AT_DEFAULT = ("slices", "quantities_wh", "stranded", "unsettled_passes")
+def _drop_empty(values: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Leave out the fields named that hold their empty default (an empty list or map, 0):
+    absent reads as the default, and every write of an item is charged per started KB."""
+    for name in names:
+        if not values.get(name):
+            values.pop(name, None)
 
 
 class DynamoBook:
@@ -849,9 +850,7 @@ class DynamoBook:
         values["slices"] = {
             slice_id: _slice_value(s, self._previous_forms) for slice_id, s in cert.slices.items()
         }
-        for empty in ("applied", "hashed_attributes"):  # absent reads as empty, and is cheaper
-            if not values[empty]:
-                del values[empty]
+        _drop_empty(values, ("applied", "hashed_attributes"))
         values.update(
             pk=f"CERT#{cert.certificate_id}",
             sk="CERT",

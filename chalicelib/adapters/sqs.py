@@ -134,11 +134,12 @@ class SqsCommandQueue:
         size = 0
         for command, certificates in messages:
             body = message_body(command, True, certificates)
-            if len(chunks[-1]) == _BATCH or size + len(body.encode()) > _BATCH_BYTES:
+            body_bytes = len(body.encode())
+            if len(chunks[-1]) == _BATCH or size + body_bytes > _BATCH_BYTES:
                 chunks.append([])
                 size = 0
             chunks[-1].append((command, body))
-            size += len(body.encode())
+            size += body_bytes
         refused: list[Command] = []
         answered = False
         for chunk in chunks:

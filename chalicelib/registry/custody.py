@@ -69,7 +69,8 @@ class CustodyBroken(Exception):
     replaced by a new seed, which would strand the owner's slices; an operator must look."""
 
 
-def _unavailable(what: str, error: Exception) -> CustodyUnavailable:
+def unavailable(what: str, error: Exception) -> CustodyUnavailable:
+    """KMS or the table did not answer (also the slice secrets' data keys, secrets.py)."""
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "?")
         return CustodyUnavailable(f"{what}: {code}")
@@ -185,7 +186,7 @@ class KmsOwnerKeys(OwnerKeys):
         try:
             answer = self._db.get_item(TableName=self._table, Key=key, ConsistentRead=True)
         except (ClientError, BotoCoreError) as exc:
-            raise _unavailable(what, exc) from exc
+            raise unavailable(what, exc) from exc
         return answer.get("Item")
 
     def _create(self, owner: str, version: int) -> dict[str, Any]:
@@ -223,10 +224,10 @@ class KmsOwnerKeys(OwnerKeys):
             write(TableName=self._table, **request)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise _unavailable(what, exc) from exc
+                raise unavailable(what, exc) from exc
             return False
         except BotoCoreError as exc:
-            raise _unavailable(what, exc) from exc
+            raise unavailable(what, exc) from exc
         return True
 
     def _data_key(self, context: dict[str, str], what: str) -> dict[str, Any]:
@@ -235,7 +236,7 @@ class KmsOwnerKeys(OwnerKeys):
                 KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=context
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _unavailable(f"KMS GenerateDataKey for {what}", exc) from exc
+            raise unavailable(f"KMS GenerateDataKey for {what}", exc) from exc
 
     def _unwrap(self, item: dict[str, Any], context: dict[str, str], what: str) -> bytes:
         try:
@@ -248,9 +249,9 @@ class KmsOwnerKeys(OwnerKeys):
             code = exc.response.get("Error", {}).get("Code")
             if code in {"InvalidCiphertextException", "IncorrectKeyException"}:
                 raise CustodyBroken(f"{what} does not open") from exc
-            raise _unavailable(f"KMS Decrypt of {what}", exc) from exc
+            raise unavailable(f"KMS Decrypt of {what}", exc) from exc
         except BotoCoreError as exc:
-            raise _unavailable(f"KMS Decrypt of {what}", exc) from exc
+            raise unavailable(f"KMS Decrypt of {what}", exc) from exc
         return answer["Plaintext"]
 
     def _open(self, owner: str, version: int, item: dict[str, Any]) -> bytes:
@@ -365,7 +366,7 @@ class StoredIssuerKeys(IssuerKeys):
                 Name=ssm_parameter_name(self._arn), WithDecryption=True
             )["Parameter"]["Value"]
         except (ClientError, BotoCoreError) as exc:
-            raise _unavailable(f"reading the issuers' keys from {self._arn}", exc) from exc
+            raise unavailable(f"reading the issuers' keys from {self._arn}", exc) from exc
 
 
 def ssm_parameter_name(arn: str) -> str:

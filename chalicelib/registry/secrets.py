@@ -40,7 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chalicelib.ports import DependencyDown
+from chalicelib.registry.custody import unavailable
 
 LOCAL_PREFIX = "l1"
 KMS_PREFIX = "k1"  # the encrypted data key in the sealed secret (opened, no longer written)
@@ -227,9 +227,9 @@ class TableDataKeys:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return False
-            raise _unavailable("storing a data key", exc) from exc
+            raise unavailable("storing a data key", exc) from exc
         except BotoCoreError as exc:
-            raise _unavailable("storing a data key", exc) from exc
+            raise unavailable("storing a data key", exc) from exc
         return True
 
     def get(self, ref: str) -> bytes | None:
@@ -238,21 +238,12 @@ class TableDataKeys:
                 TableName=self._table, Key=self._key(ref), ConsistentRead=True
             ).get("Item")
         except (ClientError, BotoCoreError) as exc:
-            raise _unavailable("reading a data key", exc) from exc
+            raise unavailable("reading a data key", exc) from exc
         return None if item is None else bytes(item["wrapped_key"]["B"])
 
     @staticmethod
     def _key(ref: str) -> dict[str, Any]:
         return {"pk": {"S": f"DATAKEY#{ref}"}, "sk": {"S": "KEY"}}
-
-
-def _unavailable(what: str, error: Exception) -> DependencyDown:
-    code = (
-        error.response.get("Error", {}).get("Code", "?")
-        if isinstance(error, ClientError)
-        else type(error).__name__
-    )
-    return DependencyDown(f"{what}: {code}")
 
 
 class KmsSecretBox:

@@ -219,12 +219,15 @@ def enqueue(
     try:
         queue.send(command, certificates=certificates)
     except DependencyDown:
-        # The book is the outbox: the reconciler re-drives ACCEPTED commands that lost their
-        # message, so the client's 202 stands.
-        log.warning(
-            "queueing failed; the reconciler will re-drive",
-            extra={"command_id": command.command_id},
-        )
+        _left_to_redrive(command)
+
+
+def _left_to_redrive(command: Command) -> None:
+    # The book is the outbox: the reconciler re-drives ACCEPTED commands that lost their
+    # message, so the client's 202 stands.
+    log.warning(
+        "queueing failed; the reconciler will re-drive", extra={"command_id": command.command_id}
+    )
 
 
 # --- one function per write of the API ------------------------------------------------------
@@ -339,11 +342,8 @@ def _send_all(queue: CommandQueue, messages: list[Outgoing]) -> None:
         unsent = queue.send_many(messages)
     except DependencyDown:
         unsent = [command for command, _ in messages]
-    for command in unsent:  # the book is the outbox: the client's 202 stands
-        log.warning(
-            "queueing failed; the reconciler will re-drive",
-            extra={"command_id": command.command_id},
-        )
+    for command in unsent:
+        _left_to_redrive(command)
 
 
 def _refuse_a_reused_key(
