@@ -14,10 +14,12 @@ Per command:
   the builder's CPU as measured) + each AWS call's latency + the registry's: every step goes
   out in one call with the other ready commands' steps of the invocation (send / batch; a step
   that commits leaves its command ready at the next, sent in the next round), plus each status
-  query. The worker no longer waits for COMMITTED inside Lambda (it hands the message back);
-  `lambda_gb_s_if_sleeping` is what the old worker paid, waiting `commit_wait_s` per step and
-  sending every step after the first in a call of its own. The reconciler's share likewise
-  (its DynamoDB calls, and in query mode its stream queries).
+  query; the waits (AWS calls, status queries) divided by `worker_overlap`, the FIFO groups of
+  a batch the worker works side by side (the CPU and the round's send are not: bench.overlap
+  measures it). The worker no longer waits for COMMITTED inside Lambda (it hands the message
+  back); `lambda_gb_s_if_sleeping` is what the old worker paid, waiting `commit_wait_s` per
+  step, sending every step after the first in a call of its own, one record after another.
+  The reconciler's share likewise (its DynamoDB calls, and in query mode its stream queries).
 - DynamoDB: the write and read units measured (accept + worker + the reconciler's share).
 - SQS FIFO: our SendMessage and ChangeMessageVisibilityBatch (per 64 KB) + the event source
   mapping's ReceiveMessage and DeleteMessageBatch, one of each per `batch_fill` deliveries.
@@ -69,6 +71,11 @@ ASSUMPTIONS: dict[str, Any] = {
     "owner_seed_miss_share": 1.0,
     "cold_container_share": 0.01,
     "batch_fill": 10,  # messages per worker invocation under load (Lambda's FIFO maximum)
+    # FIFO groups of an invocation's batch the worker works side by side (settings'
+    # worker_concurrency): their waits on AWS and the registry's status queries overlap (at
+    # most batch_fill of them); their CPU does not (one interpreter), nor does the one send
+    # of a round, which they share already. Each record of the bench's batches is its own group.
+    "worker_overlap": 10,
     "platform_log_bytes": 330,  # START + END + REPORT lines per invocation
     "log_event_overhead_bytes": 26,
     "rate_per_s": 1000,  # for the reconciler's fixed cost per pass, spread over commands
@@ -166,19 +173,20 @@ def per_command(
         + (custody["secrets"] - warm_secrets) * secrets_s
         + custody["seed_reads"] * ddb_s
     )
+    worker_cpu = cpu_s("worker", cpu_ms["worker"] + build_ms) + steps * send / batch
+    worker_waits = aws_wait(p["worker"]) + custody_wait + statuses * a["registry_query_s"]
     durations = {
         "api": cpu_s("api", cpu_ms["accept"]) + aws_wait(p["accept"]),
-        "worker": cpu_s("worker", cpu_ms["worker"] + build_ms)
-        + aws_wait(p["worker"])
-        + custody_wait
-        + steps * send / batch
-        + statuses * a["registry_query_s"],
+        "worker": worker_cpu + worker_waits / max(1, min(a["worker_overlap"], batch)),
         "reconciler": aws_wait(p["reconcile"]) + streams * a["registry_query_s"],
     }
-    # The worker before issue 16 waited in Lambda for each step's block to commit.
+    # The worker before issue 16 waited in Lambda for each step's block to commit, and
+    # worked its batch one record after another.
     commit = a["commit_wait_s"] if queries else 0.0
     later = max(steps - 1, 0)
-    sleeping = durations["worker"] + later * (send - send / batch) + (1 / batch + later) * commit
+    sleeping = (
+        worker_cpu + worker_waits + later * (send - send / batch) + (1 / batch + later) * commit
+    )
     api_requests = kind["invocations"]["api"]
     invocations = {"api": api_requests, "worker": deliveries / batch, "reconciler": 0.0}
     lambda_usd = sum(
@@ -353,6 +361,12 @@ def sensitivity(calls, prices, cpu_ms, a, memory) -> list[dict[str, Any]]:
         ("arm64 Lambdas", {"architecture": "arm64"}, {}, False),
         ("registry send 2 s", {"registry_send_s": 2.0}, {}, False),
         ("low load: 1 message per worker invocation", {"batch_fill": 1}, {}, False),
+        (
+            "worker one record after another (worker_concurrency 1)",
+            {"worker_overlap": 1},
+            {},
+            False,
+        ),
     ]
     mode = target_mode(calls)
     rows = []

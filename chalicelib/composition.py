@@ -7,8 +7,10 @@ fakes or with moto-backed clients instead.
 from __future__ import annotations
 
 import base64
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +37,7 @@ from chalicelib.registry.port import Registry
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
 from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox, TableDataKeys
 from chalicelib.settings import Settings, check_deployable
-from chalicelib.usecases.process import TransactionBuilder, Worker
+from chalicelib.usecases.process import TransactionBuilder, Worker, one_after_another
 from chalicelib.usecases.reconcile import Reconciler
 
 
@@ -78,7 +80,33 @@ def worker(services: Services) -> Worker:
         batch_size=settings.registry_batch_size,
         drift_check_one_in=settings.drift_check_one_in,
         queue=services.queue,  # a withdrawal's unclaims go on at once
+        run_side_by_side=side_by_side(settings.worker_concurrency),
     )
+
+
+def side_by_side(threads: int) -> Callable[[Sequence[Callable[[], None]]], None]:
+    """Runs a batch's FIFO groups in up to `threads` threads of the container's pool, and
+    returns when every one has run (the first error, if any, after all have)."""
+    if threads <= 1:
+        return one_after_another
+
+    def run(tasks: Sequence[Callable[[], None]]) -> None:
+        if len(tasks) <= 1:
+            one_after_another(tasks)
+            return
+        running = [_pool(threads).submit(task) for task in tasks]
+        futures.wait(running)
+        for done in running:
+            done.result()
+
+    return run
+
+
+@functools.cache
+def _pool(threads: int) -> futures.ThreadPoolExecutor:
+    # One per container, shared by its invocations (the embedded stack's pollers run several
+    # at once: their tasks queue). Threads start on first use.
+    return futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="worker-group")
 
 
 def postpone(services: Services) -> Callable[[list[tuple[str, float]]], int] | None:

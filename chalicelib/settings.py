@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     # the pipeline
     lambda_timeout_s: float = 60.0
     lease_s: float = 120.0  # how long a SENDING command belongs to the worker that took it
+    # The FIFO groups of one queue batch the worker works side by side, in threads, so that
+    # their waits on DynamoDB and the registry overlap (Lambda bills wall time); a group's
+    # records still go one after another. 1: the whole batch one record after another.
+    worker_concurrency: int = Field(default=10, ge=1, le=10)
     # A PENDING step's message comes back after this, doubling each time (no Lambda sleeps).
     commit_check_s: float = Field(default=2.0, gt=0, le=300)
     # An ACCEPTED command older than this lost its message. Past SQS's five-minute

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import logging
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -75,6 +76,11 @@ class TransactionBuilder(Protocol):
         ...
 
 
+def one_after_another(tasks: Sequence[Callable[[], None]]) -> None:
+    for task in tasks:
+        task()
+
+
 @dataclass
 class Worker:
     book: Book
@@ -95,6 +101,13 @@ class Worker:
     # Where the commands a committed command leads to go (a withdrawal's unclaims). None:
     # they wait in the book for the reconciler to re-drive them.
     queue: CommandQueue | None = None
+    # Runs the FIFO groups of one batch (independent: other certificates) and returns when
+    # all have run. One after another by default; the composition passes a thread pool, so
+    # that an invocation's waits on DynamoDB and the registry overlap rather than add up
+    # (Lambda bills the wall time). Within a group, records always go one after another.
+    run_side_by_side: Callable[[Sequence[Callable[[], None]]], None] = field(
+        default=one_after_another, repr=False
+    )
     # The certificates each command's transactions were built from, kept for applying its
     # outcome without reading them again (only while this worker follows the command).
     _snapshots: dict[str, dict[str, Certificate]] = field(default_factory=dict, repr=False)
@@ -104,7 +117,8 @@ class Worker:
     # --- a batch of deliveries ---------------------------------------------------------------
 
     def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Process deliveries in order. Once one of a FIFO group must come back, the later ones
+        """Process deliveries, each FIFO group's in order (the groups side by side, as
+        `run_side_by_side` runs them). Once one of a group must come back, the later ones
         of that group come back too, unprocessed. The steps of all ready commands go to the
         registry together, in calls of at most `batch_size`; a command whose step committed
         at once (or whose sent step was found committed) is ready again at its next step,
@@ -121,16 +135,20 @@ class Worker:
             if outcome != Outcome.DONE:
                 first_failure.setdefault(deliveries[i].group, i)
 
-        ready: list[tuple[int, Command]] = []
-        for i, delivery in enumerate(deliveries):
+        prepared: list[Command | None] = [None] * len(deliveries)
+
+        def prepare(i: int) -> None:
             if blocked(i):
                 settle(i, Outcome.RETRY)
-                continue
-            result = self._isolated(delivery, self._prepare, delivery)
+                return
+            result = self._isolated(deliveries[i], self._prepare, deliveries[i])
             if isinstance(result, Command):
-                ready.append((i, result))
+                prepared[i] = result
             else:
                 settle(i, result)
+
+        self._by_group([d.group for d in deliveries], prepare)
+        ready = [(i, command) for i, command in enumerate(prepared) if command is not None]
         while ready:
             next_round: list[tuple[int, Command]] = []
             for start in range(0, len(ready), self.batch_size):
@@ -143,9 +161,10 @@ class Worker:
                         settle(i, Outcome.RETRY)
                     else:
                         chunk.append((i, command))
-                for (i, _), result in zip(
-                    chunk, self._send_ready([c for _, c in chunk]), strict=True
-                ):
+                sent = self._send_ready(
+                    [c for _, c in chunk], [deliveries[i].group for i, _ in chunk]
+                )
+                for (i, _), result in zip(chunk, sent, strict=True):
                     if isinstance(result, Command):
                         next_round.append((i, result))
                     else:
@@ -153,23 +172,23 @@ class Worker:
             ready = next_round
         return [o or Outcome.RETRY for o in outcomes]
 
-    def _send_ready(self, commands: list[Command]) -> list[Command | Outcome]:
+    def _send_ready(self, commands: list[Command], groups: list[str]) -> list[Command | Outcome]:
         """Send the current step of commands this worker holds SENDING, in one call per
-        registry, and follow each answer: an outcome, or the command ready at its next step."""
+        registry, and follow each answer: an outcome, or the command ready at its next step.
+        `groups`: each command's FIFO group, whose commands are followed in their order."""
         if not commands:
             return []
-        by_registry: dict[str, list[Command]] = {}
-        for command in commands:
-            by_registry.setdefault(self.registries.name_of(_transaction(command)), []).append(
-                command
-            )
+        by_registry: dict[str, list[int]] = {}
+        for i, command in enumerate(commands):
+            by_registry.setdefault(self.registries.name_of(_transaction(command)), []).append(i)
         if len(by_registry) > 1:  # one call per registry: one's trouble stays its own
-            outcomes = {
-                c.command_id: outcome
-                for group in by_registry.values()
-                for c, outcome in zip(group, self._send_ready(group), strict=True)
-            }
-            return [outcomes[c.command_id] for c in commands]
+            outcomes: dict[int, Command | Outcome] = {}
+            for indexes in by_registry.values():
+                sent = self._send_ready(
+                    [commands[i] for i in indexes], [groups[i] for i in indexes]
+                )
+                outcomes.update(zip(indexes, sent, strict=True))
+            return [outcomes[i] for i in range(len(commands))]
         (name,) = by_registry
         registry = self.registries.named(name)
         try:
@@ -182,14 +201,36 @@ class Worker:
             if len(commands) == 1:
                 return [self._reject(commands[0], f"the registry refused it: {exc}")]
             # Refused whole, so nothing of it was applied: each alone tells which one it was.
-            return [outcome for c in commands for outcome in self._send_ready([c])]
+            return [
+                outcome
+                for c, g in zip(commands, groups, strict=True)
+                for outcome in self._send_ready([c], [g])
+            ]
         except RegistryAmbiguous as exc:
             for command in commands:
                 self._in_doubt(command, f"the registry call failed after sending ({exc})")
             return [Outcome.DONE] * len(commands)
-        return [
-            self._isolated(c, self._follow, c, r) for c, r in zip(commands, receipts, strict=True)
-        ]
+        followed: list[Command | Outcome] = [Outcome.RETRY] * len(commands)
+
+        def follow(i: int) -> None:
+            followed[i] = self._isolated(commands[i], self._follow, commands[i], receipts[i])
+
+        self._by_group(groups, follow)
+        return followed
+
+    def _by_group(self, groups: Sequence[str], step: Callable[[int], None]) -> None:
+        """`step(i)` for each record i: those of one FIFO group one after another, in their
+        order; the groups side by side when `run_side_by_side` lets them (their commands hold
+        other certificates, as separate workers would)."""
+        chains: dict[str, list[int]] = {}
+        for i, group in enumerate(groups):
+            chains.setdefault(group, []).append(i)
+
+        def chain(indexes: list[int]) -> None:
+            for i in indexes:
+                step(i)
+
+        self.run_side_by_side([functools.partial(chain, indexes) for indexes in chains.values()])
 
     def _isolated(self, subject: Delivery | Command, step: Callable, *args) -> Command | Outcome:
         """Run one record's step so that its failure cannot take the batch's others down.

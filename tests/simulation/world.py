@@ -33,7 +33,7 @@ import random
 import shlex
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -633,6 +633,10 @@ class World:
         self.postpone_rng = random.Random(f"postpone/{seed}")
         self.postpone_down_p = self.postpone_rng.choice([0.0, 0.0, 0.1])
         self.postpone_refused_p = self.postpone_rng.choice([0.0, 0.0, 0.2])
+        # The worker runs a batch's FIFO groups side by side on Lambda (threads); here in an
+        # order of this generator's, so that no outcome may hang on the batch's order across
+        # groups (within a group, records go in order, as there).
+        self.groups_rng = random.Random(f"groups/{seed}")
         self.shard_rng = random.Random(f"shards/{seed}")
         sharded = self.shard_rng.random() < 0.5 if schedule == "seed" else schedule == "sharded"
         self.schedule = schedule
@@ -803,7 +807,12 @@ class World:
             lease_s=LEASE_S,
             commit_check_s=self.settings.commit_check_s,
             batch_size=self.worker_batch,
+            run_side_by_side=self._groups_in_any_order,
         )
+
+    def _groups_in_any_order(self, tasks: Sequence[Callable[[], None]]) -> None:
+        for task in self.groups_rng.sample(list(tasks), len(tasks)):
+            task()
 
     def _statuses(self) -> dict[str, CommandStatus]:
         return {cid: c.status for cid, c in self.book.commands.items()}
