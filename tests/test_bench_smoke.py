@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import batch_writes, calls, capacity, cost, profile, scale, throughput
+from bench import batch_writes, calls, capacity, cost, overlap, profile, scale, throughput
 
 pytestmark = pytest.mark.moto
 
@@ -235,3 +235,40 @@ def test_hand_backs_are_priced_one_batch_call_per_invocation() -> None:
     # calls shared by ten.
     saved = (hand_backs + 2 * deliveries) * (1 - 1 / 10) * price
     assert sqs(1) - sqs(10) == pytest.approx(saved)
+
+
+def test_the_worker_s_waits_are_priced_shared_by_the_groups_it_works_side_by_side() -> None:
+    """Its waits (AWS calls, status queries) divided by the groups side by side; its CPU and
+    each round's send are not."""
+    measured = json.loads((Path(cost.__file__).parent / "results" / "calls.json").read_text())
+    issue = measured["modes"]["proto/queries"]["kinds"]["issue"]
+    prices = cost.load_prices()
+
+    def worker_s(**change: float) -> float:
+        a = {**cost.ASSUMPTIONS, **change}
+        memory = cost.memory_mb(a["stage"])
+        priced = cost.per_command(issue, True, prices, dict(a["default_cpu_ms"]), a, memory)
+        return priced["lambda_gb_s"]["worker"] / (memory["worker"] / 1024)
+
+    one, ten = worker_s(worker_overlap=1), worker_s(worker_overlap=10)
+    waits = (one - ten) / (1 - 1 / 10)
+    assert 0 < waits < one
+    # With fewer records in a batch there is less to overlap.
+    assert worker_s(worker_overlap=10, batch_fill=1) > ten
+    # The worker that slept for COMMITTED worked one record after another.
+    a = {**cost.ASSUMPTIONS, "worker_overlap": 10}
+    priced = cost.per_command(
+        issue, True, prices, dict(a["default_cpu_ms"]), a, cost.memory_mb(a["stage"])
+    )
+    assert priced["lambda_gb_s_if_sleeping"]["worker"] > priced["lambda_gb_s"]["worker"] * 1.5
+
+
+def test_overlap_measures_the_worker_side_by_side_against_one_after_another() -> None:
+    result = overlap.measure(("issue",), batches=1, log=lambda _m: None)
+    (summary,) = result["summary"]
+    # Ratios within one run: side by side the waits overlap, the sends do not.
+    assert summary["wall_side_by_side_ms"] < summary["wall_one_after_another_ms"]
+    assert summary["waits_overlap"] > 2
+    rows = {r["worker_concurrency"]: r for r in result["rows"]}
+    assert rows[1]["worker_sends_ms"] == rows[10]["worker_sends_ms"]
+    assert "| issue |" in overlap.table(result)
