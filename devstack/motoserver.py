@@ -97,36 +97,160 @@ def _install_fast_attribute_values() -> None:
     cls._certs_fast_attribute_values = True
 
 
+class _Partitions:
+    """Of one table, for each global secondary index (by its partition key attribute), the
+    keys of the items under each partition key value. Built from every item at the first Query
+    of the index, then kept up to date by each write of an item (_install_fast_query)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.attribute = {
+            index.name: next(k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH")
+            for index in table.global_indexes
+        }
+        self.keys: dict[str, dict[Any, set[tuple[Any, Any]]]] = {i: {} for i in self.attribute}
+        self.value: dict[str, dict[tuple[Any, Any], Any]] = {i: {} for i in self.attribute}
+        for item in _every_item(table):
+            self.place((item.hash_key, item.range_key), item)
+
+    def place(self, key: tuple[Any, Any], item: Any) -> None:
+        """The item now stored under `key` (None: none is)."""
+        for index, attribute in self.attribute.items():
+            new = item.attrs.get(attribute) if item is not None else None
+            old = self.value[index].get(key)
+            if old is new or (old is not None and new is not None and old == new):
+                continue
+            if old is not None:
+                under = self.keys[index][old]
+                under.discard(key)
+                if not under:
+                    del self.keys[index][old]
+            if new is None:
+                self.value[index].pop(key, None)
+            else:
+                self.keys[index].setdefault(new, set()).add(key)
+                self.value[index][key] = new
+
+    def items(self, index: str, value: Any) -> list[Any]:
+        found = (_item_at(self.table, key) for key in self.keys[index].get(value, ()))
+        return [item for item in found if item is not None]
+
+
+def _every_item(table: Any) -> list[Any]:
+    if not table.range_key_attr:
+        return list(table.items.values())
+    return [item for by_range in table.items.values() for item in by_range.values()]
+
+
+def _item_at(table: Any, key: tuple[Any, Any]) -> Any:
+    hash_key, range_key = key
+    stored = table.items.get(hash_key)
+    if stored is None or not table.range_key_attr:
+        return stored
+    return stored.get(range_key)
+
+
 def _install_fast_query() -> None:
-    """moto answers every Query by first sorting every item of the table (`Table.query` over
-    `all_items()`), then sorts what matched again: O(N log N) per Query, which the reconciler's
-    many index listings pay at every pass. Within a Query the first sort decides nothing (the
-    matches are sorted again on keys that are unique), so there the items come unsorted."""
+    """moto answers every Query by looking at every item of the table (`Table.query` over
+    `all_items()`), sorted first, then sorts what matched again: O(N log N) per Query, which the
+    reconciler's many index listings pay at every pass, and which made a pass over a book of
+    100,000 certificates outlast the clients' read timeout. Here a Query looks at its partition
+    only: of the table, the items under its partition key; of a global secondary index, those
+    under the index's partition key value (`_Partitions`, kept up to date by every put, update
+    and delete of an item). moto still checks each of them against the whole key condition and
+    sorts the matches, so the answers are the ones it gives without this; the first sort
+    decided nothing (the matches are sorted again on keys that are unique), so they come
+    unsorted. A TransactWriteItems (a table restored whole when it fails) has its tables'
+    indexes built again at their next Query."""
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.dynamodb.models.table import Table
 
     if getattr(Table, "_certs_fast_query", False):
         return
     generic_query, sorted_items = Table.query, Table.all_items
+    generic_put, generic_delete = Table.put_item, Table.delete_item
+    generic_update, generic_transact = (
+        DynamoDBBackend.update_item,
+        DynamoDBBackend.transact_write_items,
+    )
     in_query = threading.local()
 
+    def partitions(table: Any, build: bool) -> _Partitions | None:
+        # Kept on the table: it lives and goes with it (a test's or a simulation's tables)
+        found = table.__dict__.get("_certs_partitions")
+        if found is None and build:
+            found = table._certs_partitions = _Partitions(table)
+        return found
+
     def all_items(self: Any) -> list[Any]:
-        if not getattr(in_query, "active", False):
+        candidates = getattr(in_query, "candidates", None)
+        if candidates is None:
             return sorted_items(self)
-        if not self.range_key_attr:
-            return list(self.items.values())
-        return [item for by_range in self.items.values() for item in by_range.values()]
+        return candidates(self)
 
     @functools.wraps(generic_query)
-    def query(self: Any, *args: Any, **kwargs: Any) -> Any:
-        in_query.active = True
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+        conditions = kwargs.get("hash_key_conditions") or []
+        if index_name is None and hash_key is not None:
+            in_query.candidates = lambda table: _every_item_under(table, hash_key)
+        elif index_name is not None and len(conditions) == 1:
+            (attribute, value), found = conditions[0], partitions(self, build=True)
+            if found.attribute.get(index_name) == attribute:
+                in_query.candidates = lambda _table: found.items(index_name, value)
+            else:
+                in_query.candidates = _every_item
+        else:
+            in_query.candidates = _every_item
         try:
-            return generic_query(self, *args, **kwargs)
+            return generic_query(self, hash_key, *args, **kwargs)
         finally:
-            in_query.active = False
+            in_query.candidates = None
+
+    def put_item(self: Any, *args: Any, **kwargs: Any) -> Any:
+        item = generic_put(self, *args, **kwargs)
+        if (found := partitions(self, build=False)) is not None:
+            found.place((item.hash_key, item.range_key), item)
+        return item
+
+    def delete_item(self: Any, hash_key: Any, range_key: Any) -> Any:
+        try:
+            return generic_delete(self, hash_key, range_key)
+        finally:
+            if (found := partitions(self, build=False)) is not None:
+                found.place((hash_key, range_key), _item_at(self, (hash_key, range_key)))
+
+    def update_item(self: Any, table_name: str, key: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return generic_update(self, table_name, key, *args, **kw)
+        finally:  # updated in place, or created, or neither (its condition failed)
+            table = self.tables.get(table_name)
+            if table is not None and (found := partitions(table, build=False)) is not None:
+                hash_key = DynamoType(key[table.hash_key_attr])
+                range_key = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+                found.place((hash_key, range_key), _item_at(table, (hash_key, range_key)))
+
+    def transact_write_items(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return generic_transact(self, *args, **kwargs)
+        finally:  # rare here: every index is built again at its next Query
+            for table in self.tables.values():
+                table.__dict__.pop("_certs_partitions", None)
 
     Table.all_items, Table.query = all_items, query
+    Table.put_item, Table.delete_item = put_item, delete_item
+    DynamoDBBackend.update_item = update_item
+    DynamoDBBackend.transact_write_items = transact_write_items
     Table._certs_generic_query = generic_query
     Table._certs_fast_query = True
+
+
+def _every_item_under(table: Any, hash_key: Any) -> list[Any]:
+    stored = table.items.get(hash_key)
+    if stored is None:
+        return []
+    return list(stored.values()) if table.range_key_attr else [stored]
 
 
 def _install_lookup_caches() -> None:

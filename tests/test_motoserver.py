@@ -101,14 +101,20 @@ def test_binary_values_still_take_the_generic_path():
 @contextlib.contextmanager
 def _fast_query():
     """The query shortcut installed for a while, moto's own restored after it."""
+    from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
 
-    generic = Table.__dict__["query"], Table.__dict__["all_items"]
+    patched = {
+        Table: ("query", "all_items", "put_item", "delete_item"),
+        DynamoDBBackend: ("update_item", "transact_write_items"),
+    }
+    generic = {(cls, name): cls.__dict__[name] for cls, names in patched.items() for name in names}
     motoserver._install_fast_query()
     try:
         yield
     finally:
-        Table.query, Table.all_items = generic
+        for (cls, name), method in generic.items():
+            setattr(cls, name, method)
         del Table._certs_fast_query, Table._certs_generic_query
 
 
@@ -186,6 +192,129 @@ def test_queries_answer_the_same_pages_without_sorting_the_whole_table(rows, lim
             scanned = db.scan(TableName="t")["Items"]  # a Scan keeps moto's order
         assert fast == generic
         assert scanned == db.scan(TableName="t")["Items"]
+
+
+_writes = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "set", "remove", "delete", "refused", "transaction", "query"]),
+        st.sampled_from(["a", "b"]),  # pk
+        st.sampled_from(["x", "y", "z"]),  # sk
+        st.sampled_from(["g1", "g2", None]),  # the index's key
+        st.integers(0, 9),  # the index's sort key
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=_writes)
+def test_a_query_finds_what_the_table_holds_after_any_writes(writes):
+    """The partitions a Query looks at follow every put, update (in place, or creating the
+    item, or refused by its condition), delete and transaction: after each write, each Query
+    answers exactly the items a Scan says match."""
+    with mock_aws(), _fast_query():
+        db = boto3.client("dynamodb", region_name="eu-west-1")
+        db.create_table(
+            TableName="t",
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": n, "AttributeType": t}
+                for n, t in (("pk", "S"), ("sk", "S"), ("g", "S"), ("n", "N"))
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by_g",
+                    "KeySchema": [
+                        {"AttributeName": "g", "KeyType": "HASH"},
+                        {"AttributeName": "n", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        def keys(items) -> set:
+            return {(i["pk"]["S"], i["sk"]["S"]) for i in items}
+
+        def check() -> None:
+            table = db.scan(TableName="t")["Items"]
+            for g in ("g1", "g2"):
+                found = [
+                    item
+                    for page in _all_pages(
+                        db,
+                        IndexName="by_g",
+                        KeyConditionExpression="g = :g AND n >= :n",
+                        ExpressionAttributeValues={":g": {"S": g}, ":n": {"N": "0"}},
+                        Limit=2,
+                    )
+                    for item in page
+                ]
+                # an item without the index's sort key is not in the index
+                assert keys(found) == keys(i for i in table if i.get("g") == {"S": g} and "n" in i)
+            for pk in ("a", "b"):
+                found = [
+                    item
+                    for page in _all_pages(
+                        db,
+                        KeyConditionExpression="pk = :p",
+                        ExpressionAttributeValues={":p": {"S": pk}},
+                    )
+                    for item in page
+                ]
+                assert keys(found) == keys(i for i in table if i["pk"] == {"S": pk})
+
+        for op, pk, sk, g, n in writes:
+            key = {"pk": {"S": pk}, "sk": {"S": sk}}
+            if op == "put":
+                item = key | {"n": {"N": str(n)}} | ({"g": {"S": g}} if g else {})
+                db.put_item(TableName="t", Item=item)
+            elif op == "set":  # in place, or a new item
+                db.update_item(
+                    TableName="t",
+                    Key=key,
+                    UpdateExpression="SET g = :g, n = :n",
+                    ExpressionAttributeValues={":g": {"S": g or "g1"}, ":n": {"N": str(n)}},
+                )
+            elif op == "remove":  # leaves the index
+                db.update_item(TableName="t", Key=key, UpdateExpression="REMOVE g")
+            elif op == "delete":
+                db.delete_item(TableName="t", Key=key)
+            elif op == "refused":
+                with contextlib.suppress(db.exceptions.ConditionalCheckFailedException):
+                    db.update_item(
+                        TableName="t",
+                        Key=key,
+                        UpdateExpression="SET g = :g",
+                        ConditionExpression="attribute_exists(nothing)",
+                        ExpressionAttributeValues={":g": {"S": "g2"}},
+                    )
+            elif op == "transaction":
+                with contextlib.suppress(db.exceptions.TransactionCanceledException):
+                    db.transact_write_items(
+                        TransactItems=[
+                            {
+                                "Update": {
+                                    "TableName": "t",
+                                    "Key": key,
+                                    "UpdateExpression": "SET g = :g",
+                                    "ExpressionAttributeValues": {":g": {"S": g or "g2"}},
+                                    **(
+                                        {"ConditionExpression": "attribute_exists(pk)"}
+                                        if n % 2
+                                        else {}
+                                    ),
+                                }
+                            }
+                        ]
+                    )
+            else:
+                check()
+        check()
 
 
 # --- the server as the stack starts it, against in-process moto ------------------------------
