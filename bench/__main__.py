@@ -277,7 +277,7 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"Prices: bench/prices.json, {c.get('prices_caveat', '')}.",
             "",
             "Lambda memory "
-            + ", ".join(f"{k} {v} MB" for k, v in c["memory_mb"].items())
+            + ", ".join(f"{f} {c['memory_mb'][f]} MB" for f in ("api", "worker", "reconciler"))
             + " (.chalice/config.json, prod); our CPU per "
             f"command without moto {cpu} (on Lambda x {a['full_vcpu_mb']} / memory MB, a "
             "function's share of a vCPU), plus with proto the builder's CPU as measured; "

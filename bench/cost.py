@@ -490,7 +490,8 @@ def targets_table(result: dict[str, Any], calls: dict[str, Any]) -> str:
 
 def sensitivity_table(result: dict[str, Any]) -> str:
     rows = result["sensitivity"]
-    kinds = [k for k in rows[0] if k not in ("variant", "mode")]
+    # in KINDS order: a run that carries the results over reads them from sorted JSON
+    kinds = [k for k, _ in ordered({k: None for k in rows[0] if k not in ("variant", "mode")})]
     lines = [
         f"| variant ({rows[0]['mode']}, HTTP API, USD per million) | " + " | ".join(kinds) + " |",
         "|---|" + "---|" * len(kinds),
