@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,6 +78,32 @@ class Conductor:
         self._live += 1
         threading.Thread(target=run, daemon=True).start()
         heapq.heappush(self._heap, (at, next(self._seq), wake))
+
+    def side_by_side(self, bodies: Sequence[Callable[[], None]]) -> None:
+        """Run `bodies` as actors from now and return once every one has ended (virtual time
+        passes meanwhile): the worker's groups side by side, as its thread pool runs them."""
+        if len(bodies) <= 1:
+            for body in bodies:
+                body()
+            return
+        wake = threading.Event()
+        left = [len(bodies)]
+
+        def ending(body: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    body()
+                finally:
+                    left[0] -= 1
+                    if not left[0]:  # the last one: the caller goes on from now
+                        heapq.heappush(self._heap, (self.now, next(self._seq), wake))
+
+            return run
+
+        for body in bodies:
+            self.spawn(ending(body), at=self.now)
+        self._next()
+        wake.wait()
 
     def sleep(self, seconds: float) -> None:
         wake = threading.Event()
@@ -360,6 +386,7 @@ class World:
             lease_s=settings.lease_s,
             commit_check_s=settings.commit_check_s,
             batch_size=settings.registry_batch_size,
+            run_side_by_side=self.c.side_by_side,  # as deployed: a batch's groups side by side
         )
         self.rng = random.Random(seed)
         self.accepted: list[str] = []
