@@ -130,6 +130,34 @@ _rows = st.lists(
 )
 
 
+def _table_with_an_index():
+    """Table "t" (pk, sk) with the index by_g (g, n); a client on it."""
+    db = boto3.client("dynamodb", region_name="eu-west-1")
+    db.create_table(
+        TableName="t",
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": n, "AttributeType": t}
+            for n, t in (("pk", "S"), ("sk", "S"), ("g", "S"), ("n", "N"))
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_g",
+                "KeySchema": [
+                    {"AttributeName": "g", "KeyType": "HASH"},
+                    {"AttributeName": "n", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return db
+
+
 def _all_pages(db, **query) -> list:
     pages, start = [], None
     while True:
@@ -144,29 +172,7 @@ def _all_pages(db, **query) -> list:
 @given(rows=_rows, limit=st.integers(1, 5), forward=st.booleans())
 def test_queries_answer_the_same_pages_without_sorting_the_whole_table(rows, limit, forward):
     with mock_aws():
-        db = boto3.client("dynamodb", region_name="eu-west-1")
-        db.create_table(
-            TableName="t",
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": n, "AttributeType": t}
-                for n, t in (("pk", "S"), ("sk", "S"), ("g", "S"), ("n", "N"))
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "by_g",
-                    "KeySchema": [
-                        {"AttributeName": "g", "KeyType": "HASH"},
-                        {"AttributeName": "n", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        db = _table_with_an_index()
         for pk, sk, g, n in rows:
             item = {"pk": {"S": pk}, "sk": {"S": sk}, "n": {"N": str(n)}}
             db.put_item(TableName="t", Item=item | ({"g": {"S": g}} if g else {}))
@@ -213,29 +219,7 @@ def test_a_query_finds_what_the_table_holds_after_any_writes(writes):
     item, or refused by its condition), delete and transaction: after each write, each Query
     answers exactly the items a Scan says match."""
     with mock_aws(), _fast_query():
-        db = boto3.client("dynamodb", region_name="eu-west-1")
-        db.create_table(
-            TableName="t",
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": n, "AttributeType": t}
-                for n, t in (("pk", "S"), ("sk", "S"), ("g", "S"), ("n", "N"))
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "by_g",
-                    "KeySchema": [
-                        {"AttributeName": "g", "KeyType": "HASH"},
-                        {"AttributeName": "n", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        db = _table_with_an_index()
 
         def keys(items) -> set:
             return {(i["pk"]["S"], i["sk"]["S"]) for i in items}
