@@ -81,3 +81,13 @@ def moto_services(aws: boto3.Session, clock: Clock) -> composition.Services:
     built = composition.build(settings(), session=aws)
     built.clock = clock
     return built
+
+
+@pytest.fixture(params=["one after another", "side by side"])
+def groups_both_ways(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test of the worker (tests.pipeline.Pipeline) both ways: a batch's FIFO groups one
+    after another, and side by side in threads, as the composition runs them on Lambda."""
+    if request.param == "side by side":
+        from tests.pipeline import Pipeline
+
+        monkeypatch.setattr(Pipeline, "side_by_side", staticmethod(composition.side_by_side(10)))

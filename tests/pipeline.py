@@ -25,7 +25,7 @@ from chalicelib.ports import Delivery, DependencyDown, Outcome
 from chalicelib.registry.builder import PlainTransactionBuilder
 from chalicelib.registry.sandbox.simulator import RegistrySimulator, SimulatorConfig, VirtualClock
 from chalicelib.usecases import accept
-from chalicelib.usecases.process import Worker
+from chalicelib.usecases.process import Worker, one_after_another
 from chalicelib.usecases.reconcile import Reconciler, resolve_by_operator
 from tests.builders import API_TIMEOUT
 
@@ -89,6 +89,9 @@ class FifoQueue:
 
 
 class Pipeline:
+    # How its workers run a batch's FIFO groups (tests run the worker's tests both ways).
+    side_by_side = staticmethod(one_after_another)
+
     def __init__(self, *, queries: bool = False, **faults: Any) -> None:
         self.vclock = VirtualClock()
         self.book = InMemoryBook()
@@ -111,6 +114,7 @@ class Pipeline:
             lease_s=120,
             commit_check_s=2.0,
             queue=self.queue,
+            run_side_by_side=self.side_by_side,
         )
 
     def make_reconciler(self, **overrides: Any) -> Reconciler:

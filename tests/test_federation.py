@@ -25,6 +25,8 @@ from tests.builders import (
 )
 from tests.test_accept import request
 
+pytestmark = pytest.mark.usefixtures("groups_both_ways")
+
 AREAS = {"DK1": "dk1", "DK2": "dk2"}
 ISSUER = Actor(owner="issuer-dk", roles=frozenset({Role.ISSUER}))
 

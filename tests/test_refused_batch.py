@@ -19,6 +19,8 @@ from devstack.registry_server import serve
 from tests.pipeline import Pipeline
 from tests.registry_grpc.pipeline import ProtoPipeline
 
+pytestmark = pytest.mark.usefixtures("groups_both_ways")
+
 
 @pytest.fixture(params=["http", "grpc"])
 def p(request) -> Iterator[Pipeline]:

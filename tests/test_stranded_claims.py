@@ -26,6 +26,8 @@ from chalicelib.registry.port import Receipt, RegistryAmbiguous, RegistryUnavail
 from chalicelib.usecases.reconcile import resolve_by_operator
 from tests.pipeline import Pipeline
 
+pytestmark = pytest.mark.usefixtures("groups_both_ways")
+
 ALLOCATED, CLAIMED, AVAILABLE = SliceState.ALLOCATED, SliceState.CLAIMED, SliceState.AVAILABLE
 
 

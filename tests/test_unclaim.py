@@ -20,6 +20,8 @@ from chalicelib.usecases.reconcile import resend_by_operator
 from tests.pipeline import Pipeline
 from tests.test_worker_crashes import Counter, Crash, Crashing
 
+pytestmark = pytest.mark.usefixtures("groups_both_ways")
+
 CONSUMPTION_GSRN = "571313000000000002"
 
 

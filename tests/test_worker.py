@@ -17,6 +17,9 @@ from chalicelib.entrypoints import handle_queue_event
 from chalicelib.ports import Delivery, DependencyDown, Outcome
 from tests.pipeline import Pipeline
 
+pytestmark = pytest.mark.usefixtures("groups_both_ways")
+
+
 BOTH_MODES = pytest.mark.parametrize("queries", [False, True], ids=["no-queries", "queries"])
 
 

@@ -20,6 +20,8 @@ from chalicelib.domain import CertificateType, Command, CommandStatus, SliceStat
 from chalicelib.ports import Outcome
 from tests.pipeline import Pipeline
 
+pytestmark = pytest.mark.usefixtures("groups_both_ways")
+
 
 class Crash(BaseException):
     """The process dies: not an Exception, so no handler of ours can catch it."""
