@@ -83,8 +83,9 @@ class Conductor:
         """Run `bodies` as actors from now and return once every one has ended (virtual time
         passes meanwhile): the worker's groups side by side, as its thread pool runs them."""
         if len(bodies) <= 1:
-            for body in bodies:
-                body()
+            from chalicelib.usecases.process import one_after_another
+
+            one_after_another(bodies)
             return
         wake = threading.Event()
         left = [len(bodies)]

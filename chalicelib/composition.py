@@ -37,7 +37,12 @@ from chalicelib.registry.port import Registry
 from chalicelib.registry.protocodec import BookSliceDirectory, ProtoCodec
 from chalicelib.registry.secrets import KmsSecretBox, LocalSecretBox, SecretBox, TableDataKeys
 from chalicelib.settings import Settings, check_deployable
-from chalicelib.usecases.process import TransactionBuilder, Worker, one_after_another
+from chalicelib.usecases.process import (
+    SideBySide,
+    TransactionBuilder,
+    Worker,
+    one_after_another,
+)
 from chalicelib.usecases.reconcile import Reconciler
 
 
@@ -84,7 +89,7 @@ def worker(services: Services) -> Worker:
     )
 
 
-def side_by_side(threads: int) -> Callable[[Sequence[Callable[[], None]]], None]:
+def side_by_side(threads: int) -> SideBySide:
     """Runs a batch's FIFO groups in up to `threads` threads of the container's pool, and
     returns when every one has run (the first error, if any, after all have)."""
     if threads <= 1:

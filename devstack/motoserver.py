@@ -142,6 +142,13 @@ def _every_item(table: Any) -> list[Any]:
     return [item for by_range in table.items.values() for item in by_range.values()]
 
 
+def _every_item_under(table: Any, hash_key: Any) -> list[Any]:
+    stored = table.items.get(hash_key)
+    if stored is None:
+        return []
+    return list(stored.values()) if table.range_key_attr else [stored]
+
+
 def _item_at(table: Any, key: tuple[Any, Any]) -> Any:
     hash_key, range_key = key
     stored = table.items.get(hash_key)
@@ -244,13 +251,6 @@ def _install_fast_query() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items
     Table._certs_generic_query = generic_query
     Table._certs_fast_query = True
-
-
-def _every_item_under(table: Any, hash_key: Any) -> list[Any]:
-    stored = table.items.get(hash_key)
-    if stored is None:
-        return []
-    return list(stored.values()) if table.range_key_attr else [stored]
 
 
 def _install_lookup_caches() -> None:

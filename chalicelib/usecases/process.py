@@ -76,6 +76,10 @@ class TransactionBuilder(Protocol):
         ...
 
 
+# Runs independent tasks (a batch's FIFO groups) and returns when every one has run.
+SideBySide = Callable[[Sequence[Callable[[], None]]], None]
+
+
 def one_after_another(tasks: Sequence[Callable[[], None]]) -> None:
     for task in tasks:
         task()
@@ -105,9 +109,7 @@ class Worker:
     # all have run. One after another by default; the composition passes a thread pool, so
     # that an invocation's waits on DynamoDB and the registry overlap rather than add up
     # (Lambda bills the wall time). Within a group, records always go one after another.
-    run_side_by_side: Callable[[Sequence[Callable[[], None]]], None] = field(
-        default=one_after_another, repr=False
-    )
+    run_side_by_side: SideBySide = field(default=one_after_another, repr=False)
     # The certificates each command's transactions were built from, kept for applying its
     # outcome without reading them again (only while this worker follows the command).
     _snapshots: dict[str, dict[str, Certificate]] = field(default_factory=dict, repr=False)
